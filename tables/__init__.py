@@ -1,0 +1,1 @@
+"""RocksDB-backed Faust tables (delay, retry, held, entry state, DLQ index) and their helpers."""

@@ -1,0 +1,72 @@
+"""Unit fixtures: a worker built without Kafka, on both table stores."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from walstream.app import WalApp, build_app
+from walstream.entry import Entry
+from walstream.namespaces.model import NamespaceConfig, parse_namespace
+from walstream.settings import Settings
+from walstream.targets.base import Outcomes, Target, TargetError
+
+
+class RecordingTarget(Target):
+    """A stub target: records what it was given; fails entries as scripted by id."""
+
+    def __init__(self, label: str = "recording") -> None:
+        self.label = label
+        self.applied: list[Entry] = []
+        self.calls = 0
+        #: entry id -> errors to report on successive attempts (then success)
+        self.script: dict[str, list[TargetError]] = {}
+
+    async def apply(self, entries: Sequence[Entry]) -> Outcomes:
+        self.calls += 1
+        out: Outcomes = []
+        for e in entries:
+            errors = self.script.get(e.id)
+            if errors:
+                out.append(errors.pop(0))
+            else:
+                self.applied.append(e)
+                out.append(None)
+        return out
+
+
+class FakeProducer:
+    """Stands in for the Kafka producer of the dead-letter writer (unit tests only)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes | None]] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> Any:
+        import asyncio
+
+        self.sent.append((topic, value, key))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+@pytest.fixture(params=["memory://", "rocksdb://"])
+def store(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def wal(store: str, tmp_path: Path) -> Iterator[WalApp]:
+    settings = Settings(store=store, datadir=tmp_path / "worker", app_id=f"unit-{tmp_path.name}",
+                        delivery_linger_s=0.01)
+    app = build_app(settings)
+    yield app
+
+
+def add_namespace(wal: WalApp, doc: dict[str, Any]) -> NamespaceConfig:
+    cfg = parse_namespace(doc)
+    wal.registry._apply_record(cfg.name.encode(), cfg.to_json())
+    return cfg

@@ -1,0 +1,118 @@
+"""Write-request validation: each bad input gets its status and a message; nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from walstream.entry import Entry, WriteClock
+from walstream.namespaces.model import NamespaceConfig, parse_namespace
+from walstream.requests import RequestError, parse_log_request
+
+CATALOG = parse_namespace({"name": "catalog", "targets": [{"type": "cassandra", "keyspace": "catalog"}]})
+RAW = parse_namespace({"name": "raw", "targets": [{"type": "noop"}]})
+PUT = {"mutations": [{"table": "movies", "op": "put", "key": {"id": "42"}, "value": {"title": "Heat"}}]}
+
+
+def lookup(name: str) -> NamespaceConfig | None:
+    return {"catalog": CATALOG, "raw": RAW}.get(name)
+
+
+def parse(doc: Any, max_bytes: int = 1024 * 1024) -> Entry:
+    entry, value = parse_log_request(doc, lookup=lookup, clock=WriteClock(), max_entry_bytes=max_bytes)
+    assert Entry.decode(value) == entry
+    return entry
+
+
+def test_minimal_entry_gets_generated_id_and_key() -> None:
+    e = parse({"namespace": "catalog", "payload": PUT})
+    assert e.id and e.key == e.id
+    assert e.due_at_ms is None
+
+
+def test_key_and_id_kept() -> None:
+    e = parse({"namespace": "catalog", "id": "evt-1", "key": "movie:42", "payload": PUT})
+    assert (e.id, e.key) == ("evt-1", "movie:42")
+
+
+def test_delay_sets_due_time_relative_to_write_time() -> None:
+    e = parse({"namespace": "raw", "payload": 1, "lifecycle": {"delay_ms": 5000}})
+    assert e.due_at_ms == e.written_at_us // 1000 + 5000
+
+
+def test_deliver_at() -> None:
+    e = parse({"namespace": "raw", "payload": None, "lifecycle": {"deliver_at": "2030-01-01T00:00:00Z"}})
+    assert e.due_at_ms == 1893456000000
+
+
+def test_any_json_payload_for_non_mutation_targets() -> None:
+    assert parse({"namespace": "raw", "payload": [1, "two", {"3": None}]}).payload == [1, "two", {"3": None}]
+
+
+def test_target_override_replaces_namespace_targets() -> None:
+    e = parse({"namespace": "catalog", "payload": "not mutations", "target": {"type": "kafka", "topic": "out"}})
+    assert e.targets == [{"type": "kafka", "topic": "out", "bootstrap": None}]
+
+
+@pytest.mark.parametrize(
+    ("doc", "status", "fragment"),
+    [
+        ([1, 2], 400, "JSON object"),
+        ({"payload": 1}, 400, "namespace"),
+        ({"namespace": "raw"}, 400, "payload is required"),
+        ({"namespace": 7, "payload": 1}, 400, "namespace"),
+        ({"namespace": "raw", "payload": 1, "id": 5}, 400, "id"),
+        ({"namespace": "raw", "payload": 1, "id": ""}, 400, "id"),
+        ({"namespace": "raw", "payload": 1, "colour": "red"}, 400, "colour: unknown field"),
+        ({"namespace": "raw", "payload": 1, "lifecycle": {"delay_ms": -1}}, 400, "lifecycle.delay_ms"),
+        ({"namespace": "raw", "payload": 1, "lifecycle": {"delay_ms": "5"}}, 400, "lifecycle.delay_ms"),
+        ({"namespace": "raw", "payload": 1, "lifecycle": {"delay_ms": 1, "deliver_at": "2030-01-01T00:00:00Z"}},
+         400, "either delay_ms or deliver_at"),
+        ({"namespace": "raw", "payload": 1, "lifecycle": {"deliver_at": "2030-01-01T00:00:00"}}, 400, "timezone"),
+        ({"namespace": "raw", "payload": 1, "lifecycle": {"deliver_at": "tomorrow"}}, 400, "deliver_at"),
+        ({"namespace": "raw", "payload": 1, "lifecycle": {"ttl": 3}}, 400, "ttl"),
+        ({"namespace": "raw", "payload": 1, "target": {"type": "ftp"}}, 400, "unknown target type"),
+        ({"namespace": "raw", "payload": 1, "target": []}, 400, "at least one target"),
+        ({"namespace": "nope", "payload": 1}, 404, "unknown namespace 'nope'"),
+        ({"namespace": "catalog", "payload": {"title": "Heat"}}, 400, "payload.mutations"),
+        ({"namespace": "catalog", "payload": [1]}, 400, "payload"),
+        ({"namespace": "catalog", "payload": {"mutations": [{"table": "m", "op": "upsert", "key": {"id": 1}}]}},
+         400, "op"),
+        ({"namespace": "catalog", "payload": {"mutations": [{"table": "m", "op": "put", "key": {}}]}}, 400, "key"),
+        ({"namespace": "catalog", "payload": {"mutations": [{"table": "m", "op": "delete", "key": {"id": 1},
+                                                             "value": {"a": 1}}]}}, 400, "delete takes no value"),
+        ({"namespace": "catalog", "payload": {"mutations": [{"table": "m; drop", "op": "put", "key": {"id": 1}}]}},
+         400, "table must match"),
+        ({"namespace": "catalog", "payload": {"mutations": [{"table": "m", "op": "put", "key": {"id": 1}},
+                                                            {"table": "m", "op": "delete", "key": {"id": 1}}]}},
+         400, "same row"),
+    ],
+)
+def test_bad_requests(doc: Any, status: int, fragment: str) -> None:
+    with pytest.raises(RequestError) as err:
+        parse(doc)
+    assert err.value.status == status
+    assert fragment in err.value.message
+
+
+def test_oversized_entry_is_413() -> None:
+    with pytest.raises(RequestError) as err:
+        parse({"namespace": "raw", "payload": "x" * 5000}, max_bytes=4096)
+    assert err.value.status == 413
+    assert "limit is 4096" in err.value.message
+
+
+def test_write_clock_is_strictly_increasing() -> None:
+    clock = WriteClock()
+    stamps = [clock.now_us() for _ in range(10_000)]
+    assert all(b > a for a, b in zip(stamps, stamps[1:], strict=False))
+
+
+def test_undecodable_records_are_refused() -> None:
+    from walstream.entry import EntryDecodeError
+
+    for raw in (None, b"", b"not json", orjson.dumps({"v": 99}), orjson.dumps({"v": 1, "id": "x"})):
+        with pytest.raises(EntryDecodeError):
+            Entry.decode(raw)

@@ -1,0 +1,145 @@
+"""The composition root: builds a worker's Faust app and hands every collaborator its
+dependencies. Nothing else in walstream constructs long-lived objects or reads settings
+from the environment.
+
+Start-up order (see :meth:`WalApp.start_services`): Kafka producer, topics walstream owns,
+namespace registry loaded to its end (so the delivery agent subscribes to every namespace
+of its shard from the first rebalance), then Faust (agents, web server).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+from walstream.delivery.dead_letters import DeadLetterWriter
+from walstream.delivery.deliverer import Deliverer
+from walstream.entry import WriteClock
+from walstream.kafka_admin import TopicSpec, ensure_topics
+from walstream.metrics import Metrics
+from walstream.namespaces.model import NamespaceConfig, wal_topic
+from walstream.namespaces.registry import NamespaceRegistry
+from walstream.producer import SharedProducer
+from walstream.settings import Settings
+from walstream.targets.pool import TargetPool
+from walstream.writer import LogWriter
+
+log = logging.getLogger(__name__)
+
+
+class WalApp:
+    """One worker: Faust app + write path + delivery runtime + namespace registry."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        s = settings
+        self.faust = faust.App(
+            s.app_id,
+            broker=[f"kafka://{b.strip()}" for b in s.broker.split(",") if b.strip()],
+            store=s.store,
+            datadir=str(s.datadir),
+            autodiscover=False,
+            processing_guarantee="at_least_once",
+            producer_acks=-1,
+            consumer_auto_offset_reset="earliest",
+            topic_partitions=s.partitions,
+            topic_replication_factor=s.replication_factor,
+            broker_commit_interval=1.0,
+            web_enabled=True,
+            web_bind=s.web_host,
+            web_host=s.web_host,
+            web_port=s.web_port,
+            canonical_url=s.web_url,
+            web_tables_enabled=False,
+            web_application_options={"client_max_size": s.max_request_bytes},
+        )
+        self.metrics = Metrics()
+        self.clock = WriteClock()
+        self.registry = NamespaceRegistry(s)
+        self.targets = TargetPool(s)
+        self.producer = SharedProducer(s.broker, s.produce_timeout_s)
+        self.writer = LogWriter(self.producer, s.produce_timeout_s)
+        self.dead_letters = DeadLetterWriter(self.producer)
+        self.deliverer = Deliverer(self.registry, self.targets, self.dead_letters, self.metrics)
+
+        #: Topics the delivery agent consumes. Faust shares this list object between the
+        #: topic and the clones its agents iterate, so appending a name and flagging the
+        #: conductor re-subscribes live (Faust's pattern subscription does not work).
+        #: The command topic keeps the list non-empty and later carries table commands.
+        self.command_topic = f"{s.app_id}.commands"
+        self._wal_topic_names: list[str] = [self.command_topic]
+        self.wal_channel = self.faust.topic(
+            *self._wal_topic_names,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=s.partitions,
+        )
+        self.wal_channel.topics = self._wal_topic_names
+        self.registry.add_listener(self._on_namespace_change)
+        self._services_started = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start_services(self) -> None:
+        """Start what Faust does not own. Call in the loop the Faust worker will use."""
+        s = self.settings
+        await ensure_topics(
+            s.broker, [TopicSpec(self.command_topic, s.partitions, s.replication_factor)]
+        )
+        await self.producer.start()
+        await self.registry.start()
+        for ns in self.registry.for_shard(s.shard):
+            self._subscribe(ns.name)
+        conductor: Any = self.faust.topics
+        conductor._resubscribe_sleep_lock_seconds = s.resubscribe_s
+        self._services_started = True
+
+    async def stop_services(self) -> None:
+        if not self._services_started:
+            return
+        await self.registry.stop()
+        await self.targets.close()
+        await self.producer.stop()
+        self._services_started = False
+
+    # -- live subscription ---------------------------------------------------------------
+
+    def _on_namespace_change(self, cfg: NamespaceConfig | None, name: str) -> None:
+        topic = wal_topic(name)
+        wanted = cfg is not None and cfg.shard == self.settings.shard
+        if wanted and topic not in self._wal_topic_names:
+            self._subscribe(name)
+            self._resubscribe()
+        elif not wanted and topic in self._wal_topic_names:
+            self._wal_topic_names.remove(topic)
+            self._resubscribe()
+
+    def _subscribe(self, name: str) -> None:
+        topic = wal_topic(name)
+        if topic not in self._wal_topic_names:
+            self._wal_topic_names.append(topic)
+            log.info("delivery: consuming %s", topic)
+
+    def _resubscribe(self) -> None:
+        if self._services_started:
+            conductor: Any = self.faust.topics
+            conductor._flag_changes()
+
+    @property
+    def consumed_topics(self) -> list[str]:
+        return list(self._wal_topic_names)
+
+
+def build_app(settings: Settings | None = None) -> WalApp:
+    """Build a worker with its agents and web views registered."""
+    from walstream.plugins import register_agents
+    from walstream.web.views import register_views
+
+    wal = WalApp(settings or Settings())
+    register_views(wal)
+    register_agents(wal)
+    return wal

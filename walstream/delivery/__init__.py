@@ -1,0 +1,1 @@
+"""Delivery: from WAL records to targets, with retries and dead-lettering."""

@@ -1,0 +1,107 @@
+"""Writing dead-letter records to ``wal.<namespace>.dlq``.
+
+A dead-letter record carries everything needed to understand and redrive the failure:
+the original entry (or the raw record when it could not be decoded), the target, the error
+class and message, the attempt count, first and last failure times, and the source
+topic/partition/offset. :meth:`DeadLetterWriter.write` returns only once Kafka has
+acknowledged the record, retrying for as long as it takes: the source offset is committed
+only after that, so a dead-lettered entry is never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from walstream.producer import SharedProducer
+from walstream.targets.base import ErrorClass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """A record as consumed from a WAL topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def iso(ts_s: float) -> str:
+    return datetime.fromtimestamp(ts_s, tz=UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    source: SourceRecord
+    #: the decoded entry document, or None when the record was undecodable
+    entry: Any
+    target: dict[str, Any] | None
+    error_class: ErrorClass
+    message: str
+    attempts: int
+    first_failure_s: float
+    last_failure_s: float
+
+    def encode(self) -> bytes:
+        doc: dict[str, Any] = {
+            "entry": self.entry,
+            "target": self.target,
+            "error_class": self.error_class.value,
+            "message": self.message,
+            "attempts": self.attempts,
+            "first_failure_at": iso(self.first_failure_s),
+            "last_failure_at": iso(self.last_failure_s),
+            "source": {
+                "topic": self.source.topic,
+                "partition": self.source.partition,
+                "offset": self.source.offset,
+            },
+            "worker": socket.gethostname(),
+        }
+        if self.entry is None and self.source.value is not None:
+            doc["raw_value_b64"] = base64.b64encode(self.source.value).decode()
+        return orjson.dumps(doc)
+
+
+class DeadLetterWriter:
+    def __init__(self, producer: SharedProducer, retry_s: float = 1.0) -> None:
+        self._producer = producer
+        self._retry_s = retry_s
+
+    async def write(self, letters: list[DeadLetter]) -> None:
+        """Write all letters; returns when every one is acknowledged (retries forever)."""
+        pending = letters
+        while pending:
+            futures = []
+            for dl in pending:
+                try:
+                    fut = await self._producer.send(
+                        f"{dl.source.topic}.dlq", value=dl.encode(), key=dl.source.key
+                    )
+                except Exception as exc:
+                    log.error("dead-letter send to %s.dlq failed: %r", dl.source.topic, exc)
+                    fut = None
+                futures.append((dl, fut))
+            failed = []
+            for dl, fut in futures:
+                try:
+                    if fut is None:
+                        raise RuntimeError("send failed")
+                    await fut
+                except Exception as exc:
+                    log.error("dead-letter write to %s.dlq failed, will retry: %r", dl.source.topic, exc)
+                    failed.append(dl)
+            pending = failed
+            if pending:
+                await asyncio.sleep(self._retry_s)

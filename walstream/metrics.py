@@ -1,0 +1,49 @@
+"""Prometheus metrics of one worker, served at ``GET /metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+
+class Metrics:
+    """All of a worker's metrics, on a registry of their own (tests build many apps)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.writes = Counter(
+            "walstream_writes_total",
+            "Write requests answered, by namespace and durable outcome.",
+            ["namespace", "durable"],
+            registry=self.registry,
+        )
+        self.write_latency = Histogram(
+            "walstream_write_ack_seconds",
+            "Time from a write request to Kafka's acknowledgement of its entries.",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+        )
+        self.delivered = Counter(
+            "walstream_delivered_total",
+            "Entries applied to a target.",
+            ["namespace", "target"],
+            registry=self.registry,
+        )
+        self.delivery_failures = Counter(
+            "walstream_delivery_failures_total",
+            "Failed delivery attempts, by error class.",
+            ["namespace", "target", "error_class"],
+            registry=self.registry,
+        )
+        self.dead_lettered = Counter(
+            "walstream_dead_lettered_total",
+            "Entries written to a dead-letter topic.",
+            ["namespace", "target", "error_class"],
+            registry=self.registry,
+        )
+        self.delivery_lag = Histogram(
+            "walstream_delivery_lag_seconds",
+            "From an entry's due time (or write time) to its delivery to a target.",
+            ["namespace"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )

@@ -1,0 +1,140 @@
+"""Validation of write requests (``POST /v1/log`` and each item of ``/v1/log/batch``).
+
+Turns one JSON object into an :class:`~walstream.entry.Entry` or raises
+:class:`RequestError` carrying the HTTP status and a message naming the problem. Nothing is
+written for a request that fails here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from walstream.entry import Entry, WriteClock
+from walstream.mutations import MutationError, parse_mutations
+from walstream.namespaces.model import (
+    MUTATION_TARGET_TYPES,
+    NamespaceConfig,
+    TargetConfig,
+    format_validation_error,
+)
+
+#: the longest delay accepted: a year. Longer is almost certainly a unit mistake.
+MAX_DELAY_MS = 366 * 86_400_000
+
+
+class RequestError(ValueError):
+    """A write request is rejected; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Lifecycle(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    delay_ms: int | None = Field(default=None, ge=0, le=MAX_DELAY_MS, strict=True)
+    deliver_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Lifecycle:
+        if self.delay_ms is not None and self.deliver_at is not None:
+            raise ValueError("give either delay_ms or deliver_at, not both")
+        if self.deliver_at is not None and self.deliver_at.tzinfo is None:
+            raise ValueError("deliver_at needs a timezone (e.g. 2026-11-26T12:00:00Z)")
+        return self
+
+
+class LogRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    namespace: str = Field(min_length=1, max_length=63, strict=True)
+    id: str | None = Field(default=None, min_length=1, max_length=256, strict=True)
+    key: str | None = Field(default=None, min_length=1, max_length=4096, strict=True)
+    lifecycle: Lifecycle | None = None
+    payload: Any
+    target: dict[str, Any] | list[dict[str, Any]] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _payload_present(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "payload" not in data:
+            raise ValueError("payload is required")
+        return data
+
+
+_targets_adapter: TypeAdapter[list[TargetConfig]] = TypeAdapter(list[TargetConfig])
+
+
+def parse_log_request(
+    doc: Any,
+    *,
+    lookup: Callable[[str], NamespaceConfig | None],
+    clock: WriteClock,
+    max_entry_bytes: int,
+) -> tuple[Entry, bytes]:
+    """Validate one request; return the entry and its encoded record value.
+
+    400: not an object, unknown/missing/mistyped fields, bad lifecycle, bad target override,
+    payload not a mutation payload where a target needs one. 404: unknown namespace.
+    413: the encoded entry is larger than ``max_entry_bytes``.
+    """
+    if not isinstance(doc, dict):
+        raise RequestError(400, "an entry must be a JSON object")
+    try:
+        req = LogRequest.model_validate(doc)
+    except ValidationError as exc:
+        raise RequestError(400, format_validation_error(exc)) from None
+    ns = lookup(req.namespace)
+    if ns is None:
+        raise RequestError(404, f"unknown namespace {req.namespace!r}")
+
+    targets_override: list[dict[str, Any]] | None = None
+    target_types = {t.type for t in ns.targets}
+    if req.target is not None:
+        raw = req.target if isinstance(req.target, list) else [req.target]
+        try:
+            parsed = _targets_adapter.validate_python(raw)
+        except ValidationError as exc:
+            raise RequestError(400, format_validation_error(exc, prefix="target.")) from None
+        if not parsed:
+            raise RequestError(400, "target: give at least one target")
+        targets_override = [t.model_dump(mode="json") for t in parsed]
+        target_types = {t.type for t in parsed}
+
+    if target_types & MUTATION_TARGET_TYPES:
+        try:
+            parse_mutations(req.payload)
+        except MutationError as exc:
+            raise RequestError(400, str(exc)) from None
+
+    written_at_us = clock.now_us()
+    due_at_ms: int | None = None
+    if req.lifecycle is not None:
+        if req.lifecycle.delay_ms is not None:
+            due_at_ms = written_at_us // 1000 + req.lifecycle.delay_ms
+        elif req.lifecycle.deliver_at is not None:
+            due_at_ms = int(req.lifecycle.deliver_at.timestamp() * 1000)
+
+    entry_id = req.id or str(uuid.uuid4())
+    entry = Entry(
+        id=entry_id,
+        namespace=ns.name,
+        key=req.key or entry_id,
+        payload=req.payload,
+        written_at_us=written_at_us,
+        due_at_ms=due_at_ms,
+        targets=targets_override,
+    )
+    value = entry.encode()
+    if len(value) > max_entry_bytes:
+        raise RequestError(
+            413, f"entry is {len(value)} bytes encoded; the limit is {max_entry_bytes} bytes"
+        )
+    return entry, value

@@ -1,0 +1,70 @@
+"""Worker settings, read from the environment once, at the edge (``WALSTREAM_*``).
+
+Every field documents its environment variable and default. Nothing else in walstream reads
+the environment: collaborators receive a :class:`Settings` instance from the composition root.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration of one walstream worker."""
+
+    model_config = SettingsConfigDict(env_prefix="WALSTREAM_", frozen=True, extra="ignore")
+
+    #: ``WALSTREAM_BROKER``: Kafka bootstrap servers, comma separated.
+    broker: str = "127.0.0.1:9092"
+    #: ``WALSTREAM_APP_ID``: Faust app id = consumer group; one per fleet.
+    app_id: str = "walstream"
+    #: ``WALSTREAM_SHARD``: the worker consumes namespaces whose ``shard`` equals this.
+    shard: str = "default"
+    #: ``WALSTREAM_WEB_HOST`` / ``WALSTREAM_WEB_PORT``: where the write API listens.
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    #: ``WALSTREAM_DATADIR``: this worker's own state (RocksDB tables). Never share it.
+    datadir: Path = Path("var/worker")
+    #: ``WALSTREAM_STORE``: Faust table store, ``rocksdb://`` or ``memory://``.
+    store: str = "rocksdb://"
+    #: ``WALSTREAM_PARTITIONS``: partitions of every ``wal.<namespace>`` topic. All WAL topics
+    #: share one count so that Faust co-partitions them with the state tables.
+    partitions: int = Field(default=8, ge=1, le=1024)
+    #: ``WALSTREAM_REPLICATION_FACTOR``: of every topic walstream creates.
+    replication_factor: int = Field(default=1, ge=1, le=16)
+    #: ``WALSTREAM_CASSANDRA_HOSTS`` / ``_PORT``: default Cassandra cluster for ``cassandra`` targets.
+    cassandra_hosts: str = "127.0.0.1"
+    cassandra_port: int = 9042
+    #: ``WALSTREAM_ELASTICSEARCH_URL``: default cluster for ``elasticsearch`` targets.
+    elasticsearch_url: str = "http://127.0.0.1:9200"
+    #: ``WALSTREAM_MAX_ENTRY_BYTES``: largest encoded entry accepted by the write API (413 above).
+    max_entry_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: ``WALSTREAM_MAX_REQUEST_BYTES``: largest request body (a batch) the web server reads.
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    #: ``WALSTREAM_MAX_BATCH_ENTRIES``: most entries accepted in one ``POST /v1/log/batch``.
+    max_batch_entries: int = Field(default=10_000, ge=1)
+    #: ``WALSTREAM_PRODUCE_TIMEOUT_S``: after this, a write's outcome is UNKNOWN (503).
+    produce_timeout_s: float = Field(default=10.0, gt=0)
+    #: ``WALSTREAM_DELIVERY_BATCH``: most entries a delivery agent hands to targets at once.
+    delivery_batch: int = Field(default=500, ge=1)
+    #: ``WALSTREAM_DELIVERY_LINGER_S``: how long the agent waits to fill a delivery batch.
+    delivery_linger_s: float = Field(default=0.02, ge=0)
+    #: ``WALSTREAM_TARGET_TIMEOUT_S``: one target call; a slower one counts as a transient failure.
+    target_timeout_s: float = Field(default=30.0, gt=0)
+    #: ``WALSTREAM_NAMESPACE_WAIT_S``: ``PUT /v1/namespaces`` waits this long to see its write.
+    namespace_wait_s: float = Field(default=15.0, gt=0)
+    #: ``WALSTREAM_RESUBSCRIBE_S``: delay before the consumer picks up newly created namespaces
+    #: (batches several creations into one rebalance).
+    resubscribe_s: float = Field(default=1.0, ge=0)
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{self.web_host}:{self.web_port}"
+
+    @property
+    def namespaces_topic(self) -> str:
+        """Compacted topic holding every namespace config, keyed by name."""
+        return f"{self.app_id}.namespaces"

@@ -1,0 +1,1 @@
+"""Targets: where delivered entries are applied (Cassandra, Elasticsearch, Kafka, no-op)."""

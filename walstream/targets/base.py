@@ -1,0 +1,79 @@
+"""The target interface and the typed errors through which targets report failure.
+
+A target is small: ``start``, ``apply`` a batch, ``close``. It never retries, delays or
+dead-letters; the delivery runtime does, based on the error class a target reports:
+
+- :class:`TransientError` — may succeed later (timeout, unavailable, overloaded);
+- :class:`PermanentError` — will never succeed as it is (invalid mutation, mapping conflict,
+  unknown table); the entry goes to the dead-letter queue.
+
+Every target must be idempotent: applying an entry twice, or an older entry after a newer
+one for the same key, leaves the state implied by the newest write time.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from walstream.entry import Entry
+
+
+class ErrorClass(enum.StrEnum):
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+    #: the record on the WAL topic is not a readable walstream entry
+    UNDECODABLE = "undecodable"
+    #: the entry's namespace no longer exists
+    NO_NAMESPACE = "no_namespace"
+
+
+class TargetError(Exception):
+    error_class: ErrorClass = ErrorClass.PERMANENT
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class TransientError(TargetError):
+    error_class = ErrorClass.TRANSIENT
+
+
+class PermanentError(TargetError):
+    error_class = ErrorClass.PERMANENT
+
+
+#: one outcome per entry of a batch, in order: ``None`` means applied
+Outcomes = list[TargetError | None]
+
+
+class Target(ABC):
+    """One configured destination. Instances are shared by every namespace with the same
+    target config and live as long as the worker."""
+
+    #: short, stable description for logs and DLQ records, e.g. ``cassandra:catalog``
+    label: str
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect. May raise :class:`TransientError` (it is retried before first use)."""
+
+    @abstractmethod
+    async def apply(self, entries: Sequence[Entry]) -> Outcomes:
+        """Apply ``entries`` (in write order). Never raises: every failure is an outcome."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+def combine(errors: Sequence[TargetError | None]) -> TargetError | None:
+    """The outcome of an entry whose parts had these outcomes: permanent beats transient."""
+    worst: TargetError | None = None
+    for err in errors:
+        if err is None:
+            continue
+        if isinstance(err, PermanentError):
+            return err
+        worst = worst or err
+    return worst

@@ -1,0 +1,19 @@
+"""A target that accepts everything and keeps nothing: for benchmarks and pipeline tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from walstream.entry import Entry
+from walstream.targets.base import Outcomes, Target
+
+
+class NoopTarget(Target):
+    label = "noop"
+
+    def __init__(self) -> None:
+        self.applied = 0
+
+    async def apply(self, entries: Sequence[Entry]) -> Outcomes:
+        self.applied += len(entries)
+        return [None] * len(entries)

@@ -1,0 +1,101 @@
+"""The write path: make entries durable in ``wal.<namespace>`` and say how it went.
+
+Answers (the ``durable`` field of the write API):
+- ``SUCCESS`` only after Kafka acknowledged the record with acks=all (idempotent producer:
+  the producer's own retries never duplicate or reorder it);
+- ``UNKNOWN`` when no answer came within ``produce_timeout_s`` or the send failed after it
+  may have reached the broker: the entry may or may not be in the log;
+- ``FAILED`` is decided before anything is sent (validation); see :mod:`walstream.requests`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiokafka.errors import MessageSizeTooLargeError
+
+from walstream.entry import Entry
+from walstream.producer import SharedProducer
+
+
+class Durable(enum.StrEnum):
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    UNKNOWN = "UNKNOWN"
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    durable: Durable
+    id: str | None
+    status: int
+    partition: int | None = None
+    offset: int | None = None
+    message: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        doc: dict[str, object] = {"durable": self.durable.value, "id": self.id}
+        if self.durable is Durable.SUCCESS:
+            doc["partition"] = self.partition
+            doc["offset"] = self.offset
+        if self.message:
+            doc["message"] = self.message
+        return doc
+
+
+class LogWriter:
+    def __init__(self, producer: SharedProducer, timeout_s: float) -> None:
+        self._producer = producer
+        self._timeout_s = timeout_s
+
+    async def write(self, entries: Sequence[tuple[Entry, bytes]]) -> list[WriteResult]:
+        """Produce every entry (in order, so one key's entries keep their order) and wait
+        for all acknowledgements, at most ``timeout_s`` in total."""
+        sends: list[asyncio.Future[object] | WriteResult] = []
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        for entry, value in entries:
+            try:
+                remaining = max(0.001, deadline - asyncio.get_running_loop().time())
+                fut = await asyncio.wait_for(
+                    self._producer.send(f"wal.{entry.namespace}", value=value, key=entry.key_bytes),
+                    timeout=remaining,
+                )
+                # a future still pending at our timeout settles later, unobserved
+                fut.add_done_callback(_observe)
+                sends.append(fut)
+            except MessageSizeTooLargeError as exc:
+                sends.append(WriteResult(Durable.FAILED, entry.id, 413, message=str(exc)))
+            except Exception as exc:
+                # the record may already sit in the producer's buffer: not known
+                sends.append(_unknown(entry, exc))
+        pending = [s for s in sends if isinstance(s, asyncio.Future)]
+        if pending:
+            remaining = max(0.001, deadline - asyncio.get_running_loop().time())
+            await asyncio.wait(pending, timeout=remaining)
+        results: list[WriteResult] = []
+        for (entry, _), s in zip(entries, sends, strict=False):
+            if isinstance(s, WriteResult):
+                results.append(s)
+            elif not s.done():
+                results.append(WriteResult(Durable.UNKNOWN, entry.id, 503,
+                                           message=f"no acknowledgement within {self._timeout_s}s"))
+            elif s.exception() is not None:
+                results.append(_unknown(entry, s.exception()))
+            else:
+                md = s.result()
+                results.append(WriteResult(Durable.SUCCESS, entry.id, 200,
+                                           partition=getattr(md, "partition", None),
+                                           offset=getattr(md, "offset", None)))
+        return results
+
+
+def _observe(fut: asyncio.Future[object]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _unknown(entry: Entry, exc: BaseException | None) -> WriteResult:
+    return WriteResult(Durable.UNKNOWN, entry.id, 503, message=f"{type(exc).__name__}: {exc}")

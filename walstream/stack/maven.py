@@ -7,6 +7,7 @@ fetch has no marker and is redone).
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 import tempfile
@@ -74,10 +75,21 @@ def fetch(artifacts: list[Artifact], dest: Path, *, transitive: bool = True) -> 
     wanted = "\n".join(a.dependency_xml() for a in artifacts)
     if marker.exists() and marker.read_text() == wanted:
         return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # two services sharing one artifact set (kafka, kafka-west) may fetch at once
+    with open(dest.parent / f".{dest.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists() and marker.read_text() == wanted:
+            return dest
+        return _fetch_locked(artifacts, dest, marker, wanted, transitive)
+
+
+def _fetch_locked(artifacts: list[Artifact], dest: Path, marker: Path, wanted: str, transitive: bool) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp_dest = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
+    tmp_dest.chmod(0o755)  # mkdtemp makes it 0700; services may read it as another user
     with tempfile.TemporaryDirectory(prefix="walstream-mvn-") as work:
         pom = Path(work) / "pom.xml"
         pom.write_text(_pom(artifacts))

@@ -16,6 +16,7 @@ Guarantees:
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import time
@@ -156,8 +157,8 @@ class ServiceRunner:
         svc = self.service
         argv = list(spec.argv)
         if spec.user and os.geteuid() == 0:
-            argv = ["setpriv", f"--reuid={spec.user}", f"--regid={spec.user}",
-                    "--init-groups", "--", *argv]
+            gid = pwd.getpwnam(spec.user).pw_gid
+            argv = ["setpriv", f"--reuid={spec.user}", f"--regid={gid}", "--init-groups", "--", *argv]
         env = {**os.environ, **spec.env}
         with open(svc.log_file, "ab") as log:
             log.write(f"\n=== walstream stack: starting {svc.name} at {time.ctime()}\n".encode())

@@ -1,0 +1,206 @@
+"""Integration fixtures: the real Kafka, Cassandra and Elasticsearch of ``walstream stack``,
+and walstream workers run as real processes (so they can be SIGKILLed).
+
+Every test gets its own namespace, keyspace and index names, and every worker its own
+consumer group (app id), web port and data dir, so tests never see each other's state.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cassandra.cluster import Cluster, Session
+from elasticsearch import Elasticsearch
+
+from walstream.stack.stack import runners
+
+KAFKA = "127.0.0.1:9092"
+ES_URL = "http://127.0.0.1:9200"
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stack() -> None:
+    """Start (or find running) the local services; ``make test`` has usually done it."""
+    for r in runners(["kafka", "cassandra", "elasticsearch"]):
+        r.up()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = 60.0, interval_s: float = 0.25,
+               what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
+
+
+class Worker:
+    """A ``walstream worker`` process."""
+
+    def __init__(self, app_id: str, datadir: Path, log_path: Path, **env: str) -> None:
+        self.app_id = app_id
+        self.datadir = datadir
+        self.port = free_port()
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "WALSTREAM_APP_ID": app_id,
+            "WALSTREAM_WEB_PORT": str(self.port),
+            "WALSTREAM_DATADIR": str(datadir),
+            "WALSTREAM_PARTITIONS": "4",
+            "WALSTREAM_BROKER": KAFKA,
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 90.0) -> Worker:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "walstream.cli", "worker", "--loglevel", "info"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_until(self._healthy, timeout_s, what=f"worker {self.app_id} to serve (log: {self.log_path})")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {self.proc.returncode}; log: {self.tail()}")
+        try:
+            r = httpx.get(f"{self.url}/v1/health", timeout=2)
+            return r.status_code == 200 and bool(r.json()["assigned"])
+        except httpx.HTTPError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush, no commit."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+
+@pytest.fixture
+def unique() -> str:
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path, unique: str) -> Iterator[Callable[..., Worker]]:
+    workers: list[Worker] = []
+
+    def start(app_id: str | None = None, datadir: Path | None = None, **env: str) -> Worker:
+        n = len(workers)
+        w = Worker(app_id or f"ws-{unique}", datadir or tmp_path / f"worker{n}",
+                   tmp_path / f"worker{n}.log", **env)
+        workers.append(w)
+        return w.start()
+
+    yield start
+    for w in workers:
+        w.stop()
+
+
+@pytest.fixture(scope="session")
+def cassandra() -> Iterator[Session]:
+    cluster = Cluster(["127.0.0.1"], port=9042)
+    session = cluster.connect()
+    yield session
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def es() -> Iterator[Elasticsearch]:
+    client = Elasticsearch(ES_URL, request_timeout=30)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def movies_keyspace(cassandra: Session, unique: str) -> Iterator[str]:
+    """A fresh keyspace with ``movies (id text PRIMARY KEY, title text, year int)``."""
+    ks = f"ks_{unique}"
+    cassandra.execute(
+        f"CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
+    )
+    cassandra.execute(f"CREATE TABLE {ks}.movies (id text PRIMARY KEY, title text, year int)")
+    yield ks
+    cassandra.execute(f"DROP KEYSPACE IF EXISTS {ks}")
+
+
+def put_namespace(worker: Worker, name: str, targets: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    with worker.client() as c:
+        r = c.put(f"/v1/namespaces/{name}", json={"name": name, "targets": targets, **extra})
+    assert r.status_code == 200, r.text
+    doc: dict[str, Any] = r.json()
+    return doc
+
+
+def both_targets(ks: str, index_prefix: str) -> list[dict[str, Any]]:
+    return [
+        {"type": "cassandra", "keyspace": ks, "consistency": "ONE"},
+        {"type": "elasticsearch", "index_prefix": index_prefix},
+    ]
+
+
+def put_movie(mid: str, title: str, year: int) -> dict[str, Any]:
+    return {"mutations": [{"table": "movies", "op": "put", "key": {"id": mid}, "value": {"title": title, "year": year}}]}
+
+
+def delete_movie(mid: str) -> dict[str, Any]:
+    return {"mutations": [{"table": "movies", "op": "delete", "key": {"id": mid}}]}
+
+
+def cassandra_movies(session: Session, ks: str) -> dict[str, tuple[str, int]]:
+    return {r.id: (r.title, r.year) for r in session.execute(f"SELECT id, title, year FROM {ks}.movies")}
+
+
+def es_movies(es: Elasticsearch, index: str) -> dict[str, tuple[str, int]]:
+    if not es.indices.exists(index=index):
+        return {}
+    es.indices.refresh(index=index)
+    out: dict[str, tuple[str, int]] = {}
+    resp = es.search(index=index, size=10_000, query={"match_all": {}})
+    for hit in resp["hits"]["hits"]:
+        out[hit["_id"]] = (hit["_source"]["title"], hit["_source"]["year"])
+    return out

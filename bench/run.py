@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,11 +57,17 @@ def filler(n: int) -> str:
 async def raw_kafka_loop(n: int) -> dict[str, float]:
     topic = f"bench.raw.{uuid.uuid4().hex[:8]}"
     await ensure_topics(BROKER, [TopicSpec(topic, PARTITIONS, 1)])
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=BROKER, auto_offset_reset="earliest",
-                                group_id=f"bench-{topic}", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=BROKER,
+        auto_offset_reset="earliest",
+        group_id=f"bench-{topic}",
+        enable_auto_commit=False,
+    )
     await consumer.start()
-    producer = AIOKafkaProducer(bootstrap_servers=BROKER, acks="all", enable_idempotence=True,
-                                linger_ms=2, max_batch_size=256 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=BROKER, acks="all", enable_idempotence=True, linger_ms=2, max_batch_size=256 * 1024
+    )
     await producer.start()
     pad = filler(VALUE_BYTES - 40).encode()
     latencies: list[float] = []
@@ -135,12 +140,21 @@ class WorkerProcess:
         self.dir = Path(tempfile.mkdtemp(prefix="walstream-bench-"))
         self.port = 16066
         self.app_id = f"bench-{uuid.uuid4().hex[:8]}"
-        env = {**os.environ, "WALSTREAM_APP_ID": self.app_id, "WALSTREAM_WEB_PORT": str(self.port),
-               "WALSTREAM_DATADIR": str(self.dir / "data"), "WALSTREAM_PARTITIONS": str(PARTITIONS),
-               "WALSTREAM_BROKER": BROKER}
-        self.log = open(self.dir / "worker.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "walstream.cli", "worker", "--loglevel", "warning"],
-                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        env = {
+            **os.environ,
+            "WALSTREAM_APP_ID": self.app_id,
+            "WALSTREAM_WEB_PORT": str(self.port),
+            "WALSTREAM_DATADIR": str(self.dir / "data"),
+            "WALSTREAM_PARTITIONS": str(PARTITIONS),
+            "WALSTREAM_BROKER": BROKER,
+        }
+        self.log = open(self.dir / "worker.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "walstream.cli", "worker", "--loglevel", "warning"],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self.url = f"http://127.0.0.1:{self.port}"
 
     async def wait_ready(self, session: aiohttp.ClientSession) -> None:
@@ -174,16 +188,21 @@ async def lag_quantiles(session: aiohttp.ClientSession, url: str, ns: str) -> tu
     async with session.get(f"{url}/metrics") as r:
         text = await r.text()
     buckets = []
-    for m in re.finditer(rf'walstream_delivery_lag_seconds_bucket\{{le="([^"]+)",namespace="{re.escape(ns)}"\}} '
-                         r"([0-9.e+]+)", text):
+    for m in re.finditer(
+        rf'walstream_delivery_lag_seconds_bucket\{{le="([^"]+)",namespace="{re.escape(ns)}"\}} '
+        r"([0-9.e+]+)",
+        text,
+    ):
         buckets.append((float(m.group(1)), float(m.group(2))))
     buckets.sort()
     total = buckets[-1][1] if buckets else 0
+
     def q(p: float) -> float:
         for le, c in buckets:
             if c >= p * total:
                 return le
         return float("inf")
+
     return q(0.5), q(0.99)
 
 
@@ -204,8 +223,10 @@ async def walstream_rungs(n: int, rate: float, seconds: float) -> tuple[dict[str
             pad = filler(VALUE_BYTES - 100)
             bodies = []
             for start in range(0, n, BATCH):
-                entries = [{"namespace": ns, "key": str(i % 1000), "payload": {"i": i, "pad": pad}}
-                           for i in range(start, min(n, start + BATCH))]
+                entries = [
+                    {"namespace": ns, "key": str(i % 1000), "payload": {"i": i, "pad": pad}}
+                    for i in range(start, min(n, start + BATCH))
+                ]
                 bodies.append(orjson.dumps({"entries": entries}))
             queue: asyncio.Queue[bytes] = asyncio.Queue()
             for b in bodies:
@@ -216,20 +237,26 @@ async def walstream_rungs(n: int, rate: float, seconds: float) -> tuple[dict[str
                 nonlocal failures
                 while not queue.empty():
                     body = queue.get_nowait()
-                    async with s.post(f"{worker.url}/v1/log/batch", data=body,
-                                      headers={"content-type": "application/json"}) as r:
+                    async with s.post(
+                        f"{worker.url}/v1/log/batch", data=body, headers={"content-type": "application/json"}
+                    ) as r:
                         doc = orjson.loads(await r.read())
                         failures += sum(1 for x in doc["results"] if x["durable"] != "SUCCESS")
 
             started = time.time()
             await asyncio.gather(*(client() for _ in range(CLIENTS)))
             acked = time.time() - started
-            while await delivered(s, worker.url, ns) < n:
+            while await delivered(s, worker.url, ns) < n:  # noqa: ASYNC110 - polling another process
                 await asyncio.sleep(0.05)
             elapsed = time.time() - started
             p50, p99 = await lag_quantiles(s, worker.url, ns)
-            l3 = {"entries_per_s": n / elapsed, "write_entries_per_s": n / acked, "failures": failures,
-                  "lag_p50_le_ms": p50 * 1000, "lag_p99_le_ms": p99 * 1000}
+            l3 = {
+                "entries_per_s": n / elapsed,
+                "write_entries_per_s": n / acked,
+                "failures": failures,
+                "lag_p50_le_ms": p50 * 1000,
+                "lag_p99_le_ms": p99 * 1000,
+            }
 
             lat: list[float] = []
             body_tpl = {"namespace": ns, "payload": {"pad": filler(VALUE_BYTES - 60)}}
@@ -251,18 +278,26 @@ async def walstream_rungs(n: int, rate: float, seconds: float) -> tuple[dict[str
 async def main() -> None:
     print(f"walstream bench: N={N} entries of ~{VALUE_BYTES} B, {PARTITIONS} partitions, broker {BROKER}")
     l2 = await raw_kafka_loop(N)
-    print(f"L2 raw aiokafka loop:      {l2['entries_per_s']:>9.0f} entries/s   e2e p50 {l2['p50_ms']:.1f} ms"
-          f"  p99 {l2['p99_ms']:.1f} ms")
+    print(
+        f"L2 raw aiokafka loop:      {l2['entries_per_s']:>9.0f} entries/s   e2e p50 {l2['p50_ms']:.1f} ms"
+        f"  p99 {l2['p99_ms']:.1f} ms"
+    )
     raw_ack = await raw_ack_latency(RATE, SECONDS)
     l3, ack = await walstream_rungs(N, RATE, SECONDS)
-    print(f"L3 walstream batch→noop:   {l3['entries_per_s']:>9.0f} entries/s   (writes acked at "
-          f"{l3['write_entries_per_s']:.0f}/s, failures {l3['failures']})  lag p50 ≤{l3['lag_p50_le_ms']:.0f} ms"
-          f"  p99 ≤{l3['lag_p99_le_ms']:.0f} ms")
+    print(
+        f"L3 walstream batch→noop:   {l3['entries_per_s']:>9.0f} entries/s   (writes acked at "
+        f"{l3['write_entries_per_s']:.0f}/s, failures {l3['failures']})  lag p50 ≤{l3['lag_p50_le_ms']:.0f} ms"
+        f"  p99 ≤{l3['lag_p99_le_ms']:.0f} ms"
+    )
     print(f"L3 / L2:                   {100 * l3['entries_per_s'] / l2['entries_per_s']:>8.1f} %   (aim ≥ 40 %)")
-    print(f"ack latency @ {RATE:.0f}/s raw send_and_wait: p50 {raw_ack['p50_ms']:.2f} ms  p99 {raw_ack['p99_ms']:.2f} ms"
-          f"  (n={raw_ack['n']:.0f})")
-    print(f"ack latency @ {RATE:.0f}/s POST /v1/log:       p50 {ack['p50_ms']:.2f} ms  p99 {ack['p99_ms']:.2f} ms"
-          f"  (n={ack['n']:.0f})")
+    print(
+        f"ack latency @ {RATE:.0f}/s raw send_and_wait: p50 {raw_ack['p50_ms']:.2f} ms  p99 {raw_ack['p99_ms']:.2f} ms"
+        f"  (n={raw_ack['n']:.0f})"
+    )
+    print(
+        f"ack latency @ {RATE:.0f}/s POST /v1/log:       p50 {ack['p50_ms']:.2f} ms  p99 {ack['p99_ms']:.2f} ms"
+        f"  (n={ack['n']:.0f})"
+    )
     print(f"p99 ack ratio walstream/raw: {ack['p99_ms'] / raw_ack['p99_ms']:.2f}x   (aim ≤ 2x)")
 
 

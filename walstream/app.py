@@ -47,6 +47,8 @@ class WalApp:
             topic_partitions=s.partitions,
             topic_replication_factor=s.replication_factor,
             broker_commit_interval=1.0,
+            broker_session_timeout=s.session_timeout_s,
+            broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
             web_enabled=True,
             web_bind=s.web_host,
             web_host=s.web_host,

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     #: (batches several creations into one rebalance).
     resubscribe_s: float = Field(default=1.0, ge=0)
 
+    #: ``WALSTREAM_SESSION_TIMEOUT_S``: a worker that stops heartbeating (crash, SIGKILL) loses
+    #: its partitions after this long; lower means faster take-over, higher tolerates pauses.
+    session_timeout_s: float = Field(default=10.0, ge=6.0, le=300.0)
+
     @property
     def web_url(self) -> str:
         return f"http://{self.web_host}:{self.web_port}"

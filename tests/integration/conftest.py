@@ -44,8 +44,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], Any], timeout_s: float = 60.0, interval_s: float = 0.25,
-               what: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout_s: float = 60.0, interval_s: float = 0.25, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout_s
     last: Any = None
     while time.monotonic() < deadline:
@@ -80,10 +81,13 @@ class Worker:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 90.0) -> Worker:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "walstream.cli", "worker", "--loglevel", "info"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_until(self._healthy, timeout_s, what=f"worker {self.app_id} to serve (log: {self.log_path})")
         return self
@@ -131,8 +135,7 @@ def start_worker(tmp_path: Path, unique: str) -> Iterator[Callable[..., Worker]]
 
     def start(app_id: str | None = None, datadir: Path | None = None, **env: str) -> Worker:
         n = len(workers)
-        w = Worker(app_id or f"ws-{unique}", datadir or tmp_path / f"worker{n}",
-                   tmp_path / f"worker{n}.log", **env)
+        w = Worker(app_id or f"ws-{unique}", datadir or tmp_path / f"worker{n}", tmp_path / f"worker{n}.log", **env)
         workers.append(w)
         return w.start()
 
@@ -160,9 +163,7 @@ def es() -> Iterator[Elasticsearch]:
 def movies_keyspace(cassandra: Session, unique: str) -> Iterator[str]:
     """A fresh keyspace with ``movies (id text PRIMARY KEY, title text, year int)``."""
     ks = f"ks_{unique}"
-    cassandra.execute(
-        f"CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
-    )
+    cassandra.execute(f"CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}")
     cassandra.execute(f"CREATE TABLE {ks}.movies (id text PRIMARY KEY, title text, year int)")
     yield ks
     cassandra.execute(f"DROP KEYSPACE IF EXISTS {ks}")
@@ -184,7 +185,9 @@ def both_targets(ks: str, index_prefix: str) -> list[dict[str, Any]]:
 
 
 def put_movie(mid: str, title: str, year: int) -> dict[str, Any]:
-    return {"mutations": [{"table": "movies", "op": "put", "key": {"id": mid}, "value": {"title": title, "year": year}}]}
+    return {
+        "mutations": [{"table": "movies", "op": "put", "key": {"id": mid}, "value": {"title": title, "year": year}}]
+    }
 
 
 def delete_movie(mid: str) -> dict[str, Any]:

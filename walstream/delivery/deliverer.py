@@ -65,6 +65,7 @@ class Deliverer:
         self.targets = targets
         self.dead_letters = dead_letters
         self.metrics = metrics
+        self._ns_targets: dict[tuple[str, int], list[tuple[dict[str, Any], Target]]] = {}
 
     async def deliver(self, records: Sequence[SourceRecord]) -> None:
         while True:
@@ -95,13 +96,13 @@ class Deliverer:
                 continue
             if entry.due_at_ms is not None:
                 latest_due_ms = max(latest_due_ms, entry.due_at_ms)
-            for cfg in self._target_configs(ns, entry):
-                try:
-                    target = self.targets.get(cfg)
-                except Exception as exc:
-                    letters.append(_letter(rec, entry, cfg, ErrorClass.PERMANENT,
-                                           f"bad target config: {exc}", 0, now_s))
-                    continue
+            try:
+                resolved = self._targets_for(ns, entry)
+            except Exception as exc:  # an override that no longer validates
+                letters.append(_letter(rec, entry, None, ErrorClass.PERMANENT,
+                                       f"bad target config: {exc}", 0, now_s))
+                continue
+            for cfg, target in resolved:
                 w = work.setdefault(id(target), _Work(target, cfg, ns.retry))
                 w.items.append(_Item(rec, entry))
 
@@ -119,11 +120,17 @@ class Deliverer:
                     _ns(dl), (dl.target or {}).get("type", "-"), dl.error_class.value
                 ).inc()
 
-    @staticmethod
-    def _target_configs(ns: NamespaceConfig, entry: Entry) -> list[dict[str, Any]]:
+    def _targets_for(self, ns: NamespaceConfig, entry: Entry) -> list[tuple[dict[str, Any], Target]]:
+        """The (config, target) pairs of an entry: its override, else its namespace's
+        (resolved once per namespace version: this runs for every entry)."""
         if entry.targets is not None:
-            return entry.targets
-        return [t.model_dump(mode="json") for t in ns.targets]
+            return [(cfg, self.targets.get(cfg)) for cfg in entry.targets]
+        cache_key = (ns.name, ns.version)
+        resolved = self._ns_targets.get(cache_key)
+        if resolved is None:
+            resolved = [(t.model_dump(mode="json"), self.targets.get(t)) for t in ns.targets]
+            self._ns_targets[cache_key] = resolved
+        return resolved
 
     async def _deliver_to(self, w: _Work) -> list[DeadLetter]:
         """Apply ``w.items`` to one target, retrying transient failures in place."""

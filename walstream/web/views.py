@@ -55,13 +55,16 @@ def register_views(wal: WalApp) -> None:
             raise BodyError(400, f"malformed JSON: {exc}") from None
 
     def failed(entry_id: Any, message: str) -> dict[str, Any]:
-        return {"durable": Durable.FAILED.value,
-                "id": entry_id if isinstance(entry_id, str) else None,
-                "message": message}
+        return {
+            "durable": Durable.FAILED.value,
+            "id": entry_id if isinstance(entry_id, str) else None,
+            "message": message,
+        }
 
     def validate(doc: Any) -> tuple[Entry, bytes]:
-        return parse_log_request(doc, lookup=wal.registry.get, clock=wal.clock,
-                                 max_entry_bytes=settings.max_entry_bytes)
+        return parse_log_request(
+            doc, lookup=wal.registry.get, clock=wal.clock, max_entry_bytes=settings.max_entry_bytes
+        )
 
     def count(results: list[WriteResult], namespaces: list[str]) -> None:
         for r, ns in zip(results, namespaces, strict=False):
@@ -95,7 +98,9 @@ def register_views(wal: WalApp) -> None:
                 return respond(self, 400, {"message": 'expected {"entries": [ ... ]}'})
             items = doc["entries"]
             if len(items) > settings.max_batch_entries:
-                return respond(self, 413, {"message": f"{len(items)} entries; at most {settings.max_batch_entries} per batch"})
+                return respond(
+                    self, 413, {"message": f"{len(items)} entries; at most {settings.max_batch_entries} per batch"}
+                )
             results: list[dict[str, Any] | None] = [None] * len(items)
             valid: list[tuple[Entry, bytes]] = []
             positions: list[int] = []
@@ -104,8 +109,10 @@ def register_views(wal: WalApp) -> None:
                     valid.append(validate(item))
                     positions.append(i)
                 except RequestError as exc:
-                    results[i] = {**failed(item.get("id") if isinstance(item, dict) else None, exc.message),
-                                  "status": exc.status}
+                    results[i] = {
+                        **failed(item.get("id") if isinstance(item, dict) else None, exc.message),
+                        "status": exc.status,
+                    }
             if valid:
                 started = time.perf_counter()
                 written = await wal.writer.write(valid)
@@ -166,15 +173,22 @@ def register_views(wal: WalApp) -> None:
     @app.page("/v1/health")
     class HealthView(View):
         async def get(self, request: Request) -> Response:
-            assignment = sorted(f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment()) \
-                if app.consumer is not None else []
-            return respond(self, 200, {
-                "status": "ok",
-                "shard": settings.shard,
-                "consumed_topics": wal.consumed_topics,
-                "assigned": assignment,
-                "namespaces": len(wal.registry.all()),
-            })
+            assignment = (
+                sorted(f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment())
+                if app.consumer is not None
+                else []
+            )
+            return respond(
+                self,
+                200,
+                {
+                    "status": "ok",
+                    "shard": settings.shard,
+                    "consumed_topics": wal.consumed_topics,
+                    "assigned": assignment,
+                    "namespaces": len(wal.registry.all()),
+                },
+            )
 
     @app.page("/metrics")
     class MetricsView(View):

@@ -14,6 +14,10 @@ from typing import Any
 
 import faust
 
+from tables.held import BLOCKED_TABLE, HELD_TABLE, KeyOrder
+from tables.schedule import TABLE_NAME as SCHEDULE_TABLE
+from tables.schedule import Schedule
+from walstream.delivery.breaker import Breakers
 from walstream.delivery.dead_letters import DeadLetterWriter
 from walstream.delivery.deliverer import Deliverer
 from walstream.entry import WriteClock
@@ -64,7 +68,15 @@ class WalApp:
         self.producer = SharedProducer(s.broker, s.produce_timeout_s)
         self.writer = LogWriter(self.producer, s.produce_timeout_s)
         self.dead_letters = DeadLetterWriter(self.producer)
-        self.deliverer = Deliverer(self.registry, self.targets, self.dead_letters, self.metrics)
+        self.schedule = Schedule(self._table(SCHEDULE_TABLE, "delayed entries and pending retries, by due time"))
+        self.key_order = KeyOrder(
+            self._table(BLOCKED_TABLE, "keys waiting for a retry, per target"),
+            self._table(HELD_TABLE, "entries held behind an earlier entry of their key"),
+        )
+        self.breakers = Breakers(s.breaker_threshold, s.breaker_cooldown_s, s.breaker_cooldown_max_s)
+        self.deliverer = Deliverer(
+            self.registry, self.targets, self.dead_letters, self.metrics, self.schedule, self.key_order, self.breakers
+        )
 
         #: Topics the delivery agent consumes. Faust shares this list object between the
         #: topic and the clones its agents iterate, so appending a name and flagging the
@@ -83,6 +95,28 @@ class WalApp:
         self.wal_channel.topics = self._wal_topic_names
         self.registry.add_listener(self._on_namespace_change)
         self._services_started = False
+
+    def _table(self, name: str, help: str) -> Any:
+        """A raw-bytes table co-partitioned with the WAL topics (keys sort bytewise)."""
+        mb = 1024 * 1024
+        options = (
+            {"block_cache_size": self.settings.table_cache_mb * mb, "write_buffer_size": 8 * mb}
+            if self.settings.store.startswith("rocksdb")
+            else None
+        )
+        return self.faust.Table(
+            name,
+            key_type=bytes,  # bytes → Faust's "raw" serializer: our key layouts reach RocksDB as-is
+            value_type=bytes,
+            partitions=self.settings.partitions,
+            help=help,
+            options=options,
+        )
+
+    def active_partitions(self) -> list[int]:
+        """Partitions this worker consumes actively (same numbers for every WAL topic)."""
+        consumer = self.faust.consumer
+        return sorted({tp.partition for tp in consumer.assignment() if tp.topic == self.command_topic})
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -40,9 +40,11 @@ class SharedProducer:
             await self._producer.stop()
             self._producer = None
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[Any]:
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None
+    ) -> asyncio.Future[Any]:
         """Queue a record; the returned future resolves to its metadata once acknowledged."""
         if self._producer is None:
             raise RuntimeError("producer not started")
-        fut: asyncio.Future[Any] = await self._producer.send(topic, value=value, key=key)
+        fut: asyncio.Future[Any] = await self._producer.send(topic, value=value, key=key, partition=partition)
         return fut

@@ -91,6 +91,8 @@ def parse_log_request(
         req = LogRequest.model_validate(doc)
     except ValidationError as exc:
         raise RequestError(400, format_validation_error(exc)) from None
+    if req.key is not None and req.key.startswith("\x00"):
+        raise RequestError(400, "key: must not start with a NUL character")
     ns = lookup(req.namespace)
     if ns is None:
         raise RequestError(404, f"unknown namespace {req.namespace!r}")

@@ -60,6 +60,18 @@ class Settings(BaseSettings):
     #: (batches several creations into one rebalance).
     resubscribe_s: float = Field(default=1.0, ge=0)
 
+    #: ``WALSTREAM_SCHEDULER_INTERVAL_S``: how often each worker looks for due delays/retries.
+    scheduler_interval_s: float = Field(default=0.02, gt=0, le=10)
+    #: ``WALSTREAM_TICK_RESEND_S``: a tick not handled within this is sent again.
+    tick_resend_s: float = Field(default=2.0, gt=0)
+    #: ``WALSTREAM_BREAKER_THRESHOLD``: consecutive all-transient calls that open a target's circuit.
+    breaker_threshold: int = Field(default=3, ge=1)
+    #: ``WALSTREAM_BREAKER_COOLDOWN_S`` / ``_MAX_S``: first and longest open period of a circuit.
+    breaker_cooldown_s: float = Field(default=1.0, gt=0)
+    breaker_cooldown_max_s: float = Field(default=15.0, gt=0)
+    #: ``WALSTREAM_TABLE_CACHE_MB``: RocksDB block cache per table partition.
+    table_cache_mb: int = Field(default=8, ge=1)
+
     #: ``WALSTREAM_SESSION_TIMEOUT_S``: a worker that stops heartbeating (crash, SIGKILL) loses
     #: its partitions after this long; lower means faster take-over, higher tolerates pauses.
     session_timeout_s: float = Field(default=10.0, ge=6.0, le=300.0)

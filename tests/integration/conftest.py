@@ -142,6 +142,8 @@ def start_worker(tmp_path: Path, unique: str) -> Iterator[Callable[..., Worker]]
     yield start
     for w in workers:
         w.stop()
+        # pytest shows captured output only for failing tests: the worker's last words
+        print(f"--- {w.log_path} (last lines)\n{w.tail(40)}")
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,21 @@
 """The delivery agent through Faust's ``agent.test_context()``, on memory:// and rocksdb://.
 
-Given a namespace and a stub target, when records arrive on its WAL topic, then every
-entry is applied or dead-lettered, and none is skipped.
+Given a namespace and a stub target, when records and scheduler ticks arrive, then every
+entry is applied, waits durably in a table, or is dead-lettered — none is skipped, none is
+early, and per-key order holds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import orjson
 import pytest
 
+from agents.delivery import COMMAND_KEY, TICK
+from tables import ordered
 from tests.unit.conftest import FakeProducer, RecordingTarget, add_namespace
 from walstream.app import WalApp
 from walstream.entry import Entry, WriteClock
@@ -20,14 +24,16 @@ from walstream.targets.base import PermanentError, TransientError
 NS = {"name": "orders", "targets": [{"type": "noop"}],
       "retry": {"initial_delay_ms": 1, "max_delay_ms": 5, "max_attempts": 3, "jitter": 0}}
 
+Harness = tuple[WalApp, RecordingTarget, FakeProducer]
 
-def entry(i: int, clock: WriteClock, **kw: Any) -> Entry:
-    return Entry(id=f"e{i}", namespace="orders", key=f"k{i % 3}", payload={"n": i},
+
+def entry(i: int, clock: WriteClock, key: str | None = None, **kw: Any) -> Entry:
+    return Entry(id=f"e{i}", namespace="orders", key=key or f"k{i % 3}", payload={"n": i},
                  written_at_us=clock.now_us(), **kw)
 
 
 @pytest.fixture
-def harness(wal: WalApp) -> tuple[WalApp, RecordingTarget, FakeProducer]:
+def harness(wal: WalApp) -> Harness:
     add_namespace(wal, NS)
     target = RecordingTarget()
     wal.targets.get = lambda cfg: target  # type: ignore[method-assign]
@@ -41,58 +47,77 @@ def agent(wal: WalApp) -> Any:
     return wal.faust.agents["walstream.deliver"]
 
 
-async def test_entries_are_applied_in_order(harness: tuple[WalApp, RecordingTarget, FakeProducer]) -> None:
+async def send(ctx: Any, *entries: Entry) -> None:
+    for e in entries:
+        await ctx.put(key=e.key_bytes, value=e.encode(), wait=True)
+
+
+async def tick(ctx: Any, after_s: float = 0.01) -> None:
+    await asyncio.sleep(after_s)
+    await ctx.put(key=COMMAND_KEY, value=TICK, wait=True)
+
+
+def timers(wal: WalApp) -> list[dict[str, Any]]:
+    return [orjson.loads(v) for _, v in ordered.scan(wal.schedule.table, 0)]
+
+
+def letters(producer: FakeProducer) -> dict[str, dict[str, Any]]:
+    return {orjson.loads(v)["entry"]["id"]: orjson.loads(v) for _, v, _ in producer.sent if orjson.loads(v)["entry"]}
+
+
+async def test_entries_are_applied_in_order(harness: Harness) -> None:
     wal, target, producer = harness
     clock = WriteClock()
     entries = [entry(i, clock) for i in range(20)]
     async with agent(wal).test_context() as ctx:
-        for e in entries:
-            await ctx.put(key=e.key_bytes, value=e.encode(), wait=True)
+        await send(ctx, *entries)
     assert [e.id for e in target.applied] == [e.id for e in entries]
     assert producer.sent == []
 
 
-async def test_transient_failure_is_retried_then_applied(harness: tuple[WalApp, RecordingTarget, FakeProducer]) -> None:
+async def test_transient_failure_waits_in_the_schedule_then_is_applied(harness: Harness) -> None:
     wal, target, producer = harness
-    clock = WriteClock()
-    e = entry(1, clock)
+    e = entry(1, WriteClock())
     target.script[e.id] = [TransientError("timeout"), TransientError("timeout")]
     async with agent(wal).test_context() as ctx:
-        await ctx.put(key=e.key_bytes, value=e.encode(), wait=True)
+        await send(ctx, e)
+        # Then: not applied, a retry timer holds it (attempt 1)
+        assert target.applied == []
+        [t] = timers(wal)
+        assert (t["kind"], t["attempt"], t["last_error"]) == ("retry", 1, "timeout")
+        await tick(ctx)
+        assert [x["attempt"] for x in timers(wal)] == [2]
+        await tick(ctx)
     assert [x.id for x in target.applied] == ["e1"]
-    assert target.calls == 3
+    assert timers(wal) == []
     assert producer.sent == []
 
 
-async def test_exhausted_and_permanent_failures_are_dead_lettered(
-    harness: tuple[WalApp, RecordingTarget, FakeProducer],
-) -> None:
+async def test_exhausted_and_permanent_failures_are_dead_lettered(harness: Harness) -> None:
     wal, target, producer = harness
     clock = WriteClock()
     bad, flaky, good = entry(1, clock), entry(2, clock), entry(3, clock)
     target.script[bad.id] = [PermanentError("mapping conflict")]
     target.script[flaky.id] = [TransientError("down")] * 5
     async with agent(wal).test_context() as ctx:
-        for e in (bad, flaky, good):
-            await ctx.put(key=e.key_bytes, value=e.encode(), wait=True)
+        await send(ctx, bad, flaky, good)
+        await tick(ctx)
+        await tick(ctx)
     assert [x.id for x in target.applied] == ["e3"]
-    letters = {orjson.loads(v)["entry"]["id"]: (t, orjson.loads(v)) for t, v, _ in producer.sent}
-    assert set(letters) == {"e1", "e2"}
-    topic, dl = letters["e1"]
-    assert topic.endswith(".dlq")
-    assert dl["error_class"] == "permanent" and dl["message"] == "mapping conflict" and dl["attempts"] == 1
-    assert letters["e2"][1]["error_class"] == "transient" and letters["e2"][1]["attempts"] == 3
-    assert dl["target"] == {"type": "noop"}
+    dls = letters(producer)
+    assert set(dls) == {"e1", "e2"}
+    assert dls["e1"]["error_class"] == "permanent" and dls["e1"]["message"] == "mapping conflict"
+    assert dls["e1"]["attempts"] == 1 and dls["e1"]["target"] == {"type": "noop"}
+    assert dls["e2"]["error_class"] == "transient" and dls["e2"]["attempts"] == 3
+    assert dls["e2"]["first_failure_at"] <= dls["e2"]["last_failure_at"]
+    assert timers(wal) == []
 
 
-async def test_undecodable_record_is_dead_lettered_not_dropped(
-    harness: tuple[WalApp, RecordingTarget, FakeProducer],
-) -> None:
+async def test_undecodable_record_is_dead_lettered_not_dropped(harness: Harness) -> None:
     wal, target, producer = harness
     async with agent(wal).test_context() as ctx:
         await ctx.put(key=b"k", value=b"\x00garbage", wait=True)
-        e = entry(1, WriteClock())
-        await ctx.put(key=e.key_bytes, value=e.encode(), wait=True)
+        await send(ctx, entry(1, WriteClock()))
     assert [x.id for x in target.applied] == ["e1"]
     [(_, value, key)] = producer.sent
     dl = orjson.loads(value)
@@ -100,20 +125,105 @@ async def test_undecodable_record_is_dead_lettered_not_dropped(
     assert dl["raw_value_b64"]
 
 
-async def test_unknown_namespace_is_dead_lettered(harness: tuple[WalApp, RecordingTarget, FakeProducer]) -> None:
+async def test_unknown_namespace_is_dead_lettered(harness: Harness) -> None:
     wal, target, producer = harness
     ghost = Entry(id="g", namespace="ghost", key="k", payload=1, written_at_us=WriteClock().now_us())
     async with agent(wal).test_context() as ctx:
-        await ctx.put(key=b"k", value=ghost.encode(), wait=True)
+        await send(ctx, ghost)
     assert target.applied == []
     assert orjson.loads(producer.sent[0][1])["error_class"] == "no_namespace"
 
 
-async def test_delayed_entry_is_not_applied_early(harness: tuple[WalApp, RecordingTarget, FakeProducer]) -> None:
+async def test_delayed_entry_is_never_applied_early(harness: Harness) -> None:
     wal, target, _ = harness
     clock = WriteClock()
     due_ms = int(time.time() * 1000) + 300
     e = entry(1, clock, due_at_ms=due_ms)
     async with agent(wal).test_context() as ctx:
-        await ctx.put(key=e.key_bytes, value=e.encode(), wait=True)
-    assert target.applied and time.time() * 1000 >= due_ms
+        await send(ctx, e)
+        await tick(ctx)
+        assert target.applied == []
+        assert [t["kind"] for t in timers(wal)] == ["delay"]
+        await tick(ctx, after_s=max(0.0, due_ms / 1000 - time.time()) + 0.01)
+        applied_at_ms = time.time() * 1000
+    assert [x.id for x in target.applied] == ["e1"]
+    assert applied_at_ms >= due_ms
+    assert timers(wal) == []
+
+
+async def test_later_entries_of_a_key_wait_behind_a_retry_other_keys_flow(harness: Harness) -> None:
+    wal, target, _ = harness
+    clock = WriteClock()
+    a1, a2, b1, a3 = entry(1, clock, "A"), entry(2, clock, "A"), entry(3, clock, "B"), entry(4, clock, "A")
+    target.script[a1.id] = [TransientError("blip")]
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, a1, a2, b1, a3)
+        # B flows; A's later entries are held behind a1
+        assert [x.id for x in target.applied] == ["e3"]
+        for _ in range(4):
+            await tick(ctx)
+    assert [x.id for x in target.applied] == ["e3", "e1", "e2", "e4"]
+    assert timers(wal) == []
+    assert list(ordered.scan(wal.key_order.held, 0)) == []
+    assert list(ordered.scan(wal.key_order.blocked, 0)) == []
+
+
+async def test_ordering_none_lets_later_entries_pass(harness: Harness) -> None:
+    wal, target, _ = harness
+    add_namespace(wal, {**NS, "ordering": "none"})
+    clock = WriteClock()
+    a1, a2 = entry(1, clock, "A"), entry(2, clock, "A")
+    target.script[a1.id] = [TransientError("blip")]
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, a1, a2)
+        assert [x.id for x in target.applied] == ["e2"]
+        await tick(ctx)
+    assert [x.id for x in target.applied] == ["e2", "e1"]
+
+
+async def test_open_breaker_spends_no_attempts(harness: Harness) -> None:
+    wal, target, producer = harness
+    clock = WriteClock()
+    down = [TransientError("unavailable")] * 100
+    entries = [entry(i, clock, f"key{i}") for i in range(3)]
+    for e in entries:
+        target.script[e.id] = list(down)
+    async with agent(wal).test_context() as ctx:
+        for e in entries:  # three failed calls open the circuit
+            await send(ctx, e)
+        [breaker] = wal.breakers.all().values()
+        assert breaker.is_open
+        calls = target.calls
+        late = entry(9, clock, "late")
+        await send(ctx, late)
+        assert target.calls == calls  # not called while open
+        t = {x["entry"]["id"]: x for x in timers(wal)}
+        assert t["e9"]["attempt"] == 0
+        # the target comes back: after the cool-down the probe succeeds and the circuit closes
+        for e in entries:
+            target.script[e.id] = []
+        await tick(ctx, after_s=wal.settings.breaker_cooldown_s + 0.05)
+        await tick(ctx)
+    assert not breaker.is_open
+    assert sorted(x.id for x in target.applied) == ["e0", "e1", "e2", "e9"]
+    assert producer.sent == []
+    assert [s for _, s in breaker.transitions] == ["opened", "closed"]
+
+
+async def test_each_target_progresses_on_its_own(wal: WalApp) -> None:
+    add_namespace(wal, {"name": "orders", "targets": [{"type": "noop"}, {"type": "kafka", "topic": "out"}],
+                        "retry": {"initial_delay_ms": 1, "max_delay_ms": 5, "jitter": 0}})
+    good, flaky = RecordingTarget("good"), RecordingTarget("flaky")
+    def pick(cfg: Any) -> RecordingTarget:
+        kind = cfg["type"] if isinstance(cfg, dict) else cfg.type
+        return good if kind == "noop" else flaky
+
+    wal.targets.get = pick  # type: ignore[method-assign]
+    wal.dead_letters._producer = FakeProducer()  # type: ignore[assignment]
+    e = entry(1, WriteClock())
+    flaky.script[e.id] = [TransientError("slow")]
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, e)
+        await tick(ctx)
+    assert [x.id for x in good.applied] == ["e1"]  # applied once, not again on flaky's retry
+    assert [x.id for x in flaky.applied] == ["e1"]

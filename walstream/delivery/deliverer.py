@@ -1,17 +1,20 @@
-"""The delivery runtime: applies a batch of WAL records to every target of their namespace.
+"""The delivery runtime: from WAL records and due timers to targets.
 
 Contract (what the delivery agent relies on):
-- :meth:`Deliverer.deliver` never raises (an exception escaping a Faust agent would commit
-  the batch's offsets without delivering it). It returns once every entry of the batch is
-  either applied to each of its targets or durably written to the dead-letter topic.
-- Each target is tracked separately: an entry that fails in one target is retried or
-  dead-lettered for that target only; the others are not re-applied.
-- Transient failures are retried in place with the namespace's backoff, up to its
-  ``max_attempts``; permanent failures go straight to the dead-letter topic.
+- :meth:`Deliverer.process` handles the records of **one partition** while an event of that
+  partition is current (every table write lands in that partition's changelog). It never
+  raises: an exception escaping a Faust agent would commit offsets without delivering.
+- When it returns, every entry of the batch is applied to each of its targets, or is
+  durably waiting in a table (delayed, retrying, held behind an earlier entry of its key),
+  or its dead letter is acknowledged by Kafka. Nothing is dropped.
+- Each target is tracked separately: a failure at one target never re-applies another.
 - An entry is never applied before its due time.
-
-Interim (until durable delay and retry tables arrive): a delayed entry and a retry hold up
-the batch they belong to.
+- With ``ordering: key``, while an entry for key K waits for a retry at target T, later
+  entries for K wait for T behind it and are applied after it, in write order. Other keys
+  and other targets keep flowing.
+- Transient failures are retried at ``backoff(attempt)``; permanent failures and exhausted
+  attempts go to ``wal.<namespace>.dlq``. While a target's circuit breaker is open, entries
+  wait for it without spending attempts.
 """
 
 from __future__ import annotations
@@ -19,38 +22,69 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from tables.held import KeyOrder
+from tables.keys import target_id as make_target_id
+from tables.schedule import Schedule, Timer
+from walstream.delivery.breaker import Breaker, Breakers
 from walstream.delivery.dead_letters import DeadLetter, DeadLetterWriter, SourceRecord
 from walstream.delivery.retry import backoff_ms
 from walstream.entry import Entry, EntryDecodeError
 from walstream.metrics import Metrics
-from walstream.namespaces.model import NamespaceConfig, RetryPolicy
+from walstream.namespaces.model import NamespaceConfig
 from walstream.namespaces.registry import NamespaceRegistry
 from walstream.targets.base import ErrorClass, Target, TargetError, TransientError
 from walstream.targets.pool import TargetPool
 
 log = logging.getLogger(__name__)
 
+#: most due timers one tick takes from one partition (the rest wait for the next tick)
+TICK_LIMIT = 1000
+
 
 @dataclass
-class _Item:
-    record: SourceRecord
+class Item:
+    """One entry bound for one target."""
+
     entry: Entry
+    doc: dict[str, Any]
+    ns: NamespaceConfig
+    source: SourceRecord
+    target_cfg: dict[str, Any]
+    target_id: str
+    target: Target
+    attempt: int = 0
+    first_failure_s: float | None = None
+    #: this item is the one its key waits for (a retry, or a released held entry)
+    is_blocker: bool = False
+
+    @property
+    def seq(self) -> int:
+        return self.source.offset
+
+    @property
+    def ordered(self) -> bool:
+        return self.ns.ordering == "key"
+
+    @property
+    def order_key(self) -> tuple[str, str]:
+        return (self.entry.namespace, self.entry.key)
 
 
 @dataclass
-class _Work:
-    """Entries bound for one target, with the namespace retry policy to use."""
+class _Outcome:
+    """What processing one partition batch decided, applied after the targets answered."""
 
-    target: Target
-    target_cfg: dict[str, Any]
-    policy: RetryPolicy
-    items: list[_Item] = field(default_factory=list)
+    letters: list[DeadLetter]
+    #: timers written while processing: a due timer whose successor got the same key
+    #: (same due millisecond) must not be deleted afterwards
+    timers_put: set[bytes]
 
 
 class Deliverer:
@@ -60,122 +94,322 @@ class Deliverer:
         targets: TargetPool,
         dead_letters: DeadLetterWriter,
         metrics: Metrics,
+        schedule: Schedule,
+        order: KeyOrder,
+        breakers: Breakers,
     ) -> None:
         self.registry = registry
         self.targets = targets
         self.dead_letters = dead_letters
         self.metrics = metrics
-        self._ns_targets: dict[tuple[str, int], list[tuple[dict[str, Any], Target]]] = {}
+        self.schedule = schedule
+        self.order = order
+        self.breakers = breakers
+        self._ns_targets: dict[tuple[str, int], list[tuple[dict[str, Any], str, Target]]] = {}
 
-    async def deliver(self, records: Sequence[SourceRecord]) -> None:
+    # -- entry point -----------------------------------------------------------------------
+
+    async def process(self, partition: int, records: Sequence[SourceRecord], *, tick: bool) -> None:
+        """Handle fresh ``records`` of ``partition`` and, when ``tick``, its due timers."""
         while True:
             try:
-                await self._deliver(records)
+                await self._process(partition, records, tick)
                 return
             except Exception:
-                # Last line of defence: a bug here must not ack the batch. Everything is
-                # retried from the start (targets are idempotent) after a pause.
-                log.exception("delivery of %d records failed; retrying the batch", len(records))
+                # Last line of defence: a bug must not ack the batch. Everything is retried
+                # from the start (targets are idempotent) after a pause.
+                log.exception("delivery of partition %d failed; retrying the batch", partition)
                 await asyncio.sleep(1.0)
 
-    async def _deliver(self, records: Sequence[SourceRecord]) -> None:
+    async def _process(self, partition: int, records: Sequence[SourceRecord], tick: bool) -> None:
         now_s = time.time()
-        letters: list[DeadLetter] = []
-        work: dict[int, _Work] = {}
-        latest_due_ms = 0
+        out = _Outcome(letters=[], timers_put=set())
+        items: list[Item] = []
         for rec in records:
-            try:
-                entry = Entry.decode(rec.value)
-            except EntryDecodeError as exc:
-                letters.append(_letter(rec, None, None, ErrorClass.UNDECODABLE, str(exc), 0, now_s))
-                continue
-            ns = self.registry.get(entry.namespace)
-            if ns is None:
-                letters.append(_letter(rec, entry, None, ErrorClass.NO_NAMESPACE,
-                                       f"namespace {entry.namespace!r} does not exist", 0, now_s))
-                continue
-            if entry.due_at_ms is not None:
-                latest_due_ms = max(latest_due_ms, entry.due_at_ms)
-            try:
-                resolved = self._targets_for(ns, entry)
-            except Exception as exc:  # an override that no longer validates
-                letters.append(_letter(rec, entry, None, ErrorClass.PERMANENT,
-                                       f"bad target config: {exc}", 0, now_s))
-                continue
-            for cfg, target in resolved:
-                w = work.setdefault(id(target), _Work(target, cfg, ns.retry))
-                w.items.append(_Item(rec, entry))
+            items.extend(self._admit(rec, now_s, out))
+        done_timers: list[bytes] = []
+        if tick:
+            for key, timer in list(self.schedule.due(partition, int(now_s * 1000), TICK_LIMIT)):
+                items.extend(self._from_timer(partition, timer, now_s, out))
+                done_timers.append(key)
 
-        wait_s = latest_due_ms / 1000 - time.time()
-        if wait_s > 0:
-            await asyncio.sleep(wait_s)
+        by_target: dict[str, list[Item]] = defaultdict(list)
+        for it in items:
+            by_target[it.target_id].append(it)
+        await asyncio.gather(*(self._run_target(partition, its, out) for its in by_target.values()))
 
-        results = await asyncio.gather(*(self._deliver_to(w) for w in work.values()))
-        for dead in results:
-            letters.extend(dead)
-        if letters:
-            await self.dead_letters.write(letters)
-            for dl in letters:
+        if out.letters:
+            await self.dead_letters.write(out.letters)
+            for dl in out.letters:
                 self.metrics.dead_lettered.labels(
                     _ns(dl), (dl.target or {}).get("type", "-"), dl.error_class.value
                 ).inc()
+        # only now that successors (retries, held entries) and dead letters are durable
+        for key in done_timers:
+            if key not in out.timers_put:
+                self.schedule.delete(key)
 
-    def _targets_for(self, ns: NamespaceConfig, entry: Entry) -> list[tuple[dict[str, Any], Target]]:
-        """The (config, target) pairs of an entry: its override, else its namespace's
-        (resolved once per namespace version: this runs for every entry)."""
+    # -- admission -----------------------------------------------------------------------
+
+    def _admit(self, rec: SourceRecord, now_s: float, out: _Outcome) -> list[Item]:
+        try:
+            entry = Entry.decode(rec.value)
+        except EntryDecodeError as exc:
+            out.letters.append(_letter(rec, None, None, ErrorClass.UNDECODABLE, str(exc), 0, now_s))
+            return []
+        doc = orjson.loads(rec.value or b"null")
+        ns = self.registry.get(entry.namespace)
+        if ns is None:
+            out.letters.append(
+                _letter(
+                    rec, doc, None, ErrorClass.NO_NAMESPACE, f"namespace {entry.namespace!r} does not exist", 0, now_s
+                )
+            )
+            return []
+        if entry.due_at_ms is not None and entry.due_at_ms > now_s * 1000:
+            self._put_timer(
+                Timer(kind="delay", due_ms=entry.due_at_ms, seq=rec.offset, entry=doc, source=_src(rec)), out
+            )
+            return []
+        return self._expand(rec, entry, doc, ns, out, now_s)
+
+    def _expand(
+        self, rec: SourceRecord, entry: Entry, doc: dict[str, Any], ns: NamespaceConfig, out: _Outcome, now_s: float
+    ) -> list[Item]:
+        try:
+            resolved = self._targets_for(ns, entry)
+        except Exception as exc:  # an override that no longer validates
+            out.letters.append(_letter(rec, doc, None, ErrorClass.PERMANENT, f"bad target config: {exc}", 0, now_s))
+            return []
+        return [Item(entry, doc, ns, rec, cfg, tid, target) for cfg, tid, target in resolved]
+
+    def _from_timer(self, partition: int, timer: Timer, now_s: float, out: _Outcome) -> list[Item]:
+        topic, part, offset = timer.source
+        rec = SourceRecord(topic, part, offset, timer.entry.get("key", "").encode(), orjson.dumps(timer.entry))
+        try:
+            entry = Entry.decode(rec.value)
+        except EntryDecodeError as exc:  # cannot happen for timers we wrote; never drop it anyway
+            out.letters.append(_letter(rec, timer.entry, timer.target, ErrorClass.UNDECODABLE, str(exc), 0, now_s))
+            return []
+        ns = self.registry.get(entry.namespace)
+        if ns is None:
+            out.letters.append(
+                _letter(
+                    rec,
+                    timer.entry,
+                    timer.target,
+                    ErrorClass.NO_NAMESPACE,
+                    f"namespace {entry.namespace!r} does not exist",
+                    timer.attempt,
+                    now_s,
+                )
+            )
+            return []
+        if timer.kind == "delay":
+            return self._expand(rec, entry, timer.entry, ns, out, now_s)
+        assert timer.target is not None
+        try:
+            target = self.targets.get(timer.target)
+        except Exception as exc:
+            out.letters.append(
+                _letter(
+                    rec,
+                    timer.entry,
+                    timer.target,
+                    ErrorClass.PERMANENT,
+                    f"bad target config: {exc}",
+                    timer.attempt,
+                    now_s,
+                )
+            )
+            return []
+        item = Item(
+            entry,
+            timer.entry,
+            ns,
+            rec,
+            timer.target,
+            timer.target_id,
+            target,
+            attempt=timer.attempt,
+            first_failure_s=timer.first_failure_s,
+        )
+        item.is_blocker = (not item.ordered) or self.order.blocker(entry.namespace, timer.target_id, entry.key) in (
+            None,
+            entry.id,
+        )
+        return [item]
+
+    def _targets_for(self, ns: NamespaceConfig, entry: Entry) -> list[tuple[dict[str, Any], str, Target]]:
+        """The targets of an entry: its override, else its namespace's (resolved once per
+        namespace version: this runs for every entry)."""
         if entry.targets is not None:
-            return [(cfg, self.targets.get(cfg)) for cfg in entry.targets]
+            return [(cfg, make_target_id(cfg), self.targets.get(cfg)) for cfg in entry.targets]
         cache_key = (ns.name, ns.version)
         resolved = self._ns_targets.get(cache_key)
         if resolved is None:
-            resolved = [(t.model_dump(mode="json"), self.targets.get(t)) for t in ns.targets]
+            resolved = []
+            for t in ns.targets:
+                cfg = t.model_dump(mode="json")
+                resolved.append((cfg, make_target_id(cfg), self.targets.get(t)))
             self._ns_targets[cache_key] = resolved
         return resolved
 
-    async def _deliver_to(self, w: _Work) -> list[DeadLetter]:
-        """Apply ``w.items`` to one target, retrying transient failures in place."""
-        pending = w.items
-        first_failure: dict[int, float] = {}
-        attempt = 0
-        dead: list[DeadLetter] = []
-        label = w.target_cfg["type"]
-        while pending:
-            attempt += 1
-            outcomes = await self._apply(w.target, [it.entry for it in pending])
-            now_s = time.time()
-            retry: list[_Item] = []
-            for it, err in zip(pending, outcomes, strict=False):
-                ns_name = it.entry.namespace
-                if err is None:
-                    self.metrics.delivered.labels(ns_name, label).inc()
-                    self.metrics.delivery_lag.labels(ns_name).observe(
-                        max(0.0, now_s - _ready_at_s(it.entry))
-                    )
-                    continue
-                self.metrics.delivery_failures.labels(ns_name, label, err.error_class.value).inc()
-                first = first_failure.setdefault(id(it), now_s)
-                if isinstance(err, TransientError) and attempt < w.policy.max_attempts:
-                    retry.append(it)
-                else:
-                    dead.append(_letter(it.record, it.entry, w.target_cfg, err.error_class,
-                                        err.message, attempt, first, now_s))
-            pending = retry
-            if pending:
-                delay = backoff_ms(w.policy, attempt) / 1000
-                log.warning("%s: %d entries failed transiently (attempt %d); retrying in %.2fs",
-                            w.target.label, len(pending), attempt, delay)
-                await asyncio.sleep(delay)
-        return dead
+    # -- one target ------------------------------------------------------------------------
 
-    async def _apply(self, target: Target, entries: list[Entry]) -> list[TargetError | None]:
+    async def _run_target(self, partition: int, items: list[Item], out: _Outcome) -> None:
+        """Apply ``items`` (all for one target) honouring key order, retries and the breaker."""
+        first = items[0]
+        breaker = self.breakers.get(first.target_id, first.target.label)
+        blocked: set[tuple[str, str]] = set()  # keys that became blocked during this call
+        waves: list[list[Item]] = [[]]
+        wave_of: dict[tuple[str, str], int] = {}
+        for it in items:
+            if it.ordered and not it.is_blocker:
+                if it.order_key in blocked or self.order.blocker(it.entry.namespace, it.target_id, it.entry.key):
+                    self._hold(it)
+                    continue
+            if it.ordered:
+                # one entry per key per wave: a later entry of a key goes out only after the
+                # earlier one succeeded
+                w = wave_of.get(it.order_key, -1) + 1
+                wave_of[it.order_key] = w
+                while len(waves) <= w:
+                    waves.append([])
+                waves[w].append(it)
+            else:
+                waves[0].append(it)
+
+        for wave in waves:
+            pending = []
+            for it in wave:
+                if it.ordered and it.order_key in blocked:
+                    self._hold(it)
+                else:
+                    pending.append(it)
+            if not pending:
+                continue
+            outcomes = await self._call(breaker, pending)
+            now_s = time.time()
+            for it, err in zip(pending, outcomes, strict=True):
+                became_blocked = self._settle(partition, it, err, breaker, now_s, out)
+                if became_blocked:
+                    blocked.add(it.order_key)
+
+    async def _call(self, breaker: Breaker, items: list[Item]) -> list[TargetError | None]:
+        """One call to the target, or a refusal by its open breaker (no attempt spent)."""
+        if not breaker.allows():
+            return [_BreakerOpen(breaker)] * len(items)
+        target = items[0].target
         try:
-            outcomes = await target.apply(entries)
-            if len(outcomes) != len(entries):
-                raise RuntimeError(f"{target.label} returned {len(outcomes)} outcomes for {len(entries)} entries")
-            return outcomes
-        except Exception as exc:  # a target bug is a failure of the whole batch, retried
+            outcomes = await target.apply([it.entry for it in items])
+            if len(outcomes) != len(items):
+                raise RuntimeError(f"{target.label} returned {len(outcomes)} outcomes for {len(items)} entries")
+        except Exception as exc:  # a target bug fails the call, transiently
             log.exception("target %s raised", target.label)
-            return [TransientError(f"{type(exc).__name__}: {exc}")] * len(entries)
+            outcomes = [TransientError(f"{type(exc).__name__}: {exc}")] * len(items)
+        breaker.record(all_transient=all(isinstance(o, TransientError) for o in outcomes))
+        return outcomes
+
+    def _settle(
+        self, partition: int, it: Item, err: TargetError | None, breaker: Breaker, now_s: float, out: _Outcome
+    ) -> bool:
+        """Record the outcome of one item. Returns True when its key is now blocked."""
+        ns_name = it.entry.namespace
+        label = it.target_cfg["type"]
+        if err is None:
+            self.metrics.delivered.labels(ns_name, label).inc()
+            self.metrics.delivery_lag.labels(ns_name).observe(max(0.0, now_s - _ready_at_s(it.entry)))
+            if it.is_blocker and it.ordered:
+                return self._release(partition, it, breaker, now_s, out)
+            return False
+        if isinstance(err, _BreakerOpen):
+            # the target is down: wait for it without spending an attempt
+            self._retry_later(it, int(breaker.retry_at_s(now_s) * 1000), it.attempt, err, out)
+            return it.ordered
+        self.metrics.delivery_failures.labels(ns_name, label, err.error_class.value).inc()
+        attempt = it.attempt + 1
+        first = it.first_failure_s or now_s
+        if isinstance(err, TransientError) and attempt < it.ns.retry.max_attempts:
+            it.first_failure_s = first
+            self._retry_later(it, int(now_s * 1000) + backoff_ms(it.ns.retry, attempt), attempt, err, out)
+            return it.ordered
+        out.letters.append(
+            _letter(it.source, it.doc, it.target_cfg, err.error_class, err.message, attempt, first, now_s)
+        )
+        if it.is_blocker and it.ordered:
+            return self._release(partition, it, breaker, now_s, out)
+        return False
+
+    def _put_timer(self, timer: Timer, out: _Outcome) -> None:
+        self.schedule.put(timer)
+        out.timers_put.add(timer.key)
+
+    def _retry_later(self, it: Item, due_ms: int, attempt: int, err: TargetError, out: _Outcome) -> None:
+        self._put_timer(
+            Timer(
+                kind="retry",
+                due_ms=due_ms,
+                seq=it.seq,
+                entry=it.doc,
+                target=it.target_cfg,
+                target_id=it.target_id,
+                attempt=attempt,
+                first_failure_s=it.first_failure_s,
+                last_error=err.message,
+                error_class=err.error_class.value,
+                source=_src(it.source),
+            ),
+            out,
+        )
+        if it.ordered:
+            self.order.block(it.entry.namespace, it.target_id, it.entry.key, it.entry.id)
+
+    def _hold(self, it: Item) -> None:
+        self.order.hold(
+            it.entry.namespace,
+            it.target_id,
+            it.entry.key,
+            it.seq,
+            {"entry": it.doc, "target": it.target_cfg, "source": _src(it.source)},
+        )
+
+    def _release(self, partition: int, blocker: Item, breaker: Breaker, now_s: float, out: _Outcome) -> bool:
+        """The blocker of a key is done: the first held entry of the key takes its place,
+        due now. Returns True when the key stays blocked."""
+        ns_name, key, tid = blocker.entry.namespace, blocker.entry.key, blocker.target_id
+        for held_key, held in self.order.held_for(partition, ns_name, tid, key):
+            topic, part, offset = held["source"]
+            rec = SourceRecord(topic, part, offset, key.encode(), orjson.dumps(held["entry"]))
+            entry = Entry.decode(rec.value)
+            nxt = Item(entry, held["entry"], blocker.ns, rec, held["target"], tid, blocker.target, is_blocker=True)
+            self._put_timer(
+                Timer(
+                    kind="retry",
+                    due_ms=int(now_s * 1000),
+                    seq=nxt.seq,
+                    entry=nxt.doc,
+                    target=nxt.target_cfg,
+                    target_id=tid,
+                    attempt=0,
+                    source=held["source"],
+                ),
+                out,
+            )
+            self.order.block(ns_name, tid, key, entry.id)
+            self.order.release(held_key)
+            return True
+        self.order.unblock(ns_name, tid, key)
+        return False
+
+
+class _BreakerOpen(TransientError):
+    def __init__(self, breaker: Breaker) -> None:
+        super().__init__(f"circuit open for {breaker.label}")
+
+
+def _src(rec: SourceRecord) -> list[Any]:
+    return [rec.topic, rec.partition, rec.offset]
 
 
 def _ready_at_s(entry: Entry) -> float:
@@ -192,7 +426,7 @@ def _ns(dl: DeadLetter) -> str:
 
 def _letter(
     rec: SourceRecord,
-    entry: Entry | None,
+    doc: dict[str, Any] | None,
     target: dict[str, Any] | None,
     error_class: ErrorClass,
     message: str,
@@ -200,7 +434,6 @@ def _letter(
     first_s: float,
     last_s: float | None = None,
 ) -> DeadLetter:
-    doc = orjson.loads(entry.encode()) if entry is not None else None
     return DeadLetter(
         source=rec,
         entry=doc,
@@ -211,4 +444,3 @@ def _letter(
         first_failure_s=first_s,
         last_failure_s=last_s if last_s is not None else first_s,
     )
-

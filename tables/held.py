@@ -1,0 +1,53 @@
+"""Per-key order: the ``blocked`` and ``held`` tables.
+
+While an entry for key K waits for a retry at target T, ``blocked[(ns, T, K)]`` names it,
+and later entries for K bound for T wait in ``held`` under
+``<namespace>|<target id>|<key>|<seq:020d>`` (strings length-prefixed), so a prefix scan
+returns them in write order. Other keys and other targets are never held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from tables import ordered
+from tables.keys import part
+
+BLOCKED_TABLE = "walstream-blocked"
+HELD_TABLE = "walstream-held"
+
+
+def _prefix(ns: str, target_id: str, key: str) -> bytes:
+    return b"%s|%s|%s|" % (part(ns), target_id.encode(), part(key))
+
+
+class KeyOrder:
+    def __init__(self, blocked: Any, held: Any) -> None:
+        self.blocked = blocked
+        self.held = held
+
+    def blocker(self, ns: str, target_id: str, key: str) -> str | None:
+        """Id of the entry that holds up ``key`` at this target, if any."""
+        value = self.blocked.get(_prefix(ns, target_id, key))
+        return value.decode() if value is not None else None
+
+    def block(self, ns: str, target_id: str, key: str, entry_id: str) -> None:
+        self.blocked[_prefix(ns, target_id, key)] = entry_id.encode()
+
+    def unblock(self, ns: str, target_id: str, key: str) -> None:
+        self.blocked.pop(_prefix(ns, target_id, key), None)
+
+    def hold(self, ns: str, target_id: str, key: str, seq: int, item: dict[str, Any]) -> None:
+        self.held[_prefix(ns, target_id, key) + b"%020d" % seq] = orjson.dumps(item)
+
+    def held_for(self, partition: int, ns: str, target_id: str, key: str) -> Iterator[tuple[bytes, dict[str, Any]]]:
+        """Held items of one key at one target, in write order."""
+        prefix = _prefix(ns, target_id, key)
+        for k, v in ordered.scan(self.held, partition, start=prefix, stop=prefix + b"~"):
+            yield k, orjson.loads(v)
+
+    def release(self, held_key: bytes) -> None:
+        self.held.pop(held_key, None)

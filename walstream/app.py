@@ -94,6 +94,7 @@ class WalApp:
         )
         self.wal_channel.topics = self._wal_topic_names
         self.registry.add_listener(self._on_namespace_change)
+        self.faust.timer(interval=max(1.0, s.resubscribe_s))(self._check_subscription)
         self._services_started = False
 
     def _table(self, name: str, help: str) -> Any:
@@ -164,6 +165,24 @@ class WalApp:
         if self._services_started:
             conductor: Any = self.faust.topics
             conductor._flag_changes()
+
+    async def _check_subscription(self) -> None:
+        """Re-flag the conductor while a wanted topic is not subscribed.
+
+        Faust drops a subscription change that arrives while the app is rebalancing, so a
+        namespace created during a rebalance would otherwise never be consumed.
+        """
+        try:
+            conductor: Any = self.faust.topics
+            subscribed = set(getattr(conductor, "_topic_name_index", {}) or {})
+            changed = getattr(conductor, "_subscription_changed", None)
+            pending = changed is not None and changed.is_set()
+            missing = set(self._wal_topic_names) - subscribed
+            if self._services_started and missing and not pending and not self.faust.rebalancing:
+                log.info("re-subscribing for %s", sorted(missing))
+                conductor._flag_changes()
+        except Exception:  # a timer that raises kills the worker
+            log.exception("subscription check failed")
 
     @property
     def consumed_topics(self) -> list[str]:

@@ -39,8 +39,10 @@ MOVIES = [
 def create_schema(settings: Settings) -> None:
     """The demo's Cassandra keyspace and table (walstream never creates user schema)."""
     from cassandra.cluster import Cluster
+    from cassandra.policies import DCAwareRoundRobinPolicy
 
-    cluster = Cluster(settings.cassandra_hosts.split(","), port=settings.cassandra_port)
+    cluster = Cluster(settings.cassandra_hosts.split(","), port=settings.cassandra_port, protocol_version=5,
+                      load_balancing_policy=DCAwareRoundRobinPolicy())
     try:
         session = cluster.connect()
         session.execute(

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from cassandra.cluster import Cluster, Session
+from cassandra.policies import DCAwareRoundRobinPolicy
 from elasticsearch import Elasticsearch
 
 from walstream.stack.stack import runners
@@ -148,7 +149,7 @@ def start_worker(tmp_path: Path, unique: str) -> Iterator[Callable[..., Worker]]
 
 @pytest.fixture(scope="session")
 def cassandra() -> Iterator[Session]:
-    cluster = Cluster(["127.0.0.1"], port=9042)
+    cluster = Cluster(["127.0.0.1"], port=9042, protocol_version=5, load_balancing_policy=DCAwareRoundRobinPolicy())
     session = cluster.connect()
     yield session
     cluster.shutdown()
@@ -209,3 +210,41 @@ def es_movies(es: Elasticsearch, index: str) -> dict[str, tuple[str, int]]:
     for hit in resp["hits"]["hits"]:
         out[hit["_id"]] = (hit["_source"]["title"], hit["_source"]["year"])
     return out
+
+
+def kafka_target(topic: str) -> dict[str, Any]:
+    return {"type": "kafka", "topic": topic}
+
+
+def create_topic(topic: str, partitions: int = 4) -> None:
+    import asyncio
+
+    from walstream.kafka_admin import TopicSpec, ensure_topics
+
+    asyncio.run(ensure_topics(KAFKA, [TopicSpec(topic, partitions, 1)]))
+
+
+def read_deliveries(topic: str, expect: int, timeout_s: float) -> dict[str, int]:
+    """Consume ``topic`` until ``expect`` distinct entry ids arrived (or the timeout);
+    returns entry id → earliest record timestamp (ms): when the kafka target produced it."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    async def run() -> dict[str, int]:
+        c = AIOKafkaConsumer(topic, bootstrap_servers=KAFKA, auto_offset_reset="earliest", group_id=None)
+        await c.start()
+        seen: dict[str, int] = {}
+        deadline = time.monotonic() + timeout_s
+        try:
+            while len(seen) < expect and time.monotonic() < deadline:
+                batch = await c.getmany(timeout_ms=500)
+                for records in batch.values():
+                    for r in records:
+                        entry_id = dict(r.headers)["walstream-id"].decode()
+                        seen[entry_id] = min(seen.get(entry_id, r.timestamp), r.timestamp)
+        finally:
+            await c.stop()
+        return seen
+
+    return asyncio.run(run())

@@ -55,6 +55,8 @@ class CassandraTargetConfig(_Strict):
     hosts: list[str] | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
     consistency: Literal["ONE", "LOCAL_ONE", "QUORUM", "LOCAL_QUORUM", "ALL"] = "LOCAL_QUORUM"
+    #: native protocol version (5 for Cassandra 4.0+, 4 for 3.x)
+    protocol_version: int = Field(default=5, ge=3, le=5)
 
     @field_validator("keyspace")
     @classmethod

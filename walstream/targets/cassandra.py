@@ -36,6 +36,7 @@ from cassandra import (
 )
 from cassandra.cluster import Cluster, NoHostAvailable, Session
 from cassandra.connection import ConnectionException
+from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy
 from cassandra.protocol import (
     ConfigurationException,
     IsBootstrappingErrorMessage,
@@ -157,8 +158,12 @@ class CassandraTarget(Target):
                 cluster = Cluster(
                     contact_points=self.hosts,
                     port=self.port,
+                    protocol_version=self.cfg.protocol_version,
+                    load_balancing_policy=DCAwareRoundRobinPolicy(),
                     connect_timeout=5,
                     control_connection_timeout=5,
+                    # after an outage, find the node again within seconds, not minutes
+                    reconnection_policy=ExponentialReconnectionPolicy(0.5, 5.0),
                 )
                 try:
                     self._session = await asyncio.to_thread(cluster.connect)

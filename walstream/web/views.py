@@ -187,6 +187,14 @@ def register_views(wal: WalApp) -> None:
                     "consumed_topics": wal.consumed_topics,
                     "assigned": assignment,
                     "namespaces": len(wal.registry.all()),
+                    "circuits": {
+                        tid: {
+                            "target": b.label,
+                            "open": b.is_open,
+                            "transitions": [{"at": t, "to": what} for t, what in b.transitions],
+                        }
+                        for tid, b in wal.breakers.all().items()
+                    },
                 },
             )
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from walstream.delivery.commands import COMMAND_KEY, TICK
 from walstream.delivery.dead_letters import SourceRecord
 from walstream.delivery.event_context import bound_event
 
@@ -29,9 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TICK = orjson.dumps({"op": "tick"})
-#: key of every command record (entry keys never start with NUL: the write API refuses them)
-COMMAND_KEY = b"\x00walstream-command"
 
 
 def register(wal: WalApp) -> None:
@@ -48,17 +46,20 @@ def register(wal: WalApp) -> None:
                 by_partition[ev.message.partition].append(ev)
             for partition, evs in by_partition.items():
                 records = []
-                tick = False
+                commands = []
                 for ev in evs:
                     msg = ev.message
                     if _is_command(msg, command_topic):
-                        tick = tick or _is_tick(msg.value)
+                        cmd = _command(msg.value)
+                        if cmd is not None:
+                            commands.append(cmd)
                     else:
                         records.append(SourceRecord(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
+                tick = any(c.get("op") == "tick" for c in commands)
                 if tick:
                     ticks_in_flight.pop(partition, None)
                 with bound_event(evs[-1]):
-                    await wal.deliverer.process(partition, records, tick=tick)
+                    await wal.deliverer.process(partition, records, tick=tick, commands=commands)
             yield len(events)
 
     @wal.faust.timer(interval=settings.scheduler_interval_s)  # type: ignore[untyped-decorator]
@@ -84,8 +85,14 @@ def _is_command(msg: Any, command_topic: str) -> bool:
     return bool(msg.topic == command_topic or (not msg.topic.startswith("wal.") and msg.key == COMMAND_KEY))
 
 
-def _is_tick(value: bytes | None) -> bool:
+def _command(value: bytes | None) -> dict[str, Any] | None:
+    """A command document, or None for anything unreadable (commands are ours; a stray
+    record on the command topic is logged and skipped: it carries no entry)."""
     try:
-        return bool(value) and orjson.loads(value or b"{}").get("op") == "tick"
+        doc = orjson.loads(value or b"null")
     except orjson.JSONDecodeError:
-        return False
+        doc = None
+    if not isinstance(doc, dict) or doc.get("op") not in ("tick", "cancel"):
+        log.warning("ignoring unreadable command %r", (value or b"")[:200])
+        return None
+    return doc

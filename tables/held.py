@@ -40,8 +40,11 @@ class KeyOrder:
     def unblock(self, ns: str, target_id: str, key: str) -> None:
         self.blocked.pop(_prefix(ns, target_id, key), None)
 
+    def held_key(self, ns: str, target_id: str, key: str, seq: int) -> bytes:
+        return _prefix(ns, target_id, key) + b"%020d" % seq
+
     def hold(self, ns: str, target_id: str, key: str, seq: int, item: dict[str, Any]) -> None:
-        self.held[_prefix(ns, target_id, key) + b"%020d" % seq] = orjson.dumps(item)
+        self.held[self.held_key(ns, target_id, key, seq)] = orjson.dumps(item)
 
     def held_for(self, partition: int, ns: str, target_id: str, key: str) -> Iterator[tuple[bytes, dict[str, Any]]]:
         """Held items of one key at one target, in write order."""

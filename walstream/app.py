@@ -13,7 +13,10 @@ import logging
 from typing import Any
 
 import faust
+from aiokafka.partitioner import murmur2
 
+from tables.entry_state import TABLE_NAME as ENTRIES_TABLE
+from tables.entry_state import EntryStates
 from tables.held import BLOCKED_TABLE, HELD_TABLE, KeyOrder
 from tables.schedule import TABLE_NAME as SCHEDULE_TABLE
 from tables.schedule import Schedule
@@ -66,16 +69,26 @@ class WalApp:
         self.registry = NamespaceRegistry(s)
         self.targets = TargetPool(s)
         self.producer = SharedProducer(s.broker, s.produce_timeout_s)
-        self.writer = LogWriter(self.producer, s.produce_timeout_s)
+        self.writer = LogWriter(self.producer, s.produce_timeout_s, s.entry_retention_s)
         self.dead_letters = DeadLetterWriter(self.producer)
         self.schedule = Schedule(self._table(SCHEDULE_TABLE, "delayed entries and pending retries, by due time"))
         self.key_order = KeyOrder(
             self._table(BLOCKED_TABLE, "keys waiting for a retry, per target"),
             self._table(HELD_TABLE, "entries held behind an earlier entry of their key"),
         )
+        self.states = EntryStates(
+            self._table(ENTRIES_TABLE, "delivery state of each entry, per target", retention_s=s.entry_retention_s)
+        )
         self.breakers = Breakers(s.breaker_threshold, s.breaker_cooldown_s, s.breaker_cooldown_max_s)
         self.deliverer = Deliverer(
-            self.registry, self.targets, self.dead_letters, self.metrics, self.schedule, self.key_order, self.breakers
+            self.registry,
+            self.targets,
+            self.dead_letters,
+            self.metrics,
+            self.schedule,
+            self.key_order,
+            self.breakers,
+            self.states,
         )
 
         #: Topics the delivery agent consumes. Faust shares this list object between the
@@ -97,12 +110,21 @@ class WalApp:
         self.faust.timer(interval=max(1.0, s.resubscribe_s))(self._check_subscription)
         self._services_started = False
 
-    def _table(self, name: str, help: str) -> Any:
-        """A raw-bytes table co-partitioned with the WAL topics (keys sort bytewise)."""
+    def _table(self, name: str, help: str, retention_s: float | None = None) -> Any:
+        """A raw-bytes table co-partitioned with the WAL topics (keys sort bytewise).
+
+        With ``retention_s``, rows expire: RocksDB TTL locally, and the changelog is
+        ``compact,delete`` with the same retention so a recovery does not bring them back.
+        """
         mb = 1024 * 1024
-        options = (
-            {"block_cache_size": self.settings.table_cache_mb * mb, "write_buffer_size": 8 * mb}
-            if self.settings.store.startswith("rocksdb")
+        options: dict[str, Any] | None = None
+        if self.settings.store.startswith("rocksdb"):
+            options = {"block_cache_size": self.settings.table_cache_mb * mb, "write_buffer_size": 8 * mb}
+            if retention_s is not None:
+                options["ttl"] = int(retention_s)
+        topic_configs = (
+            {"cleanup.policy": "compact,delete", "retention.ms": str(int(retention_s * 1000))}
+            if retention_s is not None
             else None
         )
         return self.faust.Table(
@@ -112,7 +134,19 @@ class WalApp:
             partitions=self.settings.partitions,
             help=help,
             options=options,
+            extra_topic_configs=topic_configs,
         )
+
+    def partition_for(self, key: str) -> int:
+        """The partition Kafka's default partitioner gives ``key`` in every WAL topic."""
+        return int(murmur2(key.encode()) & 0x7FFFFFFF) % self.settings.partitions
+
+    def peer_urls(self) -> list[str]:
+        """Web addresses of the other workers of the fleet (from the last rebalance)."""
+        assignor: Any = self.faust.assignor
+        urls = {str(u).rstrip("/") for u in getattr(assignor, "_tps_url", {}).values()}
+        urls.discard(self.settings.web_url.rstrip("/"))
+        return sorted(urls)
 
     def active_partitions(self) -> list[int]:
         """Partitions this worker consumes actively (same numbers for every WAL topic)."""

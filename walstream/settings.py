@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     #: ``WALSTREAM_TABLE_CACHE_MB``: RocksDB block cache per table partition.
     table_cache_mb: int = Field(default=8, ge=1)
 
+    #: ``WALSTREAM_ENTRY_RETENTION_S``: how long an entry's state is kept (status queries, and
+    #: a repeated write with the same id is recognised and not written twice).
+    entry_retention_s: float = Field(default=86_400.0, ge=60.0)
+
     #: ``WALSTREAM_SESSION_TIMEOUT_S``: a worker that stops heartbeating (crash, SIGKILL) loses
     #: its partitions after this long; lower means faster take-over, higher tolerates pauses.
     session_timeout_s: float = Field(default=10.0, ge=6.0, le=300.0)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,9 +49,30 @@ class WriteResult:
 
 
 class LogWriter:
-    def __init__(self, producer: SharedProducer, timeout_s: float) -> None:
+    """Produces entries; remembers recent successful writes by (namespace, id) so that a
+    client retrying a write (e.g. after UNKNOWN) gets the original answer, not a copy."""
+
+    #: most remembered writes; older ones are still recognised through the entries table
+    RECENT_MAX = 100_000
+
+    def __init__(self, producer: SharedProducer, timeout_s: float, retention_s: float = 86_400.0) -> None:
         self._producer = producer
         self._timeout_s = timeout_s
+        self._retention_s = retention_s
+        self._recent: OrderedDict[tuple[str, str], tuple[float, WriteResult]] = OrderedDict()
+
+    def recent(self, namespace: str, entry_id: str) -> WriteResult | None:
+        hit = self._recent.get((namespace, entry_id))
+        if hit is None or time.monotonic() - hit[0] > self._retention_s:
+            return None
+        return hit[1]
+
+    def _remember(self, namespace: str, result: WriteResult) -> None:
+        assert result.id is not None
+        self._recent[(namespace, result.id)] = (time.monotonic(), result)
+        self._recent.move_to_end((namespace, result.id))
+        while len(self._recent) > self.RECENT_MAX:
+            self._recent.popitem(last=False)
 
     async def write(self, entries: Sequence[tuple[Entry, bytes]]) -> list[WriteResult]:
         """Produce every entry (in order, so one key's entries keep their order) and wait
@@ -86,9 +109,10 @@ class LogWriter:
                 results.append(_unknown(entry, s.exception()))
             else:
                 md = s.result()
-                results.append(WriteResult(Durable.SUCCESS, entry.id, 200,
-                                           partition=getattr(md, "partition", None),
-                                           offset=getattr(md, "offset", None)))
+                ok = WriteResult(Durable.SUCCESS, entry.id, 200, partition=getattr(md, "partition", None),
+                                 offset=getattr(md, "offset", None))
+                self._remember(entry.namespace, ok)
+                results.append(ok)
         return results
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from cassandra.cluster import Cluster, Session
-from cassandra.policies import DCAwareRoundRobinPolicy
+from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy
 from elasticsearch import Elasticsearch
 
 from walstream.stack.stack import runners
@@ -51,9 +51,13 @@ def wait_until(
     deadline = time.monotonic() + timeout_s
     last: Any = None
     while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
+        try:
+            last = predicate()
+        except Exception as exc:  # a service still coming back counts as "not yet"
+            last = exc
+        else:
+            if last:
+                return last
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
 
@@ -149,7 +153,13 @@ def start_worker(tmp_path: Path, unique: str) -> Iterator[Callable[..., Worker]]
 
 @pytest.fixture(scope="session")
 def cassandra() -> Iterator[Session]:
-    cluster = Cluster(["127.0.0.1"], port=9042, protocol_version=5, load_balancing_policy=DCAwareRoundRobinPolicy())
+    cluster = Cluster(
+        ["127.0.0.1"],
+        port=9042,
+        protocol_version=5,
+        load_balancing_policy=DCAwareRoundRobinPolicy(),
+        reconnection_policy=ExponentialReconnectionPolicy(0.5, 2.0),  # tests stop and start Cassandra
+    )
     session = cluster.connect()
     yield session
     cluster.shutdown()

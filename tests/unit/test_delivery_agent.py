@@ -14,10 +14,10 @@ from typing import Any
 import orjson
 import pytest
 
-from agents.delivery import COMMAND_KEY, TICK
 from tables import ordered
 from tests.unit.conftest import FakeProducer, RecordingTarget, add_namespace
 from walstream.app import WalApp
+from walstream.delivery.commands import COMMAND_KEY, TICK
 from walstream.entry import Entry, WriteClock
 from walstream.targets.base import PermanentError, TransientError
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from tables.entry_state import FINAL, EntryState, EntryStates, summarise
 from tables.held import KeyOrder
 from tables.keys import target_id as make_target_id
 from tables.schedule import Schedule, Timer
@@ -85,6 +86,8 @@ class _Outcome:
     #: timers written while processing: a due timer whose successor got the same key
     #: (same due millisecond) must not be deleted afterwards
     timers_put: set[bytes]
+    #: entry state documents touched by this batch, written once at the end
+    docs: dict[tuple[str, str], dict[str, Any]]
 
 
 class Deliverer:
@@ -97,6 +100,7 @@ class Deliverer:
         schedule: Schedule,
         order: KeyOrder,
         breakers: Breakers,
+        states: EntryStates,
     ) -> None:
         self.registry = registry
         self.targets = targets
@@ -105,15 +109,24 @@ class Deliverer:
         self.schedule = schedule
         self.order = order
         self.breakers = breakers
+        self.states = states
         self._ns_targets: dict[tuple[str, int], list[tuple[dict[str, Any], str, Target]]] = {}
 
     # -- entry point -----------------------------------------------------------------------
 
-    async def process(self, partition: int, records: Sequence[SourceRecord], *, tick: bool) -> None:
-        """Handle fresh ``records`` of ``partition`` and, when ``tick``, its due timers."""
+    async def process(
+        self,
+        partition: int,
+        records: Sequence[SourceRecord],
+        *,
+        tick: bool,
+        commands: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """Handle fresh ``records`` of ``partition``, its due timers when ``tick``, and
+        ``commands`` (cancellations) addressed to it."""
         while True:
             try:
-                await self._process(partition, records, tick)
+                await self._process(partition, records, tick, commands)
                 return
             except Exception:
                 # Last line of defence: a bug must not ack the batch. Everything is retried
@@ -121,9 +134,14 @@ class Deliverer:
                 log.exception("delivery of partition %d failed; retrying the batch", partition)
                 await asyncio.sleep(1.0)
 
-    async def _process(self, partition: int, records: Sequence[SourceRecord], tick: bool) -> None:
+    async def _process(
+        self, partition: int, records: Sequence[SourceRecord], tick: bool, commands: Sequence[dict[str, Any]]
+    ) -> None:
         now_s = time.time()
-        out = _Outcome(letters=[], timers_put=set())
+        out = _Outcome(letters=[], timers_put=set(), docs={})
+        for cmd in commands:
+            if cmd.get("op") == "cancel":
+                self._cancel(partition, str(cmd["ns"]), str(cmd["id"]), cmd.get("partition") == partition, now_s, out)
         items: list[Item] = []
         for rec in records:
             items.extend(self._admit(rec, now_s, out))
@@ -148,6 +166,11 @@ class Deliverer:
         for key in done_timers:
             if key not in out.timers_put:
                 self.schedule.delete(key)
+        now_ms = int(time.time() * 1000)
+        for doc in out.docs.values():
+            doc["state"] = summarise(doc["targets"], doc["state"])
+            doc["updated_ms"] = now_ms
+            self.states.put(doc)
 
     # -- admission -----------------------------------------------------------------------
 
@@ -166,10 +189,27 @@ class Deliverer:
                 )
             )
             return []
+        state = self._state(out, entry, rec)
+        if state.get("offset") is None:
+            # cancelled before it arrived: record where it is, deliver nothing
+            state.update(partition=rec.partition, offset=rec.offset, key=entry.key, written_at_us=entry.written_at_us)
+            return []
+        if (state["partition"], state["offset"]) != (rec.partition, rec.offset):
+            log.info(
+                "entry %s/%s written again (offset %d); already tracked at offset %d: skipped",
+                entry.namespace,
+                entry.id,
+                rec.offset,
+                state["offset"],
+            )
+            return []
+        if state["state"] == EntryState.CANCELLED:
+            return []
         if entry.due_at_ms is not None and entry.due_at_ms > now_s * 1000:
             self._put_timer(
                 Timer(kind="delay", due_ms=entry.due_at_ms, seq=rec.offset, entry=doc, source=_src(rec)), out
             )
+            state["state"] = EntryState.DELAYED.value
             return []
         return self._expand(rec, entry, doc, ns, out, now_s)
 
@@ -181,7 +221,16 @@ class Deliverer:
         except Exception as exc:  # an override that no longer validates
             out.letters.append(_letter(rec, doc, None, ErrorClass.PERMANENT, f"bad target config: {exc}", 0, now_s))
             return []
-        return [Item(entry, doc, ns, rec, cfg, tid, target) for cfg, tid, target in resolved]
+        state = self._state(out, entry, rec)
+        items = []
+        for cfg, tid, target in resolved:
+            t = state["targets"].setdefault(
+                tid, {"type": cfg["type"], "state": EntryState.PENDING.value, "attempts": 0}
+            )
+            if t["state"] in (EntryState.PENDING, EntryState.DELAYED):
+                t["state"] = EntryState.PENDING.value
+                items.append(Item(entry, doc, ns, rec, cfg, tid, target))
+        return items
 
     def _from_timer(self, partition: int, timer: Timer, now_s: float, out: _Outcome) -> list[Item]:
         topic, part, offset = timer.source
@@ -205,8 +254,13 @@ class Deliverer:
                 )
             )
             return []
+        state = self._state(out, entry, rec)
+        if state["state"] == EntryState.CANCELLED:
+            return []
         if timer.kind == "delay":
             return self._expand(rec, entry, timer.entry, ns, out, now_s)
+        if state["targets"].get(timer.target_id, {}).get("state") in (EntryState.CANCELLED, EntryState.DELIVERED):
+            return []
         assert timer.target is not None
         try:
             target = self.targets.get(timer.target)
@@ -267,7 +321,7 @@ class Deliverer:
         for it in items:
             if it.ordered and not it.is_blocker:
                 if it.order_key in blocked or self.order.blocker(it.entry.namespace, it.target_id, it.entry.key):
-                    self._hold(it)
+                    self._hold(it, out)
                     continue
             if it.ordered:
                 # one entry per key per wave: a later entry of a key goes out only after the
@@ -284,7 +338,7 @@ class Deliverer:
             pending = []
             for it in wave:
                 if it.ordered and it.order_key in blocked:
-                    self._hold(it)
+                    self._hold(it, out)
                 else:
                     pending.append(it)
             if not pending:
@@ -317,7 +371,9 @@ class Deliverer:
         """Record the outcome of one item. Returns True when its key is now blocked."""
         ns_name = it.entry.namespace
         label = it.target_cfg["type"]
+        t = self._target_state(out, it)
         if err is None:
+            t.update(state=EntryState.DELIVERED.value, next_attempt_ms=None, held_behind=None)
             self.metrics.delivered.labels(ns_name, label).inc()
             self.metrics.delivery_lag.labels(ns_name).observe(max(0.0, now_s - _ready_at_s(it.entry)))
             if it.is_blocker and it.ordered:
@@ -337,6 +393,7 @@ class Deliverer:
         out.letters.append(
             _letter(it.source, it.doc, it.target_cfg, err.error_class, err.message, attempt, first, now_s)
         )
+        t.update(state=EntryState.DEAD.value, attempts=attempt, last_error=err.message, next_attempt_ms=None)
         if it.is_blocker and it.ordered:
             return self._release(partition, it, breaker, now_s, out)
         return False
@@ -346,6 +403,13 @@ class Deliverer:
         out.timers_put.add(timer.key)
 
     def _retry_later(self, it: Item, due_ms: int, attempt: int, err: TargetError, out: _Outcome) -> None:
+        self._target_state(out, it).update(
+            state=EntryState.RETRYING.value,
+            attempts=attempt,
+            last_error=err.message,
+            next_attempt_ms=due_ms,
+            held_behind=None,
+        )
         self._put_timer(
             Timer(
                 kind="retry",
@@ -365,7 +429,9 @@ class Deliverer:
         if it.ordered:
             self.order.block(it.entry.namespace, it.target_id, it.entry.key, it.entry.id)
 
-    def _hold(self, it: Item) -> None:
+    def _hold(self, it: Item, out: _Outcome) -> None:
+        blocker = self.order.blocker(it.entry.namespace, it.target_id, it.entry.key)
+        self._target_state(out, it).update(state=EntryState.PENDING.value, held_behind=blocker)
         self.order.hold(
             it.entry.namespace,
             it.target_id,
@@ -375,18 +441,25 @@ class Deliverer:
         )
 
     def _release(self, partition: int, blocker: Item, breaker: Breaker, now_s: float, out: _Outcome) -> bool:
-        """The blocker of a key is done: the first held entry of the key takes its place,
-        due now. Returns True when the key stays blocked."""
-        ns_name, key, tid = blocker.entry.namespace, blocker.entry.key, blocker.target_id
-        for held_key, held in self.order.held_for(partition, ns_name, tid, key):
+        """The blocker of a key is done. Returns True when the key stays blocked."""
+        return self._release_key(partition, blocker.ns, blocker.target_id, blocker.entry.key, now_s, out)
+
+    def _release_key(
+        self, partition: int, ns: NamespaceConfig, tid: str, key: str, now_s: float, out: _Outcome
+    ) -> bool:
+        """The first held entry of ``key`` at target ``tid`` takes the blocker's place, due
+        now; with none held the key is unblocked. Returns True when the key stays blocked."""
+        for held_key, held in self.order.held_for(partition, ns.name, tid, key):
             topic, part, offset = held["source"]
             rec = SourceRecord(topic, part, offset, key.encode(), orjson.dumps(held["entry"]))
             entry = Entry.decode(rec.value)
-            nxt = Item(entry, held["entry"], blocker.ns, rec, held["target"], tid, blocker.target, is_blocker=True)
+            target = self.targets.get(held["target"])
+            nxt = Item(entry, held["entry"], ns, rec, held["target"], tid, target, is_blocker=True)
+            due_ms = int(now_s * 1000)
             self._put_timer(
                 Timer(
                     kind="retry",
-                    due_ms=int(now_s * 1000),
+                    due_ms=due_ms,
                     seq=nxt.seq,
                     entry=nxt.doc,
                     target=nxt.target_cfg,
@@ -396,11 +469,80 @@ class Deliverer:
                 ),
                 out,
             )
-            self.order.block(ns_name, tid, key, entry.id)
+            self.order.block(ns.name, tid, key, entry.id)
             self.order.release(held_key)
+            self._target_state(out, nxt).update(
+                state=EntryState.RETRYING.value, next_attempt_ms=due_ms, held_behind=None
+            )
             return True
-        self.order.unblock(ns_name, tid, key)
+        self.order.unblock(ns.name, tid, key)
         return False
+
+    # -- entry state -------------------------------------------------------------------------
+
+    def _state(self, out: _Outcome, entry: Entry, rec: SourceRecord) -> dict[str, Any]:
+        """The entry's state document, loaded once per batch (created on first sight)."""
+        k = (entry.namespace, entry.id)
+        doc = out.docs.get(k)
+        if doc is None:
+            doc = self.states.get(entry.namespace, entry.id) or {
+                "id": entry.id,
+                "ns": entry.namespace,
+                "key": entry.key,
+                "state": EntryState.PENDING.value,
+                "partition": rec.partition,
+                "offset": rec.offset,
+                "written_at_us": entry.written_at_us,
+                "due_ms": entry.due_at_ms,
+                "targets": {},
+            }
+            out.docs[k] = doc
+        return doc
+
+    def _target_state(self, out: _Outcome, it: Item) -> dict[str, Any]:
+        doc = self._state(out, it.entry, it.source)
+        t: dict[str, Any] = doc["targets"].setdefault(
+            it.target_id, {"type": it.target_cfg["type"], "state": EntryState.PENDING.value, "attempts": 0}
+        )
+        return t
+
+    def _cancel(self, partition: int, ns_name: str, entry_id: str, home: bool, now_s: float, out: _Outcome) -> None:
+        """Cancel what of an entry is not delivered yet. ``home``: this is the partition the
+        entry's key maps to, where a not-yet-seen entry is marked cancelled in advance."""
+        doc = out.docs.get((ns_name, entry_id)) or self.states.get(ns_name, entry_id)
+        if doc is None:
+            if home:
+                out.docs[(ns_name, entry_id)] = {
+                    "id": entry_id,
+                    "ns": ns_name,
+                    "key": None,
+                    "state": EntryState.CANCELLED.value,
+                    "partition": None,
+                    "offset": None,
+                    "written_at_us": None,
+                    "due_ms": None,
+                    "targets": {},
+                }
+            return
+        out.docs[(ns_name, entry_id)] = doc
+        if doc["state"] in FINAL:
+            return
+        ref = {"ns": ns_name, "id": entry_id}
+        if doc["state"] == EntryState.DELAYED and doc.get("due_ms") is not None:
+            self.schedule.delete(Timer(kind="delay", due_ms=doc["due_ms"], seq=doc["offset"], entry=ref).key)
+        ns = self.registry.get(ns_name)
+        for tid, t in doc["targets"].items():
+            if t["state"] in (EntryState.DELIVERED, EntryState.DEAD):
+                continue
+            if t.get("next_attempt_ms") is not None:
+                self.schedule.delete(
+                    Timer(kind="retry", due_ms=t["next_attempt_ms"], seq=doc["offset"], entry=ref, target_id=tid).key
+                )
+            self.order.release(self.order.held_key(ns_name, tid, doc["key"], doc["offset"]))
+            if ns is not None and self.order.blocker(ns_name, tid, doc["key"]) == entry_id:
+                self._release_key(partition, ns, tid, doc["key"], now_s, out)
+            t.update(state=EntryState.CANCELLED.value, next_attempt_ms=None, held_behind=None)
+        doc["state"] = EntryState.CANCELLED.value
 
 
 class _BreakerOpen(TransientError):

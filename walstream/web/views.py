@@ -6,19 +6,25 @@ Every error is JSON with a ``message`` naming the problem; a failed write answer
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
+import httpx
 import orjson
 from aiohttp.web_exceptions import HTTPRequestEntityTooLarge
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tables.entry_state import FINAL, EntryState
+from walstream.delivery import commands
+from walstream.delivery.dead_letters import iso
 from walstream.entry import Entry
 from walstream.namespaces.model import NamespaceError, parse_namespace
 from walstream.requests import RequestError, parse_log_request
-from walstream.writer import Durable, WriteResult
+from walstream.writer import Durable
 
 if TYPE_CHECKING:
     from walstream.app import WalApp
@@ -66,9 +72,55 @@ def register_views(wal: WalApp) -> None:
             doc, lookup=wal.registry.get, clock=wal.clock, max_entry_bytes=settings.max_entry_bytes
         )
 
-    def count(results: list[WriteResult], namespaces: list[str]) -> None:
-        for r, ns in zip(results, namespaces, strict=False):
-            wal.metrics.writes.labels(ns, r.durable.value).inc()
+    def already_written(entry: Entry) -> dict[str, Any] | None:
+        """The answer for an id written before (within the retention window), if known here."""
+        hit = wal.writer.recent(entry.namespace, entry.id)
+        if hit is not None:
+            return {**hit.to_dict(), "status": 200, "duplicate": True}
+        state = wal.states.get(entry.namespace, entry.id)
+        if state is None:
+            return None
+        if state.get("offset") is None:
+            return {**failed(entry.id, "entry was cancelled before it was written"), "status": 409}
+        return {"durable": Durable.SUCCESS.value, "id": entry.id, "partition": state["partition"],
+                "offset": state["offset"], "status": 200, "duplicate": True}
+
+    async def write_all(items: list[Any]) -> list[dict[str, Any]]:
+        """Validate, de-duplicate by id, and write; one answer (with ``status``) per item."""
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        valid: list[tuple[Entry, bytes]] = []
+        positions: list[int] = []
+        first_of: dict[tuple[str, str], int] = {}  # a repeated id within the request
+        repeats: list[tuple[int, int]] = []
+        for i, item in enumerate(items):
+            try:
+                entry, value = validate(item)
+            except RequestError as exc:
+                item_id = item.get("id") if isinstance(item, dict) else None
+                results[i] = {**failed(item_id, exc.message), "status": exc.status}
+                continue
+            if "id" in item:  # only a client-chosen id can repeat
+                key = (entry.namespace, entry.id)
+                if key in first_of:
+                    repeats.append((i, first_of[key]))
+                    continue
+                known = already_written(entry)
+                if known is not None:
+                    results[i] = known
+                    continue
+                first_of[key] = i
+            valid.append((entry, value))
+            positions.append(i)
+        if valid:
+            started = time.perf_counter()
+            written = await wal.writer.write(valid)
+            wal.metrics.write_latency.observe(time.perf_counter() - started)
+            for (entry, _), pos, res in zip(valid, positions, written, strict=True):
+                wal.metrics.writes.labels(entry.namespace, res.durable.value).inc()
+                results[pos] = {**res.to_dict(), "status": res.status}
+        for i, first in repeats:
+            results[i] = {**(results[first] or {}), "duplicate": True}
+        return [r or {} for r in results]
 
     @app.page("/v1/log")
     class LogView(View):
@@ -77,15 +129,9 @@ def register_views(wal: WalApp) -> None:
                 doc = await read_json(request, settings.max_entry_bytes + 64 * 1024)
             except BodyError as exc:
                 return respond(self, exc.status, failed(None, exc.message))
-            try:
-                entry, value = validate(doc)
-            except RequestError as exc:
-                return respond(self, exc.status, failed(doc.get("id") if isinstance(doc, dict) else None, exc.message))
-            started = time.perf_counter()
-            [result] = await wal.writer.write([(entry, value)])
-            wal.metrics.write_latency.observe(time.perf_counter() - started)
-            count([result], [entry.namespace])
-            return respond(self, result.status, result.to_dict())
+            [result] = await write_all([doc])
+            status = result.pop("status")
+            return respond(self, status, result)
 
     @app.page("/v1/log/batch")
     class LogBatchView(View):
@@ -101,34 +147,95 @@ def register_views(wal: WalApp) -> None:
                 return respond(
                     self, 413, {"message": f"{len(items)} entries; at most {settings.max_batch_entries} per batch"}
                 )
-            results: list[dict[str, Any] | None] = [None] * len(items)
-            valid: list[tuple[Entry, bytes]] = []
-            positions: list[int] = []
-            for i, item in enumerate(items):
-                try:
-                    valid.append(validate(item))
-                    positions.append(i)
-                except RequestError as exc:
-                    results[i] = {
-                        **failed(item.get("id") if isinstance(item, dict) else None, exc.message),
-                        "status": exc.status,
-                    }
-            if valid:
-                started = time.perf_counter()
-                written = await wal.writer.write(valid)
-                wal.metrics.write_latency.observe(time.perf_counter() - started)
-                count(written, [e.namespace for e, _ in valid])
-                for pos, res in zip(positions, written, strict=False):
-                    results[pos] = {**res.to_dict(), "status": res.status}
-            return respond(self, 200, {"results": results})
+            return respond(self, 200, {"results": await write_all(items)})
+
+    async def find_state(namespace: str, entry_id: str, *, local_only: bool) -> dict[str, Any] | None:
+        """The entry's state document from this worker's tables, else from the fleet's."""
+        doc = wal.states.get(namespace, entry_id)
+        if doc is not None or local_only:
+            return doc
+        peers = wal.peer_urls()
+        if not peers:
+            return None
+        path = f"/v1/log/{quote(namespace, safe='')}/{quote(entry_id, safe='')}?local=1"
+        async with httpx.AsyncClient(timeout=3.0) as client:
+            answers = await asyncio.gather(*(client.get(p + path) for p in peers), return_exceptions=True)
+        for a in answers:
+            if isinstance(a, httpx.Response) and a.status_code == 200:
+                found: dict[str, Any] = a.json()["_doc"]
+                return found
+        return None
+
+    def public(doc: dict[str, Any]) -> dict[str, Any]:
+        def at(ms: int | None) -> str | None:
+            return None if ms is None else iso(ms / 1000)
+
+        return {
+            "id": doc["id"],
+            "namespace": doc["ns"],
+            "key": doc.get("key"),
+            "state": doc["state"],
+            "partition": doc.get("partition"),
+            "offset": doc.get("offset"),
+            "written_at": at(doc["written_at_us"] // 1000) if doc.get("written_at_us") else None,
+            "due_at": at(doc.get("due_ms")),
+            "updated_at": at(doc.get("updated_ms")),
+            "targets": [
+                {
+                    "target": tid,
+                    "type": t.get("type"),
+                    "state": t["state"],
+                    "attempts": t.get("attempts", 0),
+                    "last_error": t.get("last_error"),
+                    "next_attempt_at": at(t.get("next_attempt_ms")),
+                    "held_behind": t.get("held_behind"),
+                }
+                for tid, t in sorted(doc.get("targets", {}).items())
+            ],
+        }
 
     @app.page("/v1/log/{namespace}/{entry_id}")
     class EntryView(View):
         async def get(self, request: Request, namespace: str, entry_id: str) -> Response:
-            return respond(self, 501, {"message": "entry status is not available yet"})
+            local_only = request.query.get("local") == "1"
+            doc = await find_state(namespace, entry_id, local_only=local_only)
+            if doc is None:
+                return respond(self, 404, {"message": f"no entry {entry_id!r} in namespace {namespace!r} "
+                                                      "(never written, not yet consumed, or past retention)"})
+            body = public(doc)
+            if local_only:
+                body["_doc"] = doc
+            return respond(self, 200, body)
 
         async def delete(self, request: Request, namespace: str, entry_id: str) -> Response:
-            return respond(self, 501, {"message": "cancelling entries is not available yet"})
+            if wal.registry.get(namespace) is None:
+                return respond(self, 404, {"message": f"unknown namespace {namespace!r}"})
+            key = request.query.get("key") or entry_id
+            command = commands.cancel(namespace, entry_id, wal.partition_for(key))
+            try:
+                # the entry's partition is known only from its key: every partition is asked,
+                # and the key's own partition marks a not-yet-seen entry cancelled in advance
+                futures = [await wal.producer.send(wal.command_topic, command, key=commands.COMMAND_KEY, partition=p)
+                           for p in range(settings.partitions)]
+                await asyncio.wait_for(asyncio.gather(*futures), timeout=settings.produce_timeout_s)
+            except Exception as exc:
+                return respond(self, 503, {"message": f"could not send the cancellation: {exc}"})
+            deadline = time.monotonic() + 5.0
+            doc = None
+            while time.monotonic() < deadline:
+                doc = await find_state(namespace, entry_id, local_only=False)
+                if doc is not None and doc["state"] in FINAL:
+                    break
+                await asyncio.sleep(0.1)
+            if doc is None:
+                return respond(self, 202, {"id": entry_id, "state": "CANCELLING",
+                                           "message": "cancellation sent; state not visible yet"})
+            body = public(doc)
+            if doc["state"] == EntryState.CANCELLED:
+                return respond(self, 200, body)
+            if doc["state"] in FINAL:
+                return respond(self, 409, {**body, "message": f"entry is already {doc['state']}"})
+            return respond(self, 202, {**body, "message": "cancellation sent; not applied yet"})
 
     @app.page("/v1/namespaces")
     class NamespacesView(View):

@@ -1,0 +1,755 @@
+"""Scheduler benchmark: a walstream worker holding N pending delayed entries, against plain RocksDB.
+
+Run ``python -m bench.scheduler`` (Kafka at ``WALSTREAM_BROKER``, default 127.0.0.1:9092).
+For each size N (``BENCH_SCHED_SIZES``, default ``100000,1000000``) one fresh worker
+subprocess is started (unique ``WALSTREAM_APP_ID``, own ``WALSTREAM_DATADIR`` in a temp dir,
+``WALSTREAM_PARTITIONS=8``, its own web port) with one namespace whose only target is
+``kafka`` (a fresh output topic). Then, in order:
+
+1. **Idle worker**: RSS (``VmRSS`` of ``/proc/<pid>/status``) and CPU (utime+stime of
+   ``/proc/<pid>/stat``) over a quiet window (``BENCH_SCHED_IDLE_S``, default 10 s) with
+   nothing pending.
+2. **Load**: N entries with ``lifecycle.delay_ms`` = +6 h and a ~40 B payload through
+   ``POST /v1/log/batch`` (batches of ``BENCH_SCHED_BATCH``, ``BENCH_SCHED_CLIENTS``
+   concurrent clients). "Taken into the table" means: the worker's consumer group has
+   committed every offset of ``wal.<namespace>`` (lag 0; the agent acks a batch only after
+   its timers are written) *and* the ``walstream-schedule`` changelog holds ≥ N records.
+3. **Pending**: after a settle pause, RSS, on-disk size of the datadir (and of the schedule
+   table's RocksDBs) and CPU over a quiet window while N entries are pending and none is due.
+   **Cost per idle tick** = worker CPU in the window / (window / ``WALSTREAM_SCHEDULER_INTERVAL_S``)
+   — the timer's work plus everything else an idle worker does (Faust's own timers, consumer
+   fetches, heartbeats); the same figure with nothing pending (step 1) is printed next to it,
+   and the difference is what the N pending entries cost.
+4. **Probes**: ``BENCH_SCHED_PROBES`` (default 2000) entries with ``lifecycle.deliver_at``
+   (ISO-8601 UTC, ms) due 5-30 s after they are written. The output topic is consumed;
+   lateness = record timestamp (CreateTime, set when the kafka target produces) - due ms,
+   matched by the ``walstream-id`` header. Early = lateness < 0 (must be 0). **Cost of a
+   due tick**: worker CPU from just before the first probe is due until the last one is
+   delivered, minus the idle rate from step 3, per delivered probe and per tick command
+   (tick commands counted from the command topic's end offsets).
+5. **After**: another quiet window once the probes are delivered (their deletions leave
+   tombstones at the front of each partition, where every tick seeks).
+
+Raw baselines, same run, reported as walstream/raw ratios:
+
+- **raw RocksDB** (a child process, after the worker has stopped): plain ``rocksdict`` with
+  the options walstream gives its tables (8 MiB write buffer and block cache, Faust's other
+  defaults), 8 databases, the same N keys and values (``tables.schedule.Timer``, identical
+  bytes), written with one ``put`` each: µs per put, RSS and disk bytes per key, and the cost
+  of what one scheduler tick asks of RocksDB — a seek-to-first on each of the 8 databases —
+  before and after deleting the first ``probes/8`` keys of each.
+- **raw timer** (in this process, during the probe window): an asyncio loop that sleeps
+  until each probe's due time and produces it with aiokafka: lateness floor of the machine.
+
+Other knobs: ``BENCH_SCHED_LOAD_TIMEOUT_S`` (default 1800) bounds the load; every wait is
+bounded. Temp dirs are removed and the Kafka topics of the run deleted at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import heapq
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from walstream.kafka_admin import TopicSpec, ensure_topics
+
+BROKER = os.environ.get("WALSTREAM_BROKER", "127.0.0.1:9092")
+SIZES = [int(x) for x in os.environ.get("BENCH_SCHED_SIZES", "100000,1000000").split(",") if x.strip()]
+PROBES = int(os.environ.get("BENCH_SCHED_PROBES", "2000"))
+CLIENTS = int(os.environ.get("BENCH_SCHED_CLIENTS", "4"))
+BATCH = int(os.environ.get("BENCH_SCHED_BATCH", "1000"))
+IDLE_S = float(os.environ.get("BENCH_SCHED_IDLE_S", "10"))
+LOAD_TIMEOUT_S = float(os.environ.get("BENCH_SCHED_LOAD_TIMEOUT_S", "1800"))
+INTERVAL_S = float(os.environ.get("WALSTREAM_SCHEDULER_INTERVAL_S", "0.02"))
+PARTITIONS = 8
+BULK_DELAY_MS = 6 * 3600 * 1000
+PROBE_FIRST_S = 5.0
+PROBE_LAST_S = 30.0
+SETTLE_S = 5.0
+PAD = "x" * 32
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MIB = 1024 * 1024
+SCHEDULE_TABLE = "walstream-schedule"
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def pct(xs: list[float], p: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(p / 100 * len(s)))]
+
+
+def rss_bytes(pid: int, field_name: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field_name} not found for pid {pid}")
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of every thread of ``pid``, in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def dir_bytes(path: Path, contains: str = "") -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        if contains and contains not in root:
+            continue
+        for f in files:
+            try:
+                total += (Path(root) / f).stat().st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def iso_ms(ms: int) -> str:
+    t = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ms)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def mb(x: float) -> str:
+    return f"{x / MIB:.1f} MiB"
+
+
+# -- the worker ----------------------------------------------------------------------------
+
+
+class Worker:
+    """One ``walstream worker`` subprocess with its own app id, datadir and port."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root
+        self.port = free_port()
+        self.app_id = f"bench-sched-{uuid.uuid4().hex[:8]}"
+        self.datadir = root / "data"
+        env = {
+            **os.environ,
+            "WALSTREAM_APP_ID": self.app_id,
+            "WALSTREAM_WEB_PORT": str(self.port),
+            "WALSTREAM_DATADIR": str(self.datadir),
+            "WALSTREAM_PARTITIONS": str(PARTITIONS),
+            "WALSTREAM_BROKER": BROKER,
+        }
+        self.log_path = root / "worker.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "walstream.cli", "worker", "--loglevel", "warning"],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def health(self, s: aiohttp.ClientSession) -> dict[str, Any]:
+        async with s.get(f"{self.url}/v1/health") as r:
+            r.raise_for_status()
+            doc: dict[str, Any] = await r.json()
+            return doc
+
+    async def wait_assigned(self, s: aiohttp.ClientSession, prefix: str, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited ({self.proc.returncode}); see {self.log_path}")
+            try:
+                if any(t.startswith(prefix) for t in (await self.health(s))["assigned"]):
+                    return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.5)
+        raise RuntimeError(f"worker never got {prefix!r} assigned; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
+async def idle_window(worker: Worker, seconds: float) -> float:
+    """Worker CPU seconds per scheduler interval over a quiet window."""
+    c0, t0 = cpu_s(worker.pid), time.monotonic()
+    await asyncio.sleep(seconds)
+    c1, t1 = cpu_s(worker.pid), time.monotonic()
+    return (c1 - c0) / ((t1 - t0) / INTERVAL_S)
+
+
+# -- Kafka bookkeeping ---------------------------------------------------------------------
+
+
+class KafkaView:
+    """End offsets and committed offsets, read from outside the worker."""
+
+    def __init__(self) -> None:
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=BROKER, enable_auto_commit=False)
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=BROKER)
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        await self.admin.start()
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+        await self.admin.close()
+
+    async def end_total(self, topic: str) -> int:
+        parts = self.consumer.partitions_for_topic(topic)
+        if not parts:
+            await self.consumer._client.force_metadata_update()  # topics created by the worker
+            parts = self.consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            return 0
+        ends = await self.consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+        return sum(ends.values())
+
+    async def lag(self, group: str, topic: str) -> int:
+        parts = self.consumer.partitions_for_topic(topic)
+        if not parts:
+            await self.consumer._client.force_metadata_update()
+            parts = self.consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        ends = await self.consumer.end_offsets(tps)
+        committed = await self.admin.list_consumer_group_offsets(group, partitions=tps)
+        total = 0
+        for tp in tps:
+            meta = committed.get(tp)
+            done = meta.offset if meta is not None and meta.offset >= 0 else 0
+            total += max(0, ends[tp] - done)
+        return total
+
+    async def delete_topics(self, names: list[str]) -> None:
+        existing = set(await self.admin.list_topics())
+        doomed = [t for t in names if t in existing]
+        if doomed:
+            await self.admin.delete_topics(doomed, timeout_ms=30_000)
+
+
+# -- writing entries -----------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    written: int = 0
+    failures: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+async def post_batches(
+    s: aiohttp.ClientSession, url: str, bodies: Iterator[tuple[int, bytes]], clients: int, deadline: float
+) -> LoadResult:
+    """POST every body with ``clients`` concurrent clients; bounded by ``deadline`` (monotonic)."""
+    res = LoadResult()
+
+    async def client() -> None:
+        for n, body in bodies:  # a shared iterator: each body is taken once
+            if time.monotonic() > deadline:
+                return
+            try:
+                async with s.post(f"{url}/v1/log/batch", data=body, headers={"content-type": "application/json"}) as r:
+                    raw = await r.read()
+                if r.status != 200:
+                    res.failures += n
+                    if len(res.errors) < 5:
+                        res.errors.append(f"HTTP {r.status}: {raw[:200]!r}")
+                    continue
+                results = orjson.loads(raw)["results"]
+                ok = sum(1 for x in results if x["durable"] == "SUCCESS")
+                res.written += ok
+                res.failures += len(results) - ok
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                res.failures += n
+                if len(res.errors) < 5:
+                    res.errors.append(repr(exc))
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return res
+
+
+def bulk_bodies(ns: str, n: int) -> Iterator[tuple[int, bytes]]:
+    for start in range(0, n, BATCH):
+        entries = [
+            {
+                "namespace": ns,
+                "id": f"b{i}",
+                "key": f"k{i}",
+                "lifecycle": {"delay_ms": BULK_DELAY_MS},
+                "payload": {"i": i, "pad": PAD},
+            }
+            for i in range(start, min(n, start + BATCH))
+        ]
+        yield len(entries), orjson.dumps({"entries": entries})
+
+
+def probe_bodies(ns: str, dues: dict[str, int]) -> Iterator[tuple[int, bytes]]:
+    items = list(dues.items())
+    for start in range(0, len(items), BATCH):
+        entries = [
+            {
+                "namespace": ns,
+                "id": pid,
+                "key": pid,
+                "lifecycle": {"deliver_at": iso_ms(due)},
+                "payload": {"probe": pid, "pad": PAD},
+            }
+            for pid, due in items[start : start + BATCH]
+        ]
+        yield len(entries), orjson.dumps({"entries": entries})
+
+
+# -- lateness ------------------------------------------------------------------------------
+
+
+async def raw_timer(topic: str, dues: dict[str, int]) -> None:
+    """Baseline: sleep until each due time, then produce (record timestamp = send time)."""
+    producer = AIOKafkaProducer(bootstrap_servers=BROKER, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        heap = [(due, pid) for pid, due in dues.items()]
+        heapq.heapify(heap)
+        futures = []
+        while heap:
+            due, pid = heapq.heappop(heap)
+            for _ in range(1000):  # sleep may wake a hair early: never produce early
+                wait = due / 1000 - time.time()
+                if wait <= 0:
+                    break
+                await asyncio.sleep(max(wait, 0.0005))
+            futures.append(
+                await producer.send(topic, value=b"{}", key=pid.encode(), headers=[("walstream-id", pid.encode())])
+            )
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def collect(topic: str, dues: dict[str, int], deadline: float) -> tuple[dict[str, int], int]:
+    """Record timestamps of probe ids on ``topic`` (first one wins) and the count of other records."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=BROKER, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    seen: dict[str, int] = {}
+    others = 0
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while len(seen) < len(dues) and time.time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for r in records:
+                    pid = dict(r.headers).get("walstream-id", b"").decode()
+                    if pid in dues:
+                        seen.setdefault(pid, r.timestamp)
+                    else:
+                        others += 1
+    finally:
+        await consumer.stop()
+    return seen, others
+
+
+def lateness_stats(seen: dict[str, int], dues: dict[str, int]) -> dict[str, float]:
+    late = [float(ts - dues[pid]) for pid, ts in seen.items()]
+    return {
+        "n": len(late),
+        "missing": len(dues) - len(late),
+        "min": min(late) if late else float("nan"),
+        "p50": pct(late, 50),
+        "p99": pct(late, 99),
+        "max": max(late) if late else float("nan"),
+        "early": sum(1 for x in late if x < 0),
+    }
+
+
+# -- raw RocksDB baseline (child process) --------------------------------------------------
+
+
+def raw_rocksdb(n: int, probes: int, root: Path) -> dict[str, float]:
+    """Plain rocksdict, walstream's table options, the same keys and values."""
+    from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict
+
+    from tables.schedule import Timer
+
+    def options() -> Options:
+        # what faust.stores.rocksdb.RocksDBOptions.as_options() builds from walstream's
+        # table options (8 MiB block cache and write buffer), with Faust's other defaults
+        o = Options(raw_mode=True)
+        o.create_if_missing(True)
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        o.set_max_open_files(int(soft * 0.9) if soft > 0 else -1)
+        o.set_write_buffer_size(8 * MIB)
+        o.set_target_file_size_base(64 * MIB)
+        o.set_max_write_buffer_number(3)
+        t = BlockBasedOptions()
+        t.set_bloom_filter(3, True)
+        t.set_block_cache(Cache(8 * MIB))
+        t.set_index_type(BlockBasedIndexType.binary_search())
+        o.set_block_based_table_factory(t)
+        return o
+
+    pid = os.getpid()
+    rss0 = rss_bytes(pid)
+    dbs = [Rdict(str(root / f"p{p}.db"), options=options()) for p in range(PARTITIONS)]
+    now_ms = int(time.time() * 1000)
+    seqs = [0] * PARTITIONS
+    t0 = time.perf_counter()
+    for i in range(n):
+        p = i % PARTITIONS
+        due = now_ms + BULK_DELAY_MS + i // 10
+        doc = {
+            "v": 1,
+            "id": f"b{i}",
+            "ns": "benchns0000",
+            "key": f"k{i}",
+            "ts": now_ms * 1000 + i,
+            "payload": {"i": i, "pad": PAD},
+            "due": due,
+        }
+        timer = Timer(kind="delay", due_ms=due, seq=seqs[p], entry=doc, source=["wal.benchns0000", p, seqs[p]])
+        seqs[p] += 1
+        dbs[p].put(timer.key, timer.encode())
+    put_s = time.perf_counter() - t0
+    time.sleep(SETTLE_S)
+    rss1 = rss_bytes(pid)
+    disk = dir_bytes(root)
+
+    def seek_cost(seconds: float = 2.0) -> float:
+        """µs for one tick's worth of RocksDB work: seek-to-first + key on each partition."""
+        loops = 0
+        c0, end = time.process_time(), time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            for db in dbs:
+                it = db.iter()
+                it.seek_to_first()
+                if it.valid():
+                    int(it.key()[:13])
+            loops += 1
+        return (time.process_time() - c0) / loops * 1e6
+
+    seek_us = seek_cost()
+    # what the probes leave behind in walstream: the first probes/8 keys of each partition deleted
+    for db in dbs:
+        it = db.iter()
+        it.seek_to_first()
+        doomed: list[bytes] = []
+        while it.valid() and len(doomed) < probes // PARTITIONS:
+            doomed.append(it.key())
+            it.next()
+        for k in doomed:
+            db.delete(k)
+    seek_after_us = seek_cost()
+    for db in dbs:
+        db.close()
+    return {
+        "put_us": put_s / n * 1e6,
+        "rss_per_key": (rss1 - rss0) / n,
+        "rss_delta": rss1 - rss0,
+        "disk": disk,
+        "disk_per_key": disk / n,
+        "seek_us": seek_us,
+        "seek_after_us": seek_after_us,
+    }
+
+
+def run_raw_baseline(n: int) -> dict[str, float]:
+    root = Path(tempfile.mkdtemp(prefix="walstream-bench-rawdb-"))
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.scheduler", "--raw-rocksdb", str(n), str(PROBES), str(root)],
+            capture_output=True,
+            timeout=1800,
+            check=True,
+        )
+        doc: dict[str, float] = json.loads(out.stdout.decode().strip().splitlines()[-1])
+        return doc
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# -- one size ------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    n: int
+    wall_s: float = 0.0
+    loaded: int = 0
+    load_failures: int = 0
+    load_s: float = 0.0
+    table_wait_s: float = 0.0
+    changelog_records: int = 0
+    load_cpu_per_entry_us: float = 0.0
+    rss_idle: int = 0
+    rss_pending: int = 0
+    rss_after: int = 0
+    rss_peak: int = 0
+    disk: int = 0
+    disk_schedule: int = 0
+    tick_idle0_us: float = 0.0
+    tick_pending_us: float = 0.0
+    tick_after_us: float = 0.0
+    due_ticks: int = 0
+    due_cpu_s: float = 0.0
+    lat: dict[str, float] = field(default_factory=dict)
+    raw_lat: dict[str, float] = field(default_factory=dict)
+    unexpected: int = 0
+    raw: dict[str, float] = field(default_factory=dict)
+    log_problems: list[str] = field(default_factory=list)
+    log_path: str = ""
+
+
+async def run_size(n: int) -> Result:
+    res = Result(n=n)
+    started = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix="walstream-bench-sched-"))
+    worker = Worker(root)
+    kv = KafkaView()
+    await kv.start()
+    ns = f"bsched{uuid.uuid4().hex[:8]}"
+    out_topic = f"bench.sched.out.{ns}"
+    raw_topic = f"bench.sched.raw.{ns}"
+    try:
+        await ensure_topics(BROKER, [TopicSpec(out_topic, PARTITIONS, 1), TopicSpec(raw_topic, PARTITIONS, 1)])
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(timeout=timeout) as s:
+            await worker.wait_assigned(s, f"{worker.app_id}.commands:", timeout_s=180)
+            async with s.put(
+                f"{worker.url}/v1/namespaces/{ns}", json={"targets": [{"type": "kafka", "topic": out_topic}]}
+            ) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"namespace: HTTP {r.status} {await r.text()}")
+            await worker.wait_assigned(s, f"wal.{ns}:")
+            await asyncio.sleep(SETTLE_S)
+
+            # 1. idle worker
+            res.rss_idle = rss_bytes(worker.pid)
+            res.tick_idle0_us = await idle_window(worker, IDLE_S) * 1e6
+            print(f"  [{n}] idle: RSS {mb(res.rss_idle)}, {res.tick_idle0_us:.0f} µs CPU per tick interval", flush=True)
+
+            # 2. load
+            changelog = f"{worker.app_id}-{SCHEDULE_TABLE}-changelog"
+            cpu0 = cpu_s(worker.pid)
+            t0 = time.monotonic()
+            load = await post_batches(s, worker.url, bulk_bodies(ns, n), CLIENTS, t0 + LOAD_TIMEOUT_S)
+            res.load_s = time.monotonic() - t0
+            res.loaded, res.load_failures = load.written, load.failures
+            print(
+                f"  [{n}] load: {load.written} acked in {res.load_s:.1f} s ({load.written / res.load_s:.0f}/s), "
+                f"{load.failures} failed {load.errors[:2]}",
+                flush=True,
+            )
+            t1 = time.monotonic()
+            lag = -1
+            while time.monotonic() - t1 < LOAD_TIMEOUT_S:
+                lag = await kv.lag(worker.app_id, f"wal.{ns}")
+                res.changelog_records = await kv.end_total(changelog)
+                if lag == 0 and res.changelog_records >= load.written:
+                    break
+                await asyncio.sleep(1.0)
+            res.table_wait_s = time.monotonic() - t1
+            res.load_cpu_per_entry_us = (cpu_s(worker.pid) - cpu0) / max(1, load.written) * 1e6
+            print(
+                f"  [{n}] in table after {res.table_wait_s:.1f} s more (lag {lag}, changelog {res.changelog_records})",
+                flush=True,
+            )
+            if lag != 0:
+                raise RuntimeError(f"worker never caught up (lag {lag}); see {worker.log_path}")
+
+            # 3. pending, nothing due
+            await asyncio.sleep(SETTLE_S)
+            res.rss_pending = rss_bytes(worker.pid)
+            res.disk = dir_bytes(worker.datadir)
+            res.disk_schedule = dir_bytes(worker.datadir, SCHEDULE_TABLE)
+            res.tick_pending_us = await idle_window(worker, IDLE_S) * 1e6
+            print(
+                f"  [{n}] pending: RSS {mb(res.rss_pending)}, disk {mb(res.disk)}, "
+                f"{res.tick_pending_us:.0f} µs CPU per tick interval",
+                flush=True,
+            )
+
+            # 4. probes
+            now_ms = int(time.time() * 1000)
+            span = (PROBE_LAST_S - PROBE_FIRST_S) * 1000
+            dues = {
+                f"probe-{i:05d}": now_ms + int(PROBE_FIRST_S * 1000 + span * i / max(1, PROBES - 1))
+                for i in range(PROBES)
+            }
+            first_due, last_due = min(dues.values()), max(dues.values())
+            raw_task = asyncio.create_task(raw_timer(raw_topic, dues))
+            probe_load = await post_batches(s, worker.url, probe_bodies(ns, dues), 2, time.monotonic() + 60)
+            if probe_load.failures:
+                print(f"  [{n}] probe writes failed: {probe_load.failures} {probe_load.errors[:2]}", flush=True)
+            ticks0 = await kv.end_total(f"{worker.app_id}.commands")
+            await asyncio.sleep(max(0.0, first_due / 1000 - 0.2 - time.time()))
+            c0, w0 = cpu_s(worker.pid), time.monotonic()
+            seen, res.unexpected = await collect(out_topic, dues, deadline=last_due / 1000 + 60)
+            c1, w1 = cpu_s(worker.pid), time.monotonic()
+            res.due_ticks = await kv.end_total(f"{worker.app_id}.commands") - ticks0
+            res.due_cpu_s = (c1 - c0) - res.tick_pending_us / 1e6 * (w1 - w0) / INTERVAL_S
+            res.lat = lateness_stats(seen, dues)
+            await asyncio.wait_for(raw_task, timeout=60)
+            raw_seen, _ = await collect(raw_topic, dues, deadline=time.time() + 30)
+            res.raw_lat = lateness_stats(raw_seen, dues)
+
+            # 5. after the probes
+            await asyncio.sleep(SETTLE_S)
+            res.tick_after_us = await idle_window(worker, IDLE_S) * 1e6
+            res.rss_after = rss_bytes(worker.pid)
+            res.rss_peak = rss_bytes(worker.pid, "VmHWM")
+    finally:
+        worker.stop()
+        try:
+            topics = await kv.admin.list_topics()
+            mine = [t for t in topics if t.startswith(worker.app_id) or ns in t]
+            await kv.delete_topics(mine)
+        except Exception as exc:
+            print(f"  [{n}] topic clean-up failed: {exc!r}", flush=True)
+        await kv.stop()
+        res.log_problems = [
+            line
+            for line in worker.log_path.read_text(errors="replace").splitlines()
+            if any(w in line for w in ("ERROR", "Traceback", "too late", "Timer", "drift"))
+        ]
+        if res.log_problems:
+            keep = root.parent / f"{root.name}-worker.log"
+            shutil.copy(worker.log_path, keep)
+            res.log_path = str(keep)
+        shutil.rmtree(root, ignore_errors=True)
+
+    res.raw = await asyncio.to_thread(run_raw_baseline, n)
+    res.wall_s = time.monotonic() - started
+    return res
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def report(r: Result) -> None:
+    n = r.n
+    raw = r.raw
+    rss_per = (r.rss_pending - r.rss_idle) / n
+    disk_per = r.disk_schedule / n
+    tick_delta = r.tick_pending_us - r.tick_idle0_us
+    raw_ticks = PARTITIONS  # seek-to-first per partition per tick
+    print(f"\n== scheduler, N = {n:,} pending (+{PROBES} probes), {PARTITIONS} partitions, run {r.wall_s:.0f} s ==")
+    print(
+        f"load            {r.loaded:,} acked in {r.load_s:.1f} s = {r.loaded / r.load_s:,.0f} entries/s "
+        f"(+{r.table_wait_s:.1f} s until lag 0; {r.load_failures} failed); worker CPU {r.load_cpu_per_entry_us:.0f} "
+        f"µs/entry; raw put {raw['put_us']:.2f} µs/key"
+    )
+    print(f"{'':34}{'walstream':>14}{'raw rocksdict':>16}{'ratio':>9}")
+    print(
+        f"{'RSS per pending entry':34}{rss_per:>12.0f} B{raw['rss_per_key']:>14.0f} B"
+        f"{rss_per / raw['rss_per_key'] if raw['rss_per_key'] > 0 else float('nan'):>8.1f}x"
+    )
+    print(
+        f"{'  RSS idle → pending (peak)':34}{mb(r.rss_idle)} → {mb(r.rss_pending)} (peak {mb(r.rss_peak)}, "
+        f"after probes {mb(r.rss_after)}); raw Δ {mb(raw['rss_delta'])}"
+    )
+    print(
+        f"{'disk per entry (schedule table)':34}{disk_per:>12.0f} B{raw['disk_per_key']:>14.0f} B"
+        f"{disk_per / raw['disk_per_key']:>8.1f}x   (datadir {mb(r.disk)}, schedule {mb(r.disk_schedule)}, "
+        f"raw {mb(raw['disk'])})"
+    )
+    print(
+        f"{'CPU per idle tick, N pending':34}{r.tick_pending_us:>11.0f} µs{raw['seek_us']:>13.1f} µs"
+        f"{r.tick_pending_us / raw['seek_us']:>8.0f}x   (raw = seek-to-first on {raw_ticks} DBs)"
+    )
+    print(
+        f"{'  … nothing pending / Δ from N':34}{r.tick_idle0_us:>11.0f} µs   Δ {tick_delta:+.0f} µs"
+        f" ({r.tick_pending_us / INTERVAL_S / 1e4:.1f} % of a core at N pending)"
+    )
+    print(
+        f"{'  … after probe deletes':34}{r.tick_after_us:>11.0f} µs{raw['seek_after_us']:>13.1f} µs"
+        f"{r.tick_after_us / raw['seek_after_us']:>8.0f}x"
+    )
+    delivered = max(1, int(r.lat.get("n", 0)))
+    print(
+        f"{'CPU per due tick (above idle)':34}{r.due_cpu_s / max(1, r.due_ticks) * 1e6:>11.0f} µs"
+        f"   {r.due_ticks} tick commands, {r.due_cpu_s / delivered * 1e6:.0f} µs per delivered probe"
+    )
+    lat, rl = r.lat, r.raw_lat
+    print(f"{'lateness ms':34}{'walstream':>14}{'raw timer':>16}{'ratio':>9}")
+    for k in ("min", "p50", "p99", "max"):
+        ratio = f"{lat[k] / rl[k]:>8.1f}x" if rl[k] > 0 else f"{'n/a':>9}"
+        print(f"{'  ' + k:34}{lat[k]:>14.0f}{rl[k]:>16.0f}{ratio}")
+    print(
+        f"{'  early / missing':34}{int(lat['early']):>8} / {int(lat['missing']):<4}"
+        f"{int(rl['early']):>10} / {int(rl['missing']):<4}  unexpected deliveries {r.unexpected}"
+    )
+    verdict = "OK" if lat["p99"] <= 100 and lat["early"] == 0 and lat["missing"] == 0 else "MISSED"
+    print(f"aim p99 ≤ 100 ms, never early: {verdict}")
+    if r.log_problems:
+        print(f"worker log: {len(r.log_problems)} notable lines, kept at {r.log_path}")
+        print(f"  first: {r.log_problems[0][:200]}")
+
+
+async def main() -> None:
+    print(
+        f"walstream scheduler bench: sizes {SIZES}, {PROBES} probes due {PROBE_FIRST_S:.0f}-{PROBE_LAST_S:.0f} s "
+        f"after writing, batches of {BATCH} x {CLIENTS} clients, tick interval {INTERVAL_S * 1000:.0f} ms, "
+        f"broker {BROKER}",
+        flush=True,
+    )
+    results = []
+    for n in SIZES:
+        r = await run_size(n)
+        report(r)
+        results.append(r)
+    if len(results) > 1:
+        print("\nsummary  N           RSS/entry  disk/entry  tick µs (idle0→N)  p50 ms  p99 ms  early  wall s")
+        for r in results:
+            print(
+                f"         {r.n:<11,} {(r.rss_pending - r.rss_idle) / r.n:>7.0f} B {r.disk_schedule / r.n:>8.0f} B"
+                f"  {r.tick_idle0_us:>6.0f} → {r.tick_pending_us:<6.0f}  {r.lat['p50']:>6.0f}  {r.lat['p99']:>6.0f}"
+                f"  {int(r.lat['early']):>5}  {r.wall_s:>6.0f}"
+            )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--raw-rocksdb":
+        print(json.dumps(raw_rocksdb(int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))))
+    else:
+        asyncio.run(main())

@@ -232,15 +232,18 @@ class KafkaView:
         await self.consumer.stop()
         await self.admin.close()
 
-    async def end_total(self, topic: str) -> int:
+    async def ends(self, topic: str) -> dict[int, int]:
         parts = self.consumer.partitions_for_topic(topic)
         if not parts:
             await self.consumer._client.force_metadata_update()  # topics created by the worker
             parts = self.consumer.partitions_for_topic(topic) or set()
         if not parts:
-            return 0
+            return {}
         ends = await self.consumer.end_offsets([TopicPartition(topic, p) for p in parts])
-        return sum(ends.values())
+        return {tp.partition: off for tp, off in ends.items()}
+
+    async def end_total(self, topic: str) -> int:
+        return sum((await self.ends(topic)).values())
 
     async def lag(self, group: str, topic: str) -> int:
         parts = self.consumer.partitions_for_topic(topic)
@@ -390,6 +393,87 @@ async def collect(topic: str, dues: dict[str, int], deadline: float) -> tuple[di
     return seen, others
 
 
+async def read_range(topic: str, start: dict[int, int], end: dict[int, int]) -> list[tuple[int, bytes, int]]:
+    """``(partition, key, timestamp)`` of the records of ``topic`` between two offset maps."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=BROKER, enable_auto_commit=False)
+    await consumer.start()
+    out: list[tuple[int, bytes, int]] = []
+    try:
+        want = {p: e for p, e in end.items() if e > start.get(p, 0)}
+        tps = [TopicPartition(topic, p) for p in want]
+        if not tps:
+            return out
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, start.get(tp.partition, 0))
+        pos = dict(start)
+        deadline = time.monotonic() + 60
+        while any(pos.get(p, 0) < e for p, e in want.items()) and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp, records in batch.items():
+                for r in records:
+                    if r.offset < want[tp.partition]:
+                        out.append((tp.partition, r.key or b"", r.timestamp))
+                    pos[tp.partition] = r.offset + 1
+    finally:
+        await consumer.stop()
+    return out
+
+
+@dataclass
+class Breakdown:
+    """Where the lateness of each probe went: until its tick was sent, then until delivered."""
+
+    to_tick: list[float] = field(default_factory=list)
+    tick_to_out: list[float] = field(default_factory=list)
+    #: delivered by a tick sent before it was due (still in flight at its due time)
+    early_tick: int = 0
+    worst: list[tuple[float, float, int, float, float]] = field(default_factory=list)
+
+
+def breakdown(
+    dues: dict[str, int], seen: dict[str, int], probe_parts: dict[str, int], ticks: dict[int, list[int]], t0: int
+) -> Breakdown:
+    import bisect
+
+    b = Breakdown()
+    rows = []
+    for pid, out_ts in seen.items():
+        due, part = dues[pid], probe_parts.get(pid, -1)
+        ts = ticks.get(part, [])
+        i = bisect.bisect_left(ts, due)
+        if i < len(ts) and ts[i] <= out_ts:
+            b.to_tick.append(float(ts[i] - due))
+            b.tick_to_out.append(float(out_ts - ts[i]))
+            rows.append((float(out_ts - due), (due - t0) / 1000, part, float(ts[i] - due), float(out_ts - ts[i])))
+        else:
+            b.early_tick += 1
+            rows.append((float(out_ts - due), (due - t0) / 1000, part, float("nan"), float("nan")))
+    b.worst = sorted(rows, reverse=True)[:5]
+    return b
+
+
+def sys_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = f[3] + f[4]
+    return sum(f) - idle, sum(f)
+
+
+def stamp() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def git_state() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=10)
+        n = len([x for x in dirty.stdout.splitlines() if x.strip()])
+        return f"{head.stdout.strip()}{f' + {n} uncommitted files' if n else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def lateness_stats(seen: dict[str, int], dues: dict[str, int]) -> dict[str, float]:
     late = [float(ts - dues[pid]) for pid, ts in seen.items()]
     return {
@@ -536,7 +620,9 @@ class Result:
     raw_lat: dict[str, float] = field(default_factory=dict)
     unexpected: int = 0
     raw: dict[str, float] = field(default_factory=dict)
-    log_problems: list[str] = field(default_factory=list)
+    bd: Breakdown = field(default_factory=Breakdown)
+    machine_busy: float = 0.0
+    log_counts: dict[str, int] = field(default_factory=dict)
     log_path: str = ""
 
 
@@ -566,7 +652,10 @@ async def run_size(n: int) -> Result:
             # 1. idle worker
             res.rss_idle = rss_bytes(worker.pid)
             res.tick_idle0_us = await idle_window(worker, IDLE_S) * 1e6
-            print(f"  [{n}] idle: RSS {mb(res.rss_idle)}, {res.tick_idle0_us:.0f} µs CPU per tick interval", flush=True)
+            print(
+                f"  [{n}] {stamp()} idle: RSS {mb(res.rss_idle)}, {res.tick_idle0_us:.0f} µs CPU per tick interval",
+                flush=True,
+            )
 
             # 2. load
             changelog = f"{worker.app_id}-{SCHEDULE_TABLE}-changelog"
@@ -576,7 +665,8 @@ async def run_size(n: int) -> Result:
             res.load_s = time.monotonic() - t0
             res.loaded, res.load_failures = load.written, load.failures
             print(
-                f"  [{n}] load: {load.written} acked in {res.load_s:.1f} s ({load.written / res.load_s:.0f}/s), "
+                f"  [{n}] {stamp()} load: {load.written} acked in {res.load_s:.1f} s "
+                f"({load.written / res.load_s:.0f}/s), "
                 f"{load.failures} failed {load.errors[:2]}",
                 flush=True,
             )
@@ -591,7 +681,8 @@ async def run_size(n: int) -> Result:
             res.table_wait_s = time.monotonic() - t1
             res.load_cpu_per_entry_us = (cpu_s(worker.pid) - cpu0) / max(1, load.written) * 1e6
             print(
-                f"  [{n}] in table after {res.table_wait_s:.1f} s more (lag {lag}, changelog {res.changelog_records})",
+                f"  [{n}] {stamp()} in table after {res.table_wait_s:.1f} s more "
+                f"(lag {lag}, changelog {res.changelog_records})",
                 flush=True,
             )
             if lag != 0:
@@ -604,7 +695,7 @@ async def run_size(n: int) -> Result:
             res.disk_schedule = dir_bytes(worker.datadir, SCHEDULE_TABLE)
             res.tick_pending_us = await idle_window(worker, IDLE_S) * 1e6
             print(
-                f"  [{n}] pending: RSS {mb(res.rss_pending)}, disk {mb(res.disk)}, "
+                f"  [{n}] {stamp()} pending: RSS {mb(res.rss_pending)}, disk {mb(res.disk)}, "
                 f"{res.tick_pending_us:.0f} µs CPU per tick interval",
                 flush=True,
             )
@@ -617,16 +708,32 @@ async def run_size(n: int) -> Result:
                 for i in range(PROBES)
             }
             first_due, last_due = min(dues.values()), max(dues.values())
+            wal0 = await kv.ends(f"wal.{ns}")
             raw_task = asyncio.create_task(raw_timer(raw_topic, dues))
             probe_load = await post_batches(s, worker.url, probe_bodies(ns, dues), 2, time.monotonic() + 60)
             if probe_load.failures:
                 print(f"  [{n}] probe writes failed: {probe_load.failures} {probe_load.errors[:2]}", flush=True)
-            ticks0 = await kv.end_total(f"{worker.app_id}.commands")
+            commands = f"{worker.app_id}.commands"
+            ticks0 = await kv.ends(commands)
+            print(
+                f"  [{n}] {stamp()} probes written, due {PROBE_FIRST_S:.0f}-{PROBE_LAST_S:.0f} s from now", flush=True
+            )
             await asyncio.sleep(max(0.0, first_due / 1000 - 0.2 - time.time()))
-            c0, w0 = cpu_s(worker.pid), time.monotonic()
+            c0, w0, m0 = cpu_s(worker.pid), time.monotonic(), sys_cpu()
             seen, res.unexpected = await collect(out_topic, dues, deadline=last_due / 1000 + 60)
-            c1, w1 = cpu_s(worker.pid), time.monotonic()
-            res.due_ticks = await kv.end_total(f"{worker.app_id}.commands") - ticks0
+            c1, w1, m1 = cpu_s(worker.pid), time.monotonic(), sys_cpu()
+            res.machine_busy = (m1[0] - m0[0]) / max(1, m1[1] - m0[1])
+            print(f"  [{n}] {stamp()} probes delivered: {len(seen)}/{len(dues)}", flush=True)
+            ticks1 = await kv.ends(commands)
+            res.due_ticks = sum(ticks1.values()) - sum(ticks0.values())
+            wal_records = await read_range(f"wal.{ns}", wal0, await kv.ends(f"wal.{ns}"))
+            probe_parts = {k.decode(): p for p, k, _ in wal_records if k.decode() in dues}
+            tick_ts: dict[int, list[int]] = {}
+            for p, _, ts in await read_range(commands, ticks0, ticks1):
+                tick_ts.setdefault(p, []).append(ts)
+            for v in tick_ts.values():
+                v.sort()
+            res.bd = breakdown(dues, seen, probe_parts, tick_ts, now_ms)
             res.due_cpu_s = (c1 - c0) - res.tick_pending_us / 1e6 * (w1 - w0) / INTERVAL_S
             res.lat = lateness_stats(seen, dues)
             await asyncio.wait_for(raw_task, timeout=60)
@@ -647,12 +754,8 @@ async def run_size(n: int) -> Result:
         except Exception as exc:
             print(f"  [{n}] topic clean-up failed: {exc!r}", flush=True)
         await kv.stop()
-        res.log_problems = [
-            line
-            for line in worker.log_path.read_text(errors="replace").splitlines()
-            if any(w in line for w in ("ERROR", "Traceback", "too late", "Timer", "drift"))
-        ]
-        if res.log_problems:
+        res.log_counts = log_summary(worker.log_path)
+        if os.environ.get("BENCH_SCHED_KEEP_LOG") or res.log_counts.get("ERROR/Traceback"):
             keep = root.parent / f"{root.name}-worker.log"
             shutil.copy(worker.log_path, keep)
             res.log_path = str(keep)
@@ -661,6 +764,24 @@ async def run_size(n: int) -> Result:
     res.raw = await asyncio.to_thread(run_raw_baseline, n)
     res.wall_s = time.monotonic() - started
     return res
+
+
+def log_summary(path: Path) -> dict[str, int]:
+    """Counts of the worker's notable log lines (it runs at --loglevel warning)."""
+    counts: dict[str, int] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        if "ERROR" in line or "Traceback" in line:
+            what = "ERROR/Traceback"
+        elif "producer buffer full" in line:
+            what = "faust producer buffer full"
+        elif "is overlapping" in line:
+            what = "timer overlapping: " + line.split("Timer ", 1)[1].split(" is overlapping")[0].rsplit(".", 1)[-1]
+        elif "WARNING" in line:
+            what = "other warnings"
+        else:
+            continue
+        counts[what] = counts.get(what, 0) + 1
+    return counts
 
 
 # -- report --------------------------------------------------------------------------------
@@ -719,18 +840,28 @@ def report(r: Result) -> None:
         f"{'  early / missing':34}{int(lat['early']):>8} / {int(lat['missing']):<4}"
         f"{int(rl['early']):>10} / {int(rl['missing']):<4}  unexpected deliveries {r.unexpected}"
     )
+    bd = r.bd
+    print(
+        f"{'  due -> tick sent / -> delivered':34}p50 {pct(bd.to_tick, 50):.0f} / {pct(bd.tick_to_out, 50):.0f} ms, "
+        f"p99 {pct(bd.to_tick, 99):.0f} / {pct(bd.tick_to_out, 99):.0f} ms, max {max(bd.to_tick, default=0):.0f} / "
+        f"{max(bd.tick_to_out, default=0):.0f} ms ({bd.early_tick} delivered by a tick sent before due)"
+    )
+    for late, at, part, a, b in bd.worst:
+        print(f"{'    worst':34}{late:.0f} ms (due at +{at:.1f} s, partition {part}: tick +{a:.0f}, then +{b:.0f} ms)")
+    print(f"{'  machine CPU busy in probe window':34}{100 * r.machine_busy:.0f} % of {os.cpu_count()} CPUs")
     verdict = "OK" if lat["p99"] <= 100 and lat["early"] == 0 and lat["missing"] == 0 else "MISSED"
     print(f"aim p99 ≤ 100 ms, never early: {verdict}")
-    if r.log_problems:
-        print(f"worker log: {len(r.log_problems)} notable lines, kept at {r.log_path}")
-        print(f"  first: {r.log_problems[0][:200]}")
+    if r.log_counts:
+        print("worker log: " + ", ".join(f"{k} x{v}" for k, v in sorted(r.log_counts.items())))
+    if r.log_path:
+        print(f"worker log kept at {r.log_path}")
 
 
 async def main() -> None:
     print(
         f"walstream scheduler bench: sizes {SIZES}, {PROBES} probes due {PROBE_FIRST_S:.0f}-{PROBE_LAST_S:.0f} s "
         f"after writing, batches of {BATCH} x {CLIENTS} clients, tick interval {INTERVAL_S * 1000:.0f} ms, "
-        f"broker {BROKER}",
+        f"broker {BROKER}, code {git_state()}",
         flush=True,
     )
     results = []

@@ -50,7 +50,10 @@ def first_key(table: Any, partition: int) -> bytes | None:
     return None
 
 
-def partitions(table: Any) -> list[int]:
-    """Partitions with local data (active or standby) under rocksdb; ``[0]`` for memory."""
+def partitions(table: Any, actives: set[int] | None = None) -> list[int]:
+    """Partitions with local data under rocksdb (only ``actives`` when given: a standby copy
+    may lag); ``[0]`` for memory."""
     dbs = getattr(table.data, "_dbs", None)
-    return sorted(dbs) if dbs is not None else [0]
+    if dbs is None:
+        return [0]
+    return sorted(p for p in dbs if actives is None or p in actives)

@@ -39,6 +39,8 @@ class Timer:
     last_error: str | None = None
     error_class: str | None = None
     source: list[Any] = field(default_factory=list)  # [topic, partition, offset]
+    #: a redrive from the dead-letter queue: its success removes the dead-letter index row
+    redrive: bool = False
 
     @property
     def key(self) -> bytes:

@@ -15,6 +15,8 @@ from typing import Any
 import faust
 from aiokafka.partitioner import murmur2
 
+from tables.dead_letter_index import TABLE_NAME as DLQ_INDEX_TABLE
+from tables.dead_letter_index import DeadLetterIndex
 from tables.entry_state import TABLE_NAME as ENTRIES_TABLE
 from tables.entry_state import EntryStates
 from tables.held import BLOCKED_TABLE, HELD_TABLE, KeyOrder
@@ -79,6 +81,7 @@ class WalApp:
         self.states = EntryStates(
             self._table(ENTRIES_TABLE, "delivery state of each entry, per target", retention_s=s.entry_retention_s)
         )
+        self.dlq_index = DeadLetterIndex(self._table(DLQ_INDEX_TABLE, "dead letters by namespace and entry"))
         self.breakers = Breakers(s.breaker_threshold, s.breaker_cooldown_s, s.breaker_cooldown_max_s)
         self.deliverer = Deliverer(
             self.registry,
@@ -89,6 +92,7 @@ class WalApp:
             self.key_order,
             self.breakers,
             self.states,
+            self.dlq_index,
         )
 
         #: Topics the delivery agent consumes. Faust shares this list object between the

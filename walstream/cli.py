@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,9 @@ def _echo_json(doc: Any) -> None:
     click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
 
 
-url_option = click.option("--url", envvar="WALSTREAM_URL", default=DEFAULT_URL, show_default=True,
-                          help="any worker's HTTP API")
+url_option = click.option(
+    "--url", envvar="WALSTREAM_URL", default=DEFAULT_URL, show_default=True, help="any worker's HTTP API"
+)
 
 
 @main.group()
@@ -98,8 +100,7 @@ def namespace_apply(file: Path, url: str) -> None:
         raise click.ClickException(f"{file}: {exc}") from None
     body = orjson.dumps(cfg.model_dump(mode="json", exclude={"version"}))
     with _client(url) as c:
-        doc = _check(c.put(f"/v1/namespaces/{cfg.name}", content=body,
-                           headers={"content-type": "application/json"}))
+        doc = _check(c.put(f"/v1/namespaces/{cfg.name}", content=body, headers={"content-type": "application/json"}))
     click.echo(f"namespace {doc['name']} applied (version {doc['version']})")
 
 
@@ -131,6 +132,107 @@ def namespace_delete(name: str, url: str) -> None:
     with _client(url) as c:
         _check(c.delete(f"/v1/namespaces/{name}"))
     click.echo(f"namespace {name} deleted")
+
+
+# -- dead letters ------------------------------------------------------------------------
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect and redrive dead-lettered entries."""
+
+
+def _filters(error_class: str | None, since: str | None, until: str | None, limit: int) -> dict[str, Any]:
+    return {k: v for k, v in {"error_class": error_class, "since": since, "until": until, "limit": limit}.items() if v}
+
+
+filter_options = [
+    click.option("--error-class", type=click.Choice(["transient", "permanent", "undecodable", "no_namespace"])),
+    click.option("--since", help="last failure at or after this ISO-8601 time"),
+    click.option("--until", help="last failure before this ISO-8601 time"),
+    click.option("--limit", default=1000, show_default=True),
+]
+
+
+def with_filters(f: Any) -> Any:
+    for opt in reversed(filter_options):
+        f = opt(f)
+    return f
+
+
+@dlq.command("list")
+@click.argument("namespace")
+@with_filters
+@url_option
+def dlq_list(
+    namespace: str, error_class: str | None, since: str | None, until: str | None, limit: int, url: str
+) -> None:
+    """List a namespace's dead letters (oldest failure first)."""
+    with _client(url) as c:
+        doc = _check(c.get(f"/v1/dlq/{namespace}", params=_filters(error_class, since, until, limit)))
+    rows = doc["dead_letters"]
+    for r in rows:
+        target = (r["target"] or {}).get("type", "-")
+        click.echo(
+            f"{r['id']}\t{target}\t{r['error_class']}\tattempts={r['attempts']}\t"
+            f"{r['last_failure_at']}\t{r['message'][:120]}"
+        )
+    click.echo(f"{len(rows)} dead letter(s)", err=True)
+
+
+@dlq.command("show")
+@click.argument("namespace")
+@click.argument("entry_id")
+@url_option
+def dlq_show(namespace: str, entry_id: str, url: str) -> None:
+    """Show the dead letters of one entry (one per failed target)."""
+    with _client(url) as c:
+        doc = _check(c.get(f"/v1/dlq/{namespace}", params={"id": entry_id}))
+    if not doc["dead_letters"]:
+        raise click.ClickException(f"no dead letter for {entry_id!r} in {namespace!r}")
+    _echo_json(doc["dead_letters"])
+
+
+@dlq.command("redrive")
+@click.argument("namespace")
+@click.option("--id", "ids", multiple=True, help="entry id (repeatable); default: every match of the filters")
+@with_filters
+@click.option("--rate", type=float, default=50.0, show_default=True, help="redrives per second")
+@click.option("--execute", is_flag=True, help="really redrive (the default is a dry run)")
+@url_option
+def dlq_redrive(
+    namespace: str,
+    ids: tuple[str, ...],
+    error_class: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    rate: float,
+    execute: bool,
+    url: str,
+) -> None:
+    """Deliver dead-lettered entries again, with fresh attempts. Dry run unless --execute."""
+    if rate <= 0:
+        raise click.BadParameter("must be positive", param_hint="--rate")
+    body: dict[str, Any] = {**_filters(error_class, since, until, limit), "dry_run": True}
+    if ids:
+        body["ids"] = list(ids)
+    with _client(url) as c:
+        rows = _check(c.post(f"/v1/dlq/{namespace}/redrive", json=body))["would_redrive"]
+        if not execute:
+            for r in rows:
+                click.echo(f"would redrive {r['id']} ({(r['target'] or {}).get('type', '-')}, {r['error_class']})")
+            click.echo(f"dry run: {len(rows)} dead letter(s) match; add --execute to redrive them", err=True)
+            return
+        interval = 1.0 / rate
+        with click.progressbar(rows, label=f"redriving {len(rows)}", file=sys.stderr) as bar:
+            for r in bar:
+                started = time.monotonic()
+                _check(
+                    c.post(f"/v1/dlq/{namespace}/redrive", json={"ids": [r["id"]], "dry_run": False, "limit": limit})
+                )
+                time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    click.echo(f"redrove {len(rows)} dead letter(s)")
 
 
 # -- stack -------------------------------------------------------------------------------

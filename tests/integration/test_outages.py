@@ -3,6 +3,8 @@ failures dead-lettered with the reason while other targets and entries carry on.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -126,3 +128,25 @@ def test_permanent_failure_in_one_target_is_dead_lettered_others_unaffected(
     assert dl["error_class"] == "permanent" and "failed to parse field [title]" in str(dl["message"])
     assert dl["target"]["type"] == "elasticsearch"  # type: ignore[index]
     assert dl["attempts"] == 1
+
+    # The dead-letter index lists it, filtered by error class
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "walstream.cli", "dlq", *args, unique, "--url", w.url],
+                              capture_output=True, text=True, check=True)
+
+    listed = wait_until(lambda: "bad\t" in cli("list", "--error-class", "permanent").stdout, what="the DLQ index")
+    assert listed
+    assert cli("list", "--error-class", "transient").stdout == ""
+    # When the mapping is fixed and the DLQ redriven (dry run first)
+    es.indices.delete(index=index)
+    es.indices.create(index=index, mappings={"properties": {"title": {"type": "keyword"}, "year": {"type": "integer"}}})
+    dry = cli("redrive")
+    assert "would redrive bad" in dry.stdout and set(es_movies(es, index)) == set()
+    done = cli("redrive", "--execute", "--rate", "20")
+    assert "redrove 1" in done.stdout
+    # Then Elasticsearch gets it, and it leaves the index
+    wait_until(lambda: es_movies(es, index).get("2") == ("Heat", 1995), what="the redriven entry in Elasticsearch")
+    wait_until(lambda: cli("list").stdout == "", what="the DLQ index to empty")
+    with w.client() as c:
+        s = c.get(f"/v1/log/{unique}/bad").json()
+    assert s["state"] == "DELIVERED", s

@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from tables.dead_letter_index import DeadLetterIndex
 from tables.entry_state import FINAL, EntryState, EntryStates, summarise
 from tables.held import KeyOrder
 from tables.keys import target_id as make_target_id
@@ -64,6 +65,8 @@ class Item:
     first_failure_s: float | None = None
     #: this item is the one its key waits for (a retry, or a released held entry)
     is_blocker: bool = False
+    #: redriven from the dead-letter queue
+    redrive: bool = False
 
     @property
     def seq(self) -> int:
@@ -101,6 +104,7 @@ class Deliverer:
         order: KeyOrder,
         breakers: Breakers,
         states: EntryStates,
+        dlq_index: DeadLetterIndex,
     ) -> None:
         self.registry = registry
         self.targets = targets
@@ -110,6 +114,7 @@ class Deliverer:
         self.order = order
         self.breakers = breakers
         self.states = states
+        self.dlq_index = dlq_index
         self._ns_targets: dict[tuple[str, int], list[tuple[dict[str, Any], str, Target]]] = {}
 
     # -- entry point -----------------------------------------------------------------------
@@ -142,6 +147,8 @@ class Deliverer:
         for cmd in commands:
             if cmd.get("op") == "cancel":
                 self._cancel(partition, str(cmd["ns"]), str(cmd["id"]), cmd.get("partition") == partition, now_s, out)
+            elif cmd.get("op") == "redrive":
+                self._redrive(str(cmd["ns"]), str(cmd["id"]), str(cmd["target_id"]), now_s, out)
         items: list[Item] = []
         for rec in records:
             items.extend(self._admit(rec, now_s, out))
@@ -159,6 +166,7 @@ class Deliverer:
         if out.letters:
             await self.dead_letters.write(out.letters)
             for dl in out.letters:
+                self.dlq_index.put(_index_row(dl))
                 self.metrics.dead_lettered.labels(
                     _ns(dl), (dl.target or {}).get("type", "-"), dl.error_class.value
                 ).inc()
@@ -278,15 +286,8 @@ class Deliverer:
             )
             return []
         item = Item(
-            entry,
-            timer.entry,
-            ns,
-            rec,
-            timer.target,
-            timer.target_id,
-            target,
-            attempt=timer.attempt,
-            first_failure_s=timer.first_failure_s,
+            entry, timer.entry, ns, rec, timer.target, timer.target_id, target,
+            attempt=timer.attempt, first_failure_s=timer.first_failure_s, redrive=timer.redrive,
         )
         item.is_blocker = (not item.ordered) or self.order.blocker(entry.namespace, timer.target_id, entry.key) in (
             None,
@@ -374,6 +375,8 @@ class Deliverer:
         t = self._target_state(out, it)
         if err is None:
             t.update(state=EntryState.DELIVERED.value, next_attempt_ms=None, held_behind=None)
+            if it.redrive:
+                self.dlq_index.delete(ns_name, it.entry.id, it.target_id)
             self.metrics.delivered.labels(ns_name, label).inc()
             self.metrics.delivery_lag.labels(ns_name).observe(max(0.0, now_s - _ready_at_s(it.entry)))
             if it.is_blocker and it.ordered:
@@ -423,6 +426,7 @@ class Deliverer:
                 last_error=err.message,
                 error_class=err.error_class.value,
                 source=_src(it.source),
+                redrive=it.redrive,
             ),
             out,
         )
@@ -544,6 +548,32 @@ class Deliverer:
             t.update(state=EntryState.CANCELLED.value, next_attempt_ms=None, held_behind=None)
         doc["state"] = EntryState.CANCELLED.value
 
+    def _redrive(self, ns_name: str, entry_id: str, target_id: str, now_s: float, out: _Outcome) -> None:
+        """Give a dead-lettered (entry, target) a fresh set of attempts, due now."""
+        row = self.dlq_index.get(ns_name, entry_id, target_id)
+        if row is None or row.get("entry") is None:
+            return  # not here (another partition), already redriven, or undecodable
+        due_ms = int(now_s * 1000)
+        topic, part, offset = row["source"]
+        timer = Timer(
+            kind="retry" if row.get("target") else "delay",
+            due_ms=due_ms,
+            seq=offset,
+            entry=row["entry"],
+            target=row.get("target"),
+            target_id=target_id if row.get("target") else "*",
+            source=row["source"],
+            redrive=True,
+        )
+        self._put_timer(timer, out)
+        rec = SourceRecord(topic, part, offset, None, orjson.dumps(row["entry"]))
+        state = self._state(out, Entry.decode(rec.value), rec)
+        state["targets"].setdefault(target_id, {"type": (row.get("target") or {}).get("type")}).update(
+            state=EntryState.RETRYING.value, attempts=0, next_attempt_ms=due_ms
+        )
+        if not row.get("target"):
+            self.dlq_index.delete(ns_name, entry_id, target_id)  # re-admitted whole
+
 
 class _BreakerOpen(TransientError):
     def __init__(self, breaker: Breaker) -> None:
@@ -564,6 +594,25 @@ def _ns(dl: DeadLetter) -> str:
     if isinstance(dl.entry, dict):
         return str(dl.entry.get("ns", "-"))
     return dl.source.topic.removeprefix("wal.")
+
+
+def _index_row(dl: DeadLetter) -> dict[str, Any]:
+    entry = dl.entry if isinstance(dl.entry, dict) else None
+    src = dl.source
+    return {
+        "ns": entry["ns"] if entry else src.topic.removeprefix("wal."),
+        "id": entry["id"] if entry else f"@{src.partition}:{src.offset}",
+        "key": entry.get("key") if entry else None,
+        "target_id": make_target_id(dl.target) if dl.target else "*",
+        "target": dl.target,
+        "error_class": dl.error_class.value,
+        "message": dl.message,
+        "attempts": dl.attempts,
+        "first_failure_s": dl.first_failure_s,
+        "last_failure_s": dl.last_failure_s,
+        "entry": entry,
+        "source": [src.topic, src.partition, src.offset],
+    }
 
 
 def _letter(

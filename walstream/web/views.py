@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -18,6 +19,7 @@ from aiohttp.web_exceptions import HTTPRequestEntityTooLarge
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tables import ordered
 from tables.entry_state import FINAL, EntryState
 from walstream.delivery import commands
 from walstream.delivery.dead_letters import iso
@@ -82,8 +84,14 @@ def register_views(wal: WalApp) -> None:
             return None
         if state.get("offset") is None:
             return {**failed(entry.id, "entry was cancelled before it was written"), "status": 409}
-        return {"durable": Durable.SUCCESS.value, "id": entry.id, "partition": state["partition"],
-                "offset": state["offset"], "status": 200, "duplicate": True}
+        return {
+            "durable": Durable.SUCCESS.value,
+            "id": entry.id,
+            "partition": state["partition"],
+            "offset": state["offset"],
+            "status": 200,
+            "duplicate": True,
+        }
 
     async def write_all(items: list[Any]) -> list[dict[str, Any]]:
         """Validate, de-duplicate by id, and write; one answer (with ``status``) per item."""
@@ -200,8 +208,14 @@ def register_views(wal: WalApp) -> None:
             local_only = request.query.get("local") == "1"
             doc = await find_state(namespace, entry_id, local_only=local_only)
             if doc is None:
-                return respond(self, 404, {"message": f"no entry {entry_id!r} in namespace {namespace!r} "
-                                                      "(never written, not yet consumed, or past retention)"})
+                return respond(
+                    self,
+                    404,
+                    {
+                        "message": f"no entry {entry_id!r} in namespace {namespace!r} "
+                        "(never written, not yet consumed, or past retention)"
+                    },
+                )
             body = public(doc)
             if local_only:
                 body["_doc"] = doc
@@ -215,8 +229,10 @@ def register_views(wal: WalApp) -> None:
             try:
                 # the entry's partition is known only from its key: every partition is asked,
                 # and the key's own partition marks a not-yet-seen entry cancelled in advance
-                futures = [await wal.producer.send(wal.command_topic, command, key=commands.COMMAND_KEY, partition=p)
-                           for p in range(settings.partitions)]
+                futures = [
+                    await wal.producer.send(wal.command_topic, command, key=commands.COMMAND_KEY, partition=p)
+                    for p in range(settings.partitions)
+                ]
                 await asyncio.wait_for(asyncio.gather(*futures), timeout=settings.produce_timeout_s)
             except Exception as exc:
                 return respond(self, 503, {"message": f"could not send the cancellation: {exc}"})
@@ -228,14 +244,123 @@ def register_views(wal: WalApp) -> None:
                     break
                 await asyncio.sleep(0.1)
             if doc is None:
-                return respond(self, 202, {"id": entry_id, "state": "CANCELLING",
-                                           "message": "cancellation sent; state not visible yet"})
+                return respond(
+                    self,
+                    202,
+                    {"id": entry_id, "state": "CANCELLING", "message": "cancellation sent; state not visible yet"},
+                )
             body = public(doc)
             if doc["state"] == EntryState.CANCELLED:
                 return respond(self, 200, body)
             if doc["state"] in FINAL:
                 return respond(self, 409, {**body, "message": f"entry is already {doc['state']}"})
             return respond(self, 202, {**body, "message": "cancellation sent; not applied yet"})
+
+    def dlq_row(row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": row["id"],
+            "namespace": row["ns"],
+            "key": row.get("key"),
+            "target": row.get("target"),
+            "target_id": row["target_id"],
+            "error_class": row["error_class"],
+            "message": row["message"],
+            "attempts": row["attempts"],
+            "first_failure_at": iso(row["first_failure_s"]),
+            "last_failure_at": iso(row["last_failure_s"]),
+            "source": {"topic": row["source"][0], "partition": row["source"][1], "offset": row["source"][2]},
+        }
+
+    def parse_time(value: str | None, name: str) -> float | None:
+        if not value:
+            return None
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise BodyError(400, f"{name}: not an ISO-8601 time: {value!r}") from None
+        if dt.tzinfo is None:
+            raise BodyError(400, f"{name}: needs a timezone (e.g. 2026-11-26T12:00:00Z)")
+        return dt.timestamp()
+
+    async def dead_letter_rows(ns: str, query: dict[str, str], local_only: bool) -> list[dict[str, Any]]:
+        """Index rows of ``ns`` matching ``query`` (id, error_class, since, until, limit),
+        from this worker's active partitions and, unless ``local_only``, the fleet's."""
+        since, until = parse_time(query.get("since"), "since"), parse_time(query.get("until"), "until")
+        limit = int(query.get("limit") or 1000)
+        actives = set(wal.active_partitions())
+        rows = []
+        for row in wal.dlq_index.rows(ns, ordered.partitions(wal.dlq_index.table, actives), query.get("id")):
+            if query.get("error_class") and row["error_class"] != query["error_class"]:
+                continue
+            if since is not None and row["last_failure_s"] < since:
+                continue
+            if until is not None and row["last_failure_s"] >= until:
+                continue
+            rows.append(row)
+        if not local_only and wal.peer_urls():
+            params = {k: v for k, v in query.items() if v} | {"local": "1"}
+            async with httpx.AsyncClient(timeout=10.0) as client:
+                answers = await asyncio.gather(
+                    *(client.get(f"{p}/v1/dlq/{quote(ns, safe='')}", params=params) for p in wal.peer_urls()),
+                    return_exceptions=True,
+                )
+            for a in answers:
+                if not (isinstance(a, httpx.Response) and a.status_code == 200):
+                    raise BodyError(503, "a worker of the fleet did not answer; the list would be incomplete")
+                rows.extend(a.json()["_rows"])
+        rows.sort(key=lambda r: (r["last_failure_s"], r["id"]))
+        return rows[:limit]
+
+    @app.page("/v1/dlq/{namespace}")
+    class DeadLettersView(View):
+        async def get(self, request: Request, namespace: str) -> Response:
+            local_only = request.query.get("local") == "1"
+            try:
+                rows = await dead_letter_rows(namespace, dict(request.query), local_only)
+            except (BodyError, ValueError) as exc:
+                return respond(self, getattr(exc, "status", 400), {"message": str(exc)})
+            body: dict[str, Any] = {"dead_letters": [dlq_row(r) for r in rows]}
+            if local_only:
+                body["_rows"] = rows
+            return respond(self, 200, body)
+
+    @app.page("/v1/dlq/{namespace}/redrive")
+    class RedriveView(View):
+        async def post(self, request: Request, namespace: str) -> Response:
+            """Body: ``{"ids": [...]}`` and/or ``error_class``, ``since``, ``until``, ``limit``;
+            ``dry_run`` (default true) only lists; ``rate`` caps commands per second."""
+            try:
+                body = await read_json(request, settings.max_request_bytes)
+                if not isinstance(body, dict):
+                    raise BodyError(400, "expected a JSON object")
+                ids = body.get("ids")
+                if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+                    raise BodyError(400, "ids: expected a list of entry ids")
+                rate = body.get("rate")
+                if rate is not None and not (isinstance(rate, (int, float)) and rate > 0):
+                    raise BodyError(400, "rate: expected a positive number (redrives per second)")
+                query = {k: str(body[k]) for k in ("error_class", "since", "until", "limit") if body.get(k) is not None}
+                if ids is not None and len(ids) == 1:
+                    query["id"] = ids[0]
+                rows = await dead_letter_rows(namespace, query, local_only=False)
+            except (BodyError, ValueError) as exc:
+                return respond(self, getattr(exc, "status", 400), {"message": str(exc)})
+            if ids is not None:
+                wanted = set(ids)
+                rows = [r for r in rows if r["id"] in wanted]
+            if body.get("dry_run", True):
+                return respond(self, 200, {"dry_run": True, "would_redrive": [dlq_row(r) for r in rows]})
+            sent = 0
+            for row in rows:
+                cmd = orjson.dumps({"op": "redrive", "ns": row["ns"], "id": row["id"], "target_id": row["target_id"]})
+                fut = await wal.producer.send(
+                    wal.command_topic, cmd, key=commands.COMMAND_KEY, partition=row["source"][1]
+                )
+                await fut
+                sent += 1
+                if rate:
+                    await asyncio.sleep(1.0 / float(rate))
+            return respond(self, 200, {"dry_run": False, "redriven": sent})
 
     @app.page("/v1/namespaces")
     class NamespacesView(View):

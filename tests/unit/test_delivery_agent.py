@@ -17,7 +17,7 @@ import pytest
 from tables import ordered
 from tests.unit.conftest import FakeProducer, RecordingTarget, add_namespace
 from walstream.app import WalApp
-from walstream.delivery.commands import COMMAND_KEY, TICK
+from walstream.delivery.commands import COMMAND_KEY, TICK, cancel
 from walstream.entry import Entry, WriteClock
 from walstream.targets.base import PermanentError, TransientError
 
@@ -227,3 +227,52 @@ async def test_each_target_progresses_on_its_own(wal: WalApp) -> None:
         await tick(ctx)
     assert [x.id for x in good.applied] == ["e1"]  # applied once, not again on flaky's retry
     assert [x.id for x in flaky.applied] == ["e1"]
+
+
+async def test_cancel_removes_a_delayed_entry_and_marks_it(harness: Harness) -> None:
+    wal, target, _ = harness
+    e = entry(1, WriteClock(), due_at_ms=int(time.time() * 1000) + 200)
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, e)
+        assert wal.states.get("orders", "e1")["state"] == "DELAYED"  # type: ignore[index]
+        await ctx.put(key=COMMAND_KEY, value=cancel("orders", "e1", 0), wait=True)
+        await tick(ctx, after_s=0.25)
+    assert target.applied == []
+    assert timers(wal) == []
+    assert wal.states.get("orders", "e1")["state"] == "CANCELLED"  # type: ignore[index]
+
+
+async def test_cancelled_before_arrival_is_never_delivered(harness: Harness) -> None:
+    wal, target, _ = harness
+    async with agent(wal).test_context() as ctx:
+        await ctx.put(key=COMMAND_KEY, value=cancel("orders", "e1", 0), wait=True)
+        await send(ctx, entry(1, WriteClock()), entry(2, WriteClock()))
+    assert [x.id for x in target.applied] == ["e2"]
+
+
+async def test_a_second_record_of_a_tracked_id_is_not_delivered_again(harness: Harness) -> None:
+    wal, target, _ = harness
+    e = entry(1, WriteClock())
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, e, e)  # the same id at two offsets
+    assert [x.id for x in target.applied] == ["e1"]
+    doc = wal.states.get("orders", "e1")
+    assert doc is not None and doc["state"] == "DELIVERED" and doc["offset"] == 0
+
+
+async def test_redrive_gives_fresh_attempts_and_clears_the_index(harness: Harness) -> None:
+    wal, target, producer = harness
+    e = entry(1, WriteClock())
+    target.script[e.id] = [PermanentError("bad mapping")]
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, e)
+        [row] = list(wal.dlq_index.rows("orders", [0]))
+        assert row["error_class"] == "permanent" and row["entry"]["id"] == "e1"
+        assert wal.states.get("orders", "e1")["state"] == "DEAD"  # type: ignore[index]
+        redrive = orjson.dumps({"op": "redrive", "ns": "orders", "id": "e1", "target_id": row["target_id"]})
+        await ctx.put(key=COMMAND_KEY, value=redrive, wait=True)
+        await tick(ctx)
+    assert [x.id for x in target.applied] == ["e1"]
+    assert list(wal.dlq_index.rows("orders", [0])) == []
+    assert wal.states.get("orders", "e1")["state"] == "DELIVERED"  # type: ignore[index]
+    assert len(producer.sent) == 1

@@ -286,8 +286,16 @@ class Deliverer:
             )
             return []
         item = Item(
-            entry, timer.entry, ns, rec, timer.target, timer.target_id, target,
-            attempt=timer.attempt, first_failure_s=timer.first_failure_s, redrive=timer.redrive,
+            entry,
+            timer.entry,
+            ns,
+            rec,
+            timer.target,
+            timer.target_id,
+            target,
+            attempt=timer.attempt,
+            first_failure_s=timer.first_failure_s,
+            redrive=timer.redrive,
         )
         item.is_blocker = (not item.ordered) or self.order.blocker(entry.namespace, timer.target_id, entry.key) in (
             None,
@@ -405,11 +413,13 @@ class Deliverer:
         self.schedule.put(timer)
         out.timers_put.add(timer.key)
 
-    def _retry_later(self, it: Item, due_ms: int, attempt: int, err: TargetError, out: _Outcome) -> None:
+    def _retry_later(self, it: Item, due_ms: int, attempt: int, err: TargetError | None, out: _Outcome) -> None:
+        """Schedule ``it`` for ``due_ms`` as attempt ``attempt`` (RETRYING); with per-key
+        order its key waits for it."""
         self._target_state(out, it).update(
             state=EntryState.RETRYING.value,
             attempts=attempt,
-            last_error=err.message,
+            last_error=err.message if err else None,
             next_attempt_ms=due_ms,
             held_behind=None,
         )
@@ -423,8 +433,8 @@ class Deliverer:
                 target_id=it.target_id,
                 attempt=attempt,
                 first_failure_s=it.first_failure_s,
-                last_error=err.message,
-                error_class=err.error_class.value,
+                last_error=err.message if err else None,
+                error_class=err.error_class.value if err else None,
                 source=_src(it.source),
                 redrive=it.redrive,
             ),
@@ -459,25 +469,8 @@ class Deliverer:
             entry = Entry.decode(rec.value)
             target = self.targets.get(held["target"])
             nxt = Item(entry, held["entry"], ns, rec, held["target"], tid, target, is_blocker=True)
-            due_ms = int(now_s * 1000)
-            self._put_timer(
-                Timer(
-                    kind="retry",
-                    due_ms=due_ms,
-                    seq=nxt.seq,
-                    entry=nxt.doc,
-                    target=nxt.target_cfg,
-                    target_id=tid,
-                    attempt=0,
-                    source=held["source"],
-                ),
-                out,
-            )
-            self.order.block(ns.name, tid, key, entry.id)
+            self._retry_later(nxt, int(now_s * 1000), 0, None, out)  # the key now waits for it
             self.order.release(held_key)
-            self._target_state(out, nxt).update(
-                state=EntryState.RETRYING.value, next_attempt_ms=due_ms, held_behind=None
-            )
             return True
         self.order.unblock(ns.name, tid, key)
         return False

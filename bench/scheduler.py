@@ -848,7 +848,7 @@ def report(r: Result) -> None:
     )
     for late, at, part, a, b in bd.worst:
         print(f"{'    worst':34}{late:.0f} ms (due at +{at:.1f} s, partition {part}: tick +{a:.0f}, then +{b:.0f} ms)")
-    print(f"{'  machine CPU busy in probe window':34}{100 * r.machine_busy:.0f} % of {os.cpu_count()} CPUs")
+    print(f"{'  machine CPU busy, probe window':34}{100 * r.machine_busy:.0f} % of {os.cpu_count()} CPUs")
     verdict = "OK" if lat["p99"] <= 100 and lat["early"] == 0 and lat["missing"] == 0 else "MISSED"
     print(f"aim p99 ≤ 100 ms, never early: {verdict}")
     if r.log_counts:

@@ -40,6 +40,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
 
     from walstream.app import build_app
 
+    settings.datadir.mkdir(parents=True, exist_ok=True)  # Faust expects it to exist
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     wal = build_app(settings)

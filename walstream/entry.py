@@ -40,6 +40,8 @@ class Entry:
     written_at_us: int
     due_at_ms: int | None = None
     targets: list[dict[str, Any]] | None = field(default=None)
+    #: per-entry override of the namespace's retry policy (validated at write time)
+    retry: dict[str, Any] | None = None
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {
@@ -54,6 +56,8 @@ class Entry:
             doc["due"] = self.due_at_ms
         if self.targets is not None:
             doc["targets"] = self.targets
+        if self.retry is not None:
+            doc["retry"] = self.retry
         return orjson.dumps(doc)
 
     @classmethod
@@ -62,6 +66,14 @@ class Entry:
             raise EntryDecodeError("record has no value")
         try:
             doc = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise EntryDecodeError(f"not a walstream entry: {exc!r}") from None
+        return cls.from_doc(doc)
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> Entry:
+        """The entry of an already parsed envelope document."""
+        try:
             if doc.get("v") != ENVELOPE_VERSION:
                 raise EntryDecodeError(f"unsupported envelope version {doc.get('v')!r}")
             return cls(
@@ -72,10 +84,11 @@ class Entry:
                 written_at_us=int(doc["ts"]),
                 due_at_ms=None if doc.get("due") is None else int(doc["due"]),
                 targets=doc.get("targets"),
+                retry=doc.get("retry"),
             )
         except EntryDecodeError:
             raise
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise EntryDecodeError(f"not a walstream entry: {exc!r}") from None
 
     @property

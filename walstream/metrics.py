@@ -43,7 +43,7 @@ class Metrics:
         self.delivery_lag = Histogram(
             "walstream_delivery_lag_seconds",
             "From an entry's due time (or write time) to its delivery to a target.",
-            ["namespace"],
+            ["namespace", "target"],
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )

@@ -19,6 +19,7 @@ from walstream.mutations import MutationError, parse_mutations
 from walstream.namespaces.model import (
     MUTATION_TARGET_TYPES,
     NamespaceConfig,
+    RetryPolicy,
     TargetConfig,
     format_validation_error,
 )
@@ -60,6 +61,8 @@ class LogRequest(BaseModel):
     lifecycle: Lifecycle | None = None
     payload: Any
     target: dict[str, Any] | list[dict[str, Any]] | None = None
+    #: overrides the namespace's retry policy for this entry
+    retry: RetryPolicy | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -133,6 +136,7 @@ def parse_log_request(
         written_at_us=written_at_us,
         due_at_ms=due_at_ms,
         targets=targets_override,
+        retry=req.retry.model_dump() if req.retry is not None else None,
     )
     value = entry.encode()
     if len(value) > max_entry_bytes:

@@ -276,3 +276,15 @@ async def test_redrive_gives_fresh_attempts_and_clears_the_index(harness: Harnes
     assert list(wal.dlq_index.rows("orders", [0])) == []
     assert wal.states.get("orders", "e1")["state"] == "DELIVERED"  # type: ignore[index]
     assert len(producer.sent) == 1
+
+
+async def test_entry_retry_policy_overrides_the_namespace(harness: Harness) -> None:
+    wal, target, producer = harness
+    e = Entry(id="e1", namespace="orders", key="k", payload=1, written_at_us=WriteClock().now_us(),
+              retry={"initial_delay_ms": 1, "multiplier": 1.0, "max_delay_ms": 1, "max_attempts": 1, "jitter": 0})
+    target.script[e.id] = [TransientError("blip")]
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, e)
+    # the namespace allows 3 attempts; the entry allows 1: dead-lettered at once
+    assert orjson.loads(producer.sent[0][1])["attempts"] == 1
+    assert timers(wal) == []

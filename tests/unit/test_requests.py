@@ -117,3 +117,10 @@ def test_undecodable_records_are_refused() -> None:
     for raw in (None, b"", b"not json", orjson.dumps({"v": 99}), orjson.dumps({"v": 1, "id": "x"})):
         with pytest.raises(EntryDecodeError):
             Entry.decode(raw)
+
+
+def test_retry_policy_can_be_overridden_per_entry() -> None:
+    e = parse({"namespace": "raw", "payload": 1, "retry": {"max_attempts": 2, "initial_delay_ms": 50}})
+    assert e.retry is not None and e.retry["max_attempts"] == 2 and e.retry["multiplier"] == 2.0
+    with pytest.raises(RequestError, match=r"retry\.max_attempts"):
+        parse({"namespace": "raw", "payload": 1, "retry": {"max_attempts": 0}})

@@ -39,7 +39,7 @@ from walstream.delivery.dead_letters import DeadLetter, DeadLetterWriter, Source
 from walstream.delivery.retry import backoff_ms
 from walstream.entry import Entry, EntryDecodeError
 from walstream.metrics import Metrics
-from walstream.namespaces.model import NamespaceConfig
+from walstream.namespaces.model import NamespaceConfig, RetryPolicy
 from walstream.namespaces.registry import NamespaceRegistry
 from walstream.targets.base import ErrorClass, Target, TargetError, TransientError
 from walstream.targets.pool import TargetPool
@@ -71,6 +71,13 @@ class Item:
     @property
     def seq(self) -> int:
         return self.source.offset
+
+    @property
+    def policy(self) -> RetryPolicy:
+        """The entry's own retry policy, else its namespace's (retry policy is data)."""
+        if self.entry.retry is not None:
+            return RetryPolicy.model_validate(self.entry.retry)
+        return self.ns.retry
 
     @property
     def ordered(self) -> bool:
@@ -184,11 +191,11 @@ class Deliverer:
 
     def _admit(self, rec: SourceRecord, now_s: float, out: _Outcome) -> list[Item]:
         try:
-            entry = Entry.decode(rec.value)
-        except EntryDecodeError as exc:
+            doc = orjson.loads(rec.value or b"null")
+            entry = Entry.from_doc(doc)
+        except (orjson.JSONDecodeError, EntryDecodeError) as exc:
             out.letters.append(_letter(rec, None, None, ErrorClass.UNDECODABLE, str(exc), 0, now_s))
             return []
-        doc = orjson.loads(rec.value or b"null")
         ns = self.registry.get(entry.namespace)
         if ns is None:
             out.letters.append(
@@ -386,7 +393,7 @@ class Deliverer:
             if it.redrive:
                 self.dlq_index.delete(ns_name, it.entry.id, it.target_id)
             self.metrics.delivered.labels(ns_name, label).inc()
-            self.metrics.delivery_lag.labels(ns_name).observe(max(0.0, now_s - _ready_at_s(it.entry)))
+            self.metrics.delivery_lag.labels(ns_name, label).observe(max(0.0, now_s - _ready_at_s(it.entry)))
             if it.is_blocker and it.ordered:
                 return self._release(partition, it, breaker, now_s, out)
             return False
@@ -397,9 +404,9 @@ class Deliverer:
         self.metrics.delivery_failures.labels(ns_name, label, err.error_class.value).inc()
         attempt = it.attempt + 1
         first = it.first_failure_s or now_s
-        if isinstance(err, TransientError) and attempt < it.ns.retry.max_attempts:
+        if isinstance(err, TransientError) and attempt < it.policy.max_attempts:
             it.first_failure_s = first
-            self._retry_later(it, int(now_s * 1000) + backoff_ms(it.ns.retry, attempt), attempt, err, out)
+            self._retry_later(it, int(now_s * 1000) + backoff_ms(it.policy, attempt), attempt, err, out)
             return it.ordered
         out.letters.append(
             _letter(it.source, it.doc, it.target_cfg, err.error_class, err.message, attempt, first, now_s)

@@ -37,6 +37,7 @@ integration: $(STAMP)
 ## make bench: benchmarks against raw baselines, same services, one run
 bench: $(STAMP) stack-up
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.scheduler
 
 stack-up: $(STAMP)
 	$(BIN)/walstream stack up

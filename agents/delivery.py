@@ -37,6 +37,7 @@ def register(wal: WalApp) -> None:
     command_topic = wal.command_topic
     #: partition → when its last tick was sent; cleared when the agent handles it
     ticks_in_flight: dict[int, float] = {}
+    seen_partitions: list[int] = []
 
     @wal.faust.agent(wal.wal_channel, name="walstream.deliver", concurrency=1)
     async def deliver(stream: Any) -> Any:
@@ -67,7 +68,11 @@ def register(wal: WalApp) -> None:
         # an exception escaping a Faust timer kills the worker: contain everything
         try:
             now_s = time.time()
-            for partition in wal.active_partitions():
+            partitions = wal.active_partitions()
+            if partitions != seen_partitions:  # a rebalance: recovered timers may sort earlier
+                wal.schedule.reset_bounds()
+                seen_partitions[:] = partitions
+            for partition in partitions:
                 due = wal.schedule.next_due_ms(partition)
                 if due is None or due > now_s * 1000:
                     continue

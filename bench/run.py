@@ -188,12 +188,11 @@ async def lag_quantiles(session: aiohttp.ClientSession, url: str, ns: str) -> tu
     async with session.get(f"{url}/metrics") as r:
         text = await r.text()
     buckets = []
-    for m in re.finditer(
-        rf'walstream_delivery_lag_seconds_bucket\{{le="([^"]+)",namespace="{re.escape(ns)}"\}} '
-        r"([0-9.e+]+)",
-        text,
-    ):
-        buckets.append((float(m.group(1)), float(m.group(2))))
+    for line in text.splitlines():
+        if line.startswith("walstream_delivery_lag_seconds_bucket{") and f'namespace="{ns}"' in line:
+            le = re.search(r'le="([^"]+)"', line)
+            if le:
+                buckets.append((float(le.group(1)), float(line.rsplit(" ", 1)[1])))
     buckets.sort()
     total = buckets[-1][1] if buckets else 0
 

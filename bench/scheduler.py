@@ -16,6 +16,8 @@ subprocess is started (unique ``WALSTREAM_APP_ID``, own ``WALSTREAM_DATADIR`` in
    its timers are written) *and* the ``walstream-schedule`` changelog holds ≥ N records.
 3. **Pending**: after a settle pause, RSS, on-disk size of the datadir (and of the schedule
    table's RocksDBs) and CPU over a quiet window while N entries are pending and none is due.
+   **RSS per pending entry** = (RSS now - idle RSS) / N: everything the worker keeps for a
+   pending entry (every table it writes, RocksDB memtables, Python heap left by the load).
    **Cost per idle tick** = worker CPU in the window / (window / ``WALSTREAM_SCHEDULER_INTERVAL_S``)
    — the timer's work plus everything else an idle worker does (Faust's own timers, consumer
    fetches, heartbeats); the same figure with nothing pending (step 1) is printed next to it,
@@ -26,7 +28,10 @@ subprocess is started (unique ``WALSTREAM_APP_ID``, own ``WALSTREAM_DATADIR`` in
    matched by the ``walstream-id`` header. Early = lateness < 0 (must be 0). **Cost of a
    due tick**: worker CPU from just before the first probe is due until the last one is
    delivered, minus the idle rate from step 3, per delivered probe and per tick command
-   (tick commands counted from the command topic's end offsets).
+   (tick commands counted from the command topic's end offsets). Lateness is split into
+   due -> tick sent (the tick's CreateTime on the command topic, per WAL partition of the
+   probe) and tick sent -> delivered. Machine CPU use in the window is printed: on a busy
+   machine the raw timer's lateness shows how much is the machine's.
 5. **After**: another quiet window once the probes are delivered (their deletions leave
    tombstones at the front of each partition, where every tick seeks).
 
@@ -41,8 +46,11 @@ Raw baselines, same run, reported as walstream/raw ratios:
 - **raw timer** (in this process, during the probe window): an asyncio loop that sleeps
   until each probe's due time and produces it with aiokafka: lateness floor of the machine.
 
-Other knobs: ``BENCH_SCHED_LOAD_TIMEOUT_S`` (default 1800) bounds the load; every wait is
-bounded. Temp dirs are removed and the Kafka topics of the run deleted at the end.
+Other knobs: ``BENCH_SCHED_LOAD_TIMEOUT_S`` (default 1800) bounds the load and again the wait
+for the table; every other wait is bounded too. Temp dirs are removed and the Kafka topics of
+the run deleted at the end; ``BENCH_SCHED_KEEP_LOG=1`` keeps the worker log (also kept when it
+shows errors). Idle-window CPU per tick varies by a few hundred µs between windows and runs
+(Faust's and aiokafka's background work): smaller differences are noise.
 """
 
 from __future__ import annotations

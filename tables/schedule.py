@@ -61,24 +61,44 @@ class Timer:
 
 
 class Schedule:
+    """Access to the schedule table.
+
+    A scan from the very front of a partition would step over every timer deleted since
+    RocksDB last compacted (tombstones sort before the live keys), a cost that grows with
+    traffic. So each partition keeps a lower bound, at or below its earliest live key, to
+    seek from: raised when a scan finds the earliest key, lowered by any earlier ``put``,
+    and dropped by :meth:`reset_bounds` when partitions move (a recovery may bring keys back).
+    """
+
     def __init__(self, table: Any) -> None:
         self.table = table
+        self._low: dict[int, bytes] = {}
 
     def put(self, timer: Timer) -> None:
-        self.table[timer.key] = timer.encode()
+        key = timer.key
+        self.table[key] = timer.encode()
+        for partition, low in self._low.items():
+            if key < low:
+                self._low[partition] = key
 
     def delete(self, key: bytes) -> None:
         # ``pop`` rather than ``del``: a key already gone (a re-processed tick) is no error
         self.table.pop(key, None)
 
+    def reset_bounds(self) -> None:
+        self._low.clear()
+
     def due(self, partition: int, now_ms: int, limit: int) -> Iterator[tuple[bytes, Timer]]:
         """Timers of ``partition`` due at or before ``now_ms``, earliest first."""
         stop = b"%013d|~" % now_ms
-        for n, (key, value) in enumerate(ordered.scan(self.table, partition, stop=stop)):
+        start = self._low.get(partition, b"")
+        for n, (key, value) in enumerate(ordered.scan(self.table, partition, start=start, stop=stop)):
             if n >= limit:
                 return
             yield key, Timer.decode(value)
 
     def next_due_ms(self, partition: int) -> int | None:
-        key = ordered.first_key(self.table, partition)
-        return int(key[:13]) if key is not None else None
+        for key, _ in ordered.scan(self.table, partition, start=self._low.get(partition, b"")):
+            self._low[partition] = key
+            return int(key[:13])
+        return None

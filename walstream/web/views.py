@@ -41,6 +41,10 @@ class BodyError(Exception):
         self.message = message
 
 
+async def _none() -> None:
+    return None
+
+
 def register_views(wal: WalApp) -> None:
     app = wal.faust
     settings = wal.settings
@@ -74,11 +78,15 @@ def register_views(wal: WalApp) -> None:
             doc, lookup=wal.registry.get, clock=wal.clock, max_entry_bytes=settings.max_entry_bytes
         )
 
-    def already_written(entry: Entry) -> dict[str, Any] | None:
-        """The answer for an id written before (within the retention window), if known here."""
+    async def already_written(entry: Entry) -> dict[str, Any] | None:
+        """The answer for an id written before (within the retention window), as far as this
+        worker knows: its recent writes, then the entries table of the partitions it holds."""
         hit = wal.writer.recent(entry.namespace, entry.id)
         if hit is not None:
             return {**hit.to_dict(), "status": 200, "duplicate": True}
+        # Only this worker's tables: asking the partition's owner for every client id cost
+        # seconds per thousand entries in a two-worker fleet. A second record of a tracked
+        # id that gets written anyway is skipped by the agent (delivered once).
         state = wal.states.get(entry.namespace, entry.id)
         if state is None:
             return None
@@ -96,8 +104,7 @@ def register_views(wal: WalApp) -> None:
     async def write_all(items: list[Any]) -> list[dict[str, Any]]:
         """Validate, de-duplicate by id, and write; one answer (with ``status``) per item."""
         results: list[dict[str, Any] | None] = [None] * len(items)
-        valid: list[tuple[Entry, bytes]] = []
-        positions: list[int] = []
+        candidates: list[tuple[int, Entry, bytes, bool]] = []  # position, entry, value, client id?
         first_of: dict[tuple[str, str], int] = {}  # a repeated id within the request
         repeats: list[tuple[int, int]] = []
         for i, item in enumerate(items):
@@ -107,18 +114,30 @@ def register_views(wal: WalApp) -> None:
                 item_id = item.get("id") if isinstance(item, dict) else None
                 results[i] = {**failed(item_id, exc.message), "status": exc.status}
                 continue
-            if "id" in item:  # only a client-chosen id can repeat
+            client_id = "id" in item  # only a client-chosen id can repeat
+            if client_id:
                 key = (entry.namespace, entry.id)
                 if key in first_of:
                     repeats.append((i, first_of[key]))
                     continue
-                known = already_written(entry)
-                if known is not None:
-                    results[i] = known
-                    continue
                 first_of[key] = i
-            valid.append((entry, value))
-            positions.append(i)
+            candidates.append((i, entry, value, client_id))
+        # ids written before: looked up concurrently (a lookup may ask the partition's owner)
+        limit = asyncio.Semaphore(32)
+
+        async def lookup(entry: Entry) -> dict[str, Any] | None:
+            async with limit:
+                return await already_written(entry)
+
+        known = await asyncio.gather(*(lookup(e) if cid else _none() for _, e, _, cid in candidates))
+        valid: list[tuple[Entry, bytes]] = []
+        positions: list[int] = []
+        for (i, entry, value, _), hit in zip(candidates, known, strict=True):
+            if hit is not None:
+                results[i] = hit
+            else:
+                valid.append((entry, value))
+                positions.append(i)
         if valid:
             started = time.perf_counter()
             written = await wal.writer.write(valid)

@@ -50,8 +50,6 @@ class Settings(BaseSettings):
     produce_timeout_s: float = Field(default=10.0, gt=0)
     #: ``WALSTREAM_DELIVERY_BATCH``: most entries a delivery agent hands to targets at once.
     delivery_batch: int = Field(default=500, ge=1)
-    #: ``WALSTREAM_DELIVERY_LINGER_S``: how long the agent waits to fill a delivery batch.
-    delivery_linger_s: float = Field(default=0.02, ge=0)
     #: ``WALSTREAM_TARGET_TIMEOUT_S``: one target call; a slower one counts as a transient failure.
     target_timeout_s: float = Field(default=30.0, gt=0)
     #: ``WALSTREAM_NAMESPACE_WAIT_S``: ``PUT /v1/namespaces`` waits this long to see its write.

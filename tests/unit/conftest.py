@@ -60,8 +60,7 @@ def store(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def wal(store: str, tmp_path: Path) -> Iterator[WalApp]:
-    settings = Settings(store=store, datadir=tmp_path / "worker", app_id=f"unit-{tmp_path.name}",
-                        delivery_linger_s=0.01)
+    settings = Settings(store=store, datadir=tmp_path / "worker", app_id=f"unit-{tmp_path.name}")
     app = build_app(settings)
     yield app
 

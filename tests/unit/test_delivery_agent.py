@@ -19,7 +19,7 @@ from tests.unit.conftest import FakeProducer, RecordingTarget, add_namespace
 from walstream.app import WalApp
 from walstream.delivery.commands import COMMAND_KEY, TICK, cancel
 from walstream.entry import Entry, WriteClock
-from walstream.targets.base import PermanentError, TransientError
+from walstream.targets.base import PermanentError, TargetDownError, TransientError
 
 NS = {"name": "orders", "targets": [{"type": "noop"}],
       "retry": {"initial_delay_ms": 1, "max_delay_ms": 5, "max_attempts": 3, "jitter": 0}}
@@ -184,7 +184,7 @@ async def test_ordering_none_lets_later_entries_pass(harness: Harness) -> None:
 async def test_open_breaker_spends_no_attempts(harness: Harness) -> None:
     wal, target, producer = harness
     clock = WriteClock()
-    down = [TransientError("unavailable")] * 100
+    down = [TargetDownError("no host available")] * 100
     entries = [entry(i, clock, f"key{i}") for i in range(3)]
     for e in entries:
         target.script[e.id] = list(down)
@@ -288,3 +288,20 @@ async def test_entry_retry_policy_overrides_the_namespace(harness: Harness) -> N
     # the namespace allows 3 attempts; the entry allows 1: dead-lettered at once
     assert orjson.loads(producer.sent[0][1])["attempts"] == 1
     assert timers(wal) == []
+
+
+async def test_entries_failing_alone_do_not_open_the_circuit(harness: Harness) -> None:
+    wal, target, _ = harness
+    add_namespace(wal, {**NS, "retry": {"initial_delay_ms": 1, "max_delay_ms": 1, "max_attempts": 50, "jitter": 0}})
+    clock = WriteClock()
+    a1 = entry(1, clock, "A")
+    target.script[a1.id] = [TransientError("index throttled")] * 5
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, a1)
+        for _ in range(4):
+            await tick(ctx)
+        await send(ctx, entry(2, clock, "B"))  # another key, same target
+        await tick(ctx)
+    [breaker] = wal.breakers.all().values()
+    assert not breaker.transitions
+    assert [x.id for x in target.applied] == ["e2", "e1"]

@@ -1,7 +1,8 @@
 """Per-target circuit breaker: when a target is down, stop calling it and stop spending
 entries' attempts on it.
 
-Closed → after ``threshold`` consecutive calls that failed only transiently → open for a
+Closed → after ``threshold`` consecutive calls in which the whole target did not answer
+(:class:`~walstream.targets.base.TargetDownError`) → open for a
 cool-down (``initial_cooldown_s``, doubling up to ``max_cooldown_s``) → half-open: the next
 call is a probe; success closes the breaker, failure re-opens it with a longer cool-down.
 
@@ -45,10 +46,10 @@ class Breaker:
         now_s = time.time() if now_s is None else now_s
         return max(now_s, self.open_until_s)
 
-    def record(self, *, all_transient: bool, now_s: float | None = None) -> None:
-        """Record one call: ``all_transient`` when every entry failed transiently."""
+    def record(self, *, down: bool, now_s: float | None = None) -> None:
+        """Record one call: ``down`` when the target as a whole did not answer."""
         now_s = time.time() if now_s is None else now_s
-        if not all_transient:
+        if not down:
             if self.is_open:
                 log.warning("target %s is back: circuit closed", self.label)
                 self.transitions.append((now_s, "closed"))

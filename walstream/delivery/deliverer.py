@@ -41,7 +41,7 @@ from walstream.entry import Entry, EntryDecodeError
 from walstream.metrics import Metrics
 from walstream.namespaces.model import NamespaceConfig, RetryPolicy
 from walstream.namespaces.registry import NamespaceRegistry
-from walstream.targets.base import ErrorClass, Target, TargetError, TransientError
+from walstream.targets.base import ErrorClass, Target, TargetDownError, TargetError, TransientError
 from walstream.targets.pool import TargetPool
 
 log = logging.getLogger(__name__)
@@ -378,7 +378,7 @@ class Deliverer:
         except Exception as exc:  # a target bug fails the call, transiently
             log.exception("target %s raised", target.label)
             outcomes = [TransientError(f"{type(exc).__name__}: {exc}")] * len(items)
-        breaker.record(all_transient=all(isinstance(o, TransientError) for o in outcomes))
+        breaker.record(down=bool(outcomes) and all(isinstance(o, TargetDownError) for o in outcomes))
         return outcomes
 
     def _settle(
@@ -575,7 +575,7 @@ class Deliverer:
             self.dlq_index.delete(ns_name, entry_id, target_id)  # re-admitted whole
 
 
-class _BreakerOpen(TransientError):
+class _BreakerOpen(TargetDownError):
     def __init__(self, breaker: Breaker) -> None:
         super().__init__(f"circuit open for {breaker.label}")
 

@@ -4,6 +4,7 @@ A target is small: ``start``, ``apply`` a batch, ``close``. It never retries, de
 dead-letters; the delivery runtime does, based on the error class a target reports:
 
 - :class:`TransientError` — may succeed later (timeout, unavailable, overloaded);
+  :class:`TargetDownError`, a kind of it, when the whole target did not answer;
 - :class:`PermanentError` — will never succeed as it is (invalid mutation, mapping conflict,
   unknown table); the entry goes to the dead-letter queue.
 
@@ -39,6 +40,13 @@ class TargetError(Exception):
 
 class TransientError(TargetError):
     error_class = ErrorClass.TRANSIENT
+
+
+class TargetDownError(TransientError):
+    """The target as a whole did not answer (connection refused, no host, request timeout,
+    a 5xx for the whole request). Consecutive calls failing like this open its circuit
+    breaker; a transient failure of single entries (a throttled index, a row timeout) is
+    retried without suggesting the target is down."""
 
 
 class PermanentError(TargetError):

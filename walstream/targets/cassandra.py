@@ -53,6 +53,7 @@ from walstream.targets.base import (
     Outcomes,
     PermanentError,
     Target,
+    TargetDownError,
     TargetError,
     TransientError,
     combine,
@@ -76,6 +77,8 @@ _TRANSIENT = (
     asyncio.TimeoutError,
     OSError,
 )
+#: the cluster did not answer at all (as opposed to one statement timing out)
+_DOWN = (NoHostAvailable, ConnectionException, OperationTimedOut, OSError)
 _PERMANENT = (
     InvalidRequest,
     SyntaxException,
@@ -95,6 +98,8 @@ def classify(exc: BaseException) -> TargetError:
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, _PERMANENT) and not isinstance(exc, _TRANSIENT):
         return PermanentError(text)
+    if isinstance(exc, _DOWN):
+        return TargetDownError(text)
     return TransientError(text)
 
 

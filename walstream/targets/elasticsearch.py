@@ -28,6 +28,7 @@ from walstream.targets.base import (
     Outcomes,
     PermanentError,
     Target,
+    TargetDownError,
     TargetError,
     TransientError,
     combine,
@@ -90,10 +91,10 @@ class ElasticsearchTarget(Target):
                     operations=operations, refresh="true" if self.cfg.refresh else "false"
                 )
             except (EsConnectionError, ConnectionTimeout) as exc:
-                return [TransientError(f"{type(exc).__name__}: {exc}")] * len(entries)
+                return [TargetDownError(f"{type(exc).__name__}: {exc}")] * len(entries)
             except ApiError as exc:
                 status = getattr(exc.meta, "status", 0)
-                cls = TransientError if status in TRANSIENT_STATUSES else PermanentError
+                cls = TargetDownError if status in TRANSIENT_STATUSES else PermanentError
                 return [cls(f"bulk request failed: {status} {exc}")] * len(entries)
             except Exception as exc:  # unknown: retry rather than dead-letter on first sight
                 return [TransientError(f"{type(exc).__name__}: {exc}")] * len(entries)

@@ -14,7 +14,9 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidTopicError,
+    KafkaConnectionError,
     KafkaError,
+    KafkaTimeoutError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
     TopicAuthorizationFailedError,
@@ -22,7 +24,7 @@ from aiokafka.errors import (
 
 from walstream.entry import Entry
 from walstream.namespaces.model import KafkaTargetConfig
-from walstream.targets.base import Outcomes, PermanentError, Target, TargetError, TransientError
+from walstream.targets.base import Outcomes, PermanentError, Target, TargetDownError, TargetError, TransientError
 
 _PERMANENT = (
     MessageSizeTooLargeError,
@@ -52,7 +54,7 @@ class KafkaTarget(Target):
                 try:
                     await self._producer.start()
                 except KafkaError as exc:
-                    raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+                    raise TargetDownError(f"{type(exc).__name__}: {exc}") from exc
                 self._started = True
 
     async def close(self) -> None:
@@ -95,4 +97,8 @@ class KafkaTarget(Target):
 
 def _classify(exc: BaseException) -> TargetError:
     text = f"{type(exc).__name__}: {exc}"
-    return PermanentError(text) if isinstance(exc, _PERMANENT) else TransientError(text)
+    if isinstance(exc, _PERMANENT):
+        return PermanentError(text)
+    if isinstance(exc, (KafkaConnectionError, KafkaTimeoutError)):
+        return TargetDownError(text)
+    return TransientError(text)

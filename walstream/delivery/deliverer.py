@@ -249,9 +249,10 @@ class Deliverer:
 
     def _from_timer(self, partition: int, timer: Timer, now_s: float, out: _Outcome) -> list[Item]:
         topic, part, offset = timer.source
-        rec = SourceRecord(topic, part, offset, timer.entry.get("key", "").encode(), orjson.dumps(timer.entry))
+        # the timer carries the parsed entry: no need to encode it only to parse it again
+        rec = SourceRecord(topic, part, offset, timer.entry.get("key", "").encode(), None)
         try:
-            entry = Entry.decode(rec.value)
+            entry = Entry.from_doc(timer.entry)
         except EntryDecodeError as exc:  # cannot happen for timers we wrote; never drop it anyway
             out.letters.append(_letter(rec, timer.entry, timer.target, ErrorClass.UNDECODABLE, str(exc), 0, now_s))
             return []
@@ -472,8 +473,8 @@ class Deliverer:
         now; with none held the key is unblocked. Returns True when the key stays blocked."""
         for held_key, held in self.order.held_for(partition, ns.name, tid, key):
             topic, part, offset = held["source"]
-            rec = SourceRecord(topic, part, offset, key.encode(), orjson.dumps(held["entry"]))
-            entry = Entry.decode(rec.value)
+            rec = SourceRecord(topic, part, offset, key.encode(), None)
+            entry = Entry.from_doc(held["entry"])
             target = self.targets.get(held["target"])
             nxt = Item(entry, held["entry"], ns, rec, held["target"], tid, target, is_blocker=True)
             self._retry_later(nxt, int(now_s * 1000), 0, None, out)  # the key now waits for it
@@ -566,8 +567,8 @@ class Deliverer:
             redrive=True,
         )
         self._put_timer(timer, out)
-        rec = SourceRecord(topic, part, offset, None, orjson.dumps(row["entry"]))
-        state = self._state(out, Entry.decode(rec.value), rec)
+        rec = SourceRecord(topic, part, offset, None, None)
+        state = self._state(out, Entry.from_doc(row["entry"]), rec)
         state["targets"].setdefault(target_id, {"type": (row.get("target") or {}).get("type")}).update(
             state=EntryState.RETRYING.value, attempts=0, next_attempt_ms=due_ms
         )

@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -28,6 +26,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from bench.worker import Worker
 from walstream.kafka_admin import TopicSpec, ensure_topics
 
 BROKER = os.environ.get("WALSTREAM_BROKER", "127.0.0.1:9092")
@@ -135,47 +134,6 @@ async def paced(rate: float, seconds: float, fn: object) -> None:
 # -- L3: through walstream -----------------------------------------------------------------
 
 
-class WorkerProcess:
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="walstream-bench-"))
-        self.port = 16066
-        self.app_id = f"bench-{uuid.uuid4().hex[:8]}"
-        env = {
-            **os.environ,
-            "WALSTREAM_APP_ID": self.app_id,
-            "WALSTREAM_WEB_PORT": str(self.port),
-            "WALSTREAM_DATADIR": str(self.dir / "data"),
-            "WALSTREAM_PARTITIONS": str(PARTITIONS),
-            "WALSTREAM_BROKER": BROKER,
-        }
-        self.log = open(self.dir / "worker.log", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "walstream.cli", "worker", "--loglevel", "warning"],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    async def wait_ready(self, session: aiohttp.ClientSession) -> None:
-        for _ in range(240):
-            try:
-                async with session.get(f"{self.url}/v1/health") as r:
-                    if r.status == 200 and (await r.json())["assigned"]:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.5)
-        raise RuntimeError(f"worker not ready; see {self.dir / 'worker.log'}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 async def delivered(session: aiohttp.ClientSession, url: str, ns: str) -> float:
     async with session.get(f"{url}/metrics") as r:
         text = await r.text()
@@ -206,19 +164,15 @@ async def lag_quantiles(session: aiohttp.ClientSession, url: str, ns: str) -> tu
 
 
 async def walstream_rungs(n: int, rate: float, seconds: float) -> tuple[dict[str, float], dict[str, float]]:
-    worker = WorkerProcess()
+    worker = Worker(Path(tempfile.mkdtemp(prefix="walstream-bench-")), app_prefix="bench", partitions=PARTITIONS,
+                    broker=BROKER)
     try:
         async with aiohttp.ClientSession() as s:
-            await worker.wait_ready(s)
+            await worker.wait_assigned(s, "")  # any partition: the worker has joined
             ns = f"bench{uuid.uuid4().hex[:8]}"
             async with s.put(f"{worker.url}/v1/namespaces/{ns}", json={"targets": [{"type": "noop"}]}) as r:
                 assert r.status == 200, await r.text()
-            # wait until the delivery agent consumes the new topic
-            for _ in range(240):
-                async with s.get(f"{worker.url}/v1/health") as r:
-                    if any(t.startswith(f"wal.{ns}:") for t in (await r.json())["assigned"]):
-                        break
-                await asyncio.sleep(0.5)
+            await worker.wait_assigned(s, f"wal.{ns}:")  # the delivery agent consumes the new topic
             pad = filler(VALUE_BYTES - 100)
             bodies = []
             for start in range(0, n, BATCH):

@@ -62,7 +62,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -71,13 +70,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from bench.worker import Worker
 from walstream.kafka_admin import TopicSpec, ensure_topics
 
 BROKER = os.environ.get("WALSTREAM_BROKER", "127.0.0.1:9092")
@@ -136,12 +135,6 @@ def dir_bytes(path: Path, contains: str = "") -> int:
     return total
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def iso_ms(ms: int) -> str:
     t = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ms)
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -152,66 +145,6 @@ def mb(x: float) -> str:
 
 
 # -- the worker ----------------------------------------------------------------------------
-
-
-class Worker:
-    """One ``walstream worker`` subprocess with its own app id, datadir and port."""
-
-    def __init__(self, root: Path) -> None:
-        self.dir = root
-        self.port = free_port()
-        self.app_id = f"bench-sched-{uuid.uuid4().hex[:8]}"
-        self.datadir = root / "data"
-        env = {
-            **os.environ,
-            "WALSTREAM_APP_ID": self.app_id,
-            "WALSTREAM_WEB_PORT": str(self.port),
-            "WALSTREAM_DATADIR": str(self.datadir),
-            "WALSTREAM_PARTITIONS": str(PARTITIONS),
-            "WALSTREAM_BROKER": BROKER,
-        }
-        self.log_path = root / "worker.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "walstream.cli", "worker", "--loglevel", "warning"],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    async def health(self, s: aiohttp.ClientSession) -> dict[str, Any]:
-        async with s.get(f"{self.url}/v1/health") as r:
-            r.raise_for_status()
-            doc: dict[str, Any] = await r.json()
-            return doc
-
-    async def wait_assigned(self, s: aiohttp.ClientSession, prefix: str, timeout_s: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited ({self.proc.returncode}); see {self.log_path}")
-            try:
-                if any(t.startswith(prefix) for t in (await self.health(s))["assigned"]):
-                    return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.5)
-        raise RuntimeError(f"worker never got {prefix!r} assigned; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
 
 
 async def idle_window(worker: Worker, seconds: float) -> float:
@@ -638,7 +571,7 @@ async def run_size(n: int) -> Result:
     res = Result(n=n)
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="walstream-bench-sched-"))
-    worker = Worker(root)
+    worker = Worker(root, app_prefix="bench-sched", partitions=PARTITIONS, broker=BROKER)
     kv = KafkaView()
     await kv.start()
     ns = f"bsched{uuid.uuid4().hex[:8]}"

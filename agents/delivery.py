@@ -2,9 +2,12 @@
 
 The agent consumes every ``wal.<namespace>`` topic of the worker's shard plus the worker
 fleet's command topic (all co-partitioned with the state tables). Concurrency is 1, so each
-partition is handled in offset order. A batch is acked only after the deliverer returns for
-each of its partitions (every entry applied, waiting durably in a table, or dead-lettered),
-so a crash re-delivers it (at-least-once; targets are idempotent).
+partition is handled in offset order. Each record is admitted by the offset ledger
+(walstream.delivery.offsets), and a partition's offsets advance there only after the
+deliverer returns for its part of the batch (every entry applied, waiting durably in a
+table, or dead-lettered); the ledger alone commits. A crash or a rebalance re-delivers from
+the last committed offset (at-least-once; targets are idempotent), and records Faust drops
+during a rebalance are read again.
 
 The scheduler is a timer on every worker: for each partition it holds actively whose
 earliest timer is due, it sends a ``tick`` command to that partition of the command topic;
@@ -14,6 +17,7 @@ are only possible there).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -30,6 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: How often the ledger commits finished offsets and looks for vanished records.
+OFFSET_COMMIT_INTERVAL_S = 1.0
 
 
 def register(wal: WalApp) -> None:
@@ -39,24 +45,82 @@ def register(wal: WalApp) -> None:
     ticks_in_flight: dict[int, float] = {}
     seen_partitions: list[int] = []
 
+    #: what the idle check needs to know about the agent
+    state: dict[str, Any] = {"busy": False, "queue": None}
+
     @wal.faust.agent(wal.wal_channel, name="walstream.deliver", concurrency=1)
     async def deliver(stream: Any) -> Any:
-        # Batches are built here rather than with ``stream.take_events()``: under load that
-        # helper was seen to hand over some events twice and never hand over others (75 of
-        # 2,000 in one run), which would lose entries until a restart. Here each event is
+        # Batches are built here rather than with ``stream.take_events()``: each event is
         # taken as Faust yields it (with its own current event), the batch is processed when
-        # it is full or when nothing more is waiting, and every event is acked afterwards.
+        # it is full or when nothing more is waiting. Records are admitted by the offset
+        # ledger (strict offset order per partition; see walstream.delivery.offsets), which
+        # alone commits: every message is released to Faust, never acked.
         manual = stream.noack()
+        queue = state["queue"] = manual.channel.queue
         batch: list[Any] = []
-        async for event in manual.events():
-            batch.append(event)
-            if len(batch) < settings.delivery_batch and not manual.channel.queue.empty():
-                continue
-            await _handle(batch)
-            for ev in batch:
-                await manual.ack(ev)
-            yield len(batch)
-            batch = []
+        generation = wal.offsets.generation
+        try:
+            async for event in manual.events():
+                msg = event.message
+                if await wal.offsets.admit(msg.tp, msg.offset, msg.generation_id):
+                    if not batch:
+                        generation = wal.offsets.generation
+                    batch.append(event)
+                else:
+                    wal.offsets.release(msg)
+                if not batch or (len(batch) < settings.delivery_batch and not queue.empty()):
+                    continue
+                state["busy"] = True
+                try:
+                    await _handle(batch)
+                except Exception:
+                    # The deliverer contains target and input errors itself; anything reaching
+                    # here is a bug. The batch is read again rather than lost or crashing the worker.
+                    log.exception("delivery batch failed; its records will be read again")
+                    _settle(batch, generation, processed=False)
+                else:
+                    _settle(batch, generation, processed=True)
+                finally:
+                    state["busy"] = False
+                yield len(batch)
+                batch = []
+        finally:
+            # a worker stopping commits what it finished (a crash re-reads it instead)
+            try:
+                await asyncio.wait_for(wal.offsets.commit(), timeout=5)
+            except Exception:  # stopping anyway; the next owner re-reads what was not committed
+                log.warning("final offset commit failed", exc_info=True)
+
+    @wal.faust.timer(interval=OFFSET_COMMIT_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def commit_offsets() -> None:
+        try:
+            queue = state["queue"]
+            await wal.offsets.tick(idle=not state["busy"] and (queue is None or queue.empty()))
+        except Exception:
+            log.exception("offset commit failed")
+
+    @wal.faust.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def commit_on_revoke(app: Any, revoked: Any, **kwargs: Any) -> None:
+        # Faust has waited for the agent's batch in hand; commit it while still in the
+        # generation, so the next owner does not process it again.
+        try:
+            await wal.offsets.commit()
+        except Exception:
+            log.exception("offset commit on revocation failed")
+
+    def _settle(events: list[Any], generation: int | None, processed: bool) -> None:
+        first: dict[Any, int] = {}
+        end: dict[Any, int] = {}
+        for ev in events:
+            msg = ev.message
+            first.setdefault(msg.tp, msg.offset)
+            end[msg.tp] = msg.offset + 1
+            wal.offsets.release(msg)
+        for tp in end:
+            if processed:
+                wal.offsets.finished(tp, end[tp], generation)
+            else:
+                wal.offsets.abandoned(tp, first[tp], generation)
 
     async def _handle(events: list[Any]) -> None:
         by_partition: dict[int, list[Any]] = defaultdict(list)

@@ -25,7 +25,9 @@ from tables.schedule import Schedule
 from walstream.delivery.breaker import Breakers
 from walstream.delivery.dead_letters import DeadLetterWriter
 from walstream.delivery.deliverer import Deliverer
+from walstream.delivery.offsets import OffsetLedger
 from walstream.entry import WriteClock
+from walstream.faust_consumer import FaustConsumerPort, RebalanceSafeConsumer
 from walstream.kafka_admin import TopicSpec, ensure_topics
 from walstream.metrics import Metrics
 from walstream.namespaces.model import NamespaceConfig, wal_topic
@@ -38,13 +40,21 @@ from walstream.writer import LogWriter
 log = logging.getLogger(__name__)
 
 
+class _FaustApp(faust.App):
+    """Faust's app with walstream's rebalance-safe consumer (see walstream.faust_consumer)."""
+
+    def _new_consumer(self) -> Any:
+        self.transport.Consumer = RebalanceSafeConsumer  # type: ignore[misc]
+        return super()._new_consumer()
+
+
 class WalApp:
     """One worker: Faust app + write path + delivery runtime + namespace registry."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         s = settings
-        self.faust = faust.App(
+        self.faust = _FaustApp(
             s.app_id,
             broker=[f"kafka://{b.strip()}" for b in s.broker.split(",") if b.strip()],
             store=s.store,
@@ -110,6 +120,9 @@ class WalApp:
             partitions=s.partitions,
         )
         self.wal_channel.topics = self._wal_topic_names
+        #: the delivery agent's offsets: strict order per partition, committed by walstream
+        self.offsets_port = FaustConsumerPort(self.faust, self._wal_topic_names)
+        self.offsets = OffsetLedger(self.offsets_port, metrics=self.metrics)
         self.registry.add_listener(self._on_namespace_change)
         self.faust.timer(interval=max(1.0, s.resubscribe_s))(self._check_subscription)
         self._services_started = False

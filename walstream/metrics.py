@@ -47,3 +47,22 @@ class Metrics:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
+        self.refetches = Counter(
+            "walstream_offset_refetches_total",
+            "Times a partition was read again because records were dropped on their way to the "
+            "delivery agent (during rebalances); see walstream.delivery.offsets.",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.rereads_skipped = Counter(
+            "walstream_rereads_skipped_total",
+            "Records read again that the delivery agent had processed already, and skipped.",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.expired_records = Counter(
+            "walstream_records_expired_total",
+            "Records deleted by topic retention before the delivery agent processed them (lost).",
+            ["topic"],
+            registry=self.registry,
+        )

@@ -187,8 +187,8 @@ def put_namespace(worker: Worker, name: str, targets: list[dict[str, Any]], **ex
         r = c.put(f"/v1/namespaces/{name}", json={"name": name, "targets": targets, **extra})
     assert r.status_code == 200, r.text
     doc: dict[str, Any] = r.json()
-    # Wait until the worker consumes the new topic: entries in flight while its subscription
-    # rebalance happens can be skipped by Faust (see docs/architecture.md, "Known issue").
+    # Wait until the worker consumes the new topic, so that timings measured by a test do not
+    # include the subscription's rebalance (test_rebalance.py writes during rebalances).
     with worker.client() as c:
         wait_until(
             lambda: any(t.startswith(f"wal.{name}:") for t in c.get("/v1/health").json()["assigned"]),

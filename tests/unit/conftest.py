@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from walstream.app import WalApp, build_app
+from walstream.delivery.offsets import OffsetLedger
 from walstream.entry import Entry
 from walstream.namespaces.model import NamespaceConfig, parse_namespace
 from walstream.settings import Settings
@@ -53,6 +54,58 @@ class FakeProducer:
         return fut
 
 
+class MemoryConsumer:
+    """The offset ledger's consumer without Kafka: one generation, nothing committed, logs
+    starting at 0 (Faust's test context numbers its records from 0); records what it is told."""
+
+    def __init__(self) -> None:
+        self.gen = 0
+        self.committed_offsets: dict[Any, int] = {}
+        self.earliest_offset = 0
+        self.positions: dict[Any, int] = {}
+        self.assigned: set[Any] = set()
+        self.is_settled = True
+        self.seeks: list[tuple[Any, int]] = []
+        self.commits: list[dict[Any, int]] = []
+        self.flushes = 0
+        self.released: list[Any] = []
+        self.refuse_commits = False
+
+    def generation(self) -> int:
+        return self.gen
+
+    def settled(self) -> bool:
+        return self.is_settled
+
+    def assignment(self) -> set[Any]:
+        return set(self.assigned)
+
+    def position(self, tp: Any) -> int | None:
+        return self.positions.get(tp)
+
+    async def committed(self, tp: Any) -> int | None:
+        return self.committed_offsets.get(tp)
+
+    async def earliest(self, tp: Any) -> int:
+        return self.earliest_offset
+
+    async def seek(self, tp: Any, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    async def flush(self) -> None:
+        self.flushes += 1
+
+    async def commit(self, offsets: dict[Any, int]) -> bool:
+        if self.refuse_commits:
+            return False
+        self.commits.append(dict(offsets))
+        self.committed_offsets.update(offsets)
+        return True
+
+    def release(self, message: Any) -> None:
+        self.released.append(message)
+
+
 @pytest.fixture(params=["memory://", "rocksdb://"])
 def store(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -62,6 +115,7 @@ def store(request: pytest.FixtureRequest) -> str:
 def wal(store: str, tmp_path: Path) -> Iterator[WalApp]:
     settings = Settings(store=store, datadir=tmp_path / "worker", app_id=f"unit-{tmp_path.name}")
     app = build_app(settings)
+    app.offsets = OffsetLedger(MemoryConsumer())
     yield app
 
 

@@ -1,0 +1,125 @@
+"""Faust's Kafka consumer, hardened for rebalances of a live worker.
+
+Faust (faust-streaming 0.15.3 on aiokafka 0.14) reads each fetched record's end offset
+(``highwater``) while it iterates a fetch. A subscription change, which walstream makes
+whenever a namespace is created, replaces aiokafka's assignment at once; a fetch that was
+being iterated then asks for the end offset of a partition no longer assigned, aiokafka
+asserts, and the assertion kills Faust's fetcher and with it the worker. Here the last
+known end offset is answered instead: the value only feeds lag monitoring, and the records
+of that fetch are discarded by Faust as belonging to an old generation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from typing import Any
+
+from aiokafka import TopicPartition as AIOKafkaTP
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.types import TP
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
+
+log = logging.getLogger(__name__)
+
+
+class RebalanceSafeConsumer(AIOKafkaConsumer):
+    """The aiokafka-driven Faust consumer, safe across a subscription change."""
+
+    def highwater(self, tp: TP) -> int:
+        try:
+            return int(super().highwater(tp))
+        except AssertionError:  # "Partition is not assigned": a rebalance is under way
+            known: Any = self.app.monitor.tp_end_offsets.get(tp)
+            return int(known) if known is not None else 0
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        """Faust records a jump in fetched offsets as a "gap" it may commit as processed.
+
+        On a WAL topic a jump means records were dropped on the way to the agent, never that
+        they do not exist (the topics are neither compacted nor transactional). The offset
+        ledger (walstream.delivery.offsets) reads them again and alone commits these topics,
+        so no gap is kept.
+        """
+
+
+class FaustConsumerPort:
+    """The offset ledger's view of a worker's Faust consumer (see walstream.delivery.offsets).
+
+    ``topics`` names the topics the ledger owns; only their partitions are reported.
+    """
+
+    def __init__(self, app: Any, topics: Collection[str]) -> None:
+        self._app = app
+        self._topics = topics
+
+    def generation(self) -> int:
+        return int(self._app.consumer_generation_id)
+
+    def settled(self) -> bool:
+        return not self._app.rebalancing and bool(self._app.flow_control.is_active())
+
+    def assignment(self) -> set[Any]:
+        return {tp for tp in self._app.consumer.assignment() if tp.topic in self._topics}
+
+    def _kafka(self) -> Any:
+        return self._app.consumer._thread._ensure_consumer()
+
+    def position(self, tp: Any) -> int | None:
+        # aiokafka's consumed position: past every record it has handed to Faust. Read without
+        # a trip to the consumer thread; a stale value only delays the check by a second.
+        try:
+            assignment = self._kafka()._subscription.subscription.assignment
+            state = assignment.state_value(AIOKafkaTP(tp.topic, tp.partition)) if assignment else None
+        except Exception:
+            return None
+        if state is None or not state.has_valid_position:
+            return None
+        return int(state.position)
+
+    async def committed(self, tp: Any) -> int | None:
+        thread = self._app.consumer._thread
+        offset = await thread.call_thread(self._kafka().committed, AIOKafkaTP(tp.topic, tp.partition))
+        return None if offset is None or offset < 0 else int(offset)
+
+    async def earliest(self, tp: Any) -> int:
+        offsets = await self._app.consumer.earliest_offsets(tp)
+        return int(offsets[tp])
+
+    async def seek(self, tp: Any, offset: int) -> None:
+        await self._app.consumer.seek_wait({tp: offset})
+
+    async def flush(self) -> None:
+        await self._app.producer.flush()
+
+    async def commit(self, offsets: dict[Any, int]) -> bool:
+        # Not Faust's Consumer._commit: that one crashes the worker on any commit error other
+        # than "already rebalanced", and a subscription change leaves no partition assigned
+        # for a moment. A refused commit is retried by the ledger; a rebalance re-reads.
+        kafka = self._kafka()
+        assigned = kafka.assignment()
+        wanted = {AIOKafkaTP(tp.topic, tp.partition): OffsetAndMetadata(offset, "") for tp, offset in offsets.items()}
+        commitable = {tp: meta for tp, meta in wanted.items() if tp in assigned}
+        if not commitable:
+            return False
+        try:
+            await self._app.consumer._thread.call_thread(kafka.commit, commitable)
+        except (KafkaError, AssertionError) as exc:
+            log.info("offset commit refused (%r); it is tried again", exc)
+            return False
+        return len(commitable) == len(wanted)
+
+    def release(self, message: Any) -> None:
+        """Let Faust forget ``message`` without counting it as processed (no commit follows).
+
+        Faust waits for every message a stream took to be acked before it finishes a
+        revocation; the agent's messages are released instead, and the ledger commits.
+        """
+        consumer = self._app.consumer
+        with ack_lock:
+            message.acked = True
+            consumer._unacked_messages.discard(message)
+        notify(consumer._waiting_for_ack)

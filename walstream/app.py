@@ -10,6 +10,7 @@ of its shard from the first rebalance), then Faust (agents, web server).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import faust
@@ -43,9 +44,16 @@ log = logging.getLogger(__name__)
 class _FaustApp(faust.App):
     """Faust's app with walstream's rebalance-safe consumer (see walstream.faust_consumer)."""
 
+    #: set by WalApp: the topics whose offsets the ledger owns, and its commit
+    ledger_topics: Collection[str] = ()
+    ledger_commit: Callable[[], Awaitable[Any]] | None = None
+
     def _new_consumer(self) -> Any:
         self.transport.Consumer = RebalanceSafeConsumer  # type: ignore[misc]
-        return super()._new_consumer()
+        consumer: Any = super()._new_consumer()
+        if self.ledger_commit is not None:
+            consumer.hand_offsets_to_ledger(self.ledger_topics, self.ledger_commit)
+        return consumer
 
 
 class WalApp:
@@ -123,6 +131,9 @@ class WalApp:
         #: the delivery agent's offsets: strict order per partition, committed by walstream
         self.offsets_port = FaustConsumerPort(self.faust, self._wal_topic_names)
         self.offsets = OffsetLedger(self.offsets_port, metrics=self.metrics)
+        self.faust.ledger_topics = self._wal_topic_names
+        self.faust.ledger_commit = self.offsets.commit
+        assert self.faust._consumer is None, "the consumer must be created after the ledger is wired"
         self.registry.add_listener(self._on_namespace_change)
         self.faust.timer(interval=max(1.0, s.resubscribe_s))(self._check_subscription)
         self._services_started = False

@@ -1,22 +1,27 @@
-"""Faust's Kafka consumer, hardened for rebalances of a live worker.
+"""Faust's Kafka consumer, hardened for rebalances of a live worker, and the offset ledger's
+view of it.
 
-Faust (faust-streaming 0.15.3 on aiokafka 0.14) reads each fetched record's end offset
-(``highwater``) while it iterates a fetch. A subscription change, which walstream makes
-whenever a namespace is created, replaces aiokafka's assignment at once; a fetch that was
-being iterated then asks for the end offset of a partition no longer assigned, aiokafka
-asserts, and the assertion kills Faust's fetcher and with it the worker. Here the last
-known end offset is answered instead: the value only feeds lag monitoring, and the records
-of that fetch are discarded by Faust as belonging to an old generation.
+A subscription change, which walstream makes whenever a namespace is created, replaces
+aiokafka's assignment at once (faust-streaming 0.15.3 on aiokafka 0.14). Whatever Faust is
+doing with a partition at that moment then meets a bare ``AssertionError`` from aiokafka,
+which kills the Faust service doing it and with it the worker:
+
+* the fetcher, reading a fetched record's end offset (``highwater``): here the last known
+  end offset is answered instead (it only feeds lag monitoring; the records of that fetch
+  are discarded by Faust as belonging to an old generation);
+* table recovery, seeking changelog or stream partitions: here the assertion becomes
+  aiokafka's ``IllegalStateError``, on which Faust's recovery starts over ("rebalance again").
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from aiokafka import TopicPartition as AIOKafkaTP
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
@@ -26,8 +31,65 @@ from mode.utils.futures import notify
 log = logging.getLogger(__name__)
 
 
+class _ReadOffsets(dict[TP, int | None]):
+    """Faust's read offsets, always unknown (None) for the ledger's topics."""
+
+    def __init__(self, ledger_topics: Collection[str]) -> None:
+        super().__init__()
+        self._ledger_topics = ledger_topics
+
+    def __getitem__(self, tp: TP) -> int | None:
+        if tp.topic in self._ledger_topics:
+            return None
+        return self.get(tp)
+
+
+@contextmanager
+def _unassigned_is_illegal_state() -> Iterator[None]:
+    try:
+        yield
+    except AssertionError as exc:  # aiokafka: the partition (or any) is not assigned any more
+        raise IllegalStateError(f"partition not assigned (the subscription changed): {exc!r}") from exc
+
+
 class RebalanceSafeConsumer(AIOKafkaConsumer):
     """The aiokafka-driven Faust consumer, safe across a subscription change."""
+
+    #: Awaited before the subscription changes. A new subscription drops the assignment at
+    #: once, so the revocation that follows can commit nothing: progress is committed here.
+    before_subscribe: Callable[[], Awaitable[Any]] | None = None
+
+    def hand_offsets_to_ledger(self, topics: Collection[str], before_subscribe: Callable[[], Awaitable[Any]]) -> None:
+        """The offset ledger owns the offsets of ``topics`` (a live collection).
+
+        Faust drops a fetched record older than the last one it handed over for its partition
+        (its "read offset"). After the ledger moves a partition back, the rest of a fetch
+        already in Faust's hands raises that read offset again, and the records read again
+        would all be dropped; for these topics the ledger orders and deduplicates exactly, so
+        the filter is off.
+        """
+        self._read_offset = _ReadOffsets(topics)
+        self.before_subscribe = before_subscribe
+
+    async def subscribe(self, topics: Iterable[str]) -> None:
+        if self.before_subscribe is not None:
+            try:
+                await self.before_subscribe()
+            except Exception:  # the subscription matters more; a rebalance re-reads
+                log.exception("commit before re-subscribing failed")
+        await super().subscribe(topics)
+
+    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        with _unassigned_is_illegal_state():
+            await super().seek_wait(partitions)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        with _unassigned_is_illegal_state():
+            return await super().seek_to_committed()
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        with _unassigned_is_illegal_state():
+            await super()._seek(partition, offset)
 
     def highwater(self, tp: TP) -> int:
         try:

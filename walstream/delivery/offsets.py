@@ -41,8 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: A move back to the same offset is not repeated sooner than this: records fetched before the
-#: move are still arriving for a while, and each of them looks like a new hole.
-REFETCH_BACKOFF_S = 2.0
+#: move keep arriving for a few seconds when the agent's buffer is full, and each looks like
+#: a new hole. (A move that did not take effect is made again after this long.)
+REFETCH_BACKOFF_S = 5.0
 
 
 class ConsumerPort(Protocol):

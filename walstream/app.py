@@ -15,6 +15,7 @@ from typing import Any
 
 import faust
 from aiokafka.partitioner import murmur2
+from faust.types import TP
 
 from tables.dead_letter_index import TABLE_NAME as DLQ_INDEX_TABLE
 from tables.dead_letter_index import DeadLetterIndex
@@ -175,6 +176,16 @@ class WalApp:
         urls = {str(u).rstrip("/") for u in getattr(assignor, "_tps_url", {}).values()}
         urls.discard(self.settings.web_url.rstrip("/"))
         return sorted(urls)
+
+    def owner_url(self, key: str) -> str | None:
+        """Web address of the worker holding the tables of ``key``'s partition, from the last
+        rebalance; None when that is this worker or nobody is known."""
+        assignor: Any = self.faust.assignor
+        topic = self.states.table.changelog_topic.get_topic_name()
+        url = getattr(assignor, "_tps_url", {}).get(TP(topic, self.partition_for(key)))
+        if url is None or str(url).rstrip("/") == self.settings.web_url.rstrip("/"):
+            return None
+        return str(url).rstrip("/")
 
     def active_partitions(self) -> list[int]:
         """Partitions this worker consumes actively (same numbers for every WAL topic)."""

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,14 @@ def worker(loglevel: str) -> None:
     run_worker(Settings(), loglevel)
 
 
+def _exit_after_deadline(timeout_s: float) -> None:
+    logging.getLogger(__name__).error(
+        "worker did not stop within %.0f s (WALSTREAM_SHUTDOWN_TIMEOUT_S); exiting now", timeout_s
+    )
+    logging.shutdown()
+    os._exit(0)
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     import faust
 
@@ -55,6 +64,13 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     @wal.faust.on_before_shutdown.connect  # type: ignore[arg-type]
     def _stop(sender: Any, **kwargs: Any) -> None:
         stopping.append(loop.create_task(wal.stop_services()))
+        # aiokafka can hang for good when the worker stops in the middle of a group rebalance
+        # (seen: heartbeats to a coordinator whose connection Faust closed). By then the
+        # delivery agent has committed what it finished; the rest is read again by the next
+        # owner, so leaving without the remaining clean-up loses nothing.
+        deadline = threading.Timer(settings.shutdown_timeout_s, _exit_after_deadline, (settings.shutdown_timeout_s,))
+        deadline.daemon = True
+        deadline.start()
 
     faust.Worker(wal.faust, loop=loop, loglevel=loglevel).execute_from_commandline()
 

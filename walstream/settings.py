@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     #: ``WALSTREAM_SESSION_TIMEOUT_S``: a worker that stops heartbeating (crash, SIGKILL) loses
     #: its partitions after this long; lower means faster take-over, higher tolerates pauses.
     session_timeout_s: float = Field(default=10.0, ge=6.0, le=300.0)
+    #: ``WALSTREAM_SHUTDOWN_TIMEOUT_S``: a stopping worker that has not exited after this long
+    #: (aiokafka can hang when stopped mid-rebalance) exits anyway; finished work is committed.
+    shutdown_timeout_s: float = Field(default=20.0, gt=0)
 
     @property
     def web_url(self) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from aiokafka.partitioner import murmur2
+
 from tests.integration.conftest import Worker, create_topic, kafka_target, put_namespace, read_deliveries, wait_until
 from tests.integration.test_delays import report, write_delayed
 
@@ -33,6 +35,34 @@ def test_delays_survive_a_rebalance_and_any_worker_answers(start_worker: Callabl
                 return {c.get(f"/v1/log/{unique}/d{i}").json().get("state") for i in range(0, 40, 3)}  # type: ignore[attr-defined]
 
             wait_until(lambda: sampled_states() == {"DELAYED"}, timeout_s=30, what=f"states via {w.url}")
+    # a repeated id is answered with its original offset by either worker (the one that does
+    # not hold the entry's partition asks the one that does), and is not written again
+    originals = {}
+    with a.client() as c:
+        for i in range(0, 40, 3):
+            s = c.get(f"/v1/log/{unique}/d{i}").json()
+            originals[f"d{i}"] = (s["partition"], s["offset"])
+    for w in (a, b):
+        with w.client() as c:
+            r = c.post("/v1/log/batch", json={"entries": [
+                {"namespace": unique, "id": i, "key": f"k{int(i[1:]) % 97}", "payload": {"i": 0}} for i in originals
+            ]}).json()["results"]
+        assert all(x["durable"] == "SUCCESS" and x.get("duplicate") for x in r), r
+        assert {x["id"]: (x["partition"], x["offset"]) for x in r} == originals
+    # an id just written through b, for a key of a partition b holds, is known to a at once:
+    # a asks b (b's recent writes), not its own tables, which cannot have it yet
+    with b.client() as c:
+        held_by_b = {int(t.rsplit(":", 1)[1]) for t in c.get("/v1/health").json()["assigned"]
+                     if t.startswith(f"wal.{unique}:")}
+    key = next(k for k in (f"key{n}" for n in range(1000)) if (murmur2(k.encode()) & 0x7FFFFFFF) % 4 in held_by_b)
+    fresh = {"namespace": unique, "id": "fresh-1", "key": key, "payload": 1,
+             "lifecycle": {"delay_ms": 60_000}}
+    with b.client() as c:
+        first = c.post("/v1/log", json=fresh).json()
+    with a.client() as c:
+        again = c.post("/v1/log", json=fresh).json()
+    assert again.get("duplicate") is True and (again["partition"], again["offset"]) == (
+        first["partition"], first["offset"]), (first, again)
     time.sleep(1)
     # When worker b stops and its partitions move to a
     time.sleep(2)

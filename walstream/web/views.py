@@ -41,10 +41,6 @@ class BodyError(Exception):
         self.message = message
 
 
-async def _none() -> None:
-    return None
-
-
 def register_views(wal: WalApp) -> None:
     app = wal.faust
     settings = wal.settings
@@ -78,28 +74,73 @@ def register_views(wal: WalApp) -> None:
             doc, lookup=wal.registry.get, clock=wal.clock, max_entry_bytes=settings.max_entry_bytes
         )
 
-    async def already_written(entry: Entry) -> dict[str, Any] | None:
+    def already_written(namespace: str, entry_id: str) -> dict[str, Any] | None:
         """The answer for an id written before (within the retention window), as far as this
         worker knows: its recent writes, then the entries table of the partitions it holds."""
-        hit = wal.writer.recent(entry.namespace, entry.id)
+        hit = wal.writer.recent(namespace, entry_id)
         if hit is not None:
             return {**hit.to_dict(), "status": 200, "duplicate": True}
-        # Only this worker's tables: asking the partition's owner for every client id cost
-        # seconds per thousand entries in a two-worker fleet. A second record of a tracked
-        # id that gets written anyway is skipped by the agent (delivered once).
-        state = wal.states.get(entry.namespace, entry.id)
+        state = wal.states.get(namespace, entry_id)
         if state is None:
             return None
         if state.get("offset") is None:
-            return {**failed(entry.id, "entry was cancelled before it was written"), "status": 409}
+            return {**failed(entry_id, "entry was cancelled before it was written"), "status": 409}
         return {
             "durable": Durable.SUCCESS.value,
-            "id": entry.id,
+            "id": entry_id,
             "partition": state["partition"],
             "offset": state["offset"],
             "status": 200,
             "duplicate": True,
         }
+
+    async def written_elsewhere(entries: list[Entry]) -> list[dict[str, Any] | None]:
+        """``already_written`` asked of the workers holding the entries' partitions: one
+        request per worker for the whole batch. A worker that does not answer in time counts
+        as "not seen" (the entry is written again, and the agent skips the second record of
+        an id it has processed, so it is still delivered once)."""
+        by_owner: dict[str, list[int]] = {}
+        for i, entry in enumerate(entries):
+            url = wal.owner_url(entry.key)
+            if url is not None:
+                by_owner.setdefault(url, []).append(i)
+        answers: list[dict[str, Any] | None] = [None] * len(entries)
+        if not by_owner:
+            return answers
+
+        async def ask(client: httpx.AsyncClient, url: str, positions: list[int]) -> None:
+            body = {"entries": [[entries[i].namespace, entries[i].id] for i in positions]}
+            try:
+                r = await client.post(f"{url}/v1/internal/written", json=body)
+                found = r.json()["found"] if r.status_code == 200 else {}
+            except (httpx.HTTPError, ValueError, KeyError) as exc:
+                log.info("duplicate-id lookup at %s failed (%r); writing", url, exc)
+                return
+            for k, answer in found.items():
+                answers[positions[int(k)]] = answer
+
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            await asyncio.gather(*(ask(client, url, pos) for url, pos in by_owner.items()))
+        return answers
+
+    @app.page("/v1/internal/written")
+    class WrittenView(View):
+        """Fleet-internal: which of these (namespace, id) pairs this worker knows as written."""
+
+        async def post(self, request: Request) -> Response:
+            try:
+                doc = await read_json(request, settings.max_request_bytes)
+                pairs = [(str(ns), str(i)) for ns, i in doc["entries"]]
+            except BodyError as exc:
+                return respond(self, exc.status, {"message": exc.message})
+            except (TypeError, ValueError, KeyError):
+                return respond(self, 400, {"message": 'expected {"entries": [[namespace, id], ...]}'})
+            found: dict[str, Any] = {}
+            for k, (ns, entry_id) in enumerate(pairs):
+                answer = already_written(ns, entry_id)
+                if answer is not None:
+                    found[str(k)] = answer
+            return respond(self, 200, {"found": found})
 
     async def write_all(items: list[Any]) -> list[dict[str, Any]]:
         """Validate, de-duplicate by id, and write; one answer (with ``status``) per item."""
@@ -122,14 +163,13 @@ def register_views(wal: WalApp) -> None:
                     continue
                 first_of[key] = i
             candidates.append((i, entry, value, client_id))
-        # ids written before: looked up concurrently (a lookup may ask the partition's owner)
-        limit = asyncio.Semaphore(32)
-
-        async def lookup(entry: Entry) -> dict[str, Any] | None:
-            async with limit:
-                return await already_written(entry)
-
-        known = await asyncio.gather(*(lookup(e) if cid else _none() for _, e, _, cid in candidates))
+        # ids written before: this worker's knowledge first, then the partitions' owners
+        known = [already_written(e.namespace, e.id) if cid else None for _, e, _, cid in candidates]
+        unknown = [n for n, (_, _, _, cid) in enumerate(candidates) if cid and known[n] is None]
+        if unknown:
+            remote = await written_elsewhere([candidates[n][1] for n in unknown])
+            for n, answer in zip(unknown, remote, strict=True):
+                known[n] = answer
         valid: list[tuple[Entry, bytes]] = []
         positions: list[int] = []
         for (i, entry, value, _), hit in zip(candidates, known, strict=True):

@@ -16,6 +16,7 @@ which kills the Faust service doing it and with it the worker:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -167,11 +168,18 @@ class FaustConsumerPort:
         commitable = {tp: meta for tp, meta in wanted.items() if tp in assigned}
         if not commitable:
             return False
+        thread = self._app.consumer._thread
         try:
-            await self._app.consumer._thread.call_thread(kafka.commit, commitable)
+            await thread.call_thread(kafka.commit, commitable)
         except (KafkaError, AssertionError) as exc:
             log.info("offset commit refused (%r); it is tried again", exc)
             return False
+        # keep Faust's own view current: its stall detector warns about partitions it
+        # believes uncommitted, and its monitor reports committed offsets
+        done = {tp: offset for tp, offset in offsets.items() if AIOKafkaTP(tp.topic, tp.partition) in commitable}
+        now = time.monotonic()
+        thread.tp_last_committed_at.update({tp: now for tp in done})
+        self._app.monitor.on_tp_commit(done)
         return len(commitable) == len(wanted)
 
     def release(self, message: Any) -> None:

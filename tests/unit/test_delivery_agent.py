@@ -305,3 +305,31 @@ async def test_entries_failing_alone_do_not_open_the_circuit(harness: Harness) -
     [breaker] = wal.breakers.all().values()
     assert not breaker.transitions
     assert [x.id for x in target.applied] == ["e2", "e1"]
+
+
+async def test_a_failing_batch_is_read_again_never_committed_past(harness: Harness) -> None:
+    wal, target, _ = harness
+    clock = WriteClock()
+    real_process = wal.deliverer.process
+    calls = 0
+
+    async def buggy_second_call(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("a bug in the deliverer")
+        return await real_process(*args, **kwargs)
+
+    wal.deliverer.process = buggy_second_call  # type: ignore[method-assign]
+    consumer = wal.offsets._consumer
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, entry(1, clock))  # offset 0: delivered
+        await send(ctx, entry(2, clock))  # offset 1: the batch raises
+        # offset 2 comes while 1 is expected: held back (the consumer reads 1 again)
+        await ctx.put(key=b"k", value=entry(3, clock).encode(), wait=False)
+        await asyncio.sleep(0.2)
+    assert [e.id for e in target.applied] == ["e1"]
+    [(tp, offset)] = consumer.seeks  # type: ignore[attr-defined]
+    assert offset == 1
+    await wal.offsets.commit()
+    assert consumer.commits == [{tp: 1}]  # type: ignore[attr-defined]

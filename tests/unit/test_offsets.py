@@ -168,3 +168,26 @@ async def test_a_refused_commit_is_tried_again() -> None:
     c.refuse_commits = False
     assert await led.commit()
     assert c.commits == [{A: 2}]
+
+
+async def test_the_periodic_commit_runs_in_the_background_one_at_a_time() -> None:
+    c = MemoryConsumer()
+    release = asyncio.Event()
+    flushes = 0
+
+    async def slow_flush() -> None:  # table writes still on their way
+        nonlocal flushes
+        flushes += 1
+        await release.wait()
+
+    c.flush = slow_flush  # type: ignore[method-assign]
+    led = ledger(c)
+    await admit_all(led, A, [0, 1])
+    led.finished(A, 2, 0)
+    await asyncio.wait_for(led.tick(idle=False), 1)  # does not wait for the flush
+    await asyncio.wait_for(led.tick(idle=False), 1)
+    await settle()
+    assert flushes == 1 and c.commits == []
+    release.set()
+    await settle()
+    assert c.commits == [{A: 2}]

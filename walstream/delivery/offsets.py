@@ -108,6 +108,7 @@ class OffsetLedger:
         self._partitions: dict[Any, _Partition] = {}
         self._opening: dict[Any, asyncio.Task[_Partition | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._committing: asyncio.Future[None] | None = None
         #: counters, exported as metrics
         self.refetches = 0
         self.rereads_skipped = 0
@@ -218,10 +219,20 @@ class OffsetLedger:
 
     async def tick(self, idle: bool) -> None:
         """The agent's periodic call (about once a second): commit, then look for records that
-        vanished. Nothing is committed while a rebalance is under way (the revocation commits)."""
-        if self._consumer.settled():
-            await self.commit()
+        vanished. Nothing is committed while a rebalance is under way (the revocation commits).
+
+        The commit runs on its own: flushing table writes can take seconds under load, and
+        the next call skips committing while one is still running.
+        """
+        if self._consumer.settled() and (self._committing is None or self._committing.done()):
+            self._committing = asyncio.ensure_future(self._commit_logged())
         await self.check_idle(idle)
+
+    async def _commit_logged(self) -> None:
+        try:
+            await self.commit()
+        except Exception:
+            log.exception("offset commit failed; it is tried again")
 
     async def check_idle(self, idle: bool) -> None:
         """Called about once a second: move back partitions whose last records vanished.

@@ -191,3 +191,19 @@ async def test_the_periodic_commit_runs_in_the_background_one_at_a_time() -> Non
     release.set()
     await settle()
     assert c.commits == [{A: 2}]
+
+
+async def test_a_record_is_refused_while_the_committed_offset_cannot_be_read() -> None:
+    c = MemoryConsumer()
+    failures = [ConnectionError("coordinator moving")]
+    real_committed = c.committed
+
+    async def flaky_committed(tp: TP) -> int | None:
+        if failures:
+            raise failures.pop()
+        return await real_committed(tp)
+
+    c.committed = flaky_committed  # type: ignore[method-assign]
+    led = ledger(c)
+    assert not await led.admit(A, 0, 0)  # refused, not lost: the consumer reads it again
+    assert await admit_all(led, A, [0, 1]) == [0, 1]

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 #: a new hole. (A move that did not take effect is made again after this long.)
 REFETCH_BACKOFF_S = 5.0
 
+#: How long reading a partition's committed offset may take before the record is refused.
+OPEN_TIMEOUT_S = 10.0
+
 
 class ConsumerPort(Protocol):
     """What the ledger needs from the Kafka consumer (Faust's, in a worker)."""
@@ -139,8 +142,10 @@ class OffsetLedger:
 
     async def _open(self, tp: Any, generation: int) -> _Partition | None:
         try:
-            committed = await self._consumer.committed(tp)
-            earliest = await self._consumer.earliest(tp)
+            # bounded: a revocation waits for the agent, which must not wait on the broker
+            # for ever; a record refused meanwhile is read again
+            committed = await asyncio.wait_for(self._consumer.committed(tp), OPEN_TIMEOUT_S)
+            earliest = await asyncio.wait_for(self._consumer.earliest(tp), OPEN_TIMEOUT_S)
         except Exception as exc:
             log.warning("offset ledger: cannot read the committed offset of %s yet: %r", tp, exc)
             self._opening.pop(tp, None)

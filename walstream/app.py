@@ -49,6 +49,15 @@ class _FaustApp(faust.App):
     ledger_topics: Collection[str] = ()
     ledger_commit: Callable[[], Awaitable[Any]] | None = None
 
+    #: set by WalApp: told about the producer when Faust creates it
+    on_producer: Callable[[Any], None] | None = None
+
+    def _new_producer(self) -> Any:
+        producer = super()._new_producer()
+        if self.on_producer is not None:
+            self.on_producer(producer)
+        return producer
+
     def _new_consumer(self) -> Any:
         self.transport.Consumer = RebalanceSafeConsumer  # type: ignore[misc]
         consumer: Any = super()._new_consumer()
@@ -134,7 +143,8 @@ class WalApp:
         self.offsets = OffsetLedger(self.offsets_port, metrics=self.metrics)
         self.faust.ledger_topics = self._wal_topic_names
         self.faust.ledger_commit = self.offsets.commit
-        assert self.faust._consumer is None, "the consumer must be created after the ledger is wired"
+        self.faust.on_producer = self.offsets_port.watch_producer
+        assert self.faust._consumer is None and self.faust._producer is None, "wire the ledger first"
         self.registry.add_listener(self._on_namespace_change)
         self.faust.timer(interval=max(1.0, s.resubscribe_s))(self._check_subscription)
         self._services_started = False

@@ -58,13 +58,10 @@ def register(wal: WalApp) -> None:
         manual = stream.noack()
         queue = state["queue"] = manual.channel.queue
         batch: list[Any] = []
-        generation = wal.offsets.generation
         try:
             async for event in manual.events():
                 msg = event.message
                 if await wal.offsets.admit(msg.tp, msg.offset, msg.generation_id):
-                    if not batch:
-                        generation = wal.offsets.generation
                     batch.append(event)
                 else:
                     wal.offsets.release(msg)
@@ -77,9 +74,9 @@ def register(wal: WalApp) -> None:
                     # The deliverer contains target and input errors itself; anything reaching
                     # here is a bug. The batch is read again rather than lost or crashing the worker.
                     log.exception("delivery batch failed; its records will be read again")
-                    _settle(batch, generation, processed=False)
+                    _settle(batch, processed=False)
                 else:
-                    _settle(batch, generation, processed=True)
+                    _settle(batch, processed=True)
                 finally:
                     state["busy"] = False
                 yield len(batch)
@@ -108,17 +105,18 @@ def register(wal: WalApp) -> None:
         except Exception:
             log.exception("offset commit on revocation failed")
 
-    def _settle(events: list[Any], generation: int | None, processed: bool) -> None:
+    def _settle(events: list[Any], processed: bool) -> None:
+        # an admitted record's generation is the ledger's at admission (admit refuses others)
         first: dict[Any, int] = {}
-        end: dict[Any, int] = {}
+        end: dict[Any, tuple[int, int]] = {}
         for ev in events:
             msg = ev.message
             first.setdefault(msg.tp, msg.offset)
-            end[msg.tp] = msg.offset + 1
+            end[msg.tp] = (msg.offset + 1, msg.generation_id)
             wal.offsets.release(msg)
-        for tp in end:
+        for tp, (stop, generation) in end.items():
             if processed:
-                wal.offsets.finished(tp, end[tp], generation)
+                wal.offsets.finished(tp, stop, generation)
             else:
                 wal.offsets.abandoned(tp, first[tp], generation)
 

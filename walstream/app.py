@@ -9,6 +9,7 @@ of its shard from the first rebalance), then Faust (agents, web server).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
@@ -187,12 +188,15 @@ class WalApp:
         urls.discard(self.settings.web_url.rstrip("/"))
         return sorted(urls)
 
+    @functools.cached_property
+    def _states_changelog(self) -> str:
+        return str(self.states.table.changelog_topic.get_topic_name())
+
     def owner_url(self, key: str) -> str | None:
         """Web address of the worker holding the tables of ``key``'s partition, from the last
         rebalance; None when that is this worker or nobody is known."""
         assignor: Any = self.faust.assignor
-        topic = self.states.table.changelog_topic.get_topic_name()
-        url = getattr(assignor, "_tps_url", {}).get(TP(topic, self.partition_for(key)))
+        url = getattr(assignor, "_tps_url", {}).get(TP(self._states_changelog, self.partition_for(key)))
         if url is None or str(url).rstrip("/") == self.settings.web_url.rstrip("/"):
             return None
         return str(url).rstrip("/")

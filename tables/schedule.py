@@ -5,6 +5,12 @@ length-prefixed), so a scan from the front of a partition yields what is due fir
 entries due in the same millisecond come out in write order (``seq`` is the entry's offset
 in its WAL partition). The value is a :class:`Timer` encoded with orjson.
 
+The due time is text of a fixed width (13 digits), so it sorts correctly only from 0 to
+:data:`MAX_DUE_MS` (2286-11-20T17:46:39.999Z). A due time past that would sort before
+today's and fire at once: the write API refuses such entries (400), an entry from another
+producer carrying one is dead-lettered, and :attr:`Timer.key` raises rather than encode it.
+A due time before 1970 is clamped to 0 (it is in the past either way).
+
 One table serves delays and retries: the scheduler makes one scan per partition for both.
 Like every walstream table it is co-partitioned with the WAL topics: a timer lives in the
 partition of its entry, and is written only while an event of that partition is current.
@@ -22,6 +28,9 @@ from tables import ordered
 from tables.keys import part
 
 TABLE_NAME = "walstream-schedule"
+
+#: the latest due time (epoch ms) a 13-digit key can hold: 2286-11-20T17:46:39.999Z
+MAX_DUE_MS = 10**13 - 1
 
 
 @dataclass
@@ -44,6 +53,9 @@ class Timer:
 
     @property
     def key(self) -> bytes:
+        """Raises ValueError for a due time past :data:`MAX_DUE_MS` (it would sort early)."""
+        if self.due_ms > MAX_DUE_MS:
+            raise ValueError(f"due time {self.due_ms} ms is past the latest schedulable {MAX_DUE_MS} ms")
         return b"%013d|%020d|%s|%s|%s" % (
             max(0, self.due_ms),
             self.seq,

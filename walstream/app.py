@@ -30,6 +30,7 @@ from walstream.delivery.dead_letters import DeadLetterWriter
 from walstream.delivery.deliverer import Deliverer
 from walstream.delivery.offsets import OffsetLedger
 from walstream.entry import WriteClock
+from walstream.failpoints import Failpoints
 from walstream.faust_consumer import FaustConsumerPort, RebalanceSafeConsumer
 from walstream.kafka_admin import TopicSpec, ensure_topics
 from walstream.metrics import Metrics
@@ -122,6 +123,8 @@ class WalApp:
             self.breakers,
             self.states,
             self.dlq_index,
+            flush=self._flush_tables,
+            failpoints=Failpoints(s.failpoints, self._flush_tables),
         )
 
         #: Topics the delivery agent consumes. Faust shares this list object between the
@@ -149,6 +152,9 @@ class WalApp:
         self.registry.add_listener(self._on_namespace_change)
         self.faust.timer(interval=max(1.0, s.resubscribe_s))(self._check_subscription)
         self._services_started = False
+
+    async def _flush_tables(self) -> None:
+        await self.offsets.flush_tables()
 
     def _table(self, name: str, help: str, retention_s: float | None = None) -> Any:
         """A raw-bytes table co-partitioned with the WAL topics (keys sort bytewise).

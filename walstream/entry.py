@@ -10,11 +10,19 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
+from pydantic import ValidationError
+
+from tables.schedule import MAX_DUE_MS
+from walstream.namespaces.model import RetryPolicy, format_validation_error
 
 ENVELOPE_VERSION = 1
+
+#: write times and due times are Kafka-style signed 64-bit numbers (Cassandra's USING
+#: TIMESTAMP and Elasticsearch's external versions are both signed 64-bit)
+INT64_MAX = 2**63 - 1
 
 
 class EntryDecodeError(ValueError):
@@ -72,28 +80,57 @@ class Entry:
 
     @classmethod
     def from_doc(cls, doc: Any) -> Entry:
-        """The entry of an already parsed envelope document."""
-        try:
-            if doc.get("v") != ENVELOPE_VERSION:
-                raise EntryDecodeError(f"unsupported envelope version {doc.get('v')!r}")
-            return cls(
-                id=str(doc["id"]),
-                namespace=str(doc["ns"]),
-                key=str(doc["key"]),
-                payload=doc["payload"],
-                written_at_us=int(doc["ts"]),
-                due_at_ms=None if doc.get("due") is None else int(doc["due"]),
-                targets=doc.get("targets"),
-                retry=doc.get("retry"),
+        """The entry of an already parsed envelope document.
+
+        Records reach WAL topics from other producers too, so every field is checked here,
+        once, at admission: a record that passes can be scheduled, retried and delivered
+        without any later step failing on its shape. Raises :class:`EntryDecodeError`
+        naming the field otherwise (the record is dead-lettered, never dropped).
+        """
+        if not isinstance(doc, dict):
+            raise EntryDecodeError("not a walstream entry: the record is not a JSON object")
+        if doc.get("v") != ENVELOPE_VERSION:
+            raise EntryDecodeError(f"unsupported envelope version {doc.get('v')!r}")
+        for name in ("id", "ns", "key"):
+            if not isinstance(doc.get(name), str) or not doc[name]:
+                raise EntryDecodeError(f"invalid entry: {name!r} must be a non-empty string")
+        if "payload" not in doc:
+            raise EntryDecodeError("invalid entry: 'payload' is missing")
+        ts = doc.get("ts")
+        if not _is_int(ts) or not 0 <= ts <= INT64_MAX:
+            raise EntryDecodeError(f"invalid entry: 'ts' must be a write time in µs from 0 to {INT64_MAX}")
+        due = doc.get("due")
+        if due is not None and (not _is_int(due) or not -INT64_MAX <= due <= MAX_DUE_MS):
+            raise EntryDecodeError(
+                f"invalid entry: 'due' must be epoch milliseconds no later than {MAX_DUE_MS} (2286-11-20)"
             )
-        except EntryDecodeError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise EntryDecodeError(f"not a walstream entry: {exc!r}") from None
+        targets = doc.get("targets")
+        if targets is not None and not (isinstance(targets, list) and all(isinstance(t, dict) for t in targets)):
+            raise EntryDecodeError("invalid entry: 'targets' must be a list of target configs")
+        retry = doc.get("retry")
+        if retry is not None:
+            try:
+                RetryPolicy.model_validate(retry)
+            except ValidationError as exc:
+                raise EntryDecodeError(f"invalid entry: {format_validation_error(exc, prefix='retry.')}") from None
+        return cls(
+            id=doc["id"],
+            namespace=doc["ns"],
+            key=doc["key"],
+            payload=doc["payload"],
+            written_at_us=ts,
+            due_at_ms=due,
+            targets=targets,
+            retry=retry,
+        )
 
     @property
     def key_bytes(self) -> bytes:
         return self.key.encode()
+
+
+def _is_int(v: Any) -> TypeGuard[int]:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 class WriteClock:

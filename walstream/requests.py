@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from tables.schedule import MAX_DUE_MS
 from walstream.entry import Entry, WriteClock
 from walstream.mutations import MutationError, parse_mutations
 from walstream.namespaces.model import (
@@ -26,6 +27,10 @@ from walstream.namespaces.model import (
 
 #: the longest delay accepted: a year. Longer is almost certainly a unit mistake.
 MAX_DELAY_MS = 366 * 86_400_000
+
+
+#: the latest ``deliver_at`` the schedule can order (ISO-8601, for error messages)
+LATEST_DELIVER_AT = datetime.fromtimestamp((MAX_DUE_MS + 1) / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 class RequestError(ValueError):
@@ -126,6 +131,10 @@ def parse_log_request(
             due_at_ms = written_at_us // 1000 + req.lifecycle.delay_ms
         elif req.lifecycle.deliver_at is not None:
             due_at_ms = int(req.lifecycle.deliver_at.timestamp() * 1000)
+            if due_at_ms > MAX_DUE_MS:
+                raise RequestError(
+                    400, f"lifecycle.deliver_at: must be before {LATEST_DELIVER_AT} (the latest schedulable time)"
+                )
 
     entry_id = req.id or str(uuid.uuid4())
     entry = Entry(

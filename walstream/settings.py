@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     #: (aiokafka can hang when stopped mid-rebalance) exits anyway; finished work is committed.
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
 
+    #: ``WALSTREAM_FAILPOINTS``: for crash tests only: failpoints (walstream.failpoints) at
+    #: which the worker kills itself once. Empty (the default) in production.
+    failpoints: str = ""
+
     @property
     def web_url(self) -> str:
         return f"http://{self.web_host}:{self.web_port}"

@@ -124,3 +124,15 @@ def test_retry_policy_can_be_overridden_per_entry() -> None:
     assert e.retry is not None and e.retry["max_attempts"] == 2 and e.retry["multiplier"] == 2.0
     with pytest.raises(RequestError, match=r"retry\.max_attempts"):
         parse({"namespace": "raw", "payload": 1, "retry": {"max_attempts": 0}})
+
+
+@pytest.mark.parametrize("when", ["2300-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "2286-11-20T17:46:40Z"])
+def test_deliver_at_past_the_schedule_limit_is_refused_naming_it(when: str) -> None:
+    with pytest.raises(RequestError) as err:
+        parse({"namespace": "raw", "payload": 1, "lifecycle": {"deliver_at": when}})
+    assert err.value.status == 400 and "2286-11-20T17:46:40Z" in err.value.message
+
+
+def test_deliver_at_just_before_the_schedule_limit_is_accepted() -> None:
+    e = parse({"namespace": "raw", "payload": 1, "lifecycle": {"deliver_at": "2286-11-20T17:46:39.999Z"}})
+    assert e.due_at_ms == 10**13 - 1

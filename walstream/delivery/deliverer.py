@@ -23,8 +23,8 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -38,6 +38,7 @@ from walstream.delivery.breaker import Breaker, Breakers
 from walstream.delivery.dead_letters import DeadLetter, DeadLetterWriter, SourceRecord
 from walstream.delivery.retry import backoff_ms
 from walstream.entry import Entry, EntryDecodeError
+from walstream.failpoints import Failpoints
 from walstream.metrics import Metrics
 from walstream.namespaces.model import NamespaceConfig, RetryPolicy
 from walstream.namespaces.registry import NamespaceRegistry
@@ -48,6 +49,16 @@ log = logging.getLogger(__name__)
 
 #: most due timers one tick takes from one partition (the rest wait for the next tick)
 TICK_LIMIT = 1000
+
+#: a batch that raises is run again this many times (after a pause) before its records,
+#: commands and timers are taken one by one, so that one that keeps failing is found
+BATCH_ATTEMPTS = 3
+#: a unit (record or timer) that raises this many times alone is dead-lettered
+UNIT_ATTEMPTS = 2
+
+
+async def _no_flush() -> None:
+    return None
 
 
 @dataclass
@@ -98,6 +109,8 @@ class _Outcome:
     timers_put: set[bytes]
     #: entry state documents touched by this batch, written once at the end
     docs: dict[tuple[str, str], dict[str, Any]]
+    #: held rows whose entries became retry timers: removed only once those are durable
+    released: set[bytes] = field(default_factory=set)
 
 
 class Deliverer:
@@ -112,6 +125,9 @@ class Deliverer:
         breakers: Breakers,
         states: EntryStates,
         dlq_index: DeadLetterIndex,
+        flush: Callable[[], Awaitable[None]] = _no_flush,
+        failpoints: Failpoints | None = None,
+        retry_pause_s: float = 1.0,
     ) -> None:
         self.registry = registry
         self.targets = targets
@@ -122,6 +138,10 @@ class Deliverer:
         self.breakers = breakers
         self.states = states
         self.dlq_index = dlq_index
+        #: waits until every table write made so far is durable (the changelog producer)
+        self.flush = flush
+        self.failpoints = failpoints or Failpoints("", flush)
+        self.retry_pause_s = retry_pause_s
         self._ns_targets: dict[tuple[str, int], list[tuple[dict[str, Any], str, Target]]] = {}
 
     # -- entry point -----------------------------------------------------------------------
@@ -135,19 +155,95 @@ class Deliverer:
         commands: Sequence[dict[str, Any]] = (),
     ) -> None:
         """Handle fresh ``records`` of ``partition``, its due timers when ``tick``, and
-        ``commands`` (cancellations) addressed to it."""
-        while True:
+        ``commands`` (cancellations, redrives) addressed to it.
+
+        Last line of defence against walstream's own bugs and records it cannot handle: a
+        batch that raises is run again from the start (targets are idempotent), and after
+        :data:`BATCH_ATTEMPTS` its parts are run one by one; a record or timer that still
+        raises alone is dead-lettered (``permanent``, with the exception), so every record
+        ends delivered or dead-lettered in bounded time and the partition keeps flowing.
+        """
+        for attempt in range(1, BATCH_ATTEMPTS + 1):
             try:
                 await self._process(partition, records, tick, commands)
                 return
             except Exception:
-                # Last line of defence: a bug must not ack the batch. Everything is retried
-                # from the start (targets are idempotent) after a pause.
-                log.exception("delivery of partition %d failed; retrying the batch", partition)
-                await asyncio.sleep(1.0)
+                log.exception(
+                    "delivery of partition %d failed (attempt %d of %d)", partition, attempt, BATCH_ATTEMPTS
+                )
+                await asyncio.sleep(self.retry_pause_s)
+        await self._isolate(partition, records, tick, commands)
+
+    async def _isolate(
+        self, partition: int, records: Sequence[SourceRecord], tick: bool, commands: Sequence[dict[str, Any]]
+    ) -> None:
+        """Run each command, record and due timer of a failing batch alone."""
+        for cmd in commands:
+            if not await self._attempt_alone(partition, [], False, [cmd]):
+                log.error("command %r on partition %d keeps failing; skipped", cmd, partition)
+        for rec in records:
+            if not await self._attempt_alone(partition, [rec], False, ()):
+                await self._dead_letter_unit(rec, None, None, "record")
+        if tick:
+            for key, timer in list(self.schedule.due(partition, int(time.time() * 1000), TICK_LIMIT)):
+                if not await self._attempt_alone(partition, [], False, (), timers=[(key, timer)]):
+                    await self._dead_letter_unit(_timer_source(timer), timer, key, "timer")
+
+    async def _attempt_alone(
+        self,
+        partition: int,
+        records: Sequence[SourceRecord],
+        tick: bool,
+        commands: Sequence[dict[str, Any]],
+        timers: list[tuple[bytes, Timer]] | None = None,
+    ) -> bool:
+        for _ in range(UNIT_ATTEMPTS):
+            try:
+                await self._process(partition, records, tick, commands, timers)
+                return True
+            except Exception:
+                log.exception("delivery of one unit of partition %d failed", partition)
+                await asyncio.sleep(self.retry_pause_s)
+        return False
+
+    async def _dead_letter_unit(
+        self, rec: SourceRecord, timer: Timer | None, timer_key: bytes | None, what: str
+    ) -> None:
+        """Dead-letter a record or timer walstream cannot process (its own bug or an input it
+        does not handle): the failure is kept, the partition moves on."""
+        now_s = time.time()
+        doc: Any = timer.entry if timer is not None else None
+        if doc is None:
+            try:
+                doc = orjson.loads(rec.value or b"null")
+            except orjson.JSONDecodeError:
+                doc = None
+        letter = _letter(
+            rec,
+            doc if isinstance(doc, dict) else None,
+            timer.target if timer is not None else None,
+            ErrorClass.PERMANENT,
+            f"walstream could not process this {what} (a bug; see the worker log)",
+            timer.attempt if timer is not None else 0,
+            now_s,
+        )
+        log.error("dead-lettering a %s of %s[%d]@%d that keeps failing", what, rec.topic, rec.partition, rec.offset)
+        await self.dead_letters.write([letter])
+        try:
+            self.dlq_index.put(_index_row(letter))
+            if timer_key is not None:
+                await self.flush()
+                self.schedule.delete(timer_key)
+        except Exception:
+            log.exception("dead-letter index update failed; the dead letter itself is written")
 
     async def _process(
-        self, partition: int, records: Sequence[SourceRecord], tick: bool, commands: Sequence[dict[str, Any]]
+        self,
+        partition: int,
+        records: Sequence[SourceRecord],
+        tick: bool,
+        commands: Sequence[dict[str, Any]],
+        timers: list[tuple[bytes, Timer]] | None = None,
     ) -> None:
         now_s = time.time()
         out = _Outcome(letters=[], timers_put=set(), docs={})
@@ -161,9 +257,10 @@ class Deliverer:
             items.extend(self._admit(rec, now_s, out))
         done_timers: list[bytes] = []
         if tick:
-            for key, timer in list(self.schedule.due(partition, int(now_s * 1000), TICK_LIMIT)):
-                items.extend(self._from_timer(partition, timer, now_s, out))
-                done_timers.append(key)
+            timers = list(self.schedule.due(partition, int(now_s * 1000), TICK_LIMIT))
+        for key, timer in timers or ():
+            items.extend(self._from_timer(partition, timer, now_s, out))
+            done_timers.append(key)
 
         by_target: dict[str, list[Item]] = defaultdict(list)
         for it in items:
@@ -177,15 +274,25 @@ class Deliverer:
                 self.metrics.dead_lettered.labels(
                     _ns(dl), (dl.target or {}).get("type", "-"), dl.error_class.value
                 ).inc()
-        # only now that successors (retries, held entries) and dead letters are durable
-        for key in done_timers:
-            if key not in out.timers_put:
-                self.schedule.delete(key)
         now_ms = int(time.time() * 1000)
         for doc in out.docs.values():
             doc["state"] = summarise(doc["targets"], doc["state"])
             doc["updated_ms"] = now_ms
             self.states.put(doc)
+        # Removals come last, once every write above is durable (dead letters are already
+        # acknowledged): a timer's or held row's successors (retry timers, released entries,
+        # state documents) live in other tables, i.e. other changelog partitions, and a crash
+        # can keep any subset of unflushed writes. Removing first could keep the removal and
+        # lose its successor (seen: entries answering DELAYED forever after a SIGKILL). In this
+        # order a crash at worst runs a timer again, and targets are idempotent.
+        deletions = [key for key in done_timers if key not in out.timers_put]
+        if deletions or out.released:
+            await self.flush()
+            for key in deletions:
+                self.schedule.delete(key)
+            for held_key in out.released:
+                self.order.release(held_key)
+            await self.failpoints.hit("deliverer.after_timer_deletes")
 
     # -- admission -----------------------------------------------------------------------
 
@@ -237,6 +344,9 @@ class Deliverer:
             out.letters.append(_letter(rec, doc, None, ErrorClass.PERMANENT, f"bad target config: {exc}", 0, now_s))
             return []
         state = self._state(out, entry, rec)
+        # the whole entry is being expanded to its targets: a whole-entry placeholder (left by
+        # the redrive of an entry dead-lettered before it had targets) is replaced by them
+        state["targets"].pop("*", None)
         items = []
         for cfg, tid, target in resolved:
             t = state["targets"].setdefault(
@@ -390,7 +500,8 @@ class Deliverer:
         label = it.target_cfg["type"]
         t = self._target_state(out, it)
         if err is None:
-            t.update(state=EntryState.DELIVERED.value, next_attempt_ms=None, held_behind=None)
+            # a delivered target has no error: an earlier failure's text would read as current
+            t.update(state=EntryState.DELIVERED.value, next_attempt_ms=None, held_behind=None, last_error=None)
             if it.redrive:
                 self.dlq_index.delete(ns_name, it.entry.id, it.target_id)
             self.metrics.delivered.labels(ns_name, label).inc()
@@ -472,13 +583,15 @@ class Deliverer:
         """The first held entry of ``key`` at target ``tid`` takes the blocker's place, due
         now; with none held the key is unblocked. Returns True when the key stays blocked."""
         for held_key, held in self.order.held_for(partition, ns.name, tid, key):
+            if held_key in out.released:
+                continue  # already released in this batch; its row goes once that is durable
             topic, part, offset = held["source"]
             rec = SourceRecord(topic, part, offset, key.encode(), None)
             entry = Entry.from_doc(held["entry"])
             target = self.targets.get(held["target"])
             nxt = Item(entry, held["entry"], ns, rec, held["target"], tid, target, is_blocker=True)
             self._retry_later(nxt, int(now_s * 1000), 0, None, out)  # the key now waits for it
-            self.order.release(held_key)
+            out.released.add(held_key)
             return True
         self.order.unblock(ns.name, tid, key)
         return False
@@ -569,16 +682,24 @@ class Deliverer:
         self._put_timer(timer, out)
         rec = SourceRecord(topic, part, offset, None, None)
         state = self._state(out, Entry.from_doc(row["entry"]), rec)
-        state["targets"].setdefault(target_id, {"type": (row.get("target") or {}).get("type")}).update(
-            state=EntryState.RETRYING.value, attempts=0, next_attempt_ms=due_ms
-        )
-        if not row.get("target"):
-            self.dlq_index.delete(ns_name, entry_id, target_id)  # re-admitted whole
+        if row.get("target"):
+            state["targets"].setdefault(target_id, {"type": row["target"].get("type")}).update(
+                state=EntryState.RETRYING.value, attempts=0, next_attempt_ms=due_ms
+            )
+        else:
+            # re-admitted whole: its targets are resolved when the timer fires
+            state["state"] = EntryState.PENDING.value
+            self.dlq_index.delete(ns_name, entry_id, target_id)
 
 
 class _BreakerOpen(TargetDownError):
     def __init__(self, breaker: Breaker) -> None:
         super().__init__(f"circuit open for {breaker.label}")
+
+
+def _timer_source(timer: Timer) -> SourceRecord:
+    topic, part, offset = timer.source
+    return SourceRecord(topic, part, offset, str(timer.entry.get("key", "")).encode(), None)
 
 
 def _src(rec: SourceRecord) -> list[Any]:

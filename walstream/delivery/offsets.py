@@ -206,6 +206,10 @@ class OffsetLedger:
         part.refetch_to = None
         self._refetch(tp, part, "a batch failed")
 
+    async def flush_tables(self) -> None:
+        """Wait until every table write made so far is durable (raises if one failed)."""
+        await self._consumer.flush()
+
     async def commit(self) -> bool:
         """Commit what is finished and not yet committed (after flushing table writes)."""
         gen = self._generation

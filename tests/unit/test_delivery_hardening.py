@@ -1,0 +1,222 @@
+# ruff: noqa: F811 - test functions take the imported ``harness`` fixture by name
+"""Issue 7 hardening of the delivery runtime, through Faust's ``agent.test_context()`` on
+memory:// and rocksdb://.
+
+Given records from any producer (not only the write API), when they carry due times past what
+the schedule can order, invalid retry policies, or make walstream itself raise, then each
+ends delivered or dead-lettered in bounded time, none early, and later entries keep flowing.
+And the tables' removals happen only once their successors are durable.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from tables.schedule import MAX_DUE_MS, Timer
+from tests.unit.test_delivery_agent import (  # noqa: F401 - the harness fixture
+    Harness,
+    agent,
+    entry,
+    harness,
+    letters,
+    send,
+    tick,
+    timers,
+)
+from walstream.entry import Entry, EntryDecodeError, WriteClock
+from walstream.targets.base import TransientError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def raw(doc: dict[str, Any]) -> bytes:
+    return orjson.dumps(doc)
+
+
+def invalid_letters(producer: Any) -> dict[str, dict[str, Any]]:
+    """Dead letters of records that are not valid entries, by the id in their raw value."""
+    import base64
+
+    out = {}
+    for _, value, _ in producer.sent:
+        dl = orjson.loads(value)
+        if dl["entry"] is None:
+            out[orjson.loads(base64.b64decode(dl["raw_value_b64"]))["id"]] = dl
+    return out
+
+
+def envelope(i: int, **fields: Any) -> dict[str, Any]:
+    return {"v": 1, "id": f"e{i}", "ns": "orders", "key": f"k{i}", "ts": WriteClock().now_us(), "payload": i, **fields}
+
+
+# -- due times: every one the schedule holds sorts correctly ------------------------------------
+
+
+def test_schedule_keys_sort_like_due_times_over_the_whole_range() -> None:
+    rng = random.Random(7)
+    dues = [0, 1, 999, 10**12, 10**12 + 1, MAX_DUE_MS - 1, MAX_DUE_MS] + [
+        rng.randrange(0, MAX_DUE_MS + 1) for _ in range(2000)
+    ]
+    keys = {Timer(kind="delay", due_ms=d, seq=0, entry={"ns": "n", "id": str(d)}).key: d for d in dues}
+    assert [keys[k] for k in sorted(keys)] == sorted(keys.values())
+
+
+def test_a_due_time_the_schedule_cannot_order_is_refused_not_encoded() -> None:
+    with pytest.raises(ValueError, match="latest schedulable"):
+        _ = Timer(kind="delay", due_ms=MAX_DUE_MS + 1, seq=0, entry={"ns": "n", "id": "x"}).key
+
+
+@pytest.mark.parametrize(
+    "fields, problem",
+    [
+        ({"due": MAX_DUE_MS + 1}, "'due'"),
+        ({"due": 1e30}, "'due'"),
+        ({"due": "soon"}, "'due'"),
+        ({"due": True}, "'due'"),
+        ({"ts": -1}, "'ts'"),
+        ({"ts": 2**63}, "'ts'"),
+        ({"ts": 1.5}, "'ts'"),
+        ({"id": 7}, "'id'"),
+        ({"key": ""}, "'key'"),
+        ({"retry": {"max_attempts": 0}}, "retry.max_attempts"),
+        ({"retry": {"initial_delay_ms": "x"}}, "retry.initial_delay_ms"),
+        ({"retry": [1]}, "retry"),
+        ({"targets": {"type": "noop"}}, "'targets'"),
+    ],
+)
+def test_an_envelope_that_later_steps_could_not_handle_is_refused_at_decode(
+    fields: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(EntryDecodeError, match=problem):
+        Entry.decode(raw(envelope(1, **fields)))
+
+
+async def test_a_record_due_past_the_schedule_is_dead_lettered_never_delivered_early(harness: Harness) -> None:
+    wal, target, producer = harness
+    async with agent(wal).test_context() as ctx:
+        await ctx.put(key=b"k1", value=raw(envelope(1, due=10**13 + 5)), wait=True)
+        await ctx.put(key=b"k2", value=raw(envelope(2, due=2**62)), wait=True)
+        await send(ctx, entry(3, WriteClock()))
+        await tick(ctx)
+    assert [e.id for e in target.applied] == ["e3"]
+    assert timers(wal) == []
+    dls = invalid_letters(producer)
+    assert set(dls) == {"e1", "e2"} and all("'due'" in d["message"] for d in dls.values())
+
+
+# -- records that would stall their partition ----------------------------------------------------
+
+
+async def test_invalid_retry_policy_with_a_failing_target_does_not_stall_the_partition(harness: Harness) -> None:
+    wal, target, producer = harness
+    target.script["e1"] = [TransientError("busy")] * 3
+    async with agent(wal).test_context() as ctx:
+        await ctx.put(key=b"k1", value=raw(envelope(1, retry={"max_attempts": "many"})), wait=True)
+        await send(ctx, entry(2, WriteClock(), key="k1"), entry(3, WriteClock()))
+        await tick(ctx)
+    assert sorted(e.id for e in target.applied) == ["e2", "e3"]
+    assert "retry.max_attempts" in invalid_letters(producer)["e1"]["message"]
+
+
+async def test_a_record_walstream_keeps_failing_on_is_dead_lettered_and_later_ones_flow(harness: Harness) -> None:
+    wal, target, producer = harness
+    wal.deliverer.retry_pause_s = 0.0
+    real = wal.deliverer._expand
+
+    def explode_on_poison(rec: Any, e: Entry, *args: Any) -> Any:
+        if e.payload == "poison":
+            raise RuntimeError("a bug walstream has for this record")
+        return real(rec, e, *args)
+
+    wal.deliverer._expand = explode_on_poison  # type: ignore[method-assign]
+    clock = WriteClock()
+    poison = Entry(id="p", namespace="orders", key="kp", payload="poison", written_at_us=clock.now_us())
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, entry(1, clock), poison, entry(2, clock))
+        await send(ctx, entry(3, clock))
+    assert sorted(e.id for e in target.applied) == ["e1", "e2", "e3"]
+    dl = letters(producer)["p"]
+    assert dl["error_class"] == "permanent" and "could not process" in dl["message"]
+
+
+async def test_a_timer_walstream_keeps_failing_on_is_dead_lettered_and_removed(harness: Harness) -> None:
+    wal, target, producer = harness
+    wal.deliverer.retry_pause_s = 0.0
+    clock = WriteClock()
+    due = int(time.time() * 1000) + 50
+    bad = Entry(id="p", namespace="orders", key="kp", payload="poison", written_at_us=clock.now_us(), due_at_ms=due)
+    real = wal.deliverer._from_timer
+
+    def explode(partition: int, timer: Timer, *args: Any) -> Any:
+        if timer.entry["payload"] == "poison":
+            raise RuntimeError("a bug walstream has for this timer")
+        return real(partition, timer, *args)
+
+    wal.deliverer._from_timer = explode  # type: ignore[method-assign]
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, bad, entry(1, clock, due_at_ms=due))
+        await tick(ctx, after_s=0.1)
+    assert [e.id for e in target.applied] == ["e1"]
+    assert timers(wal) == []
+    assert letters(producer)["p"]["error_class"] == "permanent"
+
+
+# -- status documents say what happened -----------------------------------------------------------
+
+
+async def test_a_target_delivered_after_a_failure_has_no_last_error(harness: Harness) -> None:
+    wal, target, _ = harness
+    e = entry(1, WriteClock())
+    target.script[e.id] = [TransientError("timeout")]
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, e)
+        await tick(ctx)
+    doc = _state(wal, e.id)
+    assert doc["state"] == "DELIVERED"
+    [t] = doc["targets"].values()
+    assert t["state"] == "DELIVERED" and t["last_error"] is None and t["attempts"] == 1
+
+
+def _state(wal: Any, entry_id: str) -> dict[str, Any]:
+    from tables import ordered
+    from tables.entry_state import state_key
+
+    for key, value in ordered.scan(wal.states.table, 0):
+        if key == state_key("orders", entry_id):
+            return dict(orjson.loads(value))
+    raise AssertionError(f"no state for {entry_id}")
+
+
+# -- removals only after their successors are durable ---------------------------------------------
+
+
+async def test_timer_removals_wait_until_state_and_successors_are_durable(harness: Harness) -> None:
+    """A crash may keep any subset of unflushed table writes: at the flush that precedes the
+    removal of a spent timer, the new state and the successor timer are already written and
+    the spent timer is still there."""
+    wal, target, _ = harness
+    clock = WriteClock()
+    due = int(time.time() * 1000) + 30
+    delayed, failing = entry(1, clock, due_at_ms=due), entry(2, clock)
+    target.script[failing.id] = [TransientError("blip"), TransientError("blip")]
+    seen: list[tuple[set[str], dict[str, str]]] = []
+
+    async def flush() -> None:
+        ids = {f"{t['entry']['id']}:{t['kind']}:{t['attempt']}" for t in timers(wal)}
+        states = {i: _state(wal, i)["state"] for i in ("e1", "e2")}
+        seen.append((ids, states))
+
+    wal.deliverer.flush = flush  # type: ignore[method-assign]
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, delayed, failing)
+        await tick(ctx, after_s=0.06)
+    # the tick's flush: e1's delay timer and e2's spent retry are still there, the states
+    # already final or moved on, e2's next retry already written
+    ids, states = seen[0]
+    assert "e1:delay:0" in ids and "e2:retry:1" in ids and "e2:retry:2" in ids
+    assert states == {"e1": "DELIVERED", "e2": "RETRYING"}

@@ -29,10 +29,16 @@ from walstream.delivery.breaker import Breakers
 from walstream.delivery.dead_letters import DeadLetterWriter
 from walstream.delivery.deliverer import Deliverer
 from walstream.delivery.offsets import OffsetLedger
-from walstream.entry import WriteClock
+from walstream.entry import DERIVED_OVERHEAD_BYTES, WriteClock
 from walstream.failpoints import Failpoints
 from walstream.faust_consumer import FaustConsumerPort, RebalanceSafeConsumer
-from walstream.kafka_admin import TopicSpec, ensure_topics
+from walstream.kafka_admin import (
+    DERIVED_MAX_MESSAGE_BYTES,
+    WAL_MAX_MESSAGE_BYTES,
+    TopicSpec,
+    ensure_topics,
+    max_message_bytes,
+)
 from walstream.metrics import Metrics
 from walstream.namespaces.model import NamespaceConfig, wal_topic
 from walstream.namespaces.registry import NamespaceRegistry
@@ -95,7 +101,12 @@ class WalApp:
             canonical_url=s.web_url,
             web_tables_enabled=False,
             web_application_options={"client_max_size": s.max_request_bytes},
+            # table rows embed whole entries (timers, held rows, dead-letter index rows)
+            producer_max_request_size=DERIVED_MAX_MESSAGE_BYTES + 64 * 1024,
         )
+        #: the largest table row (changelog record) this fleet's topics accept; see
+        #: :meth:`_read_record_limits`
+        self.row_limit_bytes = DERIVED_MAX_MESSAGE_BYTES
         self.metrics = Metrics()
         self.clock = WriteClock()
         self.registry = NamespaceRegistry(s)
@@ -168,11 +179,9 @@ class WalApp:
             options = {"block_cache_size": self.settings.table_cache_mb * mb, "write_buffer_size": 8 * mb}
             if retention_s is not None:
                 options["ttl"] = int(retention_s)
-        topic_configs = (
-            {"cleanup.policy": "compact,delete", "retention.ms": str(int(retention_s * 1000))}
-            if retention_s is not None
-            else None
-        )
+        topic_configs = {"max.message.bytes": str(DERIVED_MAX_MESSAGE_BYTES)}
+        if retention_s is not None:
+            topic_configs |= {"cleanup.policy": "compact,delete", "retention.ms": str(int(retention_s * 1000))}
         return self.faust.Table(
             name,
             key_type=bytes,  # bytes → Faust's "raw" serializer: our key layouts reach RocksDB as-is
@@ -220,6 +229,7 @@ class WalApp:
         await ensure_topics(
             s.broker, [TopicSpec(self.command_topic, s.partitions, s.replication_factor)]
         )
+        await self._read_record_limits()
         await self.producer.start()
         await self.registry.start()
         for ns in self.registry.for_shard(s.shard):
@@ -227,6 +237,41 @@ class WalApp:
         conductor: Any = self.faust.topics
         conductor._resubscribe_sleep_lock_seconds = s.resubscribe_s
         self._services_started = True
+
+    async def _read_record_limits(self) -> None:
+        """Bound what the delivery runtime writes by the changelog topics that really exist.
+
+        Faust creates missing changelog topics with :data:`DERIVED_MAX_MESSAGE_BYTES`; topics
+        created by an older walstream keep the broker's ~1 MB. A table row over a topic's limit
+        would crash the worker on every restart (Faust's producer fails on it), so entries
+        whose rows could not fit are dead-lettered at admission and refused (413) at write.
+        """
+        tables = [self.schedule.table, self.key_order.held, self.key_order.blocked, self.states.table,
+                  self.dlq_index.table]
+        names = [str(t.changelog_topic.get_topic_name()) for t in tables]
+        found = await max_message_bytes(self.settings.broker, names)
+        self.row_limit_bytes = min([DERIVED_MAX_MESSAGE_BYTES, *found.values()])
+        self.deliverer.row_limit_bytes = self.row_limit_bytes
+        if self.row_limit_bytes < DERIVED_MAX_MESSAGE_BYTES:
+            log.warning(
+                "table changelog topics accept records of at most %d bytes (max.message.bytes); entries "
+                "are limited to %d bytes. Raise max.message.bytes of %s to %d to lift it.",
+                self.row_limit_bytes,
+                self.entry_limit_bytes,
+                ", ".join(n for n in names if found.get(n, DERIVED_MAX_MESSAGE_BYTES) < DERIVED_MAX_MESSAGE_BYTES),
+                DERIVED_MAX_MESSAGE_BYTES,
+            )
+
+    @property
+    def entry_limit_bytes(self) -> int:
+        """The largest encoded entry the write API accepts: ``WALSTREAM_MAX_ENTRY_BYTES``, lowered
+        so that the entry fits its WAL topic and every record derived from it fits too (the
+        API's keys and ids are at most 4,096 and 256 characters: 17 KiB of UTF-8)."""
+        return min(
+            self.settings.max_entry_bytes,
+            WAL_MAX_MESSAGE_BYTES - 64 * 1024,
+            self.row_limit_bytes - DERIVED_OVERHEAD_BYTES - 17 * 1024 - 64,
+        )
 
     async def stop_services(self) -> None:
         if not self._services_started:

@@ -20,6 +20,12 @@ from walstream.namespaces.model import RetryPolicy, format_validation_error
 
 ENVELOPE_VERSION = 1
 
+#: What a record derived from an entry adds to the entry it embeds: a timer or held row
+#: (table keys holding the namespace, id and key, the target config, the last error, the
+#: source), a dead letter or dead-letter index row (error class, message, times). Error
+#: texts are cut to walstream.targets.base.MAX_ERROR_CHARS, so this bound holds.
+DERIVED_OVERHEAD_BYTES = 64 * 1024
+
 #: write times and due times are Kafka-style signed 64-bit numbers (Cassandra's USING
 #: TIMESTAMP and Elasticsearch's external versions are both signed 64-bit)
 INT64_MAX = 2**63 - 1
@@ -127,6 +133,13 @@ class Entry:
     @property
     def key_bytes(self) -> bytes:
         return self.key.encode()
+
+    def derived_record_bytes(self, value_bytes: int) -> int:
+        """An upper bound of the size of any table row or dead letter derived from this entry,
+        whose encoded record is ``value_bytes`` long."""
+        return value_bytes + len(self.id.encode()) + len(self.key.encode()) + len(self.namespace) + (
+            DERIVED_OVERHEAD_BYTES
+        )
 
 
 def _is_int(v: Any) -> TypeGuard[int]:

@@ -6,13 +6,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import for_code
 
 TOPIC_ALREADY_EXISTS = 36
 
 #: WAL records may carry a 1 MiB payload plus the envelope; the broker default (~1 MB) is
-#: too small, so every WAL topic allows this much per record batch.
+#: too small, so every WAL topic allows this much per record batch. Records from producers
+#: other than the write API are bounded by this too.
 WAL_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+#: Records derived from a WAL record embed it whole and add to it: a dead letter (the raw
+#: value in base64, 4/3 of it, when it is not a valid entry), a timer or held row (plus its
+#: target, error and source), a dead-letter index row. Dead-letter topics and the tables'
+#: changelog topics allow twice a WAL record, so whatever a WAL topic accepted fits them.
+DERIVED_MAX_MESSAGE_BYTES = 2 * WAL_MAX_MESSAGE_BYTES
+
+#: what the broker allows when a topic sets nothing (Kafka's ``message.max.bytes`` default)
+KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 
 
 class TopicError(RuntimeError):
@@ -51,14 +62,46 @@ async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], timeout_ms: 
         await admin.close()
 
 
+async def max_message_bytes(bootstrap: str, topics: Sequence[str], timeout_ms: int = 30_000) -> dict[str, int]:
+    """Each existing topic's effective ``max.message.bytes`` (its own setting or the broker's).
+
+    Topics created by an earlier walstream keep the limits they were created with; the
+    delivery runtime bounds what it writes by what is really there. A topic that does not
+    exist is left out.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t, {"max.message.bytes": None}) for t in topics]
+        )
+    finally:
+        await admin.close()
+    limits: dict[str, int] = {}
+    for response in responses:
+        for resource in response.to_object()["resources"]:
+            if resource["error_code"] != 0:
+                continue
+            for entry in resource["config_entries"]:
+                if entry["config_names"] == "max.message.bytes" and entry["config_value"]:
+                    limits[resource["resource_name"]] = int(entry["config_value"])
+    return limits
+
+
 def wal_topic_specs(name: str, partitions: int, replication_factor: int) -> list[TopicSpec]:
     """The WAL topic and dead-letter topic of one namespace."""
     cfg = {
-        "max.message.bytes": str(WAL_MAX_MESSAGE_BYTES),
         "min.insync.replicas": str(min(2, replication_factor)),
         "unclean.leader.election.enable": "false",
     }
     return [
-        TopicSpec(f"wal.{name}", partitions, replication_factor, cfg),
-        TopicSpec(f"wal.{name}.dlq", partitions, replication_factor, cfg),
+        TopicSpec(
+            f"wal.{name}", partitions, replication_factor, {**cfg, "max.message.bytes": str(WAL_MAX_MESSAGE_BYTES)}
+        ),
+        TopicSpec(
+            f"wal.{name}.dlq",
+            partitions,
+            replication_factor,
+            {**cfg, "max.message.bytes": str(DERIVED_MAX_MESSAGE_BYTES)},
+        ),
     ]

@@ -12,6 +12,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from walstream.kafka_admin import DERIVED_MAX_MESSAGE_BYTES
+
 
 class SharedProducer:
     """acks=all, idempotent: a retried send never duplicates or reorders a record."""
@@ -29,7 +31,8 @@ class SharedProducer:
                 enable_idempotence=True,
                 linger_ms=2,
                 max_batch_size=256 * 1024,
-                max_request_size=8 * 1024 * 1024,
+                # dead letters embed whole WAL records (see walstream.kafka_admin)
+                max_request_size=DERIVED_MAX_MESSAGE_BYTES + 64 * 1024,
                 request_timeout_ms=self._request_timeout_ms,
             )
             await producer.start()

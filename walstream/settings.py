@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     #: ``WALSTREAM_ELASTICSEARCH_URL``: default cluster for ``elasticsearch`` targets.
     elasticsearch_url: str = "http://127.0.0.1:9200"
     #: ``WALSTREAM_MAX_ENTRY_BYTES``: largest encoded entry accepted by the write API (413 above).
-    max_entry_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: At most 4 MiB - 64 KiB (the WAL topics' record limit); lowered further at run time when
+    #: the tables' changelog topics accept less (see WalApp.entry_limit_bytes).
+    max_entry_bytes: int = Field(default=1024 * 1024, ge=1024, le=4 * 1024 * 1024 - 64 * 1024)
     #: ``WALSTREAM_MAX_REQUEST_BYTES``: largest request body (a batch) the web server reads.
     max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     #: ``WALSTREAM_MAX_BATCH_ENTRIES``: most entries accepted in one ``POST /v1/log/batch``.

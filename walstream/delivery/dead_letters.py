@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import socket
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 
 from walstream.producer import SharedProducer
 from walstream.targets.base import ErrorClass
@@ -52,6 +54,16 @@ class DeadLetter:
     attempts: int
     first_failure_s: float
     last_failure_s: float
+    #: the entry's payload (or the raw value) was left out: the letter would not fit its topic
+    payload_omitted: bool = False
+
+    def without_payload(self) -> DeadLetter:
+        """This letter without the entry's payload or the raw record: what is left always fits
+        a dead-letter topic; the source topic/partition/offset still lead to the record."""
+        entry = self.entry
+        if isinstance(entry, dict):
+            entry = {k: v for k, v in entry.items() if k != "payload"}
+        return dataclasses.replace(self, entry=entry, payload_omitted=True)
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {
@@ -69,7 +81,9 @@ class DeadLetter:
             },
             "worker": socket.gethostname(),
         }
-        if self.entry is None and self.source.value is not None:
+        if self.payload_omitted:
+            doc["payload_omitted"] = True
+        elif self.entry is None and self.source.value is not None:
             doc["raw_value_b64"] = base64.b64encode(self.source.value).decode()
         return orjson.dumps(doc)
 
@@ -80,25 +94,37 @@ class DeadLetterWriter:
         self._retry_s = retry_s
 
     async def write(self, letters: list[DeadLetter]) -> None:
-        """Write all letters; returns when every one is acknowledged (retries forever)."""
+        """Write all letters; returns when every one is acknowledged (retries forever).
+
+        A letter Kafka refuses as too large is written again without the payload (see
+        :meth:`DeadLetter.without_payload`): retrying it as it is would never succeed and
+        would hold up its partition for good.
+        """
         pending = letters
         while pending:
-            futures = []
+            futures: list[tuple[DeadLetter, Any]] = []
             for dl in pending:
+                fut: Any
                 try:
                     fut = await self._producer.send(
                         f"{dl.source.topic}.dlq", value=dl.encode(), key=dl.source.key
                     )
                 except Exception as exc:
                     log.error("dead-letter send to %s.dlq failed: %r", dl.source.topic, exc)
-                    fut = None
+                    fut = exc
                 futures.append((dl, fut))
             failed = []
             for dl, fut in futures:
                 try:
-                    if fut is None:
-                        raise RuntimeError("send failed")
+                    if isinstance(fut, Exception):
+                        raise fut
                     await fut
+                except (MessageSizeTooLargeError, RecordListTooLargeError) as exc:
+                    if dl.payload_omitted:  # cannot happen: a letter without payload is small
+                        log.error("dead letter for %s too large even without its payload: %r", dl.source, exc)
+                    log.warning("dead letter of %s is too large for %s.dlq; writing it without its payload",
+                                dl.source, dl.source.topic)
+                    failed.append(dl.without_payload())
                 except Exception as exc:
                     log.error("dead-letter write to %s.dlq failed, will retry: %r", dl.source.topic, exc)
                     failed.append(dl)

@@ -39,10 +39,11 @@ from walstream.delivery.dead_letters import DeadLetter, DeadLetterWriter, Source
 from walstream.delivery.retry import backoff_ms
 from walstream.entry import Entry, EntryDecodeError
 from walstream.failpoints import Failpoints
+from walstream.kafka_admin import DERIVED_MAX_MESSAGE_BYTES
 from walstream.metrics import Metrics
 from walstream.namespaces.model import NamespaceConfig, RetryPolicy
 from walstream.namespaces.registry import NamespaceRegistry
-from walstream.targets.base import ErrorClass, Target, TargetDownError, TargetError, TransientError
+from walstream.targets.base import ErrorClass, Target, TargetDownError, TargetError, TransientError, shorten
 from walstream.targets.pool import TargetPool
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,8 @@ class Deliverer:
         self.flush = flush
         self.failpoints = failpoints or Failpoints("", flush)
         self.retry_pause_s = retry_pause_s
+        #: the largest table row the changelog topics accept (set by the composition root)
+        self.row_limit_bytes = DERIVED_MAX_MESSAGE_BYTES
         self._ns_targets: dict[tuple[str, int], list[tuple[dict[str, Any], str, Target]]] = {}
 
     # -- entry point -----------------------------------------------------------------------
@@ -230,7 +233,7 @@ class Deliverer:
         log.error("dead-lettering a %s of %s[%d]@%d that keeps failing", what, rec.topic, rec.partition, rec.offset)
         await self.dead_letters.write([letter])
         try:
-            self.dlq_index.put(_index_row(letter))
+            self._index(letter)
             if timer_key is not None:
                 await self.flush()
                 self.schedule.delete(timer_key)
@@ -270,7 +273,7 @@ class Deliverer:
         if out.letters:
             await self.dead_letters.write(out.letters)
             for dl in out.letters:
-                self.dlq_index.put(_index_row(dl))
+                self._index(dl)
                 self.metrics.dead_lettered.labels(
                     _ns(dl), (dl.target or {}).get("type", "-"), dl.error_class.value
                 ).inc()
@@ -294,6 +297,16 @@ class Deliverer:
                 self.order.release(held_key)
             await self.failpoints.hit("deliverer.after_timer_deletes")
 
+    def _index(self, dl: DeadLetter) -> None:
+        """Add a dead letter to the index; an entry too large for a table row is indexed
+        without its payload (it stays in the WAL and dead-letter topics) and cannot be
+        redriven."""
+        row = _index_row(dl)
+        if len(orjson.dumps(row)) + 1024 > self.row_limit_bytes:
+            row["entry"] = None
+            row["message"] = shorten(f"{row['message']} [payload not indexed: too large; see the dead-letter topic]")
+        self.dlq_index.put(row)
+
     # -- admission -----------------------------------------------------------------------
 
     def _admit(self, rec: SourceRecord, now_s: float, out: _Outcome) -> list[Item]:
@@ -310,6 +323,17 @@ class Deliverer:
                     rec, doc, None, ErrorClass.NO_NAMESPACE, f"namespace {entry.namespace!r} does not exist", 0, now_s
                 )
             )
+            return []
+        derived = entry.derived_record_bytes(len(rec.value or b""))
+        if derived > self.row_limit_bytes:
+            # its timer, held row or index row would be refused by Kafka, crashing the worker
+            # on every restart: such an entry (from another producer; the write API refuses
+            # it with 413) can only be dead-lettered
+            message = (
+                f"entry too large: its table rows would be up to {derived} bytes; the tables' changelog "
+                f"topics accept {self.row_limit_bytes} (max.message.bytes)"
+            )
+            out.letters.append(_letter(rec, doc, None, ErrorClass.PERMANENT, message, 0, now_s))
             return []
         state = self._state(out, entry, rec)
         if state.get("offset") is None:
@@ -752,7 +776,7 @@ def _letter(
         entry=doc,
         target=target,
         error_class=error_class,
-        message=message,
+        message=shorten(message),
         attempts=attempts,
         first_failure_s=first_s,
         last_failure_s=last_s if last_s is not None else first_s,

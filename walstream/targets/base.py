@@ -30,10 +30,23 @@ class ErrorClass(enum.StrEnum):
     NO_NAMESPACE = "no_namespace"
 
 
+#: Error texts are kept in entry states, timers and dead letters: a target's error can echo
+#: a whole document back, so it is cut to this many characters (the rows must fit Kafka).
+MAX_ERROR_CHARS = 4000
+
+
+def shorten(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 class TargetError(Exception):
     error_class: ErrorClass = ErrorClass.PERMANENT
 
     def __init__(self, message: str) -> None:
+        message = shorten(message)
         super().__init__(message)
         self.message = message
 

@@ -71,7 +71,7 @@ def register_views(wal: WalApp) -> None:
 
     def validate(doc: Any) -> tuple[Entry, bytes]:
         return parse_log_request(
-            doc, lookup=wal.registry.get, clock=wal.clock, max_entry_bytes=settings.max_entry_bytes
+            doc, lookup=wal.registry.get, clock=wal.clock, max_entry_bytes=wal.entry_limit_bytes
         )
 
     def already_written(namespace: str, entry_id: str) -> dict[str, Any] | None:

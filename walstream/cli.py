@@ -82,7 +82,8 @@ class WalstreamGroup(click.Group):
         except (click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
-            if _debug_requested(ctx):
+            # a closed pipe (`walstream ... | head`) is click's to handle: it exits quietly
+            if _debug_requested(ctx) or (isinstance(exc, OSError) and exc.errno == errno.EPIPE):
                 raise
             raise click.ClickException(
                 f"unexpected error: {type(exc).__name__}: {_one_line(str(exc))} ({DEBUG_HINT}; please report it)"

@@ -45,6 +45,9 @@ tuple<...>                  array with exactly one element per component
 UDT                         object of field → value; missing fields are null, unknown
                             fields are refused
 vector<T, n>                array of exactly n T (Cassandra 5)
+(each of the six above)     also a string of its JSON text, as Cassandra's JSON support
+                            reads it (how a frozen collection in a mutation key, which
+                            must be a scalar, is given)
 frozen<T>                   as T
 counter                     refused: counters cannot be written with ``USING TIMESTAMP``
                             (Cassandra refuses INSERT into counter tables and custom
@@ -483,17 +486,16 @@ def _elements(sub: Coercer, what: str) -> Coercer:
 
 def _map(cqltype: Any) -> Coercer:
     key_type, value_type = cqltype.subtypes
-    key_from_string = _key_coercer(key_type)
-    key_from_json = coercer_for(key_type)
+    # a JSON object's keys are strings: every coercion reads its type's string form (numbers,
+    # booleans, UUIDs, times; JSON text for a collection, tuple or UDT)
+    key_of = coercer_for(key_type)
     value_of = coercer_for(value_type)
 
     def coerce(value: Any) -> MapPairs:
         if isinstance(value, dict):
             raw = list(value.items())
-            key_of = key_from_string
         elif isinstance(value, list) and all(isinstance(p, list) and len(p) == 2 for p in value):
             raw = [(p[0], p[1]) for p in value]
-            key_of = key_from_json
         else:
             raise _expected("an object (or an array of [key, value] pairs) for a map", value)
         out = MapPairs()
@@ -590,34 +592,35 @@ def coercer_for(cqltype: Any) -> Coercer:
     :class:`CqlValueError` for a value that type can never hold."""
     cqltype = _unwrap(cqltype)
     if issubclass(cqltype, UserType):
-        return _udt(cqltype)
-    if issubclass(cqltype, TupleType):
-        return _tuple(cqltype)
-    if issubclass(cqltype, VectorType):
-        return _vector(cqltype)
-    if issubclass(cqltype, MapType):
-        return _map(cqltype)
-    if issubclass(cqltype, ListType):
-        return _elements(coercer_for(cqltype.subtypes[0]), "list")
-    if issubclass(cqltype, SetType):
-        return _elements(coercer_for(cqltype.subtypes[0]), "set")
-    # a custom type's driver class serializes bytes as they are: its natural JSON form is the
-    # base64 of its serialized value (anything else would reach the wire unencoded)
-    return _SCALARS.get(cqltype.typename, _blob)
+        structure = _udt(cqltype)
+    elif issubclass(cqltype, TupleType):
+        structure = _tuple(cqltype)
+    elif issubclass(cqltype, VectorType):
+        structure = _vector(cqltype)
+    elif issubclass(cqltype, MapType):
+        structure = _map(cqltype)
+    elif issubclass(cqltype, ListType):
+        structure = _elements(coercer_for(cqltype.subtypes[0]), "list")
+    elif issubclass(cqltype, SetType):
+        structure = _elements(coercer_for(cqltype.subtypes[0]), "set")
+    else:
+        # a custom type's driver class serializes bytes as they are: its natural JSON form is
+        # the base64 of its serialized value (anything else would reach the wire unencoded)
+        return _SCALARS.get(cqltype.typename, _blob)
+    return _or_json_text(structure, cql_name(cqltype))
 
 
-def _key_coercer(cqltype: Any) -> Coercer:
-    """The coercion of a map key given as a JSON object key (always a string)."""
-    inner = _unwrap(cqltype)
-    value_of = coercer_for(inner)
-    if not issubclass(inner, (MapType, ListType, SetType, TupleType, VectorType)):
-        return value_of  # every scalar coercion reads the scalar's string form
+def _or_json_text(structure: Coercer, name: str) -> Coercer:
+    """A structured value may also be given as a string of its JSON text, as Cassandra's own
+    JSON support reads it: the only way to give a map key of a collection type in a JSON
+    object, or a frozen collection in a mutation key (whose values are scalars)."""
 
-    def coerce(key: str) -> Any:
-        try:
-            decoded = orjson.loads(key)
-        except orjson.JSONDecodeError:
-            raise CqlValueError(f"a {cql_name(inner)} map key must be JSON text, got {quote(key)}") from None
-        return value_of(decoded)
+    def coerce(value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                raise CqlValueError(f"a string for a {name} must be its JSON text, got {quote(value)}") from None
+        return structure(value)
 
     return coerce

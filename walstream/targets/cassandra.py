@@ -8,20 +8,25 @@ write. Mutations are sent concurrently (no CQL batches: an unlogged batch across
 only moves the fan-out to the coordinator).
 
 The keyspace and tables are the user's (walstream never creates schema). Values are coerced
-from JSON by column type where JSON has no native form: ``uuid``/``timeuuid`` from strings,
-``timestamp`` from ISO-8601 strings or epoch milliseconds, ``date`` from ISO dates,
-``decimal`` from numbers or strings, ``blob`` from base64 strings.
+from JSON by column type, recursively, as :mod:`walstream.targets.cql_types` documents (its
+table lists every CQL type and the JSON forms it accepts); the coercion is built once per
+prepared statement from the statement's column metadata.
+
+Failures are classified by where they happen. Reading a value (coercion and the driver's
+serialization, both local and deterministic) can never succeed on a retry, so every failure
+there — whatever its exception class — is a :class:`PermanentError` naming the column, its
+CQL type and the value's problem, and the entry goes to the dead-letter queue on its first
+attempt instead of holding its key through every retry. All values of an entry are read
+before any of its mutations is sent, so an entry with a bad value writes nothing. Failures
+of preparing or executing a statement are classified by :func:`classify`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import uuid
-from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
-from decimal import Decimal
+import struct
+from collections.abc import Sequence
 from typing import Any
 
 from cassandra import (
@@ -44,7 +49,7 @@ from cassandra.protocol import (
     ServerError,
     SyntaxException,
 )
-from cassandra.query import PreparedStatement
+from cassandra.query import BoundStatement, PreparedStatement
 
 from walstream.entry import Entry
 from walstream.mutations import Mutation, MutationError, parse_mutations
@@ -58,6 +63,7 @@ from walstream.targets.base import (
     TransientError,
     combine,
 )
+from walstream.targets.cql_types import Coercer, CqlValueError, coercer_for, cql_name, quote
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +91,24 @@ _PERMANENT = (
     ConfigurationException,
     Unauthorized,
     AuthenticationFailed,
+    # a value that cannot be read or encoded (normally caught earlier, in _Statement.bind)
     TypeError,
-    ValueError,
-    KeyError,
-    OverflowError,
+    ValueError,  # includes CqlValueError, UnicodeError, binascii.Error
+    LookupError,  # KeyError, IndexError
+    ArithmeticError,  # OverflowError, decimal.InvalidOperation (not a ValueError)
+    struct.error,
 )
 
 
 def classify(exc: BaseException) -> TargetError:
-    """Map a driver exception to a typed target error (unknown errors count as transient,
-    so they are retried rather than dead-lettered on first sight)."""
+    """Map an exception from preparing or executing a statement to a typed target error.
+
+    The transient kinds are checked first only for exceptions that are both (e.g.
+    ``io.UnsupportedOperation`` is an OSError and a ValueError): a network failure is worth
+    retrying. Unknown errors count as transient, so they are retried rather than
+    dead-lettered on first sight. Failures of reading a value never get here: they are
+    permanent by where they happen (:meth:`_Statement.bind`).
+    """
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, _PERMANENT) and not isinstance(exc, _TRANSIENT):
         return PermanentError(text)
@@ -103,38 +117,49 @@ def classify(exc: BaseException) -> TargetError:
     return TransientError(text)
 
 
-def _to_timestamp(v: Any) -> Any:
-    if isinstance(v, str):
-        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
-        return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return datetime.fromtimestamp(v / 1000, tz=UTC)
-    return v
-
-
-_COERCE: dict[str, Callable[[Any], Any]] = {
-    "uuid": lambda v: uuid.UUID(v) if isinstance(v, str) else v,
-    "timeuuid": lambda v: uuid.UUID(v) if isinstance(v, str) else v,
-    "timestamp": _to_timestamp,
-    "date": lambda v: date.fromisoformat(v) if isinstance(v, str) else v,
-    "decimal": lambda v: Decimal(str(v)) if isinstance(v, (int, float, str)) else v,
-    "blob": lambda v: base64.b64decode(v, validate=True) if isinstance(v, str) else v,
-}
-
-
 class _Statement:
     """A prepared statement plus the per-column coercions its bind values need."""
 
-    def __init__(self, prepared: PreparedStatement) -> None:
+    def __init__(self, prepared: PreparedStatement, table: str) -> None:
         self.prepared = prepared
-        coercers: list[Callable[[Any], Any] | None] = []
-        for col in prepared.column_metadata:
-            coercers.append(_COERCE.get(col.type.typename))
-        self.coercers = coercers
+        self.columns: list[tuple[str, str, Coercer]] = [
+            (f"{table}.{col.name}", cql_name(col.type), coercer_for(col.type)) for col in prepared.column_metadata
+        ]
 
-    def bind(self, values: list[Any]) -> Any:
-        out = [c(v) if (c is not None and v is not None) else v for c, v in zip(self.coercers, values, strict=False)]
-        return self.prepared.bind(out)
+    def bind(self, values: list[Any]) -> BoundStatement:
+        """Coerce ``values`` (JSON, in column order) and serialize them.
+
+        Raises :class:`PermanentError` naming the column, its CQL type and the problem for
+        any value that cannot be written: nothing in here depends on the cluster, so a retry
+        could only fail the same way.
+        """
+        out: list[Any] = []
+        for (column, cql, coerce), value in zip(self.columns, values, strict=True):
+            if value is None:
+                out.append(None)
+                continue
+            try:
+                out.append(coerce(value))
+            except CqlValueError as err:
+                raise PermanentError(f"column {column} ({cql}): {err}") from err
+            except Exception as exc:  # a kind the coercion did not foresee is as final
+                raise PermanentError(f"column {column} ({cql}): {quote(value)}: {type(exc).__name__}: {exc}") from exc
+        try:
+            return self.prepared.bind(out)
+        except Exception as exc:
+            raise PermanentError(self._serialization_failure(out, exc)) from exc
+
+    def _serialization_failure(self, values: list[Any], exc: Exception) -> str:
+        """Which column the driver could not serialize (found again, on this rare path only)."""
+        version = self.prepared.protocol_version
+        for col, (column, cql, _), value in zip(self.prepared.column_metadata, self.columns, values, strict=True):
+            if value is None:
+                continue
+            try:
+                col.type.serialize(value, version)
+            except Exception as col_exc:
+                return f"column {column} ({cql}): cannot encode {quote(value)}: {type(col_exc).__name__}: {col_exc}"
+        return f"cannot encode the values: {type(exc).__name__}: {exc}"
 
 
 class CassandraTarget(Target):
@@ -199,11 +224,11 @@ class CassandraTarget(Target):
             cql = f"DELETE FROM {ks}.{table} USING TIMESTAMP ? WHERE {where}"
         prepared = await asyncio.to_thread(session.prepare, cql)
         prepared.consistency_level = getattr(ConsistencyLevel, self.cfg.consistency)
-        stmt = _Statement(prepared)
+        stmt = _Statement(prepared, table)
         self._statements[cache_key] = stmt
         return stmt
 
-    async def _apply_mutation(self, m: Mutation, ts_us: int) -> TargetError | None:
+    async def _bind(self, m: Mutation, ts_us: int) -> BoundStatement | TargetError:
         try:
             if m.op == "put":
                 cols = tuple(m.key) + tuple(m.value or {})
@@ -212,7 +237,14 @@ class CassandraTarget(Target):
                 cols = tuple(m.key)
                 values = [ts_us, *m.key.values()]
             stmt = await self._statement(m.table, m.op, cols)
-            bound = stmt.bind(values)
+            return stmt.bind(values)
+        except TargetError as err:
+            return err
+        except Exception as exc:
+            return classify(exc)
+
+    async def _send(self, bound: BoundStatement) -> TargetError | None:
+        try:
             async with self._in_flight:
                 await self._execute(bound)
             return None
@@ -247,9 +279,13 @@ class CassandraTarget(Target):
             payload = parse_mutations(entry.payload)
         except MutationError as exc:
             return PermanentError(str(exc))
-        results = await asyncio.gather(
-            *(self._apply_mutation(m, entry.written_at_us) for m in payload.mutations)
-        )
+        ts_us = entry.written_at_us
+        # every value is read before anything is sent: an entry with a bad value writes nothing
+        bound = await asyncio.gather(*(self._bind(m, ts_us) for m in payload.mutations))
+        failed = combine([b for b in bound if isinstance(b, TargetError)])
+        if failed is not None:
+            return failed
+        results = await asyncio.gather(*(self._send(b) for b in bound if isinstance(b, BoundStatement)))
         return combine(results)
 
     async def apply(self, entries: Sequence[Entry]) -> Outcomes:

@@ -105,3 +105,26 @@ def test_a_batch_with_one_bad_entry_indexes_the_others_and_dead_letters_only_it(
     with httpx.Client(base_url=w.url, timeout=10) as c:
         states = {e.id: c.get(f"/v1/log/{unique}/{e.id}").json().get("state") for e in batch}
     assert states == {e.id: ("DEAD" if e.id == "e3" else "DELIVERED") for e in batch}, states
+
+
+def test_a_value_the_mapping_refuses_fails_only_its_entry_even_when_merged_with_others(
+    es: Elasticsearch, unique: str,
+) -> None:
+    # Given an index whose mapping makes `title` a number
+    index = f"{unique}_movies"
+    es.indices.create(index=index, mappings={"properties": {"title": {"type": "integer"}, "year": {"type": "integer"}}})
+    now = time.time_ns() // 1000
+
+    def e(i: int, mid: str, value: dict[str, Any]) -> Entry:
+        return Entry(id=f"e{i}", namespace=unique, key=mid, written_at_us=now + i,
+                     payload={"mutations": [{"table": "movies", "op": "put", "key": {"id": mid}, "value": value}]})
+
+    # When one batch puts three entries on one document, the newest with a text title, and one on another
+    outcomes = apply(f"{unique}_", [e(0, "1", {"year": 1995}), e(1, "1", {"title": 7}),
+                                    e(2, "1", {"title": "Heat"}), e(3, "2", {"year": 2001})])
+    # Then only that entry fails, with the mapping's reason, and the others are merged in
+    assert [i for i, o in enumerate(outcomes) if o is not None] == [2], outcomes
+    assert isinstance(outcomes[2], PermanentError) and "title" in outcomes[2].message
+    src = es.get(index=index, id="1")["_source"]
+    assert (src["title"], src["year"]) == (7, 1995)
+    assert es.get(index=index, id="2")["_source"]["year"] == 2001

@@ -50,6 +50,16 @@ class FakeBulkClient:
                     "type": "action_request_validation_exception", "reason": f"id [{meta['_id']}] is too long"}})
         return {"items": [{next(iter(a)): {"status": 201}} for a in actions]}
 
+    async def mget(self, docs: list[dict[str, Any]], realtime: bool) -> dict[str, Any]:
+        return {"docs": [{**d, "found": False} for d in docs]}
+
+    @property
+    def indices(self) -> FakeBulkClient:
+        return self
+
+    async def create(self, **_: Any) -> dict[str, Any]:
+        return {"acknowledged": True}
+
     async def close(self) -> None:
         pass
 

@@ -20,6 +20,10 @@ from walstream.namespaces.model import format_validation_error
 
 IDENT_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
+#: Elasticsearch refuses a whole ``_bulk`` request when one document id is longer than this
+#: (bytes of UTF-8); payloads for a namespace with an elasticsearch target are held to it
+MAX_ES_DOC_ID_BYTES = 512
+
 Scalar = str | int | float | bool | None
 
 
@@ -107,11 +111,36 @@ class MutationPayload(BaseModel):
         return self
 
 
-def parse_mutations(payload: Any) -> MutationPayload:
-    """Validate ``payload`` as a mutation payload; raises :class:`MutationError`."""
+def parse_mutations(payload: Any, *, for_elasticsearch: bool = False) -> MutationPayload:
+    """Validate ``payload`` as a mutation payload; raises :class:`MutationError`.
+
+    With ``for_elasticsearch`` (the entry goes to an elasticsearch target) also refuse what
+    Elasticsearch can never accept, whatever its index settings: a document id longer than
+    :data:`MAX_ES_DOC_ID_BYTES` bytes of UTF-8. (Index names need no check here: table names
+    and index prefixes are validated to lower-case, legal, short names.)
+    """
     if not isinstance(payload, dict):
         raise MutationError("payload: must be an object with a 'mutations' list")
     try:
-        return MutationPayload.model_validate(payload)
+        parsed = MutationPayload.model_validate(payload)
     except ValidationError as exc:
         raise MutationError(format_validation_error(exc, prefix="payload.")) from None
+    if for_elasticsearch:
+        for i, m in enumerate(parsed.mutations):
+            problem = es_doc_id_problem(m.doc_id())
+            if problem is not None:
+                raise MutationError(f"payload.mutations.{i}.key: {problem}")
+    return parsed
+
+
+def es_doc_id_problem(doc_id: str) -> str | None:
+    """Why Elasticsearch would refuse ``doc_id`` as a document ``_id``, or ``None``."""
+    size = len(doc_id.encode("utf-8", "surrogatepass"))
+    if size > MAX_ES_DOC_ID_BYTES:
+        return (
+            f"the document id is {size} bytes of UTF-8; Elasticsearch accepts at most "
+            f"{MAX_ES_DOC_ID_BYTES} (shorten the key's values)"
+        )
+    if not doc_id:
+        return "the document id is empty; Elasticsearch needs a non-empty id (give a non-empty key value)"
+    return None

@@ -120,7 +120,7 @@ def parse_log_request(
 
     if target_types & MUTATION_TARGET_TYPES:
         try:
-            parse_mutations(req.payload)
+            parse_mutations(req.payload, for_elasticsearch="elasticsearch" in target_types)
         except MutationError as exc:
             raise RequestError(400, str(exc)) from None
 

@@ -1,0 +1,58 @@
+"""Issue 7: table changes that belong together survive a crash together.
+
+Given a worker that SIGKILLs itself at a chosen moment of a scheduler tick (a failpoint: after
+it has removed the spent timers of delivered entries, with every write up to there durable),
+when a fresh worker with an empty data dir takes over (recovering the tables from their
+changelogs), then every delayed entry is delivered and every status says DELIVERED — none
+answers DELAYED forever because its timer's removal survived the crash and its state did not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Worker, create_topic, kafka_target, put_namespace, read_deliveries, wait_until
+
+pytestmark = pytest.mark.timeout(300)
+
+N = 60
+
+
+def test_killed_between_timer_removal_and_the_rest_of_the_tick(
+    start_worker: Callable[..., Worker], unique: str, tmp_path: Path
+) -> None:
+    app_id = f"ws-{unique}"
+    out = f"out-{unique}"
+    create_topic(out)
+    doomed = start_worker(app_id=app_id, WALSTREAM_FAILPOINTS="deliverer.after_timer_deletes")
+    put_namespace(doomed, unique, [kafka_target(out)])
+    with doomed.client() as c:
+        r = c.post("/v1/log/batch", json={"entries": [
+            {"namespace": unique, "id": f"d{i}", "key": f"k{i}", "payload": i, "lifecycle": {"delay_ms": 2500}}
+            for i in range(N)
+        ]})
+    assert {x["durable"] for x in r.json()["results"]} == {"SUCCESS"}, r.text
+    # the first tick that removes timers kills the worker
+    assert doomed.proc is not None
+    doomed.proc.wait(timeout=120)
+    assert "failpoint deliverer.after_timer_deletes" in doomed.log_path.read_text(errors="replace")
+
+    heir = start_worker(app_id=app_id, datadir=tmp_path / "heir")
+    assert set(read_deliveries(out, expect=N, timeout_s=90)) == {f"d{i}" for i in range(N)}
+
+    def states() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        with heir.client() as c:
+            for i in range(N):
+                state = c.get(f"/v1/log/{unique}/d{i}").json().get("state", "?")
+                counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    time.sleep(1.0)
+    final = wait_until(lambda: (s := states()) == {"DELIVERED": N} and s, timeout_s=30,
+                       what="every entry's status to be DELIVERED")
+    assert final == {"DELIVERED": N}

@@ -36,10 +36,14 @@ class Breaker:
     cooldown_s: float = 0.0
     #: (time, "opened"|"closed") transitions, for status and tests
     transitions: list[tuple[float, str]] = field(default_factory=list)
-    #: a call still running after the agent moved on ends by this time (0: none running)
+    #: a call still running after the agent moved on started then, and ends by
+    #: ``stalled_until_s`` at the latest (0: none running)
+    stalled_since_s: float = 0.0
     stalled_until_s: float = 0.0
     #: while stalled, entries turned away come back after this long
     poll_s: float = 1.0
+    #: why the last failed call failed (shown to entries the open circuit turns away)
+    reason: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -62,12 +66,14 @@ class Breaker:
         now_s = time.time() if now_s is None else now_s
         at = max(now_s, self.open_until_s)
         if self.is_stalled(now_s):
-            at = max(at, min(self.stalled_until_s, now_s + self.poll_s))
+            wait_s = max(self.poll_s, now_s - self.stalled_since_s)
+            at = max(at, min(self.stalled_until_s, now_s + wait_s))
         return at
 
-    def stall(self, until_s: float, poll_s: float) -> None:
-        """A call is still running (it ends by ``until_s`` at the latest): no other call
-        until :meth:`record` or :meth:`unstall`."""
+    def stall(self, since_s: float, until_s: float, poll_s: float) -> None:
+        """A call started at ``since_s`` is still running (it ends by ``until_s`` at the
+        latest): no other call until :meth:`record` or :meth:`unstall`."""
+        self.stalled_since_s = since_s
         self.stalled_until_s = until_s
         self.poll_s = poll_s
 
@@ -79,6 +85,7 @@ class Breaker:
         (within its deadline). Ends a stall."""
         now_s = time.time() if now_s is None else now_s
         self.stalled_until_s = 0.0
+        self.reason = reason if down else None
         if not down:
             if self.is_open:
                 log.warning("target %s is back: circuit closed", self.label)

@@ -612,6 +612,7 @@ class _BreakerOpen(TargetDownError):
 
     def __init__(self, breaker: Breaker, why: str | None = None, *, message: str | None = None) -> None:
         circuit = f"circuit open for {breaker.label}"
+        why = why or breaker.reason
         super().__init__(message or (f"{circuit}: {why}" if why else circuit))
 
 

@@ -110,7 +110,7 @@ class TargetCalls:
             return outcomes
         # Still running: the agent moves on; the call finishes (or is cancelled at its
         # deadline) in the background and the target gets no other call meanwhile.
-        breaker.stall(started_s + self.timeout_s + 1.0, poll_s=self.wait_s)
+        breaker.stall(started_s, started_s + self.timeout_s + 1.0, poll_s=self.wait_s)
         self._running.add(task)
         task.add_done_callback(lambda t: self._ended(t, breaker, list(keys)))
         self.logs.warning(
@@ -134,7 +134,7 @@ class TargetCalls:
             return outcomes
         except TimeoutError:
             msg = f"{target.label} did not answer within {self.timeout_s:g}s"
-            self.logs.warning(target.label, "timeout", "target %s: %s", target.label, msg)
+            self.logs.warning(target.label, "timeout", "target %s", msg)
             return [TargetDownError(msg)] * len(entries)
         except Exception as exc:  # a target bug fails the call, transiently
             self.logs.warning(target.label, "raised", "target %s raised", target.label, exc_info=True)

@@ -52,8 +52,21 @@ class Settings(BaseSettings):
     produce_timeout_s: float = Field(default=10.0, gt=0)
     #: ``WALSTREAM_DELIVERY_BATCH``: most entries a delivery agent hands to targets at once.
     delivery_batch: int = Field(default=500, ge=1)
-    #: ``WALSTREAM_TARGET_TIMEOUT_S``: one target call; a slower one counts as a transient failure.
+    #: ``WALSTREAM_TARGET_TIMEOUT_S``: the targets' own client timeouts (one Cassandra statement,
+    #: one Elasticsearch request, the Kafka producer's request timeout). A whole call to a target
+    #: is bounded more tightly by ``target_call_timeout_s``.
     target_timeout_s: float = Field(default=30.0, gt=0)
+    #: ``WALSTREAM_TARGET_CALL_TIMEOUT_S``: deadline of one call to a target (one batch, with
+    #: connecting and DNS). A call not finished by then is cancelled and counts as the target
+    #: not answering (its circuit breaker counts it; the entries are retried). It must exceed
+    #: the slowest healthy call (a first Cassandra connect takes seconds on a loaded machine).
+    target_call_timeout_s: float = Field(default=10.0, gt=0)
+    #: ``WALSTREAM_TARGET_WAIT_S``: how long the delivery agent waits for one target call before
+    #: moving on to other targets and namespaces. A slower call carries on in the background (up
+    #: to ``target_call_timeout_s``); its entries wait for its outcome without spending attempts,
+    #: and the target gets no other call meanwhile. This bounds how long one slow target can
+    #: hold up the others.
+    target_wait_s: float = Field(default=1.0, gt=0)
     #: ``WALSTREAM_NAMESPACE_WAIT_S``: ``PUT /v1/namespaces`` waits this long to see its write.
     namespace_wait_s: float = Field(default=15.0, gt=0)
     #: ``WALSTREAM_RESUBSCRIBE_S``: delay before the consumer picks up newly created namespaces

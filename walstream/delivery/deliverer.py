@@ -20,6 +20,7 @@ Contract (what the delivery agent relies on):
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -37,6 +38,7 @@ from tables.schedule import Schedule, Timer
 from walstream.delivery.breaker import Breaker, Breakers
 from walstream.delivery.dead_letters import DeadLetter, DeadLetterWriter, SourceRecord
 from walstream.delivery.retry import backoff_ms
+from walstream.delivery.target_calls import TargetCalls
 from walstream.entry import Entry, EntryDecodeError
 from walstream.failpoints import Failpoints
 from walstream.kafka_admin import DERIVED_MAX_MESSAGE_BYTES
@@ -501,19 +503,47 @@ class Deliverer:
                 if became_blocked:
                     blocked.add(it.order_key)
 
+    @functools.cached_property
+    def _target_calls(self) -> TargetCalls:
+        s = self.targets.settings
+        return TargetCalls(wait_s=s.target_wait_s, timeout_s=s.target_call_timeout_s)
+
     async def _call(self, breaker: Breaker, items: list[Item]) -> list[TargetError | None]:
-        """One call to the target, or a refusal by its open breaker (no attempt spent)."""
-        if not breaker.allows():
-            return [_BreakerOpen(breaker)] * len(items)
-        target = items[0].target
-        try:
-            outcomes = await target.apply([it.entry for it in items])
-            if len(outcomes) != len(items):
-                raise RuntimeError(f"{target.label} returned {len(outcomes)} outcomes for {len(items)} entries")
-        except Exception as exc:  # a target bug fails the call, transiently
-            log.exception("target %s raised", target.label)
-            outcomes = [TransientError(f"{type(exc).__name__}: {exc}")] * len(items)
-        breaker.record(down=bool(outcomes) and all(isinstance(o, TargetDownError) for o in outcomes))
+        """One bounded call to the target (:mod:`walstream.delivery.target_calls`), or a
+        refusal by its open or stalled breaker (no attempt spent).
+
+        Items whose outcome arrived from an earlier call the agent stopped waiting for take
+        that outcome instead of a new call. A call still running after ``target_wait_s``
+        leaves its items waiting for it (retried without spending an attempt). While the
+        breaker is open, items that failed because the target is down wait for it without
+        spending an attempt: a down target is not the entry's fault, and the entry must
+        survive an outage of any length."""
+        calls = self._target_calls
+        outcomes: list[TargetError | None] = []
+        fresh: list[int] = []  # items that need a call
+        for i, it in enumerate(items):
+            found, outcome = calls.take(_call_key(it))
+            outcomes.append(outcome)
+            if not found:
+                fresh.append(i)
+        if fresh:
+            result: list[TargetError | None]
+            if not breaker.allows():
+                result = [_BreakerOpen(breaker)] * len(fresh)
+            else:
+                target = items[fresh[0]].target
+                answered = await calls.call(
+                    breaker, target, [items[i].entry for i in fresh], [_call_key(items[i]) for i in fresh]
+                )
+                if answered is None:
+                    waiting = f"waiting for a call to {target.label} that is still running"
+                    result = [_BreakerOpen(breaker, message=waiting)] * len(fresh)
+                else:
+                    result = answered
+            for i, outcome in zip(fresh, result, strict=True):
+                outcomes[i] = outcome
+        if breaker.is_open:
+            outcomes = [_waits_for(breaker, o) for o in outcomes]
         return outcomes
 
     def _settle(
@@ -717,8 +747,25 @@ class Deliverer:
 
 
 class _BreakerOpen(TargetDownError):
-    def __init__(self, breaker: Breaker) -> None:
-        super().__init__(f"circuit open for {breaker.label}")
+    """Not an attempt: the target was not called (open or stalled breaker), or failed
+    because it is down while its circuit is open. The item waits for the breaker."""
+
+    def __init__(self, breaker: Breaker, why: str | None = None, *, message: str | None = None) -> None:
+        circuit = f"circuit open for {breaker.label}"
+        why = why or breaker.reason
+        super().__init__(message or (f"{circuit}: {why}" if why else circuit))
+
+
+def _waits_for(breaker: Breaker, err: TargetError | None) -> TargetError | None:
+    """With the circuit open, "the target is down" is no attempt: the item waits for it."""
+    if isinstance(err, TargetDownError) and not isinstance(err, _BreakerOpen):
+        return _BreakerOpen(breaker, err.message)
+    return err
+
+
+def _call_key(it: Item) -> tuple[str, str, str, int]:
+    """One entry at one target, across calls (see TargetCalls.take)."""
+    return (it.target_id, it.entry.namespace, it.entry.id, it.seq)
 
 
 def _timer_source(timer: Timer) -> SourceRecord:

@@ -231,7 +231,7 @@ def _clean(v: Any, level: int, max_depth: int) -> bool:
         if t is float:
             return bool(v - v == 0.0)  # not inf or nan
         return True
-    if level >= max_depth:
+    if level > max_depth:
         return False
     level += 1
     for x in v:
@@ -251,7 +251,7 @@ def _find(v: Any, level: int, max_depth: int, slow: bool) -> _Found | None:
     """
     t = type(v)
     if t is dict or t is _Duplicates:
-        if level >= max_depth:
+        if level > max_depth:
             return [], f"{_TOO_DEEP} {max_depth} levels"
         if t is _Duplicates:
             return [], f"duplicate key {v.key!r}"
@@ -271,7 +271,7 @@ def _find(v: Any, level: int, max_depth: int, slow: bool) -> _Found | None:
                 return found
         return None
     if t is list:
-        if level >= max_depth:
+        if level > max_depth:
             return [], f"{_TOO_DEEP} {max_depth} levels"
         for i, x in enumerate(v):
             tx = type(x)

@@ -81,7 +81,9 @@ def test_a_problem_is_found_whichever_path_reads_it() -> None:
     # found there (a marker), as the fast path finds it alone.
     fast = refused(b'{"a": [18446744073709551616]}')
     slow = refused(b'{"a": [18446744073709551616], "b": {"c": 1, "c": 1}}')
-    assert str(fast) == str(slow) == "a.0: integer 18446744073709551616 is outside the 64-bit range; send it as a string"
+    assert str(fast) == str(slow) == (
+        "a.0: integer 18446744073709551616 is outside the 64-bit range; send it as a string"
+    )
 
 
 def entry(payload: Any, **fields: Any) -> bytes:

@@ -111,7 +111,8 @@ def _parse(data: bytes | str, max_depth: int, outer_levels: int = 0) -> tuple[An
     ``outer_levels``: levels of the body above its documents (2 for a batch's items)."""
     try:
         return jiter.from_json(
-            data.encode() if isinstance(data, str) else data,
+            # surrogatepass: a lone surrogate in a str reaches the slow path, which names it
+            data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data,
             allow_inf_nan=False,
             catch_duplicate_keys=True,
             cache_mode="keys",

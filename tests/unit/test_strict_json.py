@@ -133,3 +133,9 @@ def test_a_batch_refuses_problems_outside_its_items_whole() -> None:
     assert err.value.malformed
     # a body of another shape reads as any body (the caller refuses the shape)
     assert loads_batch(b'{"items": [1]}') == {"items": [1]}
+
+
+def test_text_is_read_as_bytes_are() -> None:
+    assert loads('{"a": "\u00e9"}') == {"a": "\u00e9"}
+    with pytest.raises(StrictJSONError, match="a: string is not valid Unicode"):
+        loads('{"a": "\ud800"}')  # a str holding a lone surrogate

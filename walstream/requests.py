@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from tables.schedule import MAX_DUE_MS
@@ -24,6 +25,7 @@ from walstream.namespaces.model import (
     TargetConfig,
     format_validation_error,
 )
+from walstream.strict_json import Refused
 
 #: the longest delay accepted: a year. Longer is almost certainly a unit mistake.
 MAX_DELAY_MS = 366 * 86_400_000
@@ -89,10 +91,18 @@ def parse_log_request(
 ) -> tuple[Entry, bytes]:
     """Validate one request; return the entry and its encoded record value.
 
-    400: not an object, unknown/missing/mistyped fields, bad lifecycle, bad target override,
-    payload not a mutation payload where a target needs one. 404: unknown namespace.
+    ``doc`` comes from :mod:`walstream.strict_json` (a batch item it refused is a
+    :class:`~walstream.strict_json.Refused`). Every problem of one entry is a
+    :class:`RequestError`, never another exception, so one bad entry of a batch fails alone.
+
+    400: refused by strict JSON reading (duplicate key, number out of range, nested deeper than
+    :data:`~walstream.strict_json.MAX_DEPTH` levels, ...), not an object, unknown/missing/
+    mistyped fields, bad lifecycle, bad target override, payload not a mutation payload where a
+    target needs one, a value the envelope cannot encode. 404: unknown namespace.
     413: the encoded entry is larger than ``max_entry_bytes``.
     """
+    if isinstance(doc, Refused):
+        raise RequestError(400, str(doc.error))
     if not isinstance(doc, dict):
         raise RequestError(400, "an entry must be a JSON object")
     try:
@@ -147,7 +157,11 @@ def parse_log_request(
         targets=targets_override,
         retry=req.retry.model_dump() if req.retry is not None else None,
     )
-    value = entry.encode()
+    try:
+        value = entry.encode()
+    except orjson.JSONEncodeError as exc:
+        # strict JSON reading keeps such values out; this guards callers that skip it
+        raise RequestError(400, f"entry cannot be encoded: {exc}") from None
     if len(value) > max_entry_bytes:
         raise RequestError(
             413, f"entry is {len(value)} bytes encoded; the limit is {max_entry_bytes} bytes"

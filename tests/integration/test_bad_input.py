@@ -23,6 +23,15 @@ BAD: list[tuple[str, Any, int, str]] = [
     ("not a mutation payload", {"namespace": "{ns}", "payload": {"title": "x"}}, 400, "mutations"),
     ("unknown namespace", {"namespace": "no-such-namespace", "payload": 1}, 404, "unknown namespace"),
     ("oversized", {"namespace": "{ns}", "payload": put_movie("1", "x" * (1024 * 1024 + 10), 1)}, 413, "limit"),
+    # strict reading (walstream/strict_json.py): nothing changes silently, nothing is a 500
+    ("duplicate key", b'{"namespace": "{ns}", "key": "a", "key": "b", "payload": 1}', 400, "duplicate key 'key'"),
+    ("integer beyond 64 bits", b'{"namespace": "{ns}", "payload": {"mutations": [{"table": "movies", "op": "put",'
+     b' "key": {"id": 18446744073709551617}}]}}', 400,
+     "payload.mutations.0.key.id: integer 18446744073709551617 is outside the 64-bit range"),
+    ("float overflow", b'{"namespace": "{ns}", "payload": [1e400]}', 400, "payload.0: number is beyond the range"),
+    ("NaN", b'{"namespace": "{ns}", "payload": [NaN]}', 400, "payload.0: NaN is not a JSON number"),
+    ("nested 300 deep", b'{"namespace": "{ns}", "payload": ' + b"[" * 300 + b"]" * 300 + b"}", 400,
+     "payload: nested deeper than 128 levels"),
 ]
 
 
@@ -58,10 +67,7 @@ def test_each_bad_input_gets_its_4xx_and_writes_nothing(worker_ns: tuple[Worker,
     before = end_offsets(f"wal.{ns}")
     with w.client() as c:
         for what, body, status, fragment in BAD:
-            if isinstance(body, dict):
-                raw = orjson.dumps(body).replace(b"{ns}", ns.encode())
-            else:
-                raw = body
+            raw = (orjson.dumps(body) if isinstance(body, dict) else body).replace(b"{ns}", ns.encode())
             r = c.post("/v1/log", content=raw, headers={"content-type": "application/json"})
             assert r.status_code == status, (what, r.text)
             doc = r.json()
@@ -103,7 +109,60 @@ def test_bad_namespace_configs_are_refused(worker_ns: tuple[Worker, str]) -> Non
         assert r.status_code == 400 and "name" in r.json()["message"]
         r = c.put("/v1/namespaces/x", content=b"targets: [")
         assert r.status_code == 400
+        # strict reading: no "last wins", no YAML 1.1 booleans where a number is expected
+        for raw, fragment in [
+            (b'{"targets": [{"type": "noop"}], "retry": {"max_attempts": 3, "max_attempts": 5}}',
+             "retry: duplicate key 'max_attempts'"),
+            (b"targets: [{type: noop}]\ntargets: [{type: kafka, topic: t}]\n", "duplicate key 'targets'"),
+            (b"targets: [{type: noop}]\nretry: {max_attempts: yes}\n", "retry.max_attempts"),
+            (b'{"targets": [{"type": "noop"}], "retry": {"max_attempts": 18446744073709551617}}', "64-bit range"),
+        ]:
+            r = c.put("/v1/namespaces/good-name", content=raw)
+            assert r.status_code == 400 and fragment in r.json()["message"], r.text
         assert c.get("/v1/namespaces/good-name").status_code == 404
         # the namespace that exists is listed and shown
         assert ns in {n["name"] for n in c.get("/v1/namespaces").json()["namespaces"]}
         assert c.get(f"/v1/namespaces/{ns}").json()["version"] == 1
+
+
+def movie_entry(ns: str, entry_id: str, key_id: bytes, title: bytes) -> bytes:
+    """One batch item as raw bytes (so that it can hold what a JSON encoder cannot write)."""
+    return (
+        b'{"namespace": "%s", "id": "%s", "key": "%s", "payload": {"mutations": [{"table": "movies", "op": "put",'
+        b' "key": {"id": %s}, "value": {"title": %s, "year": 1995}}]}}'
+        % (ns.encode(), entry_id.encode(), entry_id.encode(), key_id, title)
+    )
+
+
+@pytest.mark.timeout(180)
+def test_a_batch_refuses_its_bad_entries_one_by_one(worker_ns: tuple[Worker, str]) -> None:
+    """Given a batch of two good entries and three that strict reading refuses (300 levels
+    deep, a key id beyond 64 bits, a duplicate key), when it is posted as raw bytes, then each
+    bad entry gets its own 400 naming its problem, the good ones are written (two records in
+    the WAL topic, no more), and the worker keeps serving."""
+    w, ns = worker_ns
+    before = end_offsets(f"wal.{ns}")
+    items = [
+        movie_entry(ns, "good-1", b'"1"', b'"Heat"'),
+        movie_entry(ns, "deep", b'"2"', b"[" * 300 + b'"x"' + b"]" * 300),
+        movie_entry(ns, "big", b"18446744073709551617", b'"Big"'),
+        movie_entry(ns, "dup", b'"3"', b'"Ran", "title": "Kagemusha"'),
+        movie_entry(ns, "good-2", b'"4"', b'"Alien"'),
+    ]
+    with w.client() as c:
+        r = c.post("/v1/log/batch", content=b'{"entries": [' + b", ".join(items) + b"]}")
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [x["status"] for x in results] == [200, 400, 400, 400, 200], results
+        assert [x["durable"] for x in results] == ["SUCCESS", "FAILED", "FAILED", "FAILED", "SUCCESS"]
+        assert [x["id"] for x in results] == ["good-1", "deep", "big", "dup", "good-2"]
+        assert results[1]["message"] == "payload: nested deeper than 128 levels"
+        assert results[2]["message"] == (
+            "payload.mutations.0.key.id: integer 18446744073709551617 is outside the 64-bit range; send it as a string"
+        )
+        assert results[3]["message"] == "payload.mutations.0.value: duplicate key 'title'"
+        assert end_offsets(f"wal.{ns}") == before + 2
+        # the worker still serves, and reads the same entries well-formed
+        r = c.post("/v1/log", content=movie_entry(ns, "after", b'"5"', b'"Ran"'))
+        assert r.status_code == 200 and r.json()["durable"] == "SUCCESS", r.text
+    assert end_offsets(f"wal.{ns}") == before + 3

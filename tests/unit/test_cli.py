@@ -357,7 +357,7 @@ def test_a_namespace_file_that_is_not_yaml_is_one_line_naming_the_file(tmp_path:
     f = tmp_path / "broken.yaml"
     f.write_text("name: [ok\ntargets: 1\n")
     line = one_line_error(run(["namespace", "apply", str(f)]))
-    assert line.startswith(f"Error: {f}: not valid YAML or JSON:") and f'in "{f}", line 2' in line
+    assert line.startswith(f"Error: {f}: not valid YAML or JSON:") and "line 2" in line
 
 
 # -- start-up commands -------------------------------------------------------------------

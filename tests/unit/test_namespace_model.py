@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from walstream.namespaces.model import NamespaceError, parse_namespace
+from walstream.namespaces.model import ElasticsearchTargetConfig, NamespaceError, parse_namespace
 
 VALID = {
     "name": "catalog",
@@ -67,3 +67,123 @@ def test_client_cannot_set_version() -> None:
 def test_not_a_mapping(text: bytes) -> None:
     with pytest.raises(NamespaceError):
         parse_namespace(text)
+
+
+# --- strict reading: no "last wins", no YAML 1.1 surprises, no coercion ----------------------
+
+YAML_BASE = "name: orders\ntargets:\n  - type: elasticsearch\n    index_prefix: orders_\n"
+
+
+def yaml_with(extra: str) -> bytes:
+    return (YAML_BASE + extra).encode()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        # YAML 1.1 booleans are strings in YAML 1.2, and a string is not an integer
+        ("retry: {max_attempts: yes}\n", "retry.max_attempts: Input should be a valid integer"),
+        ("retry: {max_attempts: on}\n", "retry.max_attempts: Input should be a valid integer"),
+        ("retry: {max_attempts: No}\n", "retry.max_attempts: Input should be a valid integer"),
+        ("retry: {max_attempts: y}\n", "retry.max_attempts: Input should be a valid integer"),
+        # ... nor are booleans integers (pydantic would coerce true to 1)
+        ("retry: {max_attempts: true}\n", "retry.max_attempts: Input should be a valid integer"),
+        ("retry: {multiplier: false}\n", "retry.multiplier: Input should be a valid number"),
+        # sexagesimal 1:30 (90 in YAML 1.1) is a string
+        ("retry: {max_delay_ms: 1:30}\n", "retry.max_delay_ms: Input should be a valid integer"),
+        # 010 is octal 8 in YAML 1.1 and decimal 10 in 1.2: ambiguous, refused
+        ("retry: {max_attempts: 010}\n", "010 is ambiguous (octal in YAML 1.1, decimal in YAML 1.2)"),
+        ("retry: {max_attempts: 8.0}\n", "retry.max_attempts: Input should be a valid integer"),
+        ("retry: {max_attempts: '8'}\n", "retry.max_attempts: Input should be a valid integer"),
+        ("retry: {max_attempts: 18446744073709551617}\n", "integer 18446744073709551617 is outside the 64-bit range"),
+        ("retry: {multiplier: 1e400}\n", "number 1e400 is beyond the range of a 64-bit float"),
+        ("retry: {multiplier: .inf}\n", "retry.multiplier: Input should be a finite number"),
+        ("retry: {jitter: .nan}\n", "retry.jitter: Input should be a finite number"),
+        # a YAML 1.1 boolean where a boolean is expected is still a string: write true/false
+        ("    refresh: yes\n", "targets.0.refresh: Input should be a valid boolean"),
+        ("shard: 1.0\n", "shard: Input should be a valid string"),
+        ("description: [a]\n", "description: Input should be a valid string"),
+        # duplicate keys at any depth
+        ("name: other\n", "duplicate key 'name' (line 5, column 1)"),
+        ("retry: {max_attempts: 3, max_attempts: 4}\n", "duplicate key 'max_attempts' (line 5, column 26)"),
+        ("    index_prefix: again_\n", "duplicate key 'index_prefix' (line 5, column 5)"),
+        # nesting beyond the limit is a 400, not a RecursionError
+        ("description: " + "[" * 5000 + "]" * 5000 + "\n", "nested deeper than 128 levels"),
+    ],
+)
+def test_yaml_is_read_strictly(extra: str, expected: str) -> None:
+    with pytest.raises(NamespaceError) as err:
+        parse_namespace(yaml_with(extra))
+    assert expected in str(err.value), str(err.value)
+
+
+def test_yaml_core_schema_values_are_accepted() -> None:
+    cfg = parse_namespace(
+        yaml_with(
+            "    refresh: true\n"
+            "retry: {max_attempts: 0o10, initial_delay_ms: 0x64, multiplier: 3, jitter: 5e-1, max_delay_ms: 1000}\n"
+            "description: on\n"
+        )
+    )
+    target = cfg.targets[0]
+    assert isinstance(target, ElasticsearchTargetConfig) and target.refresh is True
+    r = cfg.retry
+    assert (r.max_attempts, r.initial_delay_ms, r.multiplier, r.jitter) == (8, 100, 3, 0.5)
+    assert cfg.description == "on"  # a YAML 1.1 boolean is text in YAML 1.2
+    assert parse_namespace(yaml_with("description: 2026-01-01\n")).description == "2026-01-01"  # no 1.1 date
+    target = parse_namespace(yaml_with("    refresh: False\n")).targets[0]
+    assert isinstance(target, ElasticsearchTargetConfig) and target.refresh is False
+    # a YAML flow mapping that looks like JSON but is not
+    assert parse_namespace(b"{name: orders, targets: [{type: noop}]}").name == "orders"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (b'{"name": "orders", "targets": [{"type": "noop"}], "name": "other"}', "duplicate key 'name'"),
+        (b'{"name": "orders", "targets": [{"type": "noop", "type": "kafka"}]}', "targets.0: duplicate key 'type'"),
+        (b'{"name": "orders", "targets": [{"type": "noop"}], "retry": {"max_attempts": 18446744073709551617}}',
+         "retry.max_attempts: integer 18446744073709551617 is outside the 64-bit range"),
+        (b'{"name": "orders", "targets": [{"type": "noop"}], "retry": {"multiplier": 1e400}}',
+         "retry.multiplier: number is beyond the range of a 64-bit float"),
+        (b'{"name": "orders", "targets": [{"type": "noop"}], "retry": {"multiplier": NaN}}',
+         "retry.multiplier: NaN is not a JSON number"),
+        (b'{"name": "orders", "targets": [{"type": "noop"}], "retry": {"max_attempts": true}}',
+         "retry.max_attempts: Input should be a valid integer"),
+    ],
+)
+def test_json_documents_are_read_strictly(text: bytes, expected: str) -> None:
+    with pytest.raises(NamespaceError) as err:
+        parse_namespace(text)
+    assert expected in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("retry", "field"),
+    [
+        ({"max_attempts": True}, "retry.max_attempts"),
+        ({"max_attempts": "8"}, "retry.max_attempts"),
+        ({"max_attempts": 8.0}, "retry.max_attempts"),
+        ({"initial_delay_ms": False}, "retry.initial_delay_ms"),
+        ({"multiplier": True}, "retry.multiplier"),
+        ({"multiplier": "2"}, "retry.multiplier"),
+        ({"multiplier": float("inf")}, "retry.multiplier"),
+        ({"jitter": float("nan")}, "retry.jitter"),
+    ],
+)
+def test_numbers_are_not_coerced(retry: dict[str, object], field: str) -> None:
+    with pytest.raises(NamespaceError) as err:
+        parse_namespace({**VALID, "retry": retry})
+    assert field in str(err.value)
+    for target, fragment in [
+        ({"type": "cassandra", "keyspace": "k", "port": True}, "targets.0.port"),
+        ({"type": "cassandra", "keyspace": "k", "protocol_version": "4"}, "targets.0.protocol_version"),
+        ({"type": "elasticsearch", "refresh": "yes"}, "targets.0.refresh"),
+        ({"type": "elasticsearch", "refresh": 1}, "targets.0.refresh"),
+    ]:
+        with pytest.raises(NamespaceError, match=fragment):
+            parse_namespace({**VALID, "targets": [target]})
+
+
+def test_an_int_is_a_valid_float() -> None:
+    assert parse_namespace({**VALID, "retry": {"multiplier": 3, "jitter": 0}}).retry.multiplier == 3.0

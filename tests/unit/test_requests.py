@@ -136,3 +136,39 @@ def test_deliver_at_past_the_schedule_limit_is_refused_naming_it(when: str) -> N
 def test_deliver_at_just_before_the_schedule_limit_is_accepted() -> None:
     e = parse({"namespace": "raw", "payload": 1, "lifecycle": {"deliver_at": "2286-11-20T17:46:39.999Z"}})
     assert e.due_at_ms == 10**13 - 1
+
+
+def test_an_item_refused_by_strict_reading_is_a_400_naming_its_problem() -> None:
+    from walstream.strict_json import loads_batch
+
+    body = (
+        b'{"entries": [{"namespace": "catalog", "id": "big", "payload": {"mutations": [{"table": "movies",'
+        b' "op": "put", "key": {"id": 18446744073709551617}}]}}, {"namespace": "raw", "payload": 1}]}'
+    )
+    bad, good = loads_batch(body)["entries"]
+    with pytest.raises(RequestError) as err:
+        parse(bad)
+    assert err.value.status == 400
+    assert err.value.message == (
+        "payload.mutations.0.key.id: integer 18446744073709551617 is outside the 64-bit range; send it as a string"
+    )
+    assert parse(good).payload == 1
+
+
+def test_a_value_the_envelope_cannot_encode_is_a_400() -> None:
+    # strict reading keeps these out of the API; a caller that skips it still gets a 400,
+    # never an exception that would fail a whole batch
+    deep: Any = 1
+    for _ in range(300):
+        deep = [deep]
+    for payload, fragment in [(2**70, "64-bit"), (deep, "Recursion"), ("\ud800", "surrogates")]:
+        with pytest.raises(RequestError) as err:
+            parse({"namespace": "raw", "payload": payload})
+        assert err.value.status == 400 and "cannot be encoded" in err.value.message
+        assert fragment in err.value.message, err.value.message
+
+
+def test_retry_override_numbers_are_not_coerced() -> None:
+    for retry in ({"max_attempts": True}, {"max_attempts": "3"}, {"max_attempts": 3.0}, {"jitter": float("inf")}):
+        with pytest.raises(RequestError, match=r"retry\."):
+            parse({"namespace": "raw", "payload": 1, "retry": retry})

@@ -2,8 +2,12 @@
 
 A namespace names a use case: its WAL topic ``wal.<name>``, its dead-letter topic
 ``wal.<name>.dlq``, the worker shard that consumes it, its targets, and its retry policy.
-Validation is strict (unknown fields are errors) so that a typo never silently changes how
-entries are delivered.
+Validation is strict so that a typo never silently changes how entries are delivered:
+unknown fields are errors, and no value is coerced (``max_attempts: true`` or ``"8"`` or
+``8.0`` is not 8, ``refresh: "yes"`` is not true, ``multiplier: .inf`` is refused).
+
+Documents are read strictly too (:func:`parse_namespace`): JSON by :mod:`walstream.strict_json`,
+YAML by the YAML 1.2 core schema with duplicate keys refused (see :class:`StrictYamlLoader`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ from typing import Annotated, Any, Literal
 import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, ScalarNode
+
+from walstream import strict_json
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 #: CQL identifiers: walstream quotes nothing, so only plain lower-case names are accepted.
@@ -25,7 +33,8 @@ class NamespaceError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no coercion (True is not 1, "8" is not 8, 8.0 is not 8; an int is a float)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class RetryPolicy(_Strict):
@@ -170,16 +179,13 @@ _UNION_TAGS = {"cassandra", "elasticsearch", "kafka", "noop"}
 
 
 def parse_namespace(data: Any, *, name: str | None = None) -> NamespaceConfig:
-    """Validate a namespace document (a mapping, or JSON/YAML text).
+    """Validate a namespace document (a mapping, or JSON/YAML text read by :func:`load_document`).
 
     ``name``, when given (the URL's ``{name}``), must agree with the document's ``name`` or
     fill it in. Raises :class:`NamespaceError` with every problem found.
     """
     if isinstance(data, (bytes, str)):
-        try:
-            data = yaml.safe_load(data)  # YAML is a superset of JSON
-        except yaml.YAMLError as exc:
-            raise NamespaceError(f"not valid YAML or JSON: {exc}") from None
+        data = load_document(data)
     if not isinstance(data, dict):
         raise NamespaceError("a namespace must be a mapping (JSON object)")
     if name is not None:
@@ -193,3 +199,140 @@ def parse_namespace(data: Any, *, name: str | None = None) -> NamespaceConfig:
         return NamespaceConfig.model_validate(data)
     except ValidationError as exc:
         raise NamespaceError(format_validation_error(exc)) from None
+
+
+def load_document(text: bytes | str) -> Any:
+    """A namespace file's value: JSON (read by :mod:`walstream.strict_json`) or YAML (read by
+    :class:`StrictYamlLoader`). Raises :class:`NamespaceError` naming the problem and where.
+
+    A text starting with ``{`` is JSON unless it is not JSON at all (then it may be a YAML flow
+    mapping such as ``{name: x, targets: [...]}``); a JSON document with a problem (a duplicate
+    key, a number out of range) is refused as such, never re-read as YAML.
+    """
+    head = text.lstrip()[:1]
+    json_error: strict_json.StrictJSONError | None = None
+    if head in (b"{", "{"):
+        try:
+            return strict_json.loads(text)
+        except strict_json.StrictJSONError as exc:
+            if not exc.malformed:
+                raise NamespaceError(str(exc)) from None
+            json_error = exc
+    try:
+        return yaml.load(text, Loader=StrictYamlLoader)  # a SafeLoader
+    except (ConstructorError, yaml.composer.ComposerError) as exc:
+        raise NamespaceError(_yaml_problem(exc)) from None  # well-formed, but refused
+    except yaml.YAMLError as exc:
+        if json_error is not None:
+            raise NamespaceError(f"not valid JSON ({json_error}) nor YAML: {_yaml_problem(exc)}") from None
+        raise NamespaceError(f"not valid YAML or JSON: {_yaml_problem(exc)}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: ``duplicate key 'name' (line 3, column 1)``."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        return f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else exc.problem
+    return " ".join(str(exc).split())
+
+
+class StrictYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 core-schema scalars, duplicate keys refused, and
+    nesting bounded by :data:`walstream.strict_json.MAX_DEPTH`.
+
+    PyYAML implements YAML 1.1, where ``yes``/``no``/``on``/``off`` are booleans, ``1:30`` is
+    the sexagesimal number 90 and ``010`` is octal 8. Here a plain scalar is a boolean only if
+    it is ``true``/``false`` (any case style of the core schema), a number only in the core
+    schema's forms (``10``, ``0o10``, ``0x1f``, ``1.5``, ``1e3``, ``.inf``, ``.nan``), and
+    otherwise a string, so ``max_attempts: yes`` is refused by the model (a string is not an
+    integer). ``010`` is refused outright: YAML 1.1 and 1.2 disagree about its value.
+    Integers must fit 64 bits and numbers must fit a 64-bit float, as in JSON.
+    """
+
+    yaml_implicit_resolvers: dict[Any, Any] = {}  # none of SafeLoader's (YAML 1.1) resolvers
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._levels = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        # PyYAML composes recursively: bound the depth before Python's recursion limit does
+        deeper = self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent)
+        if deeper:
+            self._levels += 1
+            if self._levels > strict_json.MAX_DEPTH + 1:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                problem = f"nested deeper than {strict_json.MAX_DEPTH} levels"
+                raise yaml.composer.ComposerError(None, None, problem, mark)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if deeper:
+                self._levels -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    repeated = key in seen
+                except TypeError:  # an unhashable key: SafeConstructor refuses it below
+                    continue
+                if repeated:
+                    raise ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_core_int(self, node: ScalarNode) -> int:
+        text = str(self.construct_scalar(node))
+        digits = text.lstrip("+-")
+        if len(digits) > 1 and digits[0] == "0" and digits[1].isdigit():
+            raise ConstructorError(
+                None,
+                None,
+                f"{text} is ambiguous (octal in YAML 1.1, decimal in YAML 1.2): "
+                f"write it without the leading zero, or as 0o{digits.lstrip('0')} for octal",
+                node.start_mark,
+            )
+        if len(digits) > 24:
+            value = None
+        elif digits[:2] in ("0o", "0x"):
+            value = int(digits[2:], 8 if digits[1] == "o" else 16) * (-1 if text[0] == "-" else 1)
+        else:
+            value = int(text)
+        if value is None or not strict_json.INT_MIN <= value <= strict_json.INT_MAX:
+            raise ConstructorError(None, None, f"integer {text[:40]} is outside the 64-bit range", node.start_mark)
+        return value
+
+    def construct_core_float(self, node: ScalarNode) -> float:
+        text = str(self.construct_scalar(node))
+        special = text.lstrip("+-").lower()
+        if special == ".inf":
+            return float("-inf") if text[0] == "-" else float("inf")
+        if special == ".nan":
+            return float("nan")
+        value = float(text)
+        if value - value != 0.0:
+            raise ConstructorError(
+                None, None, f"number {text[:40]} is beyond the range of a 64-bit float", node.start_mark
+            )
+        return value
+
+
+# The YAML 1.2 core schema (https://yaml.org/spec/1.2.2/#103-core-schema), in resolution order.
+# The last argument lists the characters a scalar of that kind can start with ("" = empty).
+_CORE_SCALARS: list[tuple[str, str, list[str]]] = [
+    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", [*"~nN", ""]),
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", list("-+0123456789")),
+    (
+        "tag:yaml.org,2002:float",
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        list("-+0123456789."),
+    ),
+]
+for _tag, _pattern, _first in _CORE_SCALARS:
+    StrictYamlLoader.add_implicit_resolver(_tag, re.compile(_pattern), _first)
+StrictYamlLoader.add_constructor("tag:yaml.org,2002:int", StrictYamlLoader.construct_core_int)
+StrictYamlLoader.add_constructor("tag:yaml.org,2002:float", StrictYamlLoader.construct_core_float)

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tables import ordered
 from tables.entry_state import FINAL, EntryState
+from walstream import strict_json
 from walstream.delivery import commands
 from walstream.delivery.dead_letters import iso
 from walstream.entry import Entry
@@ -48,7 +49,11 @@ def register_views(wal: WalApp) -> None:
     def respond(view: View, status: int, doc: Any) -> Response:
         return view.bytes(orjson.dumps(doc), content_type="application/json", status=status)
 
-    async def read_json(request: Request, limit: int) -> Any:
+    async def read_json(request: Request, limit: int, *, batch_of: str | None = None) -> Any:
+        """The body, read strictly (:mod:`walstream.strict_json`: no duplicate keys, no number
+        that would change, bounded nesting); a problem is a :class:`BodyError` naming it.
+        ``batch_of``: the body is ``{batch_of: [item, ...]}`` whose items are answered one by
+        one, so an item's problem does not refuse the body (the item becomes a ``Refused``)."""
         try:
             body = await request.read()
         except HTTPRequestEntityTooLarge:
@@ -58,9 +63,9 @@ def register_views(wal: WalApp) -> None:
         if not body:
             raise BodyError(400, "request body is empty; expected JSON")
         try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BodyError(400, f"malformed JSON: {exc}") from None
+            return strict_json.loads(body) if batch_of is None else strict_json.loads_batch(body, field=batch_of)
+        except strict_json.StrictJSONError as exc:
+            raise BodyError(400, f"malformed JSON: {exc}" if exc.malformed else str(exc)) from None
 
     def failed(entry_id: Any, message: str) -> dict[str, Any]:
         return {
@@ -204,7 +209,7 @@ def register_views(wal: WalApp) -> None:
     class LogBatchView(View):
         async def post(self, request: Request) -> Response:
             try:
-                doc = await read_json(request, settings.max_request_bytes)
+                doc = await read_json(request, settings.max_request_bytes, batch_of="entries")
             except BodyError as exc:
                 return respond(self, exc.status, {"message": exc.message})
             if not isinstance(doc, dict) or set(doc) != {"entries"} or not isinstance(doc["entries"], list):

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from tables import ordered
 from tables.keys import part
 
 TABLE_NAME = "walstream-entries"
@@ -39,6 +40,14 @@ FINAL = frozenset({EntryState.DELIVERED, EntryState.DEAD, EntryState.CANCELLED})
 
 def state_key(ns: str, entry_id: str) -> bytes:
     return part(ns) + b"|" + part(entry_id)
+
+
+def best(docs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The document that describes the entry: the one of its record (with an offset) over a
+    cancel-in-advance placeholder, the most recently updated among equals."""
+    if not docs:
+        return None
+    return max(docs, key=lambda d: (d.get("offset") is not None, d.get("updated_ms") or 0))
 
 
 def summarise(targets: dict[str, dict[str, Any]], fallback: str) -> str:
@@ -66,6 +75,18 @@ class EntryStates:
         """In an event: the current partition. Outside: any partition this worker holds."""
         value = self.table.get(state_key(ns, entry_id))
         return None if value is None else dict(orjson.loads(value))
+
+    def find(self, ns: str, entry_id: str, partitions: list[int]) -> list[dict[str, Any]]:
+        """Every document of the entry in ``partitions`` (outside an event). An entry has one,
+        in its record's partition; a cancellation sent before the entry was seen leaves a
+        placeholder (``offset`` None) in its key's partition, which may be another one."""
+        key = state_key(ns, entry_id)
+        docs = []
+        for p in partitions:
+            value = ordered.get(self.table, p, key)
+            if value is not None:
+                docs.append(dict(orjson.loads(value)))
+        return docs
 
     def put(self, doc: dict[str, Any]) -> None:
         self.table[state_key(doc["ns"], doc["id"])] = orjson.dumps(doc)

@@ -44,6 +44,18 @@ def scan(table: Any, partition: int, start: bytes = b"", stop: bytes | None = No
         it.next()
 
 
+def get(table: Any, partition: int, key: bytes) -> bytes | None:
+    """The value of ``key`` in ``table``'s ``partition`` only (Faust's own lookup outside an
+    event returns the first partition holding the key, standby copies included)."""
+    store = table.data
+    dbs = getattr(store, "_dbs", None)
+    if dbs is None:  # memory store: one dict for all partitions
+        value: bytes | None = store.data.get(key)
+        return value
+    db = dbs.get(partition)
+    return None if db is None else db.get(key)
+
+
 def first_key(table: Any, partition: int) -> bytes | None:
     for key, _ in scan(table, partition):
         return key

@@ -20,7 +20,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tables import ordered
-from tables.entry_state import FINAL, EntryState
+from tables.entry_state import FINAL, EntryState, best
 from walstream import strict_json
 from walstream.delivery import commands
 from walstream.delivery.dead_letters import iso
@@ -221,22 +221,40 @@ def register_views(wal: WalApp) -> None:
                 )
             return respond(self, 200, {"results": await write_all(items)})
 
-    async def find_state(namespace: str, entry_id: str, *, local_only: bool) -> dict[str, Any] | None:
-        """The entry's state document from this worker's tables, else from the fleet's."""
-        doc = wal.states.get(namespace, entry_id)
-        if doc is not None or local_only:
-            return doc
+    def settling() -> bool:
+        """This worker's tables may be incomplete: a rebalance or a changelog recovery is under way."""
+        recovery = getattr(app.tables, "recovery", None)
+        return bool(app.rebalancing or getattr(recovery, "in_recovery", False))
+
+    def local_states(namespace: str, entry_id: str) -> list[dict[str, Any]]:
+        actives = ordered.partitions(wal.states.table, set(wal.active_partitions()))
+        return wal.states.find(namespace, entry_id, actives)
+
+    async def find_state(namespace: str, entry_id: str) -> tuple[dict[str, Any] | None, list[str]]:
+        """The entry's state document from the fleet's tables (each worker's active partitions),
+        and the workers that could not say (down, or recovering their tables): while that
+        list is not empty, "not found" means "not known now", never "never written"."""
+        docs = local_states(namespace, entry_id)
+        unknown = [settings.web_url] if settling() else []
         peers = wal.peer_urls()
-        if not peers:
-            return None
-        path = f"/v1/log/{quote(namespace, safe='')}/{quote(entry_id, safe='')}?local=1"
-        async with httpx.AsyncClient(timeout=3.0) as client:
-            answers = await asyncio.gather(*(client.get(p + path) for p in peers), return_exceptions=True)
-        for a in answers:
-            if isinstance(a, httpx.Response) and a.status_code == 200:
-                found: dict[str, Any] = a.json()["_doc"]
-                return found
-        return None
+        if peers:
+            path = f"/v1/log/{quote(namespace, safe='')}/{quote(entry_id, safe='')}?local=1"
+            async with httpx.AsyncClient(timeout=3.0) as client:
+                answers = await asyncio.gather(*(client.get(p + path) for p in peers), return_exceptions=True)
+            for peer, a in zip(peers, answers, strict=True):
+                if isinstance(a, httpx.Response) and a.status_code == 200:
+                    docs.append(a.json()["_doc"])
+                elif not (isinstance(a, httpx.Response) and a.status_code == 404):
+                    unknown.append(peer)
+        return best(docs), unknown
+
+    def unknown_for_now(entry_id: str, namespace: str, unknown: list[str]) -> dict[str, Any]:
+        return {
+            "id": entry_id,
+            "state": "UNKNOWN",
+            "message": f"the state of {entry_id!r} in namespace {namespace!r} is not known now: "
+            f"{', '.join(unknown)} did not answer or is recovering its tables; retry shortly",
+        }
 
     def public(doc: dict[str, Any]) -> dict[str, Any]:
         def at(ms: int | None) -> str | None:
@@ -270,7 +288,16 @@ def register_views(wal: WalApp) -> None:
     class EntryView(View):
         async def get(self, request: Request, namespace: str, entry_id: str) -> Response:
             local_only = request.query.get("local") == "1"
-            doc = await find_state(namespace, entry_id, local_only=local_only)
+            if local_only:  # a peer asks what this worker's active partitions hold
+                doc = best(local_states(namespace, entry_id))
+                if doc is None and settling():
+                    return respond(self, 503, {"message": "recovering tables"})
+                unknown: list[str] = []
+            else:
+                doc, unknown = await find_state(namespace, entry_id)
+            if (doc is None or doc.get("offset") is None) and unknown:
+                # the worker holding the entry may be the one that did not answer
+                return respond(self, 503, unknown_for_now(entry_id, namespace, unknown))
             if doc is None:
                 return respond(
                     self,
@@ -289,13 +316,29 @@ def register_views(wal: WalApp) -> None:
             if wal.registry.get(namespace) is None:
                 return respond(self, 404, {"message": f"unknown namespace {namespace!r}"})
             key = request.query.get("key") or entry_id
-            command = commands.cancel(namespace, entry_id, wal.partition_for(key))
+            known, unknown = await find_state(namespace, entry_id)
+            if known is not None and known.get("offset") is not None:
+                # a written entry: its own partition decides (nothing else is touched)
+                if known["state"] in FINAL:
+                    body = public(known)
+                    if known["state"] == EntryState.CANCELLED:
+                        return respond(self, 200, body)
+                    return respond(self, 409, {**body, "message": f"entry is already {known['state']}"})
+                partitions = [int(known["partition"])]
+                command = commands.cancel(namespace, entry_id, partitions[0])
+            elif unknown:
+                # cancelling in advance while part of the fleet cannot say whether the entry
+                # exists could mark a delivered entry cancelled: refuse rather than guess
+                return respond(self, 503, unknown_for_now(entry_id, namespace, unknown))
+            else:
+                # not seen yet: every partition is asked, and the key's own partition marks
+                # the entry cancelled in advance (with ``?key=`` when the key is not the id)
+                partitions = list(range(settings.partitions))
+                command = commands.cancel(namespace, entry_id, wal.partition_for(key))
             try:
-                # the entry's partition is known only from its key: every partition is asked,
-                # and the key's own partition marks a not-yet-seen entry cancelled in advance
                 futures = [
                     await wal.producer.send(wal.command_topic, command, key=commands.COMMAND_KEY, partition=p)
-                    for p in range(settings.partitions)
+                    for p in partitions
                 ]
                 await asyncio.wait_for(asyncio.gather(*futures), timeout=settings.produce_timeout_s)
             except Exception as exc:
@@ -303,7 +346,7 @@ def register_views(wal: WalApp) -> None:
             deadline = time.monotonic() + 5.0
             doc = None
             while time.monotonic() < deadline:
-                doc = await find_state(namespace, entry_id, local_only=False)
+                doc, _ = await find_state(namespace, entry_id)
                 if doc is not None and doc["state"] in FINAL:
                     break
                 await asyncio.sleep(0.1)

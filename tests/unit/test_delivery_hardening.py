@@ -182,12 +182,12 @@ async def test_a_target_delivered_after_a_failure_has_no_last_error(harness: Har
     assert t["state"] == "DELIVERED" and t["last_error"] is None and t["attempts"] == 1
 
 
-def _state(wal: Any, entry_id: str) -> dict[str, Any]:
+def _state(wal: Any, entry_id: str, ns: str = "orders") -> dict[str, Any]:
     from tables import ordered
     from tables.entry_state import state_key
 
     for key, value in ordered.scan(wal.states.table, 0):
-        if key == state_key("orders", entry_id):
+        if key == state_key(ns, entry_id):
             return dict(orjson.loads(value))
     raise AssertionError(f"no state for {entry_id}")
 
@@ -220,3 +220,25 @@ async def test_timer_removals_wait_until_state_and_successors_are_durable(harnes
     ids, states = seen[0]
     assert "e1:delay:0" in ids and "e2:retry:1" in ids and "e2:retry:2" in ids
     assert states == {"e1": "DELIVERED", "e2": "RETRYING"}
+
+
+async def test_redrive_of_an_entry_whose_namespace_was_recreated_ends_delivered(harness: Harness) -> None:
+    """A namespace that did not exist when its entry arrived (deleted, then created again):
+    the dead-lettered entry (no_namespace, no target) is redriven whole, and its status ends
+    DELIVERED, with no '*' placeholder left RETRYING."""
+    from tests.unit.conftest import add_namespace
+    from tests.unit.test_delivery_agent import NS
+    from walstream.delivery.commands import COMMAND_KEY
+
+    wal, target, producer = harness
+    e = Entry(id="g1", namespace="ghost", key="k", payload=1, written_at_us=WriteClock().now_us())
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, e)
+        assert letters(producer)["g1"]["error_class"] == "no_namespace"
+        add_namespace(wal, {**NS, "name": "ghost"})
+        redrive = orjson.dumps({"op": "redrive", "ns": "ghost", "id": "g1", "target_id": "*"})
+        await ctx.put(key=COMMAND_KEY, value=redrive, wait=True)
+        await tick(ctx, after_s=0.02)
+    assert [x.id for x in target.applied] == ["g1"]
+    doc = _state(wal, "g1", ns="ghost")
+    assert doc["state"] == "DELIVERED" and "*" not in doc["targets"], doc

@@ -175,7 +175,7 @@ def _command(value: bytes | None) -> dict[str, Any] | None:
         doc = orjson.loads(value or b"null")
     except orjson.JSONDecodeError:
         doc = None
-    if not isinstance(doc, dict) or doc.get("op") not in ("tick", "cancel", "redrive"):
+    if not isinstance(doc, dict) or doc.get("op") not in ("tick", "cancel", "redrive", "purge"):
         log.warning("ignoring unreadable command %r", (value or b"")[:200])
         return None
     return doc

@@ -16,6 +16,7 @@ the same retention on the changelog): a repeated id within the window is recogni
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -87,6 +88,12 @@ class EntryStates:
             if value is not None:
                 docs.append(dict(orjson.loads(value)))
         return docs
+
+    def of_namespace(self, partition: int, ns: str) -> Iterator[dict[str, Any]]:
+        """Every document of ``ns`` in ``partition`` (outside an event)."""
+        prefix = part(ns) + b"|"
+        for _, value in ordered.scan(self.table, partition, start=prefix, stop=prefix + b"\xff"):
+            yield dict(orjson.loads(value))
 
     def put(self, doc: dict[str, Any]) -> None:
         self.table[state_key(doc["ns"], doc["id"])] = orjson.dumps(doc)

@@ -52,5 +52,19 @@ class KeyOrder:
         for k, v in ordered.scan(self.held, partition, start=prefix, stop=prefix + b"~"):
             yield k, orjson.loads(v)
 
+    def of_namespace(self, partition: int, ns: str) -> Iterator[tuple[bytes, dict[str, Any]]]:
+        """Every held item of ``ns`` in ``partition``, whatever its target and key."""
+        prefix = part(ns) + b"|"
+        for k, v in ordered.scan(self.held, partition, start=prefix, stop=prefix + b"\xff"):
+            yield k, orjson.loads(v)
+
+    def blocked_of(self, partition: int, ns: str) -> list[bytes]:
+        """The blocked-key rows of ``ns`` in ``partition``."""
+        prefix = part(ns) + b"|"
+        return [k for k, _ in ordered.scan(self.blocked, partition, start=prefix, stop=prefix + b"\xff")]
+
+    def unblock_key(self, blocked_key: bytes) -> None:
+        self.blocked.pop(blocked_key, None)
+
     def release(self, held_key: bytes) -> None:
         self.held.pop(held_key, None)

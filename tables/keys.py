@@ -14,6 +14,13 @@ def part(s: str) -> bytes:
     return b"%d:%s" % (len(b), b)
 
 
+def read_part(buf: bytes, pos: int) -> tuple[str, int]:
+    """The string :func:`part` wrote at ``pos`` of ``buf``, and the position after it."""
+    colon = buf.index(b":", pos)
+    end = colon + 1 + int(buf[pos:colon])
+    return buf[colon + 1 : end].decode(), end
+
+
 def target_id(cfg: dict[str, Any]) -> str:
     """A short stable id of a target config (its place in keys and DLQ records)."""
     return hashlib.sha1(orjson.dumps(cfg, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]

@@ -25,12 +25,14 @@ from typing import Any
 import orjson
 
 from tables import ordered
-from tables.keys import part
+from tables.keys import part, read_part
 
 TABLE_NAME = "walstream-schedule"
 
 #: the latest due time (epoch ms) a 13-digit key can hold: 2286-11-20T17:46:39.999Z
 MAX_DUE_MS = 10**13 - 1
+#: where the namespace starts in a key: after ``<due:13>|<seq:20>|``
+_NS_AT = 13 + 1 + 20 + 1
 
 
 @dataclass
@@ -108,6 +110,13 @@ class Schedule:
             if n >= limit:
                 return
             yield key, Timer.decode(value)
+
+    def of_namespace(self, partition: int, namespace: str) -> Iterator[tuple[bytes, Timer]]:
+        """Every timer of ``namespace`` in ``partition`` (a scan of the whole partition: the
+        key leads with the due time; for rare operations such as a forced namespace deletion)."""
+        for key, value in ordered.scan(self.table, partition, start=self._low.get(partition, b"")):
+            if read_part(key, _NS_AT)[0] == namespace:
+                yield key, Timer.decode(value)
 
     def next_due_ms(self, partition: int) -> int | None:
         for key, _ in ordered.scan(self.table, partition, start=self._low.get(partition, b"")):

@@ -23,6 +23,7 @@ import time
 import traceback
 import urllib.parse
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -467,13 +468,16 @@ def namespace_show(ctx: click.Context, name: str, url: str | None) -> None:
 
 @namespace.command("delete")
 @click.argument("name")
+@click.option("--force", is_flag=True, help="Also when entries are pending: they are dead-lettered.")
 @url_option
 @click.pass_context
-def namespace_delete(ctx: click.Context, name: str, url: str | None) -> None:
-    """Delete a namespace (its topics and their entries are kept)."""
+def namespace_delete(ctx: click.Context, name: str, force: bool, url: str | None) -> None:
+    """Delete a namespace (its topics and their entries are kept). Refused while entries are
+    pending (delayed, retrying, held) unless --force, which dead-letters them."""
     with _api(ctx, url) as api:
-        api.request("DELETE", f"/v1/namespaces/{_seg(name)}")
-    click.echo(f"namespace {name} deleted")
+        doc = api.request("DELETE", f"/v1/namespaces/{_seg(name)}", params={"force": "true" if force else "false"})
+    dead = doc.get("dead_lettered", 0) if isinstance(doc, dict) else 0
+    click.echo(f"namespace {name} deleted" + (f"; {dead} pending entries dead-lettered" if dead else ""))
 
 
 # -- dead letters ------------------------------------------------------------------------
@@ -555,6 +559,14 @@ def dlq_show(ctx: click.Context, namespace: str, entry_id: str, url: str | None)
     "--rate", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True, help="Redrives per second."
 )
 @click.option("--execute", is_flag=True, help="Really redrive (the default is a dry run).")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the redriven entries' outcomes.",
+)
 @url_option
 @click.pass_context
 def dlq_redrive(
@@ -567,9 +579,13 @@ def dlq_redrive(
     limit: int,
     rate: float,
     execute: bool,
+    wait_s: float,
     url: str | None,
 ) -> None:
-    """Deliver dead-lettered entries again, with fresh attempts. Dry run unless --execute."""
+    """Deliver dead-lettered entries again, with fresh attempts. Dry run unless --execute.
+
+    Prints each entry's outcome (DELIVERED, DEAD with the reason: back in the dead-letter
+    queue, or PENDING: not settled within --wait) and exits 1 unless all were delivered."""
     body: dict[str, Any] = {**_filters(error_class, since, until, limit), "dry_run": True}
     if ids:
         body["ids"] = list(ids)
@@ -583,18 +599,65 @@ def dlq_redrive(
             return
         interval = 1.0 / rate
         done = 0
+        sent_at_ms: int | None = None
         with click.progressbar(rows, label=f"redriving {len(rows)}", file=sys.stderr) as bar:
             for r in bar:
                 started = time.monotonic()
                 try:
-                    api.request("POST", path, json={"ids": [r["id"]], "dry_run": False, "limit": limit})
+                    answer = api.request(
+                        "POST", path, json={"ids": [r["id"]], "dry_run": False, "limit": limit, "wait_s": 0}
+                    )
                 except click.ClickException as exc:
                     raise click.ClickException(
                         f"redrive stopped after {done} of {len(rows)} at {r['id']!r}: {exc.message}"
                     ) from exc.__cause__
+                if sent_at_ms is None and isinstance(answer, dict):
+                    sent_at_ms = answer.get("sent_at_ms")
                 done += 1
                 time.sleep(max(0.0, interval - (time.monotonic() - started)))
-    click.echo(f"redrove {len(rows)} dead letter(s)")
+        outcomes = _redrive_outcomes(api, namespace, rows, sent_at_ms or 0, wait_s)
+    for r, (outcome, message) in zip(rows, outcomes, strict=True):
+        kind = (r["target"] or {}).get("type", "*")
+        click.echo(f"{r['id']} ({kind}): {outcome}" + (f": {message}" if message else ""))
+    delivered = sum(1 for o, _ in outcomes if o == "DELIVERED")
+    if delivered < len(rows):
+        dead = sum(1 for o, _ in outcomes if o == "DEAD")
+        raise click.ClickException(
+            f"redrove {len(rows)} dead letter(s): {delivered} delivered, {dead} dead-lettered again, "
+            f"{len(rows) - delivered - dead} not settled within {wait_s:g} s"
+        )
+    click.echo(f"redrove {len(rows)} dead letter(s): all delivered")
+
+
+def _redrive_outcomes(
+    api: WorkerApi, namespace: str, rows: list[dict[str, Any]], sent_at_ms: int, wait_s: float
+) -> list[tuple[str, str | None]]:
+    """Each redriven dead letter's outcome from its entry's status: its target's state once the
+    status was updated after the redrive (both times are the workers' clocks) and is final."""
+    settled: dict[int, tuple[str, str | None]] = {}
+    deadline = time.monotonic() + wait_s
+    while True:
+        for n, r in enumerate(rows):
+            if n in settled:
+                continue
+            try:
+                doc = api.request("GET", f"/v1/log/{_seg(namespace)}/{_seg(r['id'])}")
+            except click.ClickException:
+                continue  # not visible yet, or the fleet is settling: ask again
+            updated = doc.get("updated_at")
+            if not updated or datetime.fromisoformat(updated).timestamp() * 1000 < sent_at_ms - 1:
+                continue
+            if r["target_id"] == "*":
+                state, message = doc.get("state"), None
+            else:
+                t: dict[str, Any] = next((x for x in doc.get("targets", []) if x.get("target") == r["target_id"]), {})
+                state, message = t.get("state"), t.get("last_error")
+            if state in ("DELIVERED", "DEAD", "CANCELLED"):
+                settled[n] = (str(state), message if state == "DEAD" else None)
+        if len(settled) == len(rows) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    return [settled.get(n, ("PENDING", "not settled yet; see `walstream dlq list`")) for n in range(len(rows))]
 
 
 # -- stack -------------------------------------------------------------------------------

@@ -88,6 +88,37 @@ async def max_message_bytes(bootstrap: str, topics: Sequence[str], timeout_ms: i
     return limits
 
 
+async def unconsumed(bootstrap: str, group: str, topic: str, timeout_ms: int = 30_000) -> int:
+    """Records of ``topic`` the consumer ``group`` has not committed past (its lag), summed
+    over partitions; a partition without a committed offset counts from its log start."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, request_timeout_ms=timeout_ms)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    await consumer.start()
+    await admin.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return 0
+        ends = await consumer.end_offsets(tps)
+        starts = await consumer.beginning_offsets(tps)
+        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+        total = 0
+        for tp in tps:
+            meta = committed.get(tp)
+            done = meta.offset if meta is not None and meta.offset >= 0 else starts[tp]
+            total += max(0, ends[tp] - max(done, starts[tp]))
+        return total
+    finally:
+        await admin.close()
+        await consumer.stop()
+
+
 def wal_topic_specs(name: str, partitions: int, replication_factor: int) -> list[TopicSpec]:
     """The WAL topic and dead-letter topic of one namespace."""
     cfg = {

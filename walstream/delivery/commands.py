@@ -15,5 +15,10 @@ TICK = orjson.dumps({"op": "tick"})
 COMMAND_KEY = b"\x00walstream-command"
 
 
+def purge(namespace: str) -> bytes:
+    """Dead-letter every pending timer and held entry of a namespace deleted with force."""
+    return orjson.dumps({"op": "purge", "ns": namespace})
+
+
 def cancel(namespace: str, entry_id: str, home_partition: int) -> bytes:
     return orjson.dumps({"op": "cancel", "ns": namespace, "id": entry_id, "partition": home_partition})

@@ -114,6 +114,9 @@ class _Outcome:
     docs: dict[tuple[str, str], dict[str, Any]]
     #: held rows whose entries became retry timers: removed only once those are durable
     released: set[bytes] = field(default_factory=set)
+    #: timers and blocked-key rows to remove once dead letters and states are durable
+    removals: list[bytes] = field(default_factory=list)
+    unblocked: list[bytes] = field(default_factory=list)
 
 
 class Deliverer:
@@ -257,6 +260,8 @@ class Deliverer:
                 self._cancel(partition, str(cmd["ns"]), str(cmd["id"]), cmd.get("partition") == partition, now_s, out)
             elif cmd.get("op") == "redrive":
                 self._redrive(str(cmd["ns"]), str(cmd["id"]), str(cmd["target_id"]), now_s, out)
+            elif cmd.get("op") == "purge":
+                self._purge(partition, str(cmd["ns"]), now_s, out)
         items: list[Item] = []
         for rec in records:
             items.extend(self._admit(rec, now_s, out))
@@ -290,13 +295,15 @@ class Deliverer:
         # can keep any subset of unflushed writes. Removing first could keep the removal and
         # lose its successor (seen: entries answering DELAYED forever after a SIGKILL). In this
         # order a crash at worst runs a timer again, and targets are idempotent.
-        deletions = [key for key in done_timers if key not in out.timers_put]
-        if deletions or out.released:
+        deletions = [key for key in done_timers if key not in out.timers_put] + out.removals
+        if deletions or out.released or out.unblocked:
             await self.flush()
             for key in deletions:
                 self.schedule.delete(key)
             for held_key in out.released:
                 self.order.release(held_key)
+            for blocked_key in out.unblocked:
+                self.order.unblock_key(blocked_key)
             await self.failpoints.hit("deliverer.after_timer_deletes")
 
     def _index(self, dl: DeadLetter) -> None:
@@ -394,17 +401,19 @@ class Deliverer:
             return []
         ns = self.registry.get(entry.namespace)
         if ns is None:
+            message = f"namespace {entry.namespace!r} does not exist"
             out.letters.append(
-                _letter(
-                    rec,
-                    timer.entry,
-                    timer.target,
-                    ErrorClass.NO_NAMESPACE,
-                    f"namespace {entry.namespace!r} does not exist",
-                    timer.attempt,
-                    now_s,
-                )
+                _letter(rec, timer.entry, timer.target, ErrorClass.NO_NAMESPACE, message, timer.attempt, now_s)
             )
+            state = self._state(out, entry, rec)
+            target_state = state["targets"].get(timer.target_id) if timer.kind == "retry" else None
+            if target_state is not None:
+                target_state.update(state=EntryState.DEAD.value, last_error=message, next_attempt_ms=None)
+            else:
+                for t in state["targets"].values():
+                    if t["state"] not in FINAL:
+                        t.update(state=EntryState.DEAD.value, last_error=message, next_attempt_ms=None)
+                state.update(state=EntryState.DEAD.value, last_error=message)
             return []
         state = self._state(out, entry, rec)
         if state["state"] == EntryState.CANCELLED:
@@ -715,6 +724,30 @@ class Deliverer:
                 self._release_key(partition, ns, tid, doc["key"], now_s, out)
             t.update(state=EntryState.CANCELLED.value, next_attempt_ms=None, held_behind=None)
         doc["state"] = EntryState.CANCELLED.value
+
+    def _purge(self, partition: int, ns_name: str, now_s: float, out: _Outcome) -> None:
+        """A namespace deleted with force: its pending timers and held entries in this
+        partition are dead-lettered now (``no_namespace``) rather than when they fall due."""
+        if self.registry.get(ns_name) is not None:
+            return  # created again since: nothing to purge
+        message = f"namespace {ns_name!r} was deleted (with force) while this entry was pending"
+        pending: list[tuple[dict[str, Any], dict[str, Any] | None, SourceRecord, int]] = []
+        for key, timer in list(self.schedule.of_namespace(partition, ns_name)):
+            pending.append((timer.entry, timer.target, _timer_source(timer), timer.attempt))
+            out.removals.append(key)
+        for held_key, held in list(self.order.of_namespace(partition, ns_name)):
+            topic, part, offset = held["source"]
+            rec = SourceRecord(topic, part, offset, str(held["entry"].get("key", "")).encode(), None)
+            pending.append((held["entry"], held["target"], rec, 0))
+            out.released.add(held_key)
+        out.unblocked.extend(self.order.blocked_of(partition, ns_name))
+        for doc, target, rec, attempt in pending:
+            out.letters.append(_letter(rec, doc, target, ErrorClass.NO_NAMESPACE, message, attempt, now_s))
+            state = self._state(out, Entry.from_doc(doc), rec)
+            for t in state["targets"].values():
+                if t["state"] not in FINAL:
+                    t.update(state=EntryState.DEAD.value, last_error=message, next_attempt_ms=None, held_behind=None)
+            state.update(state=EntryState.DEAD.value, last_error=message)
 
     def _redrive(self, ns_name: str, entry_id: str, target_id: str, now_s: float, out: _Outcome) -> None:
         """Give a dead-lettered (entry, target) a fresh set of attempts, due now."""

@@ -25,7 +25,8 @@ from walstream import strict_json
 from walstream.delivery import commands
 from walstream.delivery.dead_letters import iso
 from walstream.entry import Entry
-from walstream.namespaces.model import NamespaceError, parse_namespace
+from walstream.kafka_admin import unconsumed
+from walstream.namespaces.model import NamespaceError, parse_namespace, wal_topic
 from walstream.requests import RequestError, parse_log_request
 from walstream.writer import Durable
 
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
     from walstream.app import WalApp
 
 log = logging.getLogger(__name__)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 class BodyError(Exception):
@@ -435,7 +440,13 @@ def register_views(wal: WalApp) -> None:
     class RedriveView(View):
         async def post(self, request: Request, namespace: str) -> Response:
             """Body: ``{"ids": [...]}`` and/or ``error_class``, ``since``, ``until``, ``limit``;
-            ``dry_run`` (default true) only lists; ``rate`` caps commands per second."""
+            ``dry_run`` (default true) only lists; ``rate`` caps commands per second;
+            ``wait_s`` (default 10, at most 120) is how long to wait for the outcomes.
+
+            Executed, the answer has one result per dead letter: ``outcome`` DELIVERED, DEAD
+            (failed again: ``message`` says why; it is back in the dead-letter queue) or
+            PENDING (not settled within ``wait_s``: retrying, delayed, or not yet processed),
+            and the counts of each."""
             try:
                 body = await read_json(request, settings.max_request_bytes)
                 if not isinstance(body, dict):
@@ -444,8 +455,14 @@ def register_views(wal: WalApp) -> None:
                 if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
                     raise BodyError(400, "ids: expected a list of entry ids")
                 rate = body.get("rate")
-                if rate is not None and not (isinstance(rate, (int, float)) and rate > 0):
+                if rate is not None and not (_is_number(rate) and rate > 0):
                     raise BodyError(400, "rate: expected a positive number (redrives per second)")
+                dry_run = body.get("dry_run", True)
+                if not isinstance(dry_run, bool):
+                    raise BodyError(400, "dry_run: expected true or false")
+                wait_s = body.get("wait_s", 10)
+                if not (_is_number(wait_s) and 0 <= wait_s <= 120):
+                    raise BodyError(400, "wait_s: expected seconds from 0 to 120")
                 query = {k: str(body[k]) for k in ("error_class", "since", "until", "limit") if body.get(k) is not None}
                 if ids is not None and len(ids) == 1:
                     query["id"] = ids[0]
@@ -455,9 +472,10 @@ def register_views(wal: WalApp) -> None:
             if ids is not None:
                 wanted = set(ids)
                 rows = [r for r in rows if r["id"] in wanted]
-            if body.get("dry_run", True):
+            if dry_run:
                 return respond(self, 200, {"dry_run": True, "would_redrive": [dlq_row(r) for r in rows]})
             sent = 0
+            sent_ms = int(time.time() * 1000)
             for row in rows:
                 cmd = orjson.dumps({"op": "redrive", "ns": row["ns"], "id": row["id"], "target_id": row["target_id"]})
                 fut = await wal.producer.send(
@@ -467,7 +485,39 @@ def register_views(wal: WalApp) -> None:
                 sent += 1
                 if rate:
                     await asyncio.sleep(1.0 / float(rate))
-            return respond(self, 200, {"dry_run": False, "redriven": sent})
+            results = await redrive_outcomes(rows, sent_ms, float(wait_s))
+            counts = {o: sum(1 for r in results if r["outcome"] == o) for o in ("DELIVERED", "DEAD", "PENDING")}
+            return respond(self, 200, {"dry_run": False, "redriven": sent, "sent_at_ms": sent_ms,
+                                       **{k.lower(): v for k, v in counts.items()}, "results": results})
+
+    async def redrive_outcomes(rows: list[dict[str, Any]], sent_ms: int, wait_s: float) -> list[dict[str, Any]]:
+        """What became of each redriven dead letter: its target's state (the whole entry's for a
+        letter without a target) once it was updated after ``sent_ms`` and is final, else
+        PENDING when ``wait_s`` runs out."""
+        results: dict[int, dict[str, Any]] = {}
+        deadline = time.monotonic() + wait_s
+        while True:
+            for n, row in enumerate(rows):
+                if n in results:
+                    continue
+                doc, _ = await find_state(row["ns"], row["id"])
+                if doc is None or (doc.get("updated_ms") or 0) < sent_ms:
+                    continue
+                t = doc["state"] if row["target_id"] == "*" else (
+                    doc.get("targets", {}).get(row["target_id"], {}).get("state"))
+                if t in (EntryState.DELIVERED, EntryState.DEAD, EntryState.CANCELLED):
+                    last_error = doc.get("targets", {}).get(row["target_id"], {}).get("last_error") or doc.get(
+                        "last_error")
+                    results[n] = {"id": row["id"], "target_id": row["target_id"], "outcome": t,
+                                  "message": last_error if t == EntryState.DEAD else None}
+            if len(results) == len(rows) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.25)
+        return [
+            results.get(n) or {"id": r["id"], "target_id": r["target_id"], "outcome": "PENDING",
+                               "message": f"not settled within {wait_s:g} s; see GET /v1/log/{r['ns']}/{r['id']}"}
+            for n, r in enumerate(rows)
+        ]
 
     @app.page("/v1/namespaces")
     class NamespacesView(View):
@@ -501,13 +551,82 @@ def register_views(wal: WalApp) -> None:
             return respond(self, 200, applied.model_dump(mode="json"))
 
         async def delete(self, request: Request, name: str) -> Response:
+            """``?force=true`` deletes a namespace with pending entries, dead-lettering them;
+            without it such a deletion is refused (409) with the count."""
+            force = request.query.get("force", "false")
+            if force not in ("true", "false"):
+                return respond(self, 400, {"message": "force: expected true or false"})
+            if wal.registry.get(name) is None:
+                return respond(self, 404, {"message": f"unknown namespace {name!r}"})
+            try:
+                pending = await pending_entries(name)
+                backlog = await unconsumed(settings.broker, settings.app_id, wal_topic(name))
+            except BodyError as exc:
+                return respond(self, exc.status, {"message": exc.message})
+            except Exception as exc:
+                return respond(self, 503, {"message": f"cannot count the namespace's pending entries: {exc}"})
+            if (pending or backlog) and force != "true":
+                return respond(self, 409, {
+                    "message": f"namespace {name!r} has {len(pending)} pending entries (delayed, retrying or "
+                    f"held) and {backlog} not yet consumed; DELETE with ?force=true dead-letters the pending "
+                    "ones (the unconsumed ones stay in its WAL topic, delivered if it is created again)",
+                    "pending": len(pending),
+                    "unconsumed": backlog,
+                })
             try:
                 existed = await wal.registry.delete(name)
+                if existed and pending:
+                    futures = [
+                        await wal.producer.send(wal.command_topic, commands.purge(name), key=commands.COMMAND_KEY,
+                                                partition=p)
+                        for p in range(settings.partitions)
+                    ]
+                    await asyncio.wait_for(asyncio.gather(*futures), timeout=settings.produce_timeout_s)
             except Exception as exc:
                 return respond(self, 503, {"message": f"could not delete namespace: {exc}"})
             if not existed:
                 return respond(self, 404, {"message": f"unknown namespace {name!r}"})
-            return respond(self, 200, {"deleted": name})
+            return respond(self, 200, {"deleted": name, "dead_lettered": len(pending), "unconsumed": backlog})
+
+    def local_pending(ns: str) -> set[str]:
+        """Ids of ``ns``'s entries waiting in this worker's active partitions: timers, held
+        entries, and state documents not final."""
+        actives = set(wal.active_partitions())
+        ids: set[str] = set()
+        for p in ordered.partitions(wal.schedule.table, actives):
+            ids.update(str(t.entry.get("id")) for _, t in wal.schedule.of_namespace(p, ns))
+        for p in ordered.partitions(wal.key_order.held, actives):
+            ids.update(str(item["entry"].get("id")) for _, item in wal.key_order.of_namespace(p, ns))
+        for p in ordered.partitions(wal.states.table, actives):
+            ids.update(d["id"] for d in wal.states.of_namespace(p, ns) if d["state"] not in FINAL)
+        return ids
+
+    async def pending_entries(ns: str) -> set[str]:
+        """Ids of ``ns``'s pending entries across the fleet; 503 when a worker cannot say."""
+        if settling():
+            raise BodyError(503, "this worker is recovering its tables; retry shortly")
+        ids = local_pending(ns)
+        peers = wal.peer_urls()
+        if peers:
+            async with httpx.AsyncClient(timeout=10.0) as client:
+                answers = await asyncio.gather(
+                    *(client.get(f"{p}/v1/internal/pending/{quote(ns, safe='')}") for p in peers),
+                    return_exceptions=True,
+                )
+            for peer, a in zip(peers, answers, strict=True):
+                if not (isinstance(a, httpx.Response) and a.status_code == 200):
+                    raise BodyError(503, f"worker {peer} did not say which entries it holds; retry shortly")
+                ids.update(a.json()["ids"])
+        return ids
+
+    @app.page("/v1/internal/pending/{namespace}")
+    class PendingView(View):
+        """Fleet-internal: the ids of a namespace's pending entries this worker holds."""
+
+        async def get(self, request: Request, namespace: str) -> Response:
+            if settling():
+                return respond(self, 503, {"message": "recovering tables"})
+            return respond(self, 200, {"ids": sorted(local_pending(namespace))})
 
     @app.page("/v1/health")
     class HealthView(View):

@@ -29,7 +29,17 @@ from walstream.stack.stack import runners
 KAFKA = "127.0.0.1:9092"
 ES_URL = "http://127.0.0.1:9200"
 
-pytestmark = pytest.mark.integration
+_HERE = Path(__file__).parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by ``-m``
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/integration ``integration``, so ``-m integration`` selects
+    exactly these and ``-m "not integration"`` exactly the others. (A ``pytestmark`` in a
+    conftest marks nothing; and this hook sees every collected item, not only this folder's.)"""
+    for item in items:
+        if item.path.is_relative_to(_HERE):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session", autouse=True)

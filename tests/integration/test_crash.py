@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 from cassandra.cluster import Session
 from elasticsearch import Elasticsearch
 
@@ -21,6 +22,8 @@ from tests.integration.conftest import (
 )
 
 
+# two worker starts, a restart's recovery, then up to 2 x 120 s for the targets to catch up
+@pytest.mark.timeout(600)
 def test_sigkill_while_entries_flow_loses_nothing_acknowledged(
     start_worker: Callable[..., Worker], cassandra: Session, es: Elasticsearch, movies_keyspace: str, unique: str,
 ) -> None:

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import pytest
+
 from tests.integration.conftest import (
     Worker,
     create_topic,
@@ -63,6 +65,8 @@ def test_2000_delayed_entries_none_early(start_worker: Callable[..., Worker], un
     assert lateness[0] >= 0, "an entry was delivered early"
 
 
+# 10,000 writes, a restart, due 25-35 s later, up to 150 s to read them all back
+@pytest.mark.timeout(600)
 def test_10000_pending_delays_survive_sigkill(start_worker: Callable[..., Worker], unique: str) -> None:
     w = start_worker()
     out = f"{unique}.out"

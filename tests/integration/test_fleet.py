@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
 from aiokafka.partitioner import murmur2
 
 from tests.integration.conftest import Worker, create_topic, kafka_target, put_namespace, read_deliveries, wait_until
 from tests.integration.test_delays import report, write_delayed
 
 
+# two worker starts, entries due 15-25 s later, a rebalance, up to 120 s to read back
+@pytest.mark.timeout(600)
 def test_delays_survive_a_rebalance_and_any_worker_answers(start_worker: Callable[..., Worker], unique: str) -> None:
     a = start_worker()
     b = start_worker(app_id=a.app_id)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import httpx
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer
 from cassandra.cluster import Session
 from elasticsearch import Elasticsearch
@@ -46,6 +47,8 @@ def dead_letters(topic: str) -> list[dict[str, object]]:
     return asyncio.run(run())
 
 
+# a 30 s outage, Cassandra's restart, then up to 180 s for the backlog to drain
+@pytest.mark.timeout(600)
 def test_cassandra_down_30s_nothing_lost_nothing_dead_lettered(
     start_worker: Callable[..., Worker], cassandra: Session, es: Elasticsearch, movies_keyspace: str, unique: str,
 ) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 
 from tests.integration.conftest import Worker, create_topic, kafka_target, put_namespace, read_deliveries, wait_until
 
@@ -52,6 +53,8 @@ class Writer(threading.Thread):
                     ]
 
 
+# several rebalances (~25 s of them), a second worker's start, then up to 120 s to read back
+@pytest.mark.timeout(600)
 def test_entries_written_across_rebalances_are_all_delivered(
     start_worker: Callable[..., Worker], unique: str,
 ) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,21 +14,31 @@ from walstream.delivery.offsets import OffsetLedger
 from walstream.entry import Entry
 from walstream.namespaces.model import NamespaceConfig, parse_namespace
 from walstream.settings import Settings
-from walstream.targets.base import Outcomes, Target, TargetError
+from walstream.targets.base import Outcomes, Target, TargetDownError, TargetError
 
 
 class RecordingTarget(Target):
     """A stub target: records what it was given; fails entries as scripted by id."""
 
-    def __init__(self, label: str = "recording") -> None:
+    def __init__(self, label: str = "recording", clock: Callable[[], float] = time.time) -> None:
         self.label = label
         self.applied: list[Entry] = []
+        #: ``clock()`` (seconds) when each entry of ``applied`` was applied, same order
+        self.applied_at: list[float] = []
+        #: the entry ids of every call, in call order (what went out together)
+        self.batches: list[list[str]] = []
         self.calls = 0
         #: entry id -> errors to report on successive attempts (then success)
         self.script: dict[str, list[TargetError]] = {}
+        #: the first this-many calls fail as a whole: the target is down (an outage)
+        self.down_for_calls = 0
+        self.clock = clock
 
     async def apply(self, entries: Sequence[Entry]) -> Outcomes:
         self.calls += 1
+        self.batches.append([e.id for e in entries])
+        if self.calls <= self.down_for_calls:
+            return [TargetDownError("no host available")] * len(entries)
         out: Outcomes = []
         for e in entries:
             errors = self.script.get(e.id)
@@ -35,6 +46,7 @@ class RecordingTarget(Target):
                 out.append(errors.pop(0))
             else:
                 self.applied.append(e)
+                self.applied_at.append(self.clock())
                 out.append(None)
         return out
 
@@ -111,15 +123,41 @@ def store(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def build_wal(store: str, tmp_path: Path, **settings: Any) -> WalApp:
+    """A worker on ``store`` in its own data dir, with ``settings`` overriding the defaults."""
+    s = Settings(store=store, datadir=tmp_path / "worker", app_id=f"unit-{tmp_path.name}", **settings)
+    app = build_app(s)
+    app.offsets = OffsetLedger(MemoryConsumer())
+    return app
+
+
 @pytest.fixture
 def wal(store: str, tmp_path: Path) -> Iterator[WalApp]:
-    settings = Settings(store=store, datadir=tmp_path / "worker", app_id=f"unit-{tmp_path.name}")
-    app = build_app(settings)
-    app.offsets = OffsetLedger(MemoryConsumer())
-    yield app
+    yield build_wal(store, tmp_path)
 
 
 def add_namespace(wal: WalApp, doc: dict[str, Any]) -> NamespaceConfig:
     cfg = parse_namespace(doc)
     wal.registry._apply_record(cfg.name.encode(), cfg.to_json())
     return cfg
+
+
+Harness = tuple[WalApp, RecordingTarget, FakeProducer]
+
+
+@pytest.fixture
+def harness(wal: WalApp) -> Harness:
+    """A worker with the ``orders`` namespace of test_delivery_agent.py (retries 1-5 ms, 3
+    attempts, no jitter), every target a :class:`RecordingTarget`, dead letters to a
+    :class:`FakeProducer` retried every 10 ms. (test_delivery_agent.py has its own copy.)"""
+    add_namespace(
+        wal,
+        {"name": "orders", "targets": [{"type": "noop"}],
+         "retry": {"initial_delay_ms": 1, "max_delay_ms": 5, "max_attempts": 3, "jitter": 0}},
+    )
+    target = RecordingTarget()
+    wal.targets.get = lambda cfg: target  # type: ignore[method-assign]
+    producer = FakeProducer()
+    wal.dead_letters._producer = producer  # type: ignore[assignment]
+    wal.dead_letters._retry_s = 0.01
+    return wal, target, producer

@@ -1,0 +1,273 @@
+"""Per-key order through Faust's ``agent.test_context()``, on memory:// and rocksdb://: how a
+key's blocker hands over to the entries held behind it.
+
+Given entries of key A held behind a blocker (an entry of A waiting for a retry), when the
+blocker ends in any way (delivered, dead-lettered, cancelled), then the next held entry of A
+takes its place, and so on one by one in write order, none lost, none applied twice; entries
+of A arriving meanwhile queue up behind them; other keys are never held.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from tables import ordered
+from tables.keys import part
+from tests.unit.conftest import Harness
+from tests.unit.test_delivery_agent import agent, entry, letters, send, tick, timers
+from walstream.app import WalApp
+from walstream.delivery.commands import COMMAND_KEY, TICK, cancel
+from walstream.entry import Entry, WriteClock
+from walstream.targets.base import PermanentError, TargetError, TransientError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def record_batches(wal: WalApp) -> list[list[int]]:
+    """Wrap the deliverer: returns the list that gets the record offsets of each batch."""
+    batches: list[list[int]] = []
+    real = wal.deliverer.process
+
+    async def process(partition: int, records: Any, **kw: Any) -> None:
+        batches.append([r.offset for r in records])
+        await real(partition, records, **kw)
+
+    wal.deliverer.process = process  # type: ignore[method-assign]
+    return batches
+
+
+async def send_together(ctx: Any, *entries: Entry, with_tick: bool = False) -> None:
+    """Queue ``entries`` (after a tick, with ``with_tick``) before the agent runs, so that it
+    takes them as one batch; returns when that batch is processed."""
+    if with_tick:
+        await ctx.put(key=COMMAND_KEY, value=TICK, wait=False)
+    for e in entries[:-1]:
+        await ctx.put(key=e.key_bytes, value=e.encode(), wait=False)
+    last = entries[-1]
+    await ctx.put(key=last.key_bytes, value=last.encode(), wait=True)
+
+
+def held_ids(wal: WalApp) -> list[str]:
+    return [orjson.loads(v)["entry"]["id"] for _, v in ordered.scan(wal.key_order.held, 0)]
+
+
+def held_keys(wal: WalApp) -> list[bytes]:
+    return [k for k, _ in ordered.scan(wal.key_order.held, 0)]
+
+
+def order_tables_empty(wal: WalApp) -> bool:
+    return list(ordered.scan(wal.key_order.held, 0)) == [] and list(ordered.scan(wal.key_order.blocked, 0)) == []
+
+
+def applied_ids(harness: Harness, key: str | None = None) -> list[str]:
+    _, target, _ = harness
+    return [e.id for e in target.applied if key is None or e.key == key]
+
+
+def timers_of_key(wal: WalApp, key: str) -> list[dict[str, Any]]:
+    return [t for t in timers(wal) if t["entry"]["key"] == key]
+
+
+async def tick_until(ctx: Any, wal: WalApp, done: Callable[[], bool], max_ticks: int = 20) -> None:
+    """Tick until ``done()`` or ``max_ticks`` ticks (the test then fails on its assertions)."""
+    for _ in range(max_ticks):
+        if done():
+            return
+        await tick(ctx)
+
+
+# -- a blocker that ends hands over to the next held entry ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "end_of_blocker",
+    [
+        pytest.param([TransientError("blip"), PermanentError("mapping conflict")], id="permanent-on-retry"),
+        pytest.param([TransientError("blip")] * 3, id="attempts-exhausted"),
+    ],
+)
+async def test_a_dead_lettered_blocker_releases_the_next_held_entry(
+    harness: Harness, end_of_blocker: list[TargetError]
+) -> None:
+    wal, target, producer = harness
+    clock = WriteClock()
+    a1, a2, a3 = entry(1, clock, "A"), entry(2, clock, "A"), entry(3, clock, "A")
+    target.script[a1.id] = list(end_of_blocker)
+    async with agent(wal).test_context() as ctx:
+        # Given a1 retrying and a2, a3 held behind it
+        await send(ctx, a1, a2, a3)
+        assert held_ids(wal) == ["e2", "e3"]
+        # When a1 is dead-lettered (on a retry), Then a2 and a3 follow, in order
+        await tick_until(ctx, wal, lambda: len(applied_ids(harness)) == 2)
+    assert set(letters(producer)) == {"e1"}
+    assert applied_ids(harness) == ["e2", "e3"]
+    assert order_tables_empty(wal)
+    assert timers(wal) == []
+
+
+async def test_a_cancelled_blocker_releases_the_next_held_entry(harness: Harness) -> None:
+    wal, target, producer = harness
+    clock = WriteClock()
+    a1, a2, a3 = entry(1, clock, "A"), entry(2, clock, "A"), entry(3, clock, "A")
+    target.script[a1.id] = [TransientError("blip")] * 2  # still retrying when it is cancelled
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, a1, a2, a3)
+        assert held_ids(wal) == ["e2", "e3"]
+        # When the blocker a1 is cancelled
+        await ctx.put(key=COMMAND_KEY, value=cancel("orders", "e1", 0), wait=True)
+        # Then a2 and a3 follow, in order; a1 is never applied
+        await tick_until(ctx, wal, lambda: len(applied_ids(harness)) == 2)
+    assert applied_ids(harness) == ["e2", "e3"]
+    assert wal.states.get("orders", "e1")["state"] == "CANCELLED"  # type: ignore[index]
+    assert producer.sent == []
+    assert order_tables_empty(wal)
+    assert timers(wal) == []
+
+
+async def test_a_cancelled_held_entry_is_skipped_and_the_next_one_follows(harness: Harness) -> None:
+    wal, target, _ = harness
+    clock = WriteClock()
+    a1, a2, a3 = entry(1, clock, "A"), entry(2, clock, "A"), entry(3, clock, "A")
+    target.script[a1.id] = [TransientError("blip")]
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, a1, a2, a3)
+        await ctx.put(key=COMMAND_KEY, value=cancel("orders", "e2", 0), wait=True)
+        assert held_ids(wal) == ["e3"]
+        await tick_until(ctx, wal, lambda: len(applied_ids(harness)) == 2)
+    assert applied_ids(harness) == ["e1", "e3"]
+    assert wal.states.get("orders", "e2")["state"] == "CANCELLED"  # type: ignore[index]
+    assert order_tables_empty(wal)
+
+
+# -- the same key twice in one batch ---------------------------------------------------------------
+
+
+async def test_the_same_key_twice_in_one_batch_goes_out_in_write_order(harness: Harness) -> None:
+    wal, target, _ = harness
+    batches = record_batches(wal)
+    clock = WriteClock()
+    a1, a2 = entry(1, clock, "A"), entry(2, clock, "A")
+    async with agent(wal).test_context() as ctx:
+        await send_together(ctx, a1, a2)
+    assert batches == [[0, 1]]  # one batch
+    assert applied_ids(harness) == ["e1", "e2"]
+    # the second went out only after the first succeeded: not in the same call
+    assert target.batches == [["e1"], ["e2"]]
+
+
+async def test_the_same_key_twice_in_one_batch_the_first_failing_holds_the_second(harness: Harness) -> None:
+    wal, target, _ = harness
+    batches = record_batches(wal)
+    clock = WriteClock()
+    a1, a2, b1 = entry(1, clock, "A"), entry(2, clock, "A"), entry(3, clock, "B")
+    target.script[a1.id] = [TransientError("blip")]
+    async with agent(wal).test_context() as ctx:
+        await send_together(ctx, a1, a2, b1)
+        # Then a2 waits behind a1; B is not held up
+        assert applied_ids(harness) == ["e3"]
+        assert held_ids(wal) == ["e2"]
+        await tick_until(ctx, wal, lambda: len(applied_ids(harness)) == 3)
+    assert batches[0] == [0, 1, 2]
+    assert applied_ids(harness) == ["e3", "e1", "e2"]
+    assert order_tables_empty(wal)
+
+
+async def test_the_same_key_twice_in_one_batch_the_first_dead_lettered_the_second_applied(harness: Harness) -> None:
+    wal, target, producer = harness
+    batches = record_batches(wal)
+    clock = WriteClock()
+    a1, a2 = entry(1, clock, "A"), entry(2, clock, "A")
+    target.script[a1.id] = [PermanentError("mapping conflict")]
+    async with agent(wal).test_context() as ctx:
+        await send_together(ctx, a1, a2)
+    assert batches == [[0, 1]]
+    assert set(letters(producer)) == {"e1"}
+    assert applied_ids(harness) == ["e2"]
+    assert target.batches == [["e1"], ["e2"]]
+    assert order_tables_empty(wal)
+
+
+# -- arrivals during a release ---------------------------------------------------------------------
+
+
+async def test_arrivals_during_a_release_are_applied_one_by_one_in_write_order(harness: Harness) -> None:
+    wal, target, _ = harness
+    batches = record_batches(wal)
+    clock = WriteClock()
+    a = [entry(i, clock, "A") for i in range(1, 9)]  # e1..e8, all key A
+    b = [entry(i, clock, "B") for i in range(11, 15)]  # e11..e14, key B
+    target.script[a[0].id] = [TransientError("blip")]
+    async with agent(wal).test_context() as ctx:
+        # Given a1 retrying, a2 and a3 held
+        await send(ctx, a[0], a[1], a[2])
+        assert held_ids(wal) == ["e2", "e3"]
+        # When each tick that releases the key's next entry comes in one batch with new
+        # entries of A (and of B)
+        await send_together(ctx, a[3], b[0], with_tick=True)
+        await send_together(ctx, a[4], a[5], b[1], with_tick=True)
+        await send_together(ctx, b[2], a[6], with_tick=True)
+        await send(ctx, a[7], b[3])
+        # Then: at any time the key has one entry out (its blocker), the rest held in order
+        assert len(timers_of_key(wal, "A")) == 1
+        assert held_ids(wal) == sorted(held_ids(wal), key=lambda i: int(i[1:]))
+        seen_out: list[int] = []
+        for _ in range(20):
+            if len(applied_ids(harness, "A")) == len(a):
+                break
+            await tick(ctx)
+            seen_out.append(len(timers_of_key(wal, "A")))
+    # (the arrivals came in the batches of the ticks: offsets 4-5, 7-9, 11-12 are records)
+    assert batches[3:6] == [[4, 5], [7, 8, 9], [11, 12]]
+    # every entry of A applied once, in write order; none lost, none twice
+    assert applied_ids(harness, "A") == [e.id for e in a]
+    assert Counter(applied_ids(harness)) == Counter(e.id for e in a + b)
+    # released one by one: one call per entry of A, never two of A together
+    assert all(sum(i in {e.id for e in a} for i in call) <= 1 for call in target.batches)
+    assert max(seen_out) <= 1
+    # B never waited: each applied in the batch it arrived in
+    assert applied_ids(harness, "B") == [e.id for e in b]
+    assert order_tables_empty(wal)
+    assert timers(wal) == []
+
+
+# -- other keys are never held ---------------------------------------------------------------------
+
+
+async def test_another_key_is_never_held(harness: Harness) -> None:
+    wal, target, _ = harness
+    clock = WriteClock()
+    a1, a2 = entry(1, clock, "A"), entry(2, clock, "A")
+    target.script[a1.id] = [TransientError("blip")] * 2
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, a1, a2)
+        # While A is blocked, entries of B and C flow at once, alone or next to A's
+        await send(ctx, entry(3, clock, "B"))
+        assert applied_ids(harness) == ["e3"]
+        await send_together(ctx, entry(4, clock, "A"), entry(5, clock, "C"), entry(6, clock, "B"))
+        assert applied_ids(harness) == ["e3", "e5", "e6"]
+        await send_together(ctx, entry(7, clock, "B"), with_tick=True)  # a1 fails again
+        assert applied_ids(harness) == ["e3", "e5", "e6", "e7"]
+        # the held table has only A's entries, the blocked table only A
+        prefix = b"%s|" % part("orders")
+        assert held_ids(wal) == ["e2", "e4"]
+        assert all(k.startswith(prefix) and part("A") in k for k in held_keys(wal))
+        assert [k for k, _ in ordered.scan(wal.key_order.blocked, 0)] == [
+            k for k, _ in ordered.scan(wal.key_order.blocked, 0) if part("A") in k
+        ]
+        assert len(list(ordered.scan(wal.key_order.blocked, 0))) == 1
+        # a key that becomes blocked within a batch holds only its own later entries there:
+        # d8 fails, d9 waits behind it; B's second entry in the same batch is applied
+        target.script["e8"] = [TransientError("blip")]
+        await send_together(ctx, entry(8, clock, "D"), entry(9, clock, "D"), entry(10, clock, "B"),
+                            entry(11, clock, "B"))
+        assert applied_ids(harness, "B") == ["e3", "e6", "e7", "e10", "e11"]
+        assert held_ids(wal) == ["e2", "e4", "e9"]
+        await tick_until(ctx, wal, lambda: len(applied_ids(harness)) == 11)
+    assert applied_ids(harness, "A") == ["e1", "e2", "e4"]
+    assert applied_ids(harness, "D") == ["e8", "e9"]
+    assert order_tables_empty(wal)

@@ -36,12 +36,6 @@ def wal(store: str, tmp_path: Path) -> Iterator[WalApp]:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 7: a failed half-open probe spends an attempt on every entry it carries "
-    "(Deliverer._call lets the probe through; _settle counts its TargetDownError as an attempt), "
-    "so an outage longer than ~7 probe cycles dead-letters entries",
-)
 async def test_an_outage_longer_than_eight_probe_cycles_dead_letters_nothing(harness: Harness) -> None:
     wal, target, producer = harness
     # the default retry policy (8 attempts), with short delays

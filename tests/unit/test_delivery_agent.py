@@ -137,9 +137,10 @@ async def test_unknown_namespace_is_dead_lettered(harness: Harness) -> None:
 async def test_delayed_entry_is_never_applied_early(harness: Harness) -> None:
     wal, target, _ = harness
     clock = WriteClock()
-    due_ms = int(time.time() * 1000) + 300
-    e = entry(1, clock, due_at_ms=due_ms)
     async with agent(wal).test_context() as ctx:
+        # due from when the context runs: a slow RocksDB start must not make it due already
+        due_ms = int(time.time() * 1000) + 300
+        e = entry(1, clock, due_at_ms=due_ms)
         await send(ctx, e)
         await tick(ctx)
         assert target.applied == []

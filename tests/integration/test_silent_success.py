@@ -65,7 +65,8 @@ def test_deleting_a_namespace_with_pending_entries_needs_force(
     w = start_worker()
     put_namespace(w, unique, [{"type": "noop"}])
     with w.client() as c:
-        r = c.post("/v1/log", json={"namespace": unique, "id": "later", "payload": 1, "lifecycle": {"delay_ms": 600_000}})
+        r = c.post("/v1/log", json={"namespace": unique, "id": "later", "payload": 1,
+                                    "lifecycle": {"delay_ms": 600_000}})
         assert r.status_code == 200
         wait_until(lambda: c.get(f"/v1/log/{unique}/later").json().get("state") == "DELAYED", what="DELAYED")
     # When it is deleted without force: refused, counting the pending entry

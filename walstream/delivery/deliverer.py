@@ -39,7 +39,7 @@ from walstream.delivery.breaker import Breaker, Breakers
 from walstream.delivery.dead_letters import DeadLetter, DeadLetterWriter, SourceRecord
 from walstream.delivery.retry import backoff_ms
 from walstream.delivery.target_calls import TargetCalls
-from walstream.entry import Entry, EntryDecodeError
+from walstream.entry import Entry, EntryDecodeError, parse_record
 from walstream.failpoints import Failpoints
 from walstream.kafka_admin import DERIVED_MAX_MESSAGE_BYTES
 from walstream.metrics import Metrics
@@ -320,9 +320,9 @@ class Deliverer:
 
     def _admit(self, rec: SourceRecord, now_s: float, out: _Outcome) -> list[Item]:
         try:
-            doc = orjson.loads(rec.value or b"null")
+            doc = parse_record(rec.value)
             entry = Entry.from_doc(doc)
-        except (orjson.JSONDecodeError, EntryDecodeError) as exc:
+        except EntryDecodeError as exc:
             out.letters.append(_letter(rec, None, None, ErrorClass.UNDECODABLE, str(exc), 0, now_s))
             return []
         ns = self.registry.get(entry.namespace)

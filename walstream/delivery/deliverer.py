@@ -512,6 +512,12 @@ class Deliverer:
                 if became_blocked:
                     blocked.add(it.order_key)
 
+    async def close(self) -> None:
+        """Cancel target calls still running in the background (a stopping worker)."""
+        calls = self.__dict__.get("_target_calls")
+        if calls is not None:
+            await calls.close()
+
     @functools.cached_property
     def _target_calls(self) -> TargetCalls:
         s = self.targets.settings

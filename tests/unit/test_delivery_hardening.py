@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - test functions take the imported ``harness`` fixture by name
 """Issue 7 hardening of the delivery runtime, through Faust's ``agent.test_context()`` on
 memory:// and rocksdb://.
 
@@ -18,11 +17,10 @@ import orjson
 import pytest
 
 from tables.schedule import MAX_DUE_MS, Timer
-from tests.unit.test_delivery_agent import (  # noqa: F401 - the harness fixture
+from tests.unit.test_delivery_agent import (
     Harness,
     agent,
     entry,
-    harness,
     letters,
     send,
     tick,

@@ -276,6 +276,8 @@ class Deliverer:
         for it in items:
             by_target[it.target_id].append(it)
         await asyncio.gather(*(self._run_target(partition, its, out) for its in by_target.values()))
+        if items:
+            await self.failpoints.hit("deliverer.after_delivery")
 
         if out.letters:
             await self.dead_letters.write(out.letters)
@@ -298,6 +300,7 @@ class Deliverer:
         deletions = [key for key in done_timers if key not in out.timers_put] + out.removals
         if deletions or out.released or out.unblocked:
             await self.flush()
+            await self.failpoints.hit("deliverer.before_timer_deletes")
             for key in deletions:
                 self.schedule.delete(key)
             for held_key in out.released:

@@ -42,9 +42,11 @@ def test_every_worker_sees_changes_and_new_namespaces_are_consumed_live(
     put_namespace(a, unique, [{"type": "noop"}], retry={"max_attempts": 5})
     with b.client() as c:
         wait_until(lambda: c.get(f"/v1/namespaces/{unique}").json()["version"] == 2, what="version 2 on b")
-    # When it is deleted, writes to it are refused with 404 everywhere
+    # When it is deleted (once its entry is delivered: deleting a namespace with pending or
+    # unconsumed entries is refused without force), writes to it are refused with 404 everywhere
     with a.client() as c:
-        assert c.delete(f"/v1/namespaces/{unique}").status_code == 200
+        wait_until(lambda: c.delete(f"/v1/namespaces/{unique}").status_code == 200, timeout_s=60,
+                   what="the namespace to be deletable")
         assert c.delete(f"/v1/namespaces/{unique}").status_code == 404
     with b.client() as c:
         wait_until(lambda: c.get(f"/v1/namespaces/{unique}").status_code == 404, what="b to see the deletion")

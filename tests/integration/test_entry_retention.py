@@ -66,7 +66,7 @@ def test_pending_entries_outlive_the_retention_final_ones_do_not(
     time.sleep(max(0.0, written_s + RETENTION_S + 3 * SWEEP_S - time.time()))
     # Then the delayed entry is still DELAYED
     later = status(w, unique, "later")
-    assert (later["http"], later["state"]) == (200, "DELAYED"), later
+    assert (later["http"], later.get("state")) == (200, "DELAYED"), later
     # and so on a worker that recovers the table from its changelog alone (a fresh data dir):
     # the sweep's deletions are in the changelog, the pending state was never deleted there
     w.stop()
@@ -75,7 +75,7 @@ def test_pending_entries_outlive_the_retention_final_ones_do_not(
     now = wait_until(lambda: (x := status(w2, unique, "now"))["http"] != 503 and x, 60, what="w2 to answer")
     assert now["http"] == 404, now
     later = status(w2, unique, "later")
-    assert (later["http"], later["state"]) == (200, "DELAYED"), later
+    assert (later["http"], later.get("state")) == (200, "DELAYED"), later
     # and it is delivered when due, once (counted at the target), then forgotten in its turn
     delivered = read_deliveries(out, expect=2, timeout_s=60)
     assert set(delivered) == {"now", "later"}

@@ -15,15 +15,20 @@ import dataclasses
 import time
 from typing import Any
 
+import orjson
 import pytest
 
+from tables.entry_state import state_key
+from tests.unit.conftest import add_namespace
 from tests.unit.test_delivery_agent import (  # noqa: F401 - the harness fixture
+    NS,
     Harness,
     agent,
     entry,
     harness,
     send,
 )
+from walstream.app import WalApp
 from walstream.delivery.commands import COMMAND_KEY, SWEEP, cancel
 from walstream.entry import Entry, WriteClock
 from walstream.targets.base import PermanentError, TransientError
@@ -133,3 +138,27 @@ async def test_a_sweep_reads_a_bounded_slice_and_the_next_goes_on_from_there(har
         await asyncio.sleep(0.1)
         await sweep(ctx)
         assert left() == ["a1", "a2", "a3"]
+
+
+async def test_entry_states_written_by_the_ttl_expiring_version_read_back(wal: WalApp, store: str) -> None:
+    """An earlier version expired the entries table by RocksDB TTL, which stores a timestamp in
+    every value: its databases must still read back as they were written (an upgrade)."""
+    if not store.startswith("rocksdb"):
+        pytest.skip("RocksDB's on-disk format")
+    from rocksdict import AccessType, Options, Rdict
+
+    add_namespace(wal, NS)
+    # Given partition 0's entries database as the earlier version wrote it (a day's TTL)
+    path = wal.states.table.data.partition_path(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"id": "old", "ns": "orders", "key": "k", "state": "DELIVERED", "partition": 0, "offset": 7,
+           "written_at_us": 1, "due_ms": None, "updated_ms": int(time.time() * 1000), "targets": {}}
+    db = Rdict(str(path), Options(raw_mode=True), access_type=AccessType.with_ttl(86_400))
+    db[state_key("orders", "old")] = orjson.dumps(doc)
+    db.close()
+    async with agent(wal).test_context() as ctx:
+        # When this version opens it (in an event of partition 0: a cancel of the entry)
+        await ctx.put(key=COMMAND_KEY, value=cancel("orders", "old", 0), wait=True)
+    # Then the document reads back as written (a delivered entry is not cancelled)
+    got = wal.states.get("orders", "old")
+    assert got is not None and {k: got[k] for k in ("state", "offset")} == {"state": "DELIVERED", "offset": 7}

@@ -304,6 +304,7 @@ class WalApp:
         if not self._services_started:
             return
         await self.registry.stop()
+        await self.deliverer.close()
         await self.targets.close()
         await self.producer.stop()
         self._services_started = False

@@ -17,7 +17,14 @@ from collections.abc import Awaitable, Callable
 log = logging.getLogger(__name__)
 
 #: every failpoint walstream has (an unknown name in the setting is a configuration error)
-KNOWN = frozenset({"deliverer.after_timer_deletes"})
+KNOWN = frozenset({
+    # targets have applied a batch; nothing of it is recorded yet (states, timers, letters)
+    "deliverer.after_delivery",
+    # a batch's successors and states are durable; its spent timers are not removed yet
+    "deliverer.before_timer_deletes",
+    # ... and they are removed
+    "deliverer.after_timer_deletes",
+})
 
 
 class Failpoints:

@@ -59,6 +59,12 @@ class Mutation(BaseModel):
         for col, val in v.items():
             if val is None:
                 raise ValueError(f"key column {col!r} is null")
+            if isinstance(val, (bool, float)):
+                # the document id is the value as text: 1.0, 1 and true would name different
+                # documents for what Cassandra may store as one row
+                raise ValueError(
+                    f"key column {col!r}: give a string or an integer (send floats and booleans as strings)"
+                )
         return _check_columns(v, "key")
 
     @field_validator("value")

@@ -1,10 +1,12 @@
 """Issue 7: table changes that belong together survive a crash together.
 
-Given a worker that SIGKILLs itself at a chosen moment of a scheduler tick (a failpoint: after
-it has removed the spent timers of delivered entries, with every write up to there durable),
-when a fresh worker with an empty data dir takes over (recovering the tables from their
-changelogs), then every delayed entry is delivered and every status says DELIVERED — none
-answers DELAYED forever because its timer's removal survived the crash and its state did not.
+Given a worker that SIGKILLs itself at a chosen moment of a scheduler tick (a failpoint, with
+every table write up to there durable): right after the targets applied the due entries
+(nothing recorded yet), after their new states and successors are written but before the
+spent timers are removed, or right after they are removed — when a fresh worker with an empty
+data dir takes over (recovering the tables from their changelogs), then every delayed entry
+is delivered and every status says DELIVERED: none answers DELAYED forever because its
+timer's removal survived the crash and its state did not.
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ pytestmark = pytest.mark.timeout(300)
 N = 60
 
 
-def test_killed_between_timer_removal_and_the_rest_of_the_tick(
-    start_worker: Callable[..., Worker], unique: str, tmp_path: Path
+@pytest.mark.parametrize(
+    "failpoint", ["deliverer.after_delivery", "deliverer.before_timer_deletes", "deliverer.after_timer_deletes"]
+)
+def test_killed_at_a_chosen_moment_of_a_tick(
+    start_worker: Callable[..., Worker], unique: str, tmp_path: Path, failpoint: str
 ) -> None:
     app_id = f"ws-{unique}"
     out = f"out-{unique}"
     create_topic(out)
-    doomed = start_worker(app_id=app_id, WALSTREAM_FAILPOINTS="deliverer.after_timer_deletes")
+    doomed = start_worker(app_id=app_id, WALSTREAM_FAILPOINTS=failpoint)
     put_namespace(doomed, unique, [kafka_target(out)])
     with doomed.client() as c:
         r = c.post("/v1/log/batch", json={"entries": [
@@ -36,10 +41,10 @@ def test_killed_between_timer_removal_and_the_rest_of_the_tick(
             for i in range(N)
         ]})
     assert {x["durable"] for x in r.json()["results"]} == {"SUCCESS"}, r.text
-    # the first tick that removes timers kills the worker
+    # the first tick that reaches the failpoint kills the worker
     assert doomed.proc is not None
     doomed.proc.wait(timeout=120)
-    assert "failpoint deliverer.after_timer_deletes" in doomed.log_path.read_text(errors="replace")
+    assert f"failpoint {failpoint}" in doomed.log_path.read_text(errors="replace")
 
     heir = start_worker(app_id=app_id, datadir=tmp_path / "heir")
     assert set(read_deliveries(out, expect=N, timeout_s=90)) == {f"d{i}" for i in range(N)}

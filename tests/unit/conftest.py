@@ -149,7 +149,7 @@ Harness = tuple[WalApp, RecordingTarget, FakeProducer]
 def harness(wal: WalApp) -> Harness:
     """A worker with the ``orders`` namespace of test_delivery_agent.py (retries 1-5 ms, 3
     attempts, no jitter), every target a :class:`RecordingTarget`, dead letters to a
-    :class:`FakeProducer` retried every 10 ms. (test_delivery_agent.py has its own copy.)"""
+    :class:`FakeProducer` retried every 10 ms."""
     add_namespace(
         wal,
         {"name": "orders", "targets": [{"type": "noop"}],

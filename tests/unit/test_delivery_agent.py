@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 import orjson
-import pytest
 
 from tables import ordered
 from tests.unit.conftest import FakeProducer, RecordingTarget, add_namespace
@@ -30,17 +29,6 @@ Harness = tuple[WalApp, RecordingTarget, FakeProducer]
 def entry(i: int, clock: WriteClock, key: str | None = None, **kw: Any) -> Entry:
     return Entry(id=f"e{i}", namespace="orders", key=key or f"k{i % 3}", payload={"n": i},
                  written_at_us=clock.now_us(), **kw)
-
-
-@pytest.fixture
-def harness(wal: WalApp) -> Harness:
-    add_namespace(wal, NS)
-    target = RecordingTarget()
-    wal.targets.get = lambda cfg: target  # type: ignore[method-assign]
-    producer = FakeProducer()
-    wal.dead_letters._producer = producer  # type: ignore[assignment]
-    wal.dead_letters._retry_s = 0.01
-    return wal, target, producer
 
 
 def agent(wal: WalApp) -> Any:

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - test functions take the imported ``harness`` fixture by name
 """Issue 7 hardening of the delivery runtime, through Faust's ``agent.test_context()`` on
 memory:// and rocksdb://.
 
@@ -18,11 +17,10 @@ import orjson
 import pytest
 
 from tables.schedule import MAX_DUE_MS, Timer
-from tests.unit.test_delivery_agent import (  # noqa: F401 - the harness fixture
+from tests.unit.test_delivery_agent import (
     Harness,
     agent,
     entry,
-    harness,
     letters,
     send,
     tick,
@@ -242,3 +240,16 @@ async def test_redrive_of_an_entry_whose_namespace_was_recreated_ends_delivered(
     assert [x.id for x in target.applied] == ["g1"]
     doc = _state(wal, "g1", ns="ghost")
     assert doc["state"] == "DELIVERED" and "*" not in doc["targets"], doc
+
+
+async def test_a_record_with_an_integer_beyond_64_bits_is_dead_lettered_not_rounded(harness: Harness) -> None:
+    """orjson reads 18446744073709551617 as a float: such a record from another producer is
+    refused (as the write API refuses it), never delivered with a changed value."""
+    wal, target, producer = harness
+    value = raw(envelope(1)).replace(b'"payload":1', b'"payload":{"id":18446744073709551617}')
+    ok_ns = raw(envelope(2)).replace(b'"payload":2', b'"payload":{"ts_ns":1764500000000000000}')
+    async with agent(wal).test_context() as ctx:
+        await ctx.put(key=b"k1", value=value, wait=True)
+        await ctx.put(key=b"k2", value=ok_ns, wait=True)
+    assert [(e.id, e.payload) for e in target.applied] == [("e2", {"ts_ns": 1764500000000000000})]
+    assert "64-bit" in invalid_letters(producer)["e1"]["message"]

@@ -172,3 +172,11 @@ def test_retry_override_numbers_are_not_coerced() -> None:
     for retry in ({"max_attempts": True}, {"max_attempts": "3"}, {"max_attempts": 3.0}, {"jitter": float("inf")}):
         with pytest.raises(RequestError, match=r"retry\."):
             parse({"namespace": "raw", "payload": 1, "retry": retry})
+
+
+@pytest.mark.parametrize("value", [1.0, 1.5, True, False])
+def test_float_and_boolean_key_values_are_refused(value: Any) -> None:
+    doc = {"mutations": [{"table": "movies", "op": "put", "key": {"id": value}, "value": {"title": "x"}}]}
+    with pytest.raises(RequestError) as err:
+        parse({"namespace": "catalog", "payload": doc})
+    assert err.value.status == 400 and "string or an integer" in err.value.message

@@ -39,7 +39,7 @@ from walstream.delivery.breaker import Breaker, Breakers
 from walstream.delivery.dead_letters import DeadLetter, DeadLetterWriter, SourceRecord
 from walstream.delivery.retry import backoff_ms
 from walstream.delivery.target_calls import TargetCalls
-from walstream.entry import Entry, EntryDecodeError
+from walstream.entry import Entry, EntryDecodeError, parse_record
 from walstream.failpoints import Failpoints
 from walstream.kafka_admin import DERIVED_MAX_MESSAGE_BYTES
 from walstream.metrics import Metrics
@@ -278,6 +278,8 @@ class Deliverer:
         for it in items:
             by_target[it.target_id].append(it)
         await asyncio.gather(*(self._run_target(partition, its, out) for its in by_target.values()))
+        if items:
+            await self.failpoints.hit("deliverer.after_delivery")
 
         if out.letters:
             await self.dead_letters.write(out.letters)
@@ -300,6 +302,7 @@ class Deliverer:
         deletions = [key for key in done_timers if key not in out.timers_put] + out.removals
         if deletions or out.released or out.unblocked:
             await self.flush()
+            await self.failpoints.hit("deliverer.before_timer_deletes")
             for key in deletions:
                 self.schedule.delete(key)
             for held_key in out.released:
@@ -322,9 +325,9 @@ class Deliverer:
 
     def _admit(self, rec: SourceRecord, now_s: float, out: _Outcome) -> list[Item]:
         try:
-            doc = orjson.loads(rec.value or b"null")
+            doc = parse_record(rec.value)
             entry = Entry.from_doc(doc)
-        except (orjson.JSONDecodeError, EntryDecodeError) as exc:
+        except EntryDecodeError as exc:
             out.letters.append(_letter(rec, None, None, ErrorClass.UNDECODABLE, str(exc), 0, now_s))
             return []
         ns = self.registry.get(entry.namespace)
@@ -513,6 +516,12 @@ class Deliverer:
                 became_blocked = self._settle(partition, it, err, breaker, now_s, out)
                 if became_blocked:
                     blocked.add(it.order_key)
+
+    async def close(self) -> None:
+        """Cancel target calls still running in the background (a stopping worker)."""
+        calls = self.__dict__.get("_target_calls")
+        if calls is not None:
+            await calls.close()
 
     @functools.cached_property
     def _target_calls(self) -> TargetCalls:

@@ -568,7 +568,8 @@ def register_views(wal: WalApp) -> None:
             if (pending or backlog) and force != "true":
                 return respond(self, 409, {
                     "message": f"namespace {name!r} has {len(pending)} pending entries (delayed, retrying or "
-                    f"held) and {backlog} not yet consumed; DELETE with ?force=true dead-letters the pending "
+                    f"held) and {backlog} not yet consumed; deleting with force (?force=true, CLI --force) "
+                    "dead-letters the pending "
                     "ones (the unconsumed ones stay in its WAL topic, delivered if it is created again)",
                     "pending": len(pending),
                     "unconsumed": backlog,

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - test functions take the imported ``harness`` fixture by name
 """Entry states expire only once final (issue 7, item 10: status never lies), through Faust's
 ``agent.test_context()`` on memory:// and rocksdb://.
 
@@ -20,12 +19,11 @@ import pytest
 
 from tables.entry_state import state_key
 from tests.unit.conftest import add_namespace
-from tests.unit.test_delivery_agent import (  # noqa: F401 - the harness fixture
+from tests.unit.test_delivery_agent import (
     NS,
     Harness,
     agent,
     entry,
-    harness,
     send,
 )
 from walstream.app import WalApp

@@ -12,7 +12,8 @@ during a rebalance are read again.
 The scheduler is a timer on every worker: for each partition it holds actively whose
 earliest timer is due, it sends a ``tick`` command to that partition of the command topic;
 the agent then handles the due timers with that partition's event current (table writes
-are only possible there).
+are only possible there). Every ``WALSTREAM_SWEEP_INTERVAL_S`` it also sends each such
+partition a ``sweep`` command: final entry states past the retention are deleted there.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from walstream.delivery.commands import COMMAND_KEY, TICK
+from walstream.delivery.commands import COMMAND_KEY, SWEEP, TICK
 from walstream.delivery.dead_letters import SourceRecord
 from walstream.delivery.event_context import bound_event
 
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: How often the ledger commits finished offsets and looks for vanished records.
 OFFSET_COMMIT_INTERVAL_S = 1.0
+#: A partition whose last sweep stopped at its limit is swept again this soon.
+SWEEP_AGAIN_S = 1.0
 
 #: How long the agent, holding a batch, waits for a further record before processing it.
 BATCH_FOLLOW_S = 0.005
@@ -46,6 +49,8 @@ def register(wal: WalApp) -> None:
     command_topic = wal.command_topic
     #: partition → when its last tick was sent; cleared when the agent handles it
     ticks_in_flight: dict[int, float] = {}
+    #: partition → when its last sweep command was sent
+    sweeps_sent: dict[int, float] = {}
     seen_partitions: list[int] = []
 
     #: what the idle check needs to know about the agent
@@ -183,6 +188,16 @@ def register(wal: WalApp) -> None:
                     continue
                 ticks_in_flight[partition] = now_s
                 await wal.producer.send(command_topic, TICK, key=COMMAND_KEY, partition=partition)
+            for partition in partitions:
+                sent = sweeps_sent.get(partition)
+                if sent is not None:
+                    # more to read after the last sweep (handled since it was sent): soon again
+                    more = wal.states.mid_pass(partition) and wal.states.swept_at.get(partition, 0.0) >= sent
+                    wait_s = min(SWEEP_AGAIN_S, settings.sweep_interval_s) if more else settings.sweep_interval_s
+                    if now_s - sent < wait_s:
+                        continue
+                sweeps_sent[partition] = now_s
+                await wal.producer.send(command_topic, SWEEP, key=COMMAND_KEY, partition=partition)
         except Exception:
             log.exception("scheduler tick failed")
 
@@ -199,7 +214,7 @@ def _command(value: bytes | None) -> dict[str, Any] | None:
         doc = orjson.loads(value or b"null")
     except orjson.JSONDecodeError:
         doc = None
-    if not isinstance(doc, dict) or doc.get("op") not in ("tick", "cancel", "redrive", "purge"):
+    if not isinstance(doc, dict) or doc.get("op") not in ("tick", "cancel", "redrive", "purge", "sweep"):
         log.warning("ignoring unreadable command %r", (value or b"")[:200])
         return None
     return doc

@@ -9,8 +9,13 @@ like every walstream table. The value is a JSON document::
                                             "next_attempt_ms", "held_behind"}}}
 
 States are those of :class:`EntryState`; the entry's own state summarises its targets'.
-Documents expire after the retention window (RocksDB TTL locally, ``compact,delete`` with
-the same retention on the changelog): a repeated id within the window is recognised.
+
+Retention: a document is kept while its entry is pending, however long that is (a delay of a
+year, retries for days), and for the retention window after it became final (``FINAL``,
+counted from ``updated_ms``): a repeated id within the window is recognised. Expired
+documents are deleted by :meth:`EntryStates.sweep` through the table, so every deletion is
+in the changelog and a worker recovering from it agrees with one that kept its RocksDB. Time
+never deletes anything by itself: no RocksDB TTL expiry, a ``compact`` changelog.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from tables import ordered
 from tables.keys import part
 
 TABLE_NAME = "walstream-entries"
+
+#: most documents one sweep reads from one partition; the next sweep goes on from there
+SWEEP_LIMIT = 1000
 
 
 class EntryState(enum.StrEnum):
@@ -69,8 +77,16 @@ def summarise(targets: dict[str, dict[str, Any]], fallback: str) -> str:
 
 
 class EntryStates:
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, retention_s: float = 86_400.0) -> None:
         self.table = table
+        #: how long a final document is kept after its last change
+        self.retention_ms = int(retention_s * 1000)
+        #: partition → key the next sweep starts at (absent or b"": a new pass from the front)
+        self._sweep_from: dict[int, bytes] = {}
+        #: partition → when its last sweep ran (epoch seconds)
+        self.swept_at: dict[int, float] = {}
+        #: most documents one sweep reads from one partition
+        self.sweep_limit = SWEEP_LIMIT
 
     def get(self, ns: str, entry_id: str) -> dict[str, Any] | None:
         """In an event: the current partition. Outside: any partition this worker holds."""
@@ -97,3 +113,36 @@ class EntryStates:
 
     def put(self, doc: dict[str, Any]) -> None:
         self.table[state_key(doc["ns"], doc["id"])] = orjson.dumps(doc)
+
+    def sweep(self, partition: int, now_ms: int) -> int:
+        """Delete the documents of ``partition`` that are final and unchanged for longer than
+        the retention; a pending document is never deleted, whatever its age.
+
+        Call it in an event of ``partition`` (table writes land in the current event's
+        changelog partition). Reads at most ``sweep_limit`` documents, from where the previous sweep
+        of the partition stopped (after the last one, the next pass starts from the front), so
+        one sweep never holds up delivery for long. Returns how many documents it deleted.
+        """
+        cutoff_ms = now_ms - self.retention_ms
+        expired: list[bytes] = []
+        resume = b""
+        seen = 0
+        for key, value in ordered.scan(self.table, partition, start=self._sweep_from.get(partition, b"")):
+            if seen == self.sweep_limit:
+                resume = key
+                break
+            seen += 1
+            doc = orjson.loads(value)
+            updated_ms = doc.get("updated_ms")
+            # a document without updated_ms has no known age: kept
+            if doc.get("state") in FINAL and updated_ms is not None and updated_ms < cutoff_ms:
+                expired.append(key)
+        self._sweep_from[partition] = resume
+        self.swept_at[partition] = now_ms / 1000
+        for key in expired:  # after the scan: the iterator never sees its own deletions
+            del self.table[key]
+        return len(expired)
+
+    def mid_pass(self, partition: int) -> bool:
+        """The last sweep of ``partition`` stopped at its limit: there is more to read."""
+        return bool(self._sweep_from.get(partition))

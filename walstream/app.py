@@ -35,9 +35,11 @@ from walstream.faust_consumer import FaustConsumerPort, RebalanceSafeConsumer
 from walstream.kafka_admin import (
     DERIVED_MAX_MESSAGE_BYTES,
     WAL_MAX_MESSAGE_BYTES,
+    TopicError,
     TopicSpec,
     ensure_topics,
     max_message_bytes,
+    set_cleanup_policy,
 )
 from walstream.metrics import Metrics
 from walstream.namespaces.model import NamespaceConfig, wal_topic
@@ -120,7 +122,8 @@ class WalApp:
             self._table(HELD_TABLE, "entries held behind an earlier entry of their key"),
         )
         self.states = EntryStates(
-            self._table(ENTRIES_TABLE, "delivery state of each entry, per target", retention_s=s.entry_retention_s)
+            self._table(ENTRIES_TABLE, "delivery state of each entry, per target", ttl_format=True),
+            retention_s=s.entry_retention_s,
         )
         self.dlq_index = DeadLetterIndex(self._table(DLQ_INDEX_TABLE, "dead letters by namespace and entry"))
         self.breakers = Breakers(s.breaker_threshold, s.breaker_cooldown_s, s.breaker_cooldown_max_s)
@@ -167,21 +170,22 @@ class WalApp:
     async def _flush_tables(self) -> None:
         await self.offsets.flush_tables()
 
-    def _table(self, name: str, help: str, retention_s: float | None = None) -> Any:
-        """A raw-bytes table co-partitioned with the WAL topics (keys sort bytewise).
+    def _table(self, name: str, help: str, ttl_format: bool = False) -> Any:
+        """A raw-bytes table co-partitioned with the WAL topics (keys sort bytewise), with a
+        compacted changelog: rows live until walstream deletes them through the table.
 
-        With ``retention_s``, rows expire: RocksDB TTL locally, and the changelog is
-        ``compact,delete`` with the same retention so a recovery does not bring them back.
+        ``ttl_format``: the partitions' RocksDBs are opened in RocksDB's TTL format with no
+        expiry (TTL 0). Earlier versions expired the entries table by RocksDB TTL, which stores a
+        timestamp in every value; a database written so must be opened so (opened plainly, each
+        value reads with 4 stray bytes), and new ones are made the same way.
         """
         mb = 1024 * 1024
         options: dict[str, Any] | None = None
         if self.settings.store.startswith("rocksdb"):
             options = {"block_cache_size": self.settings.table_cache_mb * mb, "write_buffer_size": 8 * mb}
-            if retention_s is not None:
-                options["ttl"] = int(retention_s)
+            if ttl_format:
+                options["ttl"] = 0  # RocksDB: a TTL <= 0 never expires anything
         topic_configs = {"max.message.bytes": str(DERIVED_MAX_MESSAGE_BYTES)}
-        if retention_s is not None:
-            topic_configs |= {"cleanup.policy": "compact,delete", "retention.ms": str(int(retention_s * 1000))}
         return self.faust.Table(
             name,
             key_type=bytes,  # bytes → Faust's "raw" serializer: our key layouts reach RocksDB as-is
@@ -230,6 +234,7 @@ class WalApp:
             s.broker, [TopicSpec(self.command_topic, s.partitions, s.replication_factor)]
         )
         await self._read_record_limits()
+        await self._compact_entries_changelog()
         await self.producer.start()
         await self.registry.start()
         for ns in self.registry.for_shard(s.shard):
@@ -261,6 +266,28 @@ class WalApp:
                 ", ".join(n for n in names if found.get(n, DERIVED_MAX_MESSAGE_BYTES) < DERIVED_MAX_MESSAGE_BYTES),
                 DERIVED_MAX_MESSAGE_BYTES,
             )
+
+    async def _compact_entries_changelog(self) -> None:
+        """Make the entries table's changelog plain ``compact``.
+
+        Earlier versions created it ``compact,delete`` with ``retention.ms``: Kafka would delete
+        the states of entries pending longer than that from the changelog, and a recovering
+        worker would answer 404 for them. States now expire only through the sweep
+        (:meth:`tables.entry_state.EntryStates.sweep`), as changelogged deletions.
+        """
+        topic = str(self.states.table.changelog_topic.get_topic_name())
+        try:
+            changed = await set_cleanup_policy(self.settings.broker, topic, "compact")
+        except TopicError as exc:  # e.g. no AlterConfigs permission: the worker still runs
+            log.error(
+                "%s. Entries pending longer than its retention.ms lose their state on recovery; "
+                "set cleanup.policy=compact on %s (kafka-configs.sh --alter).",
+                exc,
+                topic,
+            )
+            return
+        if changed:
+            log.warning("changed cleanup.policy of %s to compact (entry states expire only once final)", topic)
 
     @property
     def entry_limit_bytes(self) -> int:

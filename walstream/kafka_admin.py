@@ -136,3 +136,75 @@ def wal_topic_specs(name: str, partitions: int, replication_factor: int) -> list
             {**cfg, "max.message.bytes": str(DERIVED_MAX_MESSAGE_BYTES)},
         ),
     ]
+
+
+#: DescribeConfigs ``config_source`` of a setting made for the topic itself (not inherited)
+DYNAMIC_TOPIC_CONFIG = 1
+UNKNOWN_TOPIC_OR_PARTITION = 3
+
+
+@dataclass(frozen=True)
+class TopicConfig:
+    """A topic's configuration: every effective value, and the ones set for the topic itself."""
+
+    effective: dict[str, str]
+    own: dict[str, str]
+
+
+async def topic_config(bootstrap: str, topic: str, timeout_ms: int = 30_000) -> TopicConfig | None:
+    """``topic``'s configuration, or None when the topic does not exist."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    config = TopicConfig({}, {})
+    for response in responses:
+        for resource in response.to_object()["resources"]:
+            if resource["error_code"] == UNKNOWN_TOPIC_OR_PARTITION:
+                return None
+            if resource["error_code"] != 0:
+                raise TopicError(f"could not read the configuration of {topic}: {resource['error_message']}")
+            for entry in resource["config_entries"]:
+                name, value = entry["config_names"], entry["config_value"]
+                # v0 responses have no config_source: a non-default value is the topic's own
+                own = (
+                    entry["config_source"] == DYNAMIC_TOPIC_CONFIG
+                    if "config_source" in entry
+                    else not entry.get("is_default", True)
+                )
+                if value is not None:
+                    config.effective[name] = value
+                if own:
+                    if value is None:  # sensitive: it could not be written back as it is
+                        raise TopicError(f"{topic} has a sensitive setting {name}; not altering it")
+                    config.own[name] = value
+    return config
+
+
+async def set_cleanup_policy(bootstrap: str, topic: str, policy: str, timeout_ms: int = 30_000) -> bool:
+    """Give an existing ``topic`` the ``cleanup.policy`` ``policy``, keeping its other settings;
+    True when it changed, False when it had it already or does not exist. Raises
+    :class:`TopicError` when Kafka refuses.
+
+    aiokafka has no IncrementalAlterConfigs, and AlterConfigs replaces every setting of the
+    topic: the topic's own settings are read first and written back with the one change (a
+    setting changed by someone else between the two requests would be reverted).
+    """
+    config = await topic_config(bootstrap, topic, timeout_ms)
+    if config is None or config.effective.get("cleanup.policy") == policy:
+        return False
+    settings = {**config.own, "cleanup.policy": policy}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    await admin.start()
+    try:
+        responses = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, settings)])
+    finally:
+        await admin.close()
+    for response in responses:
+        for resource in response.to_object()["resources"]:
+            if resource["error_code"] != 0:
+                msg = resource["error_message"] or for_code(resource["error_code"]).__name__
+                raise TopicError(f"could not set cleanup.policy={policy} on {topic}: {msg}")
+    return True

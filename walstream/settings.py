@@ -85,9 +85,17 @@ class Settings(BaseSettings):
     #: ``WALSTREAM_TABLE_CACHE_MB``: RocksDB block cache per table partition.
     table_cache_mb: int = Field(default=8, ge=1)
 
-    #: ``WALSTREAM_ENTRY_RETENTION_S``: how long an entry's state is kept (status queries, and
-    #: a repeated write with the same id is recognised and not written twice).
-    entry_retention_s: float = Field(default=86_400.0, ge=60.0)
+    #: ``WALSTREAM_ENTRY_RETENTION_S``: how long an entry's state is kept once it is final
+    #: (DELIVERED, DEAD, CANCELLED), counted from its last change: status queries answer it and
+    #: a repeated write with the same id is recognised and not written twice. The state of an
+    #: entry still pending (delayed, retrying) is kept however long it waits. The minimum is a
+    #: second so that tests can watch states expire; below a few minutes a client's retry after
+    #: a timeout may no longer be recognised as a duplicate.
+    entry_retention_s: float = Field(default=86_400.0, ge=1.0)
+    #: ``WALSTREAM_SWEEP_INTERVAL_S``: how often each partition's final entry states are swept
+    #: for ones older than the retention (each sweep reads a bounded slice; a partition with
+    #: more to read is swept again after a second).
+    sweep_interval_s: float = Field(default=60.0, gt=0, le=3600)
 
     #: ``WALSTREAM_SESSION_TIMEOUT_S``: a worker that stops heartbeating (crash, SIGKILL) loses
     #: its partitions after this long; lower means faster take-over, higher tolerates pauses.

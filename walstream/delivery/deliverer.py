@@ -262,6 +262,8 @@ class Deliverer:
                 self._redrive(str(cmd["ns"]), str(cmd["id"]), str(cmd["target_id"]), now_s, out)
             elif cmd.get("op") == "purge":
                 self._purge(partition, str(cmd["ns"]), now_s, out)
+            elif cmd.get("op") == "sweep":
+                self._sweep(partition, now_s)
         items: list[Item] = []
         for rec in records:
             items.extend(self._admit(rec, now_s, out))
@@ -757,6 +759,14 @@ class Deliverer:
                 if t["state"] not in FINAL:
                     t.update(state=EntryState.DEAD.value, last_error=message, next_attempt_ms=None, held_behind=None)
             state.update(state=EntryState.DEAD.value, last_error=message)
+
+    def _sweep(self, partition: int, now_s: float) -> None:
+        """Forget final entry states older than the retention, a bounded slice of the
+        partition per call; a pending entry keeps its state however long it waits. A document
+        this batch also touches is written again at its end, with a fresh ``updated_ms``."""
+        swept = self.states.sweep(partition, int(now_s * 1000))
+        if swept:
+            log.debug("partition %d: forgot %d final entry states past retention", partition, swept)
 
     def _redrive(self, ns_name: str, entry_id: str, target_id: str, now_s: float, out: _Outcome) -> None:
         """Give a dead-lettered (entry, target) a fresh set of attempts, due now."""

@@ -32,6 +32,10 @@ DERIVED_OVERHEAD_BYTES = 64 * 1024
 #: TIMESTAMP and Elasticsearch's external versions are both signed 64-bit)
 INT64_MAX = 2**63 - 1
 
+#: the longest ``digest`` an envelope may carry (the write API's are 64 hex characters); it
+#: is copied into the entry's state document, so it must stay small
+MAX_DIGEST_CHARS = 128
+
 
 class EntryDecodeError(ValueError):
     """A record on a WAL topic is not a walstream entry (it is dead-lettered, never dropped)."""
@@ -58,6 +62,11 @@ class Entry:
     targets: list[dict[str, Any]] | None = field(default=None)
     #: per-entry override of the namespace's retry policy (validated at write time)
     retry: dict[str, Any] | None = None
+    #: the digest of the write request that made this entry
+    #: (:func:`walstream.requests.request_digest`): a later write of the same id with
+    #: another digest asks for a different entry and is refused. None in entries written
+    #: before digests existed, and in records from other producers.
+    digest: str | None = None
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {
@@ -74,6 +83,8 @@ class Entry:
             doc["targets"] = self.targets
         if self.retry is not None:
             doc["retry"] = self.retry
+        if self.digest is not None:
+            doc["digest"] = self.digest
         return orjson.dumps(doc)
 
     @classmethod
@@ -115,6 +126,11 @@ class Entry:
                 RetryPolicy.model_validate(retry)
             except ValidationError as exc:
                 raise EntryDecodeError(f"invalid entry: {format_validation_error(exc, prefix='retry.')}") from None
+        digest = doc.get("digest")
+        if digest is not None and not (isinstance(digest, str) and 0 < len(digest) <= MAX_DIGEST_CHARS):
+            raise EntryDecodeError(
+                f"invalid entry: 'digest' must be a non-empty string of at most {MAX_DIGEST_CHARS} characters"
+            )
         return cls(
             id=doc["id"],
             namespace=doc["ns"],
@@ -124,6 +140,7 @@ class Entry:
             due_at_ms=due,
             targets=targets,
             retry=retry,
+            digest=digest,
         )
 
     @property

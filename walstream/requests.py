@@ -7,6 +7,7 @@ written for a request that fails here.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -147,15 +148,21 @@ def parse_log_request(
                 )
 
     entry_id = req.id or str(uuid.uuid4())
+    key = req.key or entry_id
+    try:
+        digest = request_digest(req, key=key, due_at_ms=due_at_ms, targets=targets_override)
+    except orjson.JSONEncodeError as exc:
+        raise RequestError(400, f"entry cannot be encoded: {exc}") from None
     entry = Entry(
         id=entry_id,
         namespace=ns.name,
-        key=req.key or entry_id,
+        key=key,
         payload=req.payload,
         written_at_us=written_at_us,
         due_at_ms=due_at_ms,
         targets=targets_override,
         retry=req.retry.model_dump() if req.retry is not None else None,
+        digest=digest,
     )
     try:
         value = entry.encode()
@@ -167,3 +174,35 @@ def parse_log_request(
             413, f"entry is {len(value)} bytes encoded; the limit is {max_entry_bytes} bytes"
         )
     return entry, value
+
+
+def request_digest(
+    req: LogRequest, *, key: str, due_at_ms: int | None, targets: list[dict[str, Any]] | None
+) -> str:
+    """The idempotency digest of a write request: SHA-256 (64 hex characters) of everything
+    that defines the entry except its id — namespace, key, payload, lifecycle, target
+    override, retry policy, and any field :class:`LogRequest` gains later.
+
+    Two requests that ask for the same entry get the same digest, however they are spelled:
+    the key is the effective one (an omitted key is the id), object keys are sorted, the
+    target override and retry policy are taken after validation (defaults filled in), and
+    ``deliver_at`` is its instant in ms (``Z`` or ``+00:00`` alike). ``delay_ms`` is digested
+    as sent, never as the due time it computes (a client retrying the same request later
+    gets a later due time, and must still get the original answer). Optional fields that
+    are absent or null are left out, so a field added to the request model later does not
+    change the digest of requests that do not use it.
+
+    ``key``, ``due_at_ms`` and ``targets`` are the values :func:`parse_log_request` derived
+    from ``req``. Raises ``orjson.JSONEncodeError`` for a payload the envelope cannot encode.
+    """
+    content: dict[str, Any] = {name: getattr(req, name) for name in LogRequest.model_fields if name != "id"}
+    content["key"] = key
+    content["target"] = targets
+    content["retry"] = req.retry.model_dump(mode="json") if req.retry is not None else None
+    if req.lifecycle is not None:
+        lifecycle = req.lifecycle.model_dump(mode="json", exclude_none=True)
+        if req.lifecycle.deliver_at is not None:
+            lifecycle["deliver_at"] = due_at_ms
+        content["lifecycle"] = lifecycle or None
+    content = {k: v for k, v in content.items() if v is not None or k == "payload"}
+    return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()

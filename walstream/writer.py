@@ -48,9 +48,19 @@ class WriteResult:
         return doc
 
 
+@dataclass(frozen=True)
+class Remembered:
+    """A successful write this worker remembers: its answer, and the digest of the request
+    that made it (None for an entry without one)."""
+
+    result: WriteResult
+    digest: str | None
+
+
 class LogWriter:
-    """Produces entries; remembers recent successful writes by (namespace, id) so that a
-    client retrying a write (e.g. after UNKNOWN) gets the original answer, not a copy."""
+    """Produces entries; remembers recent successful writes by (namespace, id) with their
+    request digests, so that a client retrying a write (e.g. after UNKNOWN) gets the original
+    answer, not a copy, and a different request under a used id is recognised."""
 
     #: most remembered writes; older ones are still recognised through the entries table
     RECENT_MAX = 100_000
@@ -59,18 +69,19 @@ class LogWriter:
         self._producer = producer
         self._timeout_s = timeout_s
         self._retention_s = retention_s
-        self._recent: OrderedDict[tuple[str, str], tuple[float, WriteResult]] = OrderedDict()
+        self._recent: OrderedDict[tuple[str, str], tuple[float, Remembered]] = OrderedDict()
 
-    def recent(self, namespace: str, entry_id: str) -> WriteResult | None:
+    def recent(self, namespace: str, entry_id: str) -> Remembered | None:
+        """The write of ``entry_id`` this worker answered SUCCESS within the retention window."""
         hit = self._recent.get((namespace, entry_id))
         if hit is None or time.monotonic() - hit[0] > self._retention_s:
             return None
         return hit[1]
 
-    def _remember(self, namespace: str, result: WriteResult) -> None:
-        assert result.id is not None
-        self._recent[(namespace, result.id)] = (time.monotonic(), result)
-        self._recent.move_to_end((namespace, result.id))
+    def _remember(self, entry: Entry, result: WriteResult) -> None:
+        k = (entry.namespace, entry.id)
+        self._recent[k] = (time.monotonic(), Remembered(result, entry.digest))
+        self._recent.move_to_end(k)
         while len(self._recent) > self.RECENT_MAX:
             self._recent.popitem(last=False)
 
@@ -111,7 +122,7 @@ class LogWriter:
                 md = s.result()
                 ok = WriteResult(Durable.SUCCESS, entry.id, 200, partition=getattr(md, "partition", None),
                                  offset=getattr(md, "offset", None))
-                self._remember(entry.namespace, ok)
+                self._remember(entry, ok)
                 results.append(ok)
         return results
 

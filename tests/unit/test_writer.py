@@ -63,4 +63,4 @@ async def test_a_repeated_id_is_remembered() -> None:
     w = LogWriter(StubProducer("ok"), timeout_s=1)  # type: ignore[arg-type]
     await w.write(entries(1))
     hit = w.recent("ns", "e0")
-    assert hit is not None and hit.offset == 7
+    assert hit is not None and hit.result.offset == 7

@@ -687,6 +687,8 @@ class Deliverer:
                 "written_at_us": entry.written_at_us,
                 "due_ms": entry.due_at_ms,
                 "targets": {},
+                # the write request's digest: a later write of this id must ask for the same entry
+                "digest": entry.digest,
             }
             out.docs[k] = doc
         return doc

@@ -28,7 +28,7 @@ from walstream.entry import Entry
 from walstream.kafka_admin import unconsumed
 from walstream.namespaces.model import NamespaceError, parse_namespace, wal_topic
 from walstream.requests import RequestError, parse_log_request
-from walstream.writer import Durable
+from walstream.writer import Durable, Remembered
 
 if TYPE_CHECKING:
     from walstream.app import WalApp
@@ -45,6 +45,52 @@ class BodyError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def repeat_answer(
+    entry_id: str, digest: str | None, state: dict[str, Any] | None, hit: Remembered | None
+) -> dict[str, Any] | None:
+    """The answer (with ``status``) to a write of an id already known from its state
+    document and/or this worker's recent writes; None when neither knows it.
+
+    - cancelled (before or after it was written): 409 with the state; nothing is written,
+      since a write answered SUCCESS must be delivered and this one never would be;
+    - written from a request with another digest (:func:`walstream.requests.request_digest`):
+      409, the id names a different entry; an entry without a digest (written before
+      digests existed) matches any request;
+    - otherwise the original answer, ``"duplicate": true`` — whatever the entry's state
+      (pending, delivered, or dead-lettered: it was written, as the original answer said).
+    """
+
+    def refused(message: str) -> dict[str, Any]:
+        return {"durable": Durable.FAILED.value, "id": entry_id, "message": message, "status": 409}
+
+    if state is not None and state.get("state") == EntryState.CANCELLED:
+        if state.get("offset") is None:
+            message = "entry was cancelled before it was written"
+        else:
+            message = f"entry {entry_id!r} was cancelled; it will not be delivered: use a new id"
+        return {**refused(message), "state": EntryState.CANCELLED.value}
+    if state is not None and state.get("offset") is not None:
+        original: dict[str, Any] = {
+            "durable": Durable.SUCCESS.value,
+            "id": entry_id,
+            "partition": state["partition"],
+            "offset": state["offset"],
+        }
+        known_digest = state.get("digest") or (hit.digest if hit is not None else None)
+    elif hit is not None:
+        original, known_digest = hit.result.to_dict(), hit.digest
+    else:
+        return None
+    if digest is not None and known_digest is not None and digest != known_digest:
+        message = (
+            f"id {entry_id!r} was already used for a different entry (written at partition "
+            f"{original['partition']}, offset {original['offset']}, from a request with another "
+            "key, payload, lifecycle, target or retry); use a new id"
+        )
+        return refused(message)
+    return {**original, "status": 200, "duplicate": True}
 
 
 def register_views(wal: WalApp) -> None:
@@ -84,25 +130,17 @@ def register_views(wal: WalApp) -> None:
             doc, lookup=wal.registry.get, clock=wal.clock, max_entry_bytes=wal.entry_limit_bytes
         )
 
-    def already_written(namespace: str, entry_id: str) -> dict[str, Any] | None:
-        """The answer for an id written before (within the retention window), as far as this
-        worker knows: its recent writes, then the entries table of the partitions it holds."""
-        hit = wal.writer.recent(namespace, entry_id)
-        if hit is not None:
-            return {**hit.to_dict(), "status": 200, "duplicate": True}
+    def known_write(namespace: str, entry_id: str, digest: str | None) -> tuple[dict[str, Any] | None, bool]:
+        """:func:`repeat_answer` from what this worker knows: its recent writes and the entries
+        table of the partitions it holds; and whether that is final (the entry's state document
+        was here, so the owner of its partition need not be asked)."""
         state = wal.states.get(namespace, entry_id)
-        if state is None:
-            return None
-        if state.get("offset") is None:
-            return {**failed(entry_id, "entry was cancelled before it was written"), "status": 409}
-        return {
-            "durable": Durable.SUCCESS.value,
-            "id": entry_id,
-            "partition": state["partition"],
-            "offset": state["offset"],
-            "status": 200,
-            "duplicate": True,
-        }
+        return repeat_answer(entry_id, digest, state, wal.writer.recent(namespace, entry_id)), state is not None
+
+    def already_written(namespace: str, entry_id: str, digest: str | None) -> dict[str, Any] | None:
+        """The answer for an id written (or cancelled) before, within the retention window, as
+        far as this worker knows (see :func:`repeat_answer`); None: not known here."""
+        return known_write(namespace, entry_id, digest)[0]
 
     async def written_elsewhere(entries: list[Entry]) -> list[dict[str, Any] | None]:
         """``already_written`` asked of the workers holding the entries' partitions: one
@@ -119,7 +157,7 @@ def register_views(wal: WalApp) -> None:
             return answers
 
         async def ask(client: httpx.AsyncClient, url: str, positions: list[int]) -> None:
-            body = {"entries": [[entries[i].namespace, entries[i].id] for i in positions]}
+            body = {"entries": [[entries[i].namespace, entries[i].id, entries[i].digest] for i in positions]}
             try:
                 r = await client.post(f"{url}/v1/internal/written", json=body)
                 found = r.json()["found"] if r.status_code == 200 else {}
@@ -135,28 +173,41 @@ def register_views(wal: WalApp) -> None:
 
     @app.page("/v1/internal/written")
     class WrittenView(View):
-        """Fleet-internal: which of these (namespace, id) pairs this worker knows as written."""
+        """Fleet-internal: which of these ids this worker knows as written or cancelled, and
+        its answer to a write of each. Body ``{"entries": [[namespace, id, digest], ...]}``
+        (digest may be null or left out: then any digest matches)."""
 
         async def post(self, request: Request) -> Response:
             try:
                 doc = await read_json(request, settings.max_request_bytes)
-                pairs = [(str(ns), str(i)) for ns, i in doc["entries"]]
+                triples: list[tuple[str, str, str | None]] = []
+                for e in doc["entries"]:
+                    if not (isinstance(e, list) and len(e) in (2, 3)):
+                        raise ValueError("not [namespace, id, digest]")
+                    ns, entry_id, digest = (*e, None)[:3]  # a worker of the previous release sends no digest
+                    triples.append((str(ns), str(entry_id), None if digest is None else str(digest)))
             except BodyError as exc:
                 return respond(self, exc.status, {"message": exc.message})
             except (TypeError, ValueError, KeyError):
-                return respond(self, 400, {"message": 'expected {"entries": [[namespace, id], ...]}'})
+                return respond(self, 400, {"message": 'expected {"entries": [[namespace, id, digest], ...]}'})
             found: dict[str, Any] = {}
-            for k, (ns, entry_id) in enumerate(pairs):
-                answer = already_written(ns, entry_id)
+            for k, (ns, entry_id, digest) in enumerate(triples):
+                answer = already_written(ns, entry_id, digest)
                 if answer is not None:
                     found[str(k)] = answer
             return respond(self, 200, {"found": found})
 
     async def write_all(items: list[Any]) -> list[dict[str, Any]]:
-        """Validate, de-duplicate by id, and write; one answer (with ``status``) per item."""
+        """Validate, de-duplicate by id, and write; one answer (with ``status``) per item.
+
+        An id written before is answered as :func:`repeat_answer` says, from this worker's
+        knowledge and, unless the entry's state document is here, its partition owner's (whose
+        refusal — cancelled, different entry — wins over a remembered success). An id repeated
+        within the request gets the first item's answer if it asks for the same entry, else a
+        409 of its own; either way it is written once."""
         results: list[dict[str, Any] | None] = [None] * len(items)
         candidates: list[tuple[int, Entry, bytes, bool]] = []  # position, entry, value, client id?
-        first_of: dict[tuple[str, str], int] = {}  # a repeated id within the request
+        first_of: dict[tuple[str, str], tuple[int, str | None]] = {}  # position and digest of an id's first item
         repeats: list[tuple[int, int]] = []
         for i, item in enumerate(items):
             try:
@@ -169,17 +220,27 @@ def register_views(wal: WalApp) -> None:
             if client_id:
                 key = (entry.namespace, entry.id)
                 if key in first_of:
-                    repeats.append((i, first_of[key]))
+                    first, first_digest = first_of[key]
+                    if first_digest != entry.digest:
+                        message = (
+                            f"id {entry.id!r} was already used for a different entry (item {first} of this "
+                            "request, with another key, payload, lifecycle, target or retry); use a new id"
+                        )
+                        results[i] = {**failed(entry.id, message), "status": 409}
+                    else:
+                        repeats.append((i, first))
                     continue
-                first_of[key] = i
+                first_of[key] = (i, entry.digest)
             candidates.append((i, entry, value, client_id))
         # ids written before: this worker's knowledge first, then the partitions' owners
-        known = [already_written(e.namespace, e.id) if cid else None for _, e, _, cid in candidates]
-        unknown = [n for n, (_, _, _, cid) in enumerate(candidates) if cid and known[n] is None]
-        if unknown:
-            remote = await written_elsewhere([candidates[n][1] for n in unknown])
-            for n, answer in zip(unknown, remote, strict=True):
-                known[n] = answer
+        local = [known_write(e.namespace, e.id, e.digest) if cid else (None, True) for _, e, _, cid in candidates]
+        known = [answer for answer, _ in local]
+        ask = [n for n, (_, final) in enumerate(local) if not final]
+        if ask:
+            remote = await written_elsewhere([candidates[n][1] for n in ask])
+            for n, answer in zip(ask, remote, strict=True):
+                if answer is not None and (known[n] is None or answer.get("durable") == Durable.FAILED.value):
+                    known[n] = answer
         valid: list[tuple[Entry, bytes]] = []
         positions: list[int] = []
         for (i, entry, value, _), hit in zip(candidates, known, strict=True):
@@ -196,7 +257,10 @@ def register_views(wal: WalApp) -> None:
                 wal.metrics.writes.labels(entry.namespace, res.durable.value).inc()
                 results[pos] = {**res.to_dict(), "status": res.status}
         for i, first in repeats:
-            results[i] = {**(results[first] or {}), "duplicate": True}
+            answer = dict(results[first] or {})
+            if answer.get("durable") == Durable.SUCCESS.value:
+                answer["duplicate"] = True
+            results[i] = answer
         return [r or {} for r in results]
 
     @app.page("/v1/log")

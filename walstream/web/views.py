@@ -132,9 +132,10 @@ def register_views(wal: WalApp) -> None:
 
     def known_write(namespace: str, entry_id: str, digest: str | None) -> tuple[dict[str, Any] | None, bool]:
         """:func:`repeat_answer` from what this worker knows: its recent writes and the entries
-        table of the partitions it holds; and whether that is final (the entry's state document
+        table of its active partitions (a standby copy may lag: an entry cancelled a moment ago
+        would still look pending there); and whether that is final (the entry's state document
         was here, so the owner of its partition need not be asked)."""
-        state = wal.states.get(namespace, entry_id)
+        state = best(local_states(namespace, entry_id))
         return repeat_answer(entry_id, digest, state, wal.writer.recent(namespace, entry_id)), state is not None
 
     def already_written(namespace: str, entry_id: str, digest: str | None) -> dict[str, Any] | None:

@@ -9,7 +9,7 @@ import pytest
 from aiokafka.partitioner import murmur2
 
 from tests.integration.conftest import Worker, create_topic, kafka_target, put_namespace, read_deliveries, wait_until
-from tests.integration.test_delays import report, write_delayed
+from tests.integration.test_delays import iso, report, write_delayed
 
 
 # two worker starts, entries due 15-25 s later, a rebalance, up to 120 s to read back
@@ -47,8 +47,9 @@ def test_delays_survive_a_rebalance_and_any_worker_answers(start_worker: Callabl
             originals[f"d{i}"] = (s["partition"], s["offset"])
     for w in (a, b):
         with w.client() as c:
-            r = c.post("/v1/log/batch", json={"entries": [
-                {"namespace": unique, "id": i, "key": f"k{int(i[1:]) % 97}", "payload": {"i": 0}} for i in originals
+            r = c.post("/v1/log/batch", json={"entries": [  # the same requests (a different one is a 409)
+                {"namespace": unique, "id": i, "key": f"k{int(i[1:]) % 97}", "payload": {"i": int(i[1:])},
+                 "lifecycle": {"deliver_at": iso(due[i])}} for i in originals
             ]}).json()["results"]
         assert all(x["durable"] == "SUCCESS" and x.get("duplicate") for x in r), r
         assert {x["id"]: (x["partition"], x["offset"]) for x in r} == originals

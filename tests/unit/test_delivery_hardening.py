@@ -253,3 +253,35 @@ async def test_a_record_with_an_integer_beyond_64_bits_is_dead_lettered_not_roun
         await ctx.put(key=b"k2", value=ok_ns, wait=True)
     assert [(e.id, e.payload) for e in target.applied] == [("e2", {"ts_ns": 1764500000000000000})]
     assert "64-bit" in invalid_letters(producer)["e1"]["message"]
+
+
+async def test_a_record_that_grows_when_re_encoded_is_measured_as_written(harness: Harness) -> None:
+    """9e15 is written back as 9000000000000000.0: a record under the row limit as it came can
+    be over it as walstream stores it (a timer). It is dead-lettered, never stored."""
+    wal, target, producer = harness
+    wal.deliverer.row_limit_bytes = 500_000
+    due = int(time.time() * 1000) + 60_000
+    value = raw(envelope(1, due=due)).replace(b'"payload":1', b'"payload":[' + b",".join([b"9e15"] * 40_000) + b"]")
+    assert len(value) < 300_000
+    async with agent(wal).test_context() as ctx:
+        await ctx.put(key=b"k1", value=value, wait=True)
+        await send(ctx, entry(2, WriteClock()))
+    assert timers(wal) == []
+    assert [e.id for e in target.applied] == ["e2"]
+    [(_, letter, _)] = producer.sent
+    assert "too large" in orjson.loads(letter)["message"]
+
+
+async def test_a_record_nested_deeper_than_can_be_stored_is_dead_lettered_and_others_flow(harness: Harness) -> None:
+    """orjson reads 1024 levels but writes 254: a delayed record nested 260 deep could be
+    neither scheduled nor dead-lettered whole (the worker stalled for good)."""
+    wal, target, producer = harness
+    due = int(time.time() * 1000) + 60_000
+    deep = b"[" * 260 + b"]" * 260
+    value = raw(envelope(1, due=due)).replace(b'"payload":1', b'"payload":' + deep)
+    async with agent(wal).test_context() as ctx:
+        await ctx.put(key=b"k1", value=value, wait=True)
+        await send(ctx, entry(2, WriteClock()))
+    assert timers(wal) == []
+    assert [e.id for e in target.applied] == ["e2"]
+    assert "cannot be stored" in invalid_letters(producer)["e1"]["message"]

@@ -66,6 +66,16 @@ class DeadLetter:
         return dataclasses.replace(self, entry=entry, payload_omitted=True)
 
     def encode(self) -> bytes:
+        """The dead-letter record. Never raises: an entry that cannot be encoded (nested
+        deeper than orjson writes) is left out, and the raw record kept instead."""
+        try:
+            return self._encode()
+        except orjson.JSONEncodeError:
+            if self.entry is None and self.target is None:
+                raise  # cannot happen: what is left is walstream's own flat fields
+            return dataclasses.replace(self, entry=None, target=None)._encode()
+
+    def _encode(self) -> bytes:
         doc: dict[str, Any] = {
             "entry": self.entry,
             "target": self.target,

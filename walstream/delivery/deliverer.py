@@ -316,7 +316,11 @@ class Deliverer:
         without its payload (it stays in the WAL and dead-letter topics) and cannot be
         redriven."""
         row = _index_row(dl)
-        if len(orjson.dumps(row)) + 1024 > self.row_limit_bytes:
+        try:
+            size = len(orjson.dumps(row))
+        except orjson.JSONEncodeError:
+            size = self.row_limit_bytes  # cannot be written whole: keep it without the entry
+        if size + 1024 > self.row_limit_bytes:
             row["entry"] = None
             row["message"] = shorten(f"{row['message']} [payload not indexed: too large; see the dead-letter topic]")
         self.dlq_index.put(row)
@@ -338,7 +342,16 @@ class Deliverer:
                 )
             )
             return []
-        derived = entry.derived_record_bytes(len(rec.value or b""))
+        try:
+            # Measured as walstream will write it, embedded two levels down: re-encoding can
+            # make a record larger than it came (9e15 is written 9000000000000000.0, 4.5 times
+            # the bytes), and orjson writes at most 254 levels though it reads 1024.
+            encoded = len(orjson.dumps({"embedded": {"entry": doc}}))
+        except orjson.JSONEncodeError as exc:
+            message = f"entry cannot be stored (delays, retries, dead letters embed it): {exc}"
+            out.letters.append(_letter(rec, None, None, ErrorClass.UNDECODABLE, message, 0, now_s))
+            return []
+        derived = entry.derived_record_bytes(max(len(rec.value or b""), encoded))
         if derived > self.row_limit_bytes:
             # its timer, held row or index row would be refused by Kafka, crashing the worker
             # on every restart: such an entry (from another producer; the write API refuses

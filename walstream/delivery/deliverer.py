@@ -596,9 +596,15 @@ class Deliverer:
             if it.is_blocker and it.ordered:
                 return self._release(partition, it, breaker, now_s, out)
             return False
-        if isinstance(err, _BreakerOpen):
-            # the target is down: wait for it without spending an attempt
-            self._retry_later(it, int(breaker.retry_at_s(now_s) * 1000), it.attempt, err, out)
+        if isinstance(err, TargetDownError):
+            # The target is down (or its circuit open): not the entry's fault. It waits without
+            # spending an attempt, so an outage of any length dead-letters nothing, whatever
+            # max_attempts (with max_attempts below the breaker's threshold, the calls before
+            # the circuit opened dead-lettered entries of a target that was merely down).
+            due_s = breaker.retry_at_s(now_s)
+            if not isinstance(err, _BreakerOpen):
+                due_s = max(due_s, now_s + backoff_ms(it.policy, max(1, breaker.consecutive_failures)) / 1000)
+            self._retry_later(it, int(due_s * 1000), it.attempt, err, out)
             return it.ordered
         self.metrics.delivery_failures.labels(ns_name, label, err.error_class.value).inc()
         attempt = it.attempt + 1

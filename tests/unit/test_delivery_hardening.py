@@ -78,6 +78,9 @@ def test_a_due_time_the_schedule_cannot_order_is_refused_not_encoded() -> None:
         ({"due": True}, "'due'"),
         ({"ts": -1}, "'ts'"),
         ({"ts": 2**63}, "'ts'"),
+        ({"ts": 2**63 - 1}, "'ts'"),
+        ({"due": -(2**63) + 1}, "'due'"),
+        ({"targets": []}, "'targets'"),
         ({"ts": 1.5}, "'ts'"),
         ({"id": 7}, "'id'"),
         ({"key": ""}, "'key'"),
@@ -199,8 +202,7 @@ async def test_timer_removals_wait_until_state_and_successors_are_durable(harnes
     the spent timer is still there."""
     wal, target, _ = harness
     clock = WriteClock()
-    due = int(time.time() * 1000) + 30
-    delayed, failing = entry(1, clock, due_at_ms=due), entry(2, clock)
+    failing = entry(2, clock)
     target.script[failing.id] = [TransientError("blip"), TransientError("blip")]
     seen: list[tuple[set[str], dict[str, str]]] = []
 
@@ -211,8 +213,10 @@ async def test_timer_removals_wait_until_state_and_successors_are_durable(harnes
 
     wal.deliverer.flush = flush  # type: ignore[method-assign]
     async with agent(wal).test_context() as ctx:
+        # due well after it is admitted, even on a loaded machine, so that it waits as a timer
+        delayed = entry(1, clock, due_at_ms=int(time.time() * 1000) + 300)
         await send(ctx, delayed, failing)
-        await tick(ctx, after_s=0.06)
+        await tick(ctx, after_s=0.35)
     # the tick's flush: e1's delay timer and e2's spent retry are still there, the states
     # already final or moved on, e2's next retry already written
     ids, states = seen[0]
@@ -285,3 +289,13 @@ async def test_a_record_nested_deeper_than_can_be_stored_is_dead_lettered_and_ot
     assert timers(wal) == []
     assert [e.id for e in target.applied] == ["e2"]
     assert "cannot be stored" in invalid_letters(producer)["e1"]["message"]
+
+
+async def test_a_record_whose_target_override_does_not_validate_ends_dead_with_the_reason(harness: Harness) -> None:
+    wal, target, producer = harness
+    async with agent(wal).test_context() as ctx:
+        await ctx.put(key=b"k1", value=raw(envelope(1, targets=[{"type": "bogus"}])), wait=True)
+    assert target.applied == []
+    assert "targets.0" in invalid_letters(producer)["e1"]["message"]
+    doc = _state(wal, "e1")
+    assert doc["state"] == "DEAD" and "targets.0" in doc["last_error"]

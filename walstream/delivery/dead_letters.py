@@ -40,7 +40,12 @@ class SourceRecord:
 
 
 def iso(ts_s: float) -> str:
-    return datetime.fromtimestamp(ts_s, tz=UTC).isoformat(timespec="milliseconds")
+    """An epoch time as ISO-8601 UTC; a time no date can show (before year 1, after 9999)
+    is given as its number of seconds rather than failing whatever shows it."""
+    try:
+        return datetime.fromtimestamp(ts_s, tz=UTC).isoformat(timespec="milliseconds")
+    except (ValueError, OverflowError, OSError):
+        return f"{ts_s}s since the epoch"
 
 
 @dataclass(frozen=True)

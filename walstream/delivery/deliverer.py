@@ -328,11 +328,13 @@ class Deliverer:
     # -- admission -----------------------------------------------------------------------
 
     def _admit(self, rec: SourceRecord, now_s: float, out: _Outcome) -> list[Item]:
+        doc = None
         try:
             doc = parse_record(rec.value)
             entry = Entry.from_doc(doc)
         except EntryDecodeError as exc:
             out.letters.append(_letter(rec, None, None, ErrorClass.UNDECODABLE, str(exc), 0, now_s))
+            self._invalid_state(rec, doc, str(exc), out)
             return []
         ns = self.registry.get(entry.namespace)
         if ns is None:
@@ -386,13 +388,35 @@ class Deliverer:
             return []
         return self._expand(rec, entry, doc, ns, out, now_s)
 
+    def _invalid_state(self, rec: SourceRecord, doc: Any, message: str, out: _Outcome) -> None:
+        """A record that is not a valid entry but names one (string ns, id and key): its status
+        says DEAD with the reason, instead of "never written" or a stale state."""
+        if not isinstance(doc, dict) or not all(isinstance(doc.get(f), str) and doc[f] for f in ("ns", "id", "key")):
+            return
+        if self.states.get(doc["ns"], doc["id"]) is not None:
+            return  # a valid entry of that id exists: this record does not change it
+        out.docs[(doc["ns"], doc["id"])] = {
+            "id": doc["id"],
+            "ns": doc["ns"],
+            "key": doc["key"],
+            "state": EntryState.DEAD.value,
+            "partition": rec.partition,
+            "offset": rec.offset,
+            "written_at_us": None,
+            "due_ms": None,
+            "targets": {},
+            "last_error": shorten(message),
+        }
+
     def _expand(
         self, rec: SourceRecord, entry: Entry, doc: dict[str, Any], ns: NamespaceConfig, out: _Outcome, now_s: float
     ) -> list[Item]:
         try:
             resolved = self._targets_for(ns, entry)
-        except Exception as exc:  # an override that no longer validates
-            out.letters.append(_letter(rec, doc, None, ErrorClass.PERMANENT, f"bad target config: {exc}", 0, now_s))
+        except Exception as exc:  # an override that does not validate (another producer's record)
+            message = shorten(f"bad target config: {exc}")
+            out.letters.append(_letter(rec, doc, None, ErrorClass.PERMANENT, message, 0, now_s))
+            self._state(out, entry, rec).update(state=EntryState.DEAD.value, last_error=message)
             return []
         state = self._state(out, entry, rec)
         # the whole entry is being expanded to its targets: a whole-entry placeholder (left by

@@ -275,6 +275,7 @@ def register_views(wal: WalApp) -> None:
             "written_at": at(doc["written_at_us"] // 1000) if doc.get("written_at_us") else None,
             "due_at": at(doc.get("due_ms")),
             "updated_at": at(doc.get("updated_ms")),
+            "last_error": doc.get("last_error"),
             "targets": [
                 {
                     "target": tid,

@@ -299,3 +299,61 @@ async def test_a_record_whose_target_override_does_not_validate_ends_dead_with_t
     assert "targets.0" in invalid_letters(producer)["e1"]["message"]
     doc = _state(wal, "e1")
     assert doc["state"] == "DEAD" and "targets.0" in doc["last_error"]
+
+
+def _tid(cfg: dict[str, Any]) -> str:
+    """The id of a target as a namespace holds it (with its defaults filled in)."""
+    from pydantic import TypeAdapter
+
+    from tables.keys import target_id
+    from walstream.namespaces.model import TargetConfig
+
+    return target_id(TypeAdapter(TargetConfig).validate_python(cfg).model_dump(mode="json"))
+
+
+async def test_a_retry_for_a_target_the_namespace_no_longer_has_goes_to_its_current_targets(
+    harness: Harness,
+) -> None:
+    """A namespace re-applied with a fixed target (another config, so another target): the
+    entry retrying at the old one is delivered to the new one, and the old one is no longer
+    retried nor reported. (Also: the deliverer's cache of a namespace's targets follows the
+    change even though the version is the same, as after a delete and re-create.)"""
+    from tests.unit.conftest import add_namespace
+    from tests.unit.test_delivery_agent import NS
+
+    wal, target, _ = harness
+    e = entry(1, WriteClock())
+    target.script[e.id] = [TransientError("connection refused by the old url")]
+    fixed = {"type": "kafka", "topic": "fixed"}
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, e)
+        assert set(_state(wal, "e1")["targets"]) == {_tid({"type": "noop"})}
+        add_namespace(wal, {**NS, "targets": [fixed]})
+        await tick(ctx, after_s=0.02)
+        await tick(ctx, after_s=0.02)
+    assert [x.id for x in target.applied] == ["e1"]
+    doc = _state(wal, "e1")
+    assert doc["state"] == "DELIVERED" and set(doc["targets"]) == {_tid(fixed)}, doc
+    assert timers(wal) == []
+
+
+async def test_redrive_of_a_letter_for_a_replaced_target_goes_to_the_current_one(harness: Harness) -> None:
+    from tests.unit.conftest import add_namespace
+    from tests.unit.test_delivery_agent import NS
+    from walstream.delivery.commands import COMMAND_KEY
+    from walstream.targets.base import PermanentError
+
+    wal, target, _ = harness
+    e = entry(1, WriteClock())
+    target.script[e.id] = [PermanentError("404 not elasticsearch")]
+    fixed = {"type": "kafka", "topic": "fixed"}
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, e)
+        assert _state(wal, "e1")["state"] == "DEAD"
+        add_namespace(wal, {**NS, "targets": [fixed]})
+        cmd = {"op": "redrive", "ns": "orders", "id": "e1", "target_id": _tid({"type": "noop"})}
+        await ctx.put(key=COMMAND_KEY, value=orjson.dumps(cmd), wait=True)
+        await tick(ctx, after_s=0.02)
+    assert [x.id for x in target.applied] == ["e1"]
+    doc = _state(wal, "e1")
+    assert doc["state"] == "DELIVERED" and set(doc["targets"]) == {_tid(fixed)}, doc

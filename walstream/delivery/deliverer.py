@@ -151,6 +151,8 @@ class Deliverer:
         #: the largest table row the changelog topics accept (set by the composition root)
         self.row_limit_bytes = DERIVED_MAX_MESSAGE_BYTES
         self._ns_targets: dict[tuple[str, int], list[tuple[dict[str, Any], str, Target]]] = {}
+        # a namespace deleted and created again starts its versions anew: forget its targets
+        registry.add_listener(self._forget_targets)
 
     # -- entry point -----------------------------------------------------------------------
 
@@ -464,6 +466,14 @@ class Deliverer:
             return self._expand(rec, entry, timer.entry, ns, out, now_s)
         if state["targets"].get(timer.target_id, {}).get("state") in (EntryState.CANCELLED, EntryState.DELIVERED):
             return []
+        if self._removed_target(ns, entry, timer.target_id):
+            # The namespace no longer has this target (its config was changed: a fixed url is
+            # another target): the entry goes to the namespace's targets as they are now, and
+            # the old one is neither retried nor reported any more. Its key moves on.
+            state["targets"].pop(timer.target_id, None)
+            if self.order.blocker(entry.namespace, timer.target_id, entry.key) == entry.id:
+                self._release_key(partition, ns, timer.target_id, entry.key, now_s, out)
+            return self._expand(rec, entry, timer.entry, ns, out, now_s)
         assert timer.target is not None
         try:
             target = self.targets.get(timer.target)
@@ -497,6 +507,17 @@ class Deliverer:
             entry.id,
         )
         return [item]
+
+    def _removed_target(self, ns: NamespaceConfig, entry: Entry, target_id: str) -> bool:
+        """The entry follows its namespace's targets (no override of its own), and this target
+        is no longer one of them."""
+        if entry.targets is not None:
+            return False
+        return target_id not in {tid for _, tid, _ in self._targets_for(ns, entry)}
+
+    def _forget_targets(self, cfg: NamespaceConfig | None, name: str) -> None:
+        for cache_key in [k for k in self._ns_targets if k[0] == name]:
+            del self._ns_targets[cache_key]
 
     def _targets_for(self, ns: NamespaceConfig, entry: Entry) -> list[tuple[dict[str, Any], str, Target]]:
         """The targets of an entry: its override, else its namespace's (resolved once per
@@ -816,6 +837,15 @@ class Deliverer:
         row = self.dlq_index.get(ns_name, entry_id, target_id)
         if row is None or row.get("entry") is None:
             return  # not here (another partition), already redriven, or undecodable
+        ns = self.registry.get(ns_name)
+        if row.get("target") and ns is not None and self._removed_target(ns, Entry.from_doc(row["entry"]), target_id):
+            # dead at a target the namespace no longer has (its config was fixed since):
+            # redriven whole, to the namespace's targets as they are now
+            self.dlq_index.delete(ns_name, entry_id, target_id)
+            rec = SourceRecord(row["source"][0], row["source"][1], row["source"][2], None, None)
+            self._state(out, Entry.from_doc(row["entry"]), rec)["targets"].pop(target_id, None)
+            row = {**row, "target": None}
+            target_id = "*"
         due_ms = int(now_s * 1000)
         topic, part, offset = row["source"]
         timer = Timer(

@@ -522,8 +522,9 @@ def register_views(wal: WalApp) -> None:
                 doc, _ = await find_state(row["ns"], row["id"])
                 if doc is None or (doc.get("updated_ms") or 0) < sent_ms:
                     continue
-                t = doc["state"] if row["target_id"] == "*" else (
-                    doc.get("targets", {}).get(row["target_id"], {}).get("state"))
+                # a target the namespace no longer has is redriven whole: the entry's state tells
+                whole = row["target_id"] == "*" or row["target_id"] not in doc.get("targets", {})
+                t = doc["state"] if whole else doc["targets"][row["target_id"]].get("state")
                 if t in (EntryState.DELIVERED, EntryState.DEAD, EntryState.CANCELLED):
                     last_error = doc.get("targets", {}).get(row["target_id"], {}).get("last_error") or doc.get(
                         "last_error")

@@ -647,10 +647,12 @@ def _redrive_outcomes(
             updated = doc.get("updated_at")
             if not updated or datetime.fromisoformat(updated).timestamp() * 1000 < sent_at_ms - 1:
                 continue
-            if r["target_id"] == "*":
-                state, message = doc.get("state"), None
+            t: dict[str, Any] | None = next(
+                (x for x in doc.get("targets", []) if x.get("target") == r["target_id"]), None
+            )
+            if t is None:  # the whole entry (no target, or one its namespace no longer has)
+                state, message = doc.get("state"), doc.get("last_error")
             else:
-                t: dict[str, Any] = next((x for x in doc.get("targets", []) if x.get("target") == r["target_id"]), {})
                 state, message = t.get("state"), t.get("last_error")
             if state in ("DELIVERED", "DEAD", "CANCELLED"):
                 settled[n] = (str(state), message if state == "DEAD" else None)

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 import orjson
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from tables.schedule import MAX_DUE_MS
 from walstream import strict_json
-from walstream.namespaces.model import RetryPolicy, format_validation_error
+from walstream.namespaces.model import RetryPolicy, TargetConfig, format_validation_error
 
 ENVELOPE_VERSION = 1
 
@@ -31,6 +31,12 @@ DERIVED_OVERHEAD_BYTES = 64 * 1024
 #: write times and due times are Kafka-style signed 64-bit numbers (Cassandra's USING
 #: TIMESTAMP and Elasticsearch's external versions are both signed 64-bit)
 INT64_MAX = 2**63 - 1
+#: write times are shown as dates: they must be ones (0001-01-01 .. 9999-12-31, in µs / ms)
+MAX_WRITE_TIME_US = 253_402_300_799_999_999
+MIN_DUE_MS = -62_135_596_800_000
+
+
+_TARGETS: TypeAdapter[list[TargetConfig]] = TypeAdapter(list[TargetConfig])
 
 #: the longest ``digest`` an envelope may carry (the write API's are 64 hex characters); it
 #: is copied into the entry's state document, so it must stay small
@@ -110,16 +116,25 @@ class Entry:
         if "payload" not in doc:
             raise EntryDecodeError("invalid entry: 'payload' is missing")
         ts = doc.get("ts")
-        if not _is_int(ts) or not 0 <= ts <= INT64_MAX:
-            raise EntryDecodeError(f"invalid entry: 'ts' must be a write time in µs from 0 to {INT64_MAX}")
+        if not _is_int(ts) or not 0 <= ts <= MAX_WRITE_TIME_US:
+            raise EntryDecodeError(
+                f"invalid entry: 'ts' must be a write time in µs from 0 to {MAX_WRITE_TIME_US} (9999-12-31)"
+            )
         due = doc.get("due")
-        if due is not None and (not _is_int(due) or not -INT64_MAX <= due <= MAX_DUE_MS):
+        if due is not None and (not _is_int(due) or not MIN_DUE_MS <= due <= MAX_DUE_MS):
             raise EntryDecodeError(
                 f"invalid entry: 'due' must be epoch milliseconds no later than {MAX_DUE_MS} (2286-11-20)"
             )
         targets = doc.get("targets")
-        if targets is not None and not (isinstance(targets, list) and all(isinstance(t, dict) for t in targets)):
-            raise EntryDecodeError("invalid entry: 'targets' must be a list of target configs")
+        if targets is not None and not (
+            isinstance(targets, list) and targets and all(isinstance(t, dict) for t in targets)
+        ):
+            raise EntryDecodeError("invalid entry: 'targets' must be a non-empty list of target configs")
+        if targets is not None:
+            try:
+                _TARGETS.validate_python(targets)
+            except ValidationError as exc:
+                raise EntryDecodeError(f"invalid entry: {format_validation_error(exc, prefix='targets.')}") from None
         retry = doc.get("retry")
         if retry is not None:
             try:

@@ -8,9 +8,10 @@ written for a request that fails here.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -34,6 +35,25 @@ MAX_DELAY_MS = 366 * 86_400_000
 
 #: the latest ``deliver_at`` the schedule can order (ISO-8601, for error messages)
 LATEST_DELIVER_AT = datetime.fromtimestamp((MAX_DUE_MS + 1) / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: digits of a fraction of a second past microseconds (which datetime drops)
+_SUB_MICROSECONDS = re.compile(r"[.,]\d{6}(\d+)")
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _deliver_at_ms(when: datetime, text: Any) -> int:
+    """``when`` in epoch milliseconds, rounded up, exactly (no float): a time given to the
+    nanosecond (``...:00.123000001Z``, which datetime cuts to microseconds) is due after it."""
+    us = (when - _EPOCH) // timedelta(microseconds=1)
+    sub = _SUB_MICROSECONDS.search(text) if isinstance(text, str) else None
+    if sub is not None and int(sub.group(1)) > 0:
+        us += 1
+    return _ceil_div(us, 1000)
 
 
 class RequestError(ValueError):
@@ -139,9 +159,10 @@ def parse_log_request(
     due_at_ms: int | None = None
     if req.lifecycle is not None:
         if req.lifecycle.delay_ms is not None:
-            due_at_ms = written_at_us // 1000 + req.lifecycle.delay_ms
+            # due times are whole milliseconds, rounded up: never before the time asked for
+            due_at_ms = _ceil_div(written_at_us, 1000) + req.lifecycle.delay_ms
         elif req.lifecycle.deliver_at is not None:
-            due_at_ms = int(req.lifecycle.deliver_at.timestamp() * 1000)
+            due_at_ms = _deliver_at_ms(req.lifecycle.deliver_at, doc["lifecycle"]["deliver_at"])
             if due_at_ms > MAX_DUE_MS:
                 raise RequestError(
                     400, f"lifecycle.deliver_at: must be before {LATEST_DELIVER_AT} (the latest schedulable time)"

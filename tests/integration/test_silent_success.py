@@ -52,6 +52,13 @@ def test_redrive_reports_each_outcome(start_worker: Callable[..., Worker], uniqu
     assert "fixable (elasticsearch): DELIVERED" in done.stdout, done.stdout
     assert "hopeless (elasticsearch): DEAD" in done.stdout and "year" in done.stdout, done.stdout
     assert "1 delivered, 1 dead-lettered again" in done.stderr, done.stderr
+    # A misspelt filter or a bad query is refused, never widened to every dead letter
+    with w.client() as c:
+        r = c.post(f"/v1/dlq/{unique}/redrive", json={"id": "hopeless", "dry_run": False})
+        assert r.status_code == 400 and "unknown field" in r.json()["message"], r.text
+        for query in ({"limit": "-1"}, {"error_class": "bogus"}, {"ids": "x"}):
+            assert c.get(f"/v1/dlq/{unique}", params=query).status_code == 400, query
+        assert len(c.get(f"/v1/dlq/{unique}").json()["dead_letters"]) == 1
     # And the HTTP answer carries the same per-entry results
     with w.client() as c:
         body = c.post(f"/v1/dlq/{unique}/redrive", json={"dry_run": False, "wait_s": 60}).json()

@@ -19,7 +19,8 @@ import pytest
 from tests.unit.conftest import Harness, add_namespace, build_wal
 from tests.unit.test_delivery_agent import agent, entry, letters, send, tick, timers
 from walstream.app import WalApp
-from walstream.entry import WriteClock
+from walstream.entry import Entry, WriteClock
+from walstream.targets.base import TargetDownError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -76,3 +77,22 @@ async def test_an_outage_longer_than_eight_probe_cycles_dead_letters_nothing(har
     assert not breaker.is_open
     moves = [s for _, s in breaker.transitions]
     assert moves[0] == "opened" and moves[-1] == "closed"
+
+
+async def test_a_target_down_dead_letters_nothing_even_with_one_attempt(harness: Harness) -> None:
+    """max_attempts below the breaker's threshold: the calls before the circuit opens must not
+    spend the entry's only attempt on a target that is merely down."""
+    wal, target, producer = harness
+    add_namespace(wal, {"name": "orders", "targets": [{"type": "noop"}],
+                        "retry": {"initial_delay_ms": 1, "max_delay_ms": 5, "max_attempts": 1, "jitter": 0}})
+    clock = WriteClock()
+    e = Entry(id="d1", namespace="orders", key="k", payload=1, written_at_us=clock.now_us())
+    target.script[e.id] = [TargetDownError("connection refused")] * 5
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, e)
+        for _ in range(40):
+            if target.applied:
+                break
+            await tick(ctx, after_s=0.03)
+    assert [x.id for x in target.applied] == ["d1"]
+    assert producer.sent == []

@@ -78,6 +78,9 @@ def test_a_due_time_the_schedule_cannot_order_is_refused_not_encoded() -> None:
         ({"due": True}, "'due'"),
         ({"ts": -1}, "'ts'"),
         ({"ts": 2**63}, "'ts'"),
+        ({"ts": 2**63 - 1}, "'ts'"),
+        ({"due": -(2**63) + 1}, "'due'"),
+        ({"targets": []}, "'targets'"),
         ({"ts": 1.5}, "'ts'"),
         ({"id": 7}, "'id'"),
         ({"key": ""}, "'key'"),
@@ -199,8 +202,7 @@ async def test_timer_removals_wait_until_state_and_successors_are_durable(harnes
     the spent timer is still there."""
     wal, target, _ = harness
     clock = WriteClock()
-    due = int(time.time() * 1000) + 30
-    delayed, failing = entry(1, clock, due_at_ms=due), entry(2, clock)
+    failing = entry(2, clock)
     target.script[failing.id] = [TransientError("blip"), TransientError("blip")]
     seen: list[tuple[set[str], dict[str, str]]] = []
 
@@ -211,8 +213,10 @@ async def test_timer_removals_wait_until_state_and_successors_are_durable(harnes
 
     wal.deliverer.flush = flush  # type: ignore[method-assign]
     async with agent(wal).test_context() as ctx:
+        # due well after it is admitted, even on a loaded machine, so that it waits as a timer
+        delayed = entry(1, clock, due_at_ms=int(time.time() * 1000) + 300)
         await send(ctx, delayed, failing)
-        await tick(ctx, after_s=0.06)
+        await tick(ctx, after_s=0.35)
     # the tick's flush: e1's delay timer and e2's spent retry are still there, the states
     # already final or moved on, e2's next retry already written
     ids, states = seen[0]
@@ -253,3 +257,103 @@ async def test_a_record_with_an_integer_beyond_64_bits_is_dead_lettered_not_roun
         await ctx.put(key=b"k2", value=ok_ns, wait=True)
     assert [(e.id, e.payload) for e in target.applied] == [("e2", {"ts_ns": 1764500000000000000})]
     assert "64-bit" in invalid_letters(producer)["e1"]["message"]
+
+
+async def test_a_record_that_grows_when_re_encoded_is_measured_as_written(harness: Harness) -> None:
+    """9e15 is written back as 9000000000000000.0: a record under the row limit as it came can
+    be over it as walstream stores it (a timer). It is dead-lettered, never stored."""
+    wal, target, producer = harness
+    wal.deliverer.row_limit_bytes = 500_000
+    due = int(time.time() * 1000) + 60_000
+    value = raw(envelope(1, due=due)).replace(b'"payload":1', b'"payload":[' + b",".join([b"9e15"] * 40_000) + b"]")
+    assert len(value) < 300_000
+    async with agent(wal).test_context() as ctx:
+        await ctx.put(key=b"k1", value=value, wait=True)
+        await send(ctx, entry(2, WriteClock()))
+    assert timers(wal) == []
+    assert [e.id for e in target.applied] == ["e2"]
+    [(_, letter, _)] = producer.sent
+    assert "too large" in orjson.loads(letter)["message"]
+
+
+async def test_a_record_nested_deeper_than_can_be_stored_is_dead_lettered_and_others_flow(harness: Harness) -> None:
+    """orjson reads 1024 levels but writes 254: a delayed record nested 260 deep could be
+    neither scheduled nor dead-lettered whole (the worker stalled for good)."""
+    wal, target, producer = harness
+    due = int(time.time() * 1000) + 60_000
+    deep = b"[" * 260 + b"]" * 260
+    value = raw(envelope(1, due=due)).replace(b'"payload":1', b'"payload":' + deep)
+    async with agent(wal).test_context() as ctx:
+        await ctx.put(key=b"k1", value=value, wait=True)
+        await send(ctx, entry(2, WriteClock()))
+    assert timers(wal) == []
+    assert [e.id for e in target.applied] == ["e2"]
+    assert "cannot be stored" in invalid_letters(producer)["e1"]["message"]
+
+
+async def test_a_record_whose_target_override_does_not_validate_ends_dead_with_the_reason(harness: Harness) -> None:
+    wal, target, producer = harness
+    async with agent(wal).test_context() as ctx:
+        await ctx.put(key=b"k1", value=raw(envelope(1, targets=[{"type": "bogus"}])), wait=True)
+    assert target.applied == []
+    assert "targets.0" in invalid_letters(producer)["e1"]["message"]
+    doc = _state(wal, "e1")
+    assert doc["state"] == "DEAD" and "targets.0" in doc["last_error"]
+
+
+def _tid(cfg: dict[str, Any]) -> str:
+    """The id of a target as a namespace holds it (with its defaults filled in)."""
+    from pydantic import TypeAdapter
+
+    from tables.keys import target_id
+    from walstream.namespaces.model import TargetConfig
+
+    return target_id(TypeAdapter(TargetConfig).validate_python(cfg).model_dump(mode="json"))
+
+
+async def test_a_retry_for_a_target_the_namespace_no_longer_has_goes_to_its_current_targets(
+    harness: Harness,
+) -> None:
+    """A namespace re-applied with a fixed target (another config, so another target): the
+    entry retrying at the old one is delivered to the new one, and the old one is no longer
+    retried nor reported. (Also: the deliverer's cache of a namespace's targets follows the
+    change even though the version is the same, as after a delete and re-create.)"""
+    from tests.unit.conftest import add_namespace
+    from tests.unit.test_delivery_agent import NS
+
+    wal, target, _ = harness
+    e = entry(1, WriteClock())
+    target.script[e.id] = [TransientError("connection refused by the old url")]
+    fixed = {"type": "kafka", "topic": "fixed"}
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, e)
+        assert set(_state(wal, "e1")["targets"]) == {_tid({"type": "noop"})}
+        add_namespace(wal, {**NS, "targets": [fixed]})
+        await tick(ctx, after_s=0.02)
+        await tick(ctx, after_s=0.02)
+    assert [x.id for x in target.applied] == ["e1"]
+    doc = _state(wal, "e1")
+    assert doc["state"] == "DELIVERED" and set(doc["targets"]) == {_tid(fixed)}, doc
+    assert timers(wal) == []
+
+
+async def test_redrive_of_a_letter_for_a_replaced_target_goes_to_the_current_one(harness: Harness) -> None:
+    from tests.unit.conftest import add_namespace
+    from tests.unit.test_delivery_agent import NS
+    from walstream.delivery.commands import COMMAND_KEY
+    from walstream.targets.base import PermanentError
+
+    wal, target, _ = harness
+    e = entry(1, WriteClock())
+    target.script[e.id] = [PermanentError("404 not elasticsearch")]
+    fixed = {"type": "kafka", "topic": "fixed"}
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, e)
+        assert _state(wal, "e1")["state"] == "DEAD"
+        add_namespace(wal, {**NS, "targets": [fixed]})
+        cmd = {"op": "redrive", "ns": "orders", "id": "e1", "target_id": _tid({"type": "noop"})}
+        await ctx.put(key=COMMAND_KEY, value=orjson.dumps(cmd), wait=True)
+        await tick(ctx, after_s=0.02)
+    assert [x.id for x in target.applied] == ["e1"]
+    doc = _state(wal, "e1")
+    assert doc["state"] == "DELIVERED" and set(doc["targets"]) == {_tid(fixed)}, doc

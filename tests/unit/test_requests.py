@@ -40,7 +40,7 @@ def test_key_and_id_kept() -> None:
 
 def test_delay_sets_due_time_relative_to_write_time() -> None:
     e = parse({"namespace": "raw", "payload": 1, "lifecycle": {"delay_ms": 5000}})
-    assert e.due_at_ms == e.written_at_us // 1000 + 5000
+    assert e.due_at_ms == -(-e.written_at_us // 1000) + 5000  # rounded up: never early
 
 
 def test_deliver_at() -> None:
@@ -180,3 +180,33 @@ def test_float_and_boolean_key_values_are_refused(value: Any) -> None:
     with pytest.raises(RequestError) as err:
         parse({"namespace": "catalog", "payload": doc})
     assert err.value.status == 400 and "string or an integer" in err.value.message
+
+
+@pytest.mark.parametrize(
+    "when, due_ms",
+    [
+        ("2026-11-30T10:00:00.123Z", 1_796_032_800_123),
+        ("2026-11-30T10:00:00.1234Z", 1_796_032_800_124),
+        ("2026-11-30T10:00:00.123000001Z", 1_796_032_800_124),
+        ("2026-11-30T10:00:00.123000000Z", 1_796_032_800_123),
+        ("2026-11-30T10:00:00.999999999Z", 1_796_032_801_000),
+        ("2026-11-30T11:00:00.000001+01:00", 1_796_032_800_001),
+    ],
+)
+def test_deliver_at_is_rounded_up_to_the_millisecond_never_down(when: str, due_ms: int) -> None:
+    e = parse({"namespace": "raw", "payload": 1, "lifecycle": {"deliver_at": when}})
+    assert e.due_at_ms == due_ms
+
+
+def test_delay_is_counted_from_the_write_time_rounded_up() -> None:
+    for _ in range(200):
+        e = parse({"namespace": "raw", "payload": 1, "lifecycle": {"delay_ms": 5}})
+        assert e.due_at_ms is not None and e.due_at_ms * 1000 >= e.written_at_us + 5000
+
+
+def test_backoff_of_a_steep_policy_never_overflows() -> None:
+    from walstream.delivery.retry import backoff_ms
+    from walstream.namespaces.model import RetryPolicy
+
+    policy = RetryPolicy(multiplier=100, max_attempts=1000, max_delay_ms=60_000, jitter=0)
+    assert backoff_ms(policy, 999) == 60_000

@@ -157,10 +157,11 @@ async def test_a_hanging_target_is_bounded_counts_for_its_breaker_and_holds_up_n
         await tick_until(ctx, lambda: breaker.is_open, "the circuit to open")
         assert hanging.calls == 2 and hanging.cancelled == 2
         assert [what for _, what in breaker.transitions] == ["opened"]
-        # only the failure before the circuit opened spent an attempt
+        # a target that does not answer is down: no attempt is spent, before or after the
+        # circuit opened (an outage must not dead-letter entries whatever max_attempts)
         t = state(wal, "o1")["targets"]
         [broken_state] = [v for v in t.values() if v["type"] == "kafka"]
-        assert broken_state["state"] == "RETRYING" and broken_state["attempts"] == 1
+        assert broken_state["state"] == "RETRYING" and broken_state["attempts"] == 0
 
         # While the circuit is open, calls cost nothing: the target is not called
         if breaker.allows():  # (the cool-down passed while we looked: let it probe first)

@@ -40,7 +40,12 @@ class SourceRecord:
 
 
 def iso(ts_s: float) -> str:
-    return datetime.fromtimestamp(ts_s, tz=UTC).isoformat(timespec="milliseconds")
+    """An epoch time as ISO-8601 UTC; a time no date can show (before year 1, after 9999)
+    is given as its number of seconds rather than failing whatever shows it."""
+    try:
+        return datetime.fromtimestamp(ts_s, tz=UTC).isoformat(timespec="milliseconds")
+    except (ValueError, OverflowError, OSError):
+        return f"{ts_s}s since the epoch"
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,16 @@ class DeadLetter:
         return dataclasses.replace(self, entry=entry, payload_omitted=True)
 
     def encode(self) -> bytes:
+        """The dead-letter record. Never raises: an entry that cannot be encoded (nested
+        deeper than orjson writes) is left out, and the raw record kept instead."""
+        try:
+            return self._encode()
+        except orjson.JSONEncodeError:
+            if self.entry is None and self.target is None:
+                raise  # cannot happen: what is left is walstream's own flat fields
+            return dataclasses.replace(self, entry=None, target=None)._encode()
+
+    def _encode(self) -> bytes:
         doc: dict[str, Any] = {
             "entry": self.entry,
             "target": self.target,

@@ -151,6 +151,8 @@ class Deliverer:
         #: the largest table row the changelog topics accept (set by the composition root)
         self.row_limit_bytes = DERIVED_MAX_MESSAGE_BYTES
         self._ns_targets: dict[tuple[str, int], list[tuple[dict[str, Any], str, Target]]] = {}
+        # a namespace deleted and created again starts its versions anew: forget its targets
+        registry.add_listener(self._forget_targets)
 
     # -- entry point -----------------------------------------------------------------------
 
@@ -316,7 +318,11 @@ class Deliverer:
         without its payload (it stays in the WAL and dead-letter topics) and cannot be
         redriven."""
         row = _index_row(dl)
-        if len(orjson.dumps(row)) + 1024 > self.row_limit_bytes:
+        try:
+            size = len(orjson.dumps(row))
+        except orjson.JSONEncodeError:
+            size = self.row_limit_bytes  # cannot be written whole: keep it without the entry
+        if size + 1024 > self.row_limit_bytes:
             row["entry"] = None
             row["message"] = shorten(f"{row['message']} [payload not indexed: too large; see the dead-letter topic]")
         self.dlq_index.put(row)
@@ -324,11 +330,13 @@ class Deliverer:
     # -- admission -----------------------------------------------------------------------
 
     def _admit(self, rec: SourceRecord, now_s: float, out: _Outcome) -> list[Item]:
+        doc = None
         try:
             doc = parse_record(rec.value)
             entry = Entry.from_doc(doc)
         except EntryDecodeError as exc:
             out.letters.append(_letter(rec, None, None, ErrorClass.UNDECODABLE, str(exc), 0, now_s))
+            self._invalid_state(rec, doc, str(exc), out)
             return []
         ns = self.registry.get(entry.namespace)
         if ns is None:
@@ -338,7 +346,16 @@ class Deliverer:
                 )
             )
             return []
-        derived = entry.derived_record_bytes(len(rec.value or b""))
+        try:
+            # Measured as walstream will write it, embedded two levels down: re-encoding can
+            # make a record larger than it came (9e15 is written 9000000000000000.0, 4.5 times
+            # the bytes), and orjson writes at most 254 levels though it reads 1024.
+            encoded = len(orjson.dumps({"embedded": {"entry": doc}}))
+        except orjson.JSONEncodeError as exc:
+            message = f"entry cannot be stored (delays, retries, dead letters embed it): {exc}"
+            out.letters.append(_letter(rec, None, None, ErrorClass.UNDECODABLE, message, 0, now_s))
+            return []
+        derived = entry.derived_record_bytes(max(len(rec.value or b""), encoded))
         if derived > self.row_limit_bytes:
             # its timer, held row or index row would be refused by Kafka, crashing the worker
             # on every restart: such an entry (from another producer; the write API refuses
@@ -373,13 +390,35 @@ class Deliverer:
             return []
         return self._expand(rec, entry, doc, ns, out, now_s)
 
+    def _invalid_state(self, rec: SourceRecord, doc: Any, message: str, out: _Outcome) -> None:
+        """A record that is not a valid entry but names one (string ns, id and key): its status
+        says DEAD with the reason, instead of "never written" or a stale state."""
+        if not isinstance(doc, dict) or not all(isinstance(doc.get(f), str) and doc[f] for f in ("ns", "id", "key")):
+            return
+        if self.states.get(doc["ns"], doc["id"]) is not None:
+            return  # a valid entry of that id exists: this record does not change it
+        out.docs[(doc["ns"], doc["id"])] = {
+            "id": doc["id"],
+            "ns": doc["ns"],
+            "key": doc["key"],
+            "state": EntryState.DEAD.value,
+            "partition": rec.partition,
+            "offset": rec.offset,
+            "written_at_us": None,
+            "due_ms": None,
+            "targets": {},
+            "last_error": shorten(message),
+        }
+
     def _expand(
         self, rec: SourceRecord, entry: Entry, doc: dict[str, Any], ns: NamespaceConfig, out: _Outcome, now_s: float
     ) -> list[Item]:
         try:
             resolved = self._targets_for(ns, entry)
-        except Exception as exc:  # an override that no longer validates
-            out.letters.append(_letter(rec, doc, None, ErrorClass.PERMANENT, f"bad target config: {exc}", 0, now_s))
+        except Exception as exc:  # an override that does not validate (another producer's record)
+            message = shorten(f"bad target config: {exc}")
+            out.letters.append(_letter(rec, doc, None, ErrorClass.PERMANENT, message, 0, now_s))
+            self._state(out, entry, rec).update(state=EntryState.DEAD.value, last_error=message)
             return []
         state = self._state(out, entry, rec)
         # the whole entry is being expanded to its targets: a whole-entry placeholder (left by
@@ -427,6 +466,14 @@ class Deliverer:
             return self._expand(rec, entry, timer.entry, ns, out, now_s)
         if state["targets"].get(timer.target_id, {}).get("state") in (EntryState.CANCELLED, EntryState.DELIVERED):
             return []
+        if self._removed_target(ns, entry, timer.target_id):
+            # The namespace no longer has this target (its config was changed: a fixed url is
+            # another target): the entry goes to the namespace's targets as they are now, and
+            # the old one is neither retried nor reported any more. Its key moves on.
+            state["targets"].pop(timer.target_id, None)
+            if self.order.blocker(entry.namespace, timer.target_id, entry.key) == entry.id:
+                self._release_key(partition, ns, timer.target_id, entry.key, now_s, out)
+            return self._expand(rec, entry, timer.entry, ns, out, now_s)
         assert timer.target is not None
         try:
             target = self.targets.get(timer.target)
@@ -460,6 +507,17 @@ class Deliverer:
             entry.id,
         )
         return [item]
+
+    def _removed_target(self, ns: NamespaceConfig, entry: Entry, target_id: str) -> bool:
+        """The entry follows its namespace's targets (no override of its own), and this target
+        is no longer one of them."""
+        if entry.targets is not None:
+            return False
+        return target_id not in {tid for _, tid, _ in self._targets_for(ns, entry)}
+
+    def _forget_targets(self, cfg: NamespaceConfig | None, name: str) -> None:
+        for cache_key in [k for k in self._ns_targets if k[0] == name]:
+            del self._ns_targets[cache_key]
 
     def _targets_for(self, ns: NamespaceConfig, entry: Entry) -> list[tuple[dict[str, Any], str, Target]]:
         """The targets of an entry: its override, else its namespace's (resolved once per
@@ -583,9 +641,15 @@ class Deliverer:
             if it.is_blocker and it.ordered:
                 return self._release(partition, it, breaker, now_s, out)
             return False
-        if isinstance(err, _BreakerOpen):
-            # the target is down: wait for it without spending an attempt
-            self._retry_later(it, int(breaker.retry_at_s(now_s) * 1000), it.attempt, err, out)
+        if isinstance(err, TargetDownError):
+            # The target is down (or its circuit open): not the entry's fault. It waits without
+            # spending an attempt, so an outage of any length dead-letters nothing, whatever
+            # max_attempts (with max_attempts below the breaker's threshold, the calls before
+            # the circuit opened dead-lettered entries of a target that was merely down).
+            due_s = breaker.retry_at_s(now_s)
+            if not isinstance(err, _BreakerOpen):
+                due_s = max(due_s, now_s + backoff_ms(it.policy, max(1, breaker.consecutive_failures)) / 1000)
+            self._retry_later(it, int(due_s * 1000), it.attempt, err, out)
             return it.ordered
         self.metrics.delivery_failures.labels(ns_name, label, err.error_class.value).inc()
         attempt = it.attempt + 1
@@ -775,6 +839,15 @@ class Deliverer:
         row = self.dlq_index.get(ns_name, entry_id, target_id)
         if row is None or row.get("entry") is None:
             return  # not here (another partition), already redriven, or undecodable
+        ns = self.registry.get(ns_name)
+        if row.get("target") and ns is not None and self._removed_target(ns, Entry.from_doc(row["entry"]), target_id):
+            # dead at a target the namespace no longer has (its config was fixed since):
+            # redriven whole, to the namespace's targets as they are now
+            self.dlq_index.delete(ns_name, entry_id, target_id)
+            rec = SourceRecord(row["source"][0], row["source"][1], row["source"][2], None, None)
+            self._state(out, Entry.from_doc(row["entry"]), rec)["targets"].pop(target_id, None)
+            row = {**row, "target": None}
+            target_id = "*"
         due_ms = int(now_s * 1000)
         topic, part, offset = row["source"]
         timer = Timer(

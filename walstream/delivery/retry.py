@@ -13,7 +13,10 @@ def backoff_ms(policy: RetryPolicy, attempt: int, rng: random.Random | None = No
     ``initial_delay_ms * multiplier**(attempt-1)``, capped at ``max_delay_ms``, then spread
     uniformly by ``±jitter`` so that many failing entries do not retry in lock-step.
     """
-    base = policy.initial_delay_ms * policy.multiplier ** max(0, attempt - 1)
+    try:
+        base = policy.initial_delay_ms * policy.multiplier ** max(0, attempt - 1)
+    except OverflowError:  # multiplier 100 overflows a float from attempt ~156: far past the cap
+        base = float(policy.max_delay_ms)
     base = min(base, float(policy.max_delay_ms))
     if policy.jitter:
         r = (rng or random).uniform(-policy.jitter, policy.jitter)

@@ -35,6 +35,9 @@ class NamespaceRegistry:
         self.settings = settings
         self.topic = settings.namespaces_topic
         self._configs: dict[str, NamespaceConfig] = {}
+        #: the last version seen of every name, deleted ones too: a namespace created again
+        #: continues its versions (a version names one config, never two)
+        self._last_version: dict[str, int] = {}
         self._listeners: list[Listener] = []
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -140,6 +143,7 @@ class NamespaceRegistry:
             log.error("namespace registry: ignoring unreadable config for %r", name)
             return
         self._configs[name] = cfg
+        self._last_version[name] = max(self._last_version.get(name, 0), cfg.version)
         self._notify(cfg, name)
 
     def _notify(self, cfg: NamespaceConfig | None, name: str) -> None:
@@ -156,7 +160,8 @@ class NamespaceRegistry:
         s = self.settings
         await ensure_topics(s.broker, wal_topic_specs(cfg.name, s.partitions, s.replication_factor))
         current = self._configs.get(cfg.name)
-        new = cfg.model_copy(update={"version": (current.version if current else 0) + 1})
+        last = max(current.version if current else 0, self._last_version.get(cfg.name, 0))
+        new = cfg.model_copy(update={"version": last + 1})
         await self._send(cfg.name, new.to_json())
         await self._wait_for(lambda: (c := self._configs.get(cfg.name)) is not None
                              and c.version >= new.version)

@@ -429,6 +429,14 @@ class ElasticsearchTarget(Target):
             status = int(getattr(exc.meta, "status", 0) or 0)
             if status in TRANSIENT_STATUSES or status < 400:
                 raise _Down(TargetDownError(f"request failed: {status} {_reason(exc)}"), answered=True) from None
+            if status in (401, 403, 405) or (status == 404 and not _error_type(exc)):
+                # Not the entries' fault: the target's url or credentials are wrong (a 404
+                # without an Elasticsearch error body is not Elasticsearch answering). Its
+                # entries wait for the config to be fixed, spending no attempts.
+                raise _Down(
+                    TargetDownError(f"the target does not answer as Elasticsearch: {status} {_reason(exc)}"),
+                    answered=True,
+                ) from None
             raise _Refused(PermanentError(f"refused by Elasticsearch: {status} {_reason(exc)}")) from None
         except Exception as exc:  # unknown: retry rather than dead-letter on first sight
             raise _Down(TransientError(f"{type(exc).__name__}: {exc}")) from None

@@ -28,12 +28,17 @@ from walstream.entry import Entry
 from walstream.kafka_admin import unconsumed
 from walstream.namespaces.model import NamespaceError, parse_namespace, wal_topic
 from walstream.requests import RequestError, parse_log_request
+from walstream.targets.base import ErrorClass
 from walstream.writer import Durable, Remembered
 
 if TYPE_CHECKING:
     from walstream.app import WalApp
 
 log = logging.getLogger(__name__)
+
+
+#: what a redrive request may say
+REDRIVE_FIELDS = frozenset({"ids", "error_class", "since", "until", "limit", "dry_run", "rate", "wait_s"})
 
 
 def _is_number(v: Any) -> bool:
@@ -340,6 +345,7 @@ def register_views(wal: WalApp) -> None:
             "written_at": at(doc["written_at_us"] // 1000) if doc.get("written_at_us") else None,
             "due_at": at(doc.get("due_ms")),
             "updated_at": at(doc.get("updated_ms")),
+            "last_error": doc.get("last_error"),
             "targets": [
                 {
                     "target": tid,
@@ -462,8 +468,17 @@ def register_views(wal: WalApp) -> None:
     async def dead_letter_rows(ns: str, query: dict[str, str], local_only: bool) -> list[dict[str, Any]]:
         """Index rows of ``ns`` matching ``query`` (id, error_class, since, until, limit),
         from this worker's active partitions and, unless ``local_only``, the fleet's."""
+        unknown = sorted(set(query) - {"id", "error_class", "since", "until", "limit", "local"})
+        if unknown:
+            raise BodyError(400, f"unknown filter(s) {unknown}; expected id, error_class, since, until, limit")
         since, until = parse_time(query.get("since"), "since"), parse_time(query.get("until"), "until")
-        limit = int(query.get("limit") or 1000)
+        raw_limit = query.get("limit") or "1000"
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100_000:
+            raise BodyError(400, f"limit: expected a whole number from 1 to 100000, not {raw_limit!r}")
+        limit = int(raw_limit)
+        classes = {c.value for c in ErrorClass}
+        if query.get("error_class") and query["error_class"] not in classes:
+            raise BodyError(400, f"error_class: expected one of {sorted(classes)}, not {query['error_class']!r}")
         actives = set(wal.active_partitions())
         rows = []
         for row in wal.dlq_index.rows(ns, ordered.partitions(wal.dlq_index.table, actives), query.get("id")):
@@ -516,6 +531,10 @@ def register_views(wal: WalApp) -> None:
                 body = await read_json(request, settings.max_request_bytes)
                 if not isinstance(body, dict):
                     raise BodyError(400, "expected a JSON object")
+                unknown = sorted(set(body) - REDRIVE_FIELDS)
+                if unknown:
+                    # a misspelt filter ("id" for "ids") must not widen a redrive to every letter
+                    raise BodyError(400, f"unknown field(s) {unknown}; expected {sorted(REDRIVE_FIELDS)}")
                 ids = body.get("ids")
                 if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
                     raise BodyError(400, "ids: expected a list of entry ids")
@@ -568,8 +587,9 @@ def register_views(wal: WalApp) -> None:
                 doc, _ = await find_state(row["ns"], row["id"])
                 if doc is None or (doc.get("updated_ms") or 0) < sent_ms:
                     continue
-                t = doc["state"] if row["target_id"] == "*" else (
-                    doc.get("targets", {}).get(row["target_id"], {}).get("state"))
+                # a target the namespace no longer has is redriven whole: the entry's state tells
+                whole = row["target_id"] == "*" or row["target_id"] not in doc.get("targets", {})
+                t = doc["state"] if whole else doc["targets"][row["target_id"]].get("state")
                 if t in (EntryState.DELIVERED, EntryState.DEAD, EntryState.CANCELLED):
                     last_error = doc.get("targets", {}).get(row["target_id"], {}).get("last_error") or doc.get(
                         "last_error")

@@ -357,3 +357,20 @@ async def test_redrive_of_a_letter_for_a_replaced_target_goes_to_the_current_one
     assert [x.id for x in target.applied] == ["e1"]
     doc = _state(wal, "e1")
     assert doc["state"] == "DELIVERED" and set(doc["targets"]) == {_tid(fixed)}, doc
+
+
+async def test_a_second_record_of_an_id_for_a_different_entry_is_dead_lettered_not_dropped(harness: Harness) -> None:
+    """Two records of one id reach the log when a repeat is written through another worker
+    before the first was consumed: the same request is delivered once; a different one is
+    dead-lettered with the reason, never dropped behind the SUCCESS it was answered."""
+    wal, target, producer = harness
+    first = raw(envelope(1, digest="aaa"))
+    same = raw(envelope(1, digest="aaa"))
+    other = raw(envelope(1, digest="bbb")).replace(b'"payload":1', b'"payload":2')
+    async with agent(wal).test_context() as ctx:
+        for value in (first, same, other):
+            await ctx.put(key=b"k1", value=value, wait=True)
+    assert [(e.id, e.payload) for e in target.applied] == [("e1", 1)]
+    [(_, letter, _)] = producer.sent
+    doc = orjson.loads(letter)
+    assert doc["entry"]["payload"] == 2 and "already used for a different entry" in doc["message"]

@@ -372,6 +372,16 @@ class Deliverer:
             state.update(partition=rec.partition, offset=rec.offset, key=entry.key, written_at_us=entry.written_at_us)
             return []
         if (state["partition"], state["offset"]) != (rec.partition, rec.offset):
+            if doc.get("digest") and state.get("digest") and doc["digest"] != state["digest"]:
+                # the same id for a different entry, written before the write API could know
+                # (through another worker, before this record's first copy was consumed): it
+                # is not delivered, and not silently either
+                message = (
+                    f"id {entry.id!r} was already used for a different entry (partition {state['partition']}, "
+                    f"offset {state['offset']}); this one was not delivered: write it with a new id"
+                )
+                out.letters.append(_letter(rec, doc, None, ErrorClass.PERMANENT, message, 0, now_s))
+                return []
             log.info(
                 "entry %s/%s written again (offset %d); already tracked at offset %d: skipped",
                 entry.namespace,

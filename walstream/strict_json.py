@@ -42,6 +42,7 @@ from decimal import Decimal
 from typing import Any
 
 import jiter
+import orjson
 from jiter import LosslessFloat
 
 #: the deepest nesting of arrays/objects below a document (an entry, a namespace, a body)
@@ -208,19 +209,27 @@ def _out_of_range(number: str) -> str:
 
 
 def _float(literal: str) -> Any:
-    v = _exact_float(literal)
+    v = _exact_float(literal, float(literal))
     return _Bad(_float_problem(literal)) if v is None else v
 
 
-def _exact_float(literal: str) -> float | None:
-    """The double of a JSON number literal with a fraction or an exponent, or None when the
-    double does not hold the literal's value (the round-trip rule of the module docstring)."""
-    v = float(literal)
+#: the smallest normal double: below it a double keeps fewer digits
+_MIN_NORMAL = 2.2250738585072014e-308
+
+
+def _exact_float(literal: str, v: float) -> float | None:
+    """``v``, the double of a JSON number literal with a fraction or an exponent, or None when
+    it does not hold the literal's value (the round-trip rule of the module docstring)."""
     if v - v != 0.0:  # inf
         return None
-    r = repr(v)
-    # the common case (a client that writes floats as their shortest repr) costs no Decimal
-    if r == literal or Decimal(literal) == Decimal(r):
+    # Cheap cases first (measured: ~0.1-0.3 µs against ~1 µs for repr + Decimal). A literal
+    # of at most 16 characters has at most 15 significant digits, and a double holds any
+    # such decimal in its normal range (DBL_DIG = 15); next, a client that writes floats as
+    # their shortest text (orjson, JavaScript) sends what orjson writes back (shortest digits,
+    # like repr, perhaps in another exponent form: then the exact comparison decides).
+    if len(literal) <= 16 and abs(v) >= _MIN_NORMAL:
+        return v
+    if orjson.dumps(v) == literal.encode() or Decimal(literal) == Decimal(repr(v)):
         return v
     return None
 
@@ -280,7 +289,7 @@ def _clean(v: Any, level: int, max_depth: int) -> bool:
         if t is int:
             return bool(INT_MIN <= v <= INT_MAX)
         if t is LosslessFloat:
-            return _exact_float(str(v)) is not None
+            return _exact_float(str(v), float(v)) is not None
         return True
     if level > max_depth:
         return False
@@ -297,7 +306,7 @@ def _clean(v: Any, level: int, max_depth: int) -> bool:
     if floats:
         for k, x in v.items() if t is dict else enumerate(v):
             if type(x) is LosslessFloat:
-                f = _exact_float(str(x))
+                f = _exact_float(str(x), float(x))
                 if f is None:
                     return False
                 v[k] = f  # an existing key or index: safe while iterating
@@ -353,7 +362,7 @@ def _find(v: Any, level: int, max_depth: int, slow: bool) -> _Found | None:
         return None
     if t is LosslessFloat:
         literal = str(v)
-        return None if _exact_float(literal) is not None else ([], _float_problem(literal))
+        return None if _exact_float(literal, float(v)) is not None else ([], _float_problem(literal))
     if t is _Bad:
         return [], v.reason
     if t is str and slow and not _valid_text(v):

@@ -7,7 +7,6 @@ in write order.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -170,23 +169,42 @@ class Entry:
         )
 
 
-#: a run of digits as long as the shortest integer orjson would turn into a float
-_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+#: Number literals orjson may read differently from walstream.strict_json, as classes of
+#: bytes: digits and '.' become '0', 'e'/'E' become 'e', '+'/'-' become '-'. Such a literal
+#: always shows one of :data:`_SUSPECT_RUNS` (a superset: a string may show one too):
+#: - 17 digits/dots: an integer of 19+ digits (beyond 64 bits orjson makes it a float), or a
+#:   fraction with 16+ significant digits (more than a double keeps);
+#: - 16 digits then an exponent: a mantissa of 16+ digits without a '.';
+#: - a digit, an exponent of 3+ digits: a value that may be beyond a double's normal range
+#:   (with a shorter exponent that takes a mantissa of 200+ digits: the first run).
+#: Measured on a ~1 KB record: translate + these checks ~3.6 µs, orjson.loads ~3 µs, a
+#: regex for the same runs ~48 µs, strict_json.loads ~16 µs (a shared machine: rough).
+_NUMBER_CLASSES = bytes.maketrans(b"0123456789.Ee+-", b"00000000000ee--")
+_SUSPECT_RUNS = (b"0" * 17, b"0" * 16 + b"e", b"0e000", b"0e-000")
 
 
 def parse_record(data: bytes | None) -> Any:
     """The JSON document of a WAL record. Records reach WAL topics from other producers too:
-    a value orjson would change silently (an integer beyond 64 bits becomes a float) or a
-    duplicate key is refused, as the write API refuses it. The strict reading
-    (walstream.strict_json) runs only for records with a 19-digit run, where orjson's may
-    differ. Raises :class:`EntryDecodeError`."""
+    a value orjson would change silently (an integer beyond 64 bits becomes a float, a float
+    literal a double cannot hold exactly is rounded) is refused, as the write API refuses it.
+    The strict reading (walstream.strict_json, which also refuses duplicate keys) runs only
+    for records holding such a number literal (see :data:`_SUSPECT_RUNS`), where orjson's may
+    differ. Raises :class:`EntryDecodeError` naming the problem."""
     if data is None:
         raise EntryDecodeError("record has no value")
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise EntryDecodeError(f"not a walstream entry: {exc!r}") from None
-    if _LONG_NUMBER.search(data):
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            # orjson calls every undecodable byte "surrogates not allowed": say what it is
+            raise EntryDecodeError(
+                f"not a walstream entry: the record is not valid UTF-8 JSON ({bad.reason} at byte {bad.start})"
+            ) from None
+        raise EntryDecodeError(f"not a walstream entry: {exc}") from None
+    classes = data.translate(_NUMBER_CLASSES)
+    if any(run in classes for run in _SUSPECT_RUNS):
         try:
             doc = strict_json.loads(data, max_depth=STRICT_RECORD_DEPTH)
         except strict_json.StrictJSONError as exc:

@@ -30,6 +30,12 @@ BAD: list[tuple[str, Any, int, str]] = [
      "payload.mutations.0.key.id: integer 18446744073709551617 is outside the 64-bit range"),
     ("float overflow", b'{"namespace": "{ns}", "payload": [1e400]}', 400, "payload.0: number is beyond the range"),
     ("NaN", b'{"namespace": "{ns}", "payload": [NaN]}', 400, "payload.0: NaN is not a JSON number"),
+    ("float a double cannot hold", b'{"namespace": "{ns}", "payload": {"mutations": [{"table": "movies", "op": "put",'
+     b' "key": {"id": "1"}, "value": {"price": 12345678901234567890.123}}]}}', 400,
+     "payload.mutations.0.value.price: 12345678901234567890.123 cannot be held exactly by a JSON reader's double;"
+     " send it as a string"),
+    ("lone surrogate in a key", b'{"namespace": "{ns}", "payload": {"\\udc00": 1}}', 400,
+     "payload.\\udc00: key is not valid Unicode (a lone surrogate)"),
     ("nested 300 deep", b'{"namespace": "{ns}", "payload": ' + b"[" * 300 + b"]" * 300 + b"}", 400,
      "payload: nested deeper than 128 levels"),
 ]
@@ -116,6 +122,9 @@ def test_bad_namespace_configs_are_refused(worker_ns: tuple[Worker, str]) -> Non
             (b"targets: [{type: noop}]\ntargets: [{type: kafka, topic: t}]\n", "duplicate key 'targets'"),
             (b"targets: [{type: noop}]\nretry: {max_attempts: yes}\n", "retry.max_attempts"),
             (b'{"targets": [{"type": "noop"}], "retry": {"max_attempts": 18446744073709551617}}', "64-bit range"),
+            (b'{"targets": [{"type": "noop"}], "labels": {"\\udc00": 1}}', "key is not valid Unicode"),
+            (b'{"targets": [{"type": "noop"}], "retry": {"multiplier": 2.0000000000000001}}',
+             "retry.multiplier: 2.0000000000000001 cannot be held exactly"),
         ]:
             r = c.put("/v1/namespaces/good-name", content=raw)
             assert r.status_code == 400 and fragment in r.json()["message"], r.text
@@ -166,3 +175,34 @@ def test_a_batch_refuses_its_bad_entries_one_by_one(worker_ns: tuple[Worker, str
         r = c.post("/v1/log", content=movie_entry(ns, "after", b'"5"', b'"Ran"'))
         assert r.status_code == 200 and r.json()["durable"] == "SUCCESS", r.text
     assert end_offsets(f"wal.{ns}") == before + 3
+
+
+@pytest.mark.timeout(120)
+def test_a_surrogate_key_or_a_lossy_float_fails_alone_in_a_batch(worker_ns: tuple[Worker, str]) -> None:
+    """Given a batch of one good entry between one with a lone surrogate escape as an object
+    key and one with a float literal a double cannot hold, when it is posted, then the answer
+    is a 200 whose bad entries have their own 400 naming where, the good one is written
+    (exactly one record added to the WAL topic), and other endpoints answer such a body
+    with a 400 too (the dead-letter redrive, which echoes nothing of it)."""
+    w, ns = worker_ns
+    before = end_offsets(f"wal.{ns}")
+    items = [
+        b'{"namespace": "%s", "id": "bad-key", "payload": {"\\udc00": 1}}' % ns.encode(),
+        movie_entry(ns, "good", b'"1"', b'"Heat"'),
+        movie_entry(ns, "lossy", b'"2"', b"9007199254740993.0"),
+    ]
+    with w.client() as c:
+        r = c.post("/v1/log/batch", content=b'{"entries": [' + b", ".join(items) + b"]}")
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [(x["id"], x["status"], x["durable"]) for x in results] == [
+            ("bad-key", 400, "FAILED"), ("good", 200, "SUCCESS"), ("lossy", 400, "FAILED")
+        ], results
+        assert results[0]["message"] == "payload.\\udc00: key is not valid Unicode (a lone surrogate)"
+        assert results[2]["message"] == (
+            "payload.mutations.0.value.title: 9007199254740993.0 cannot be held exactly by a JSON reader's double;"
+            " send it as a string"
+        )
+        r = c.post(f"/v1/dlq/{ns}/redrive", content=b'{"ids": ["x"], "\\ud800": true}')
+        assert r.status_code == 400 and "key is not valid Unicode" in r.json()["message"], r.text
+    assert end_offsets(f"wal.{ns}") == before + 1

@@ -57,6 +57,13 @@ GOOD: list[tuple[Any, Any, Any]] = [
     (t("ShortType"), 32767, 32767),
     (t("Int32Type"), "-2147483648", -(2**31)),
     (t("Int32Type"), 7.0, 7),
+    # an integral float of any size is its literal's integer (the JSON reader refuses a literal
+    # a double cannot hold, so the float's shortest repr is what the client wrote)
+    (t("Int32Type"), 2147483647.0, 2**31 - 1),
+    (t("LongType"), 1e18, 10**18),
+    (t("IntegerType"), 1e23, 10**23),  # its double is 99999999999999991611392
+    (t("IntegerType"), 1e300, 10**300),
+    (t("DateType"), 1.7e12, datetime(2023, 11, 14, 22, 13, 20)),
     (t("LongType"), 2**63 - 1, 2**63 - 1),
     (t("LongType"), "-9223372036854775808", -(2**63)),
     (t("IntegerType"), 18446744073709551617, 18446744073709551617),
@@ -178,7 +185,14 @@ BAD: list[tuple[Any, Any, str]] = [
     (t("ByteType"), 128, "out of range [-128, 127]"),
     (t("ShortType"), "-32769", "out of range"),
     (t("LongType"), 2**63, "out of range"),
-    (t("LongType"), 1.8446744073709552e19, "not an exact integer"),
+    (t("LongType"), 1.8446744073709552e19, "18446744073709552000 is out of range"),
+    (t("LongType"), 1e19, "10000000000000000000 is out of range"),
+    # the double is -2**63, but the literal's value (-9223372036854776000) is out of range
+    (t("LongType"), -9.223372036854776e18, "-9223372036854776000 is out of range"),
+    (t("Int32Type"), 2147483648.0, "out of range [-2147483648, 2147483647]"),
+    (t("Int32Type"), 1e-7, "1e-07 is not an exact integer"),
+    (t("LongType"), float("nan"), "is not an exact integer"),
+    (t("IntegerType"), float("inf"), "is not an exact integer"),
     (t("IntegerType"), "1e3", "expected an integer"),
     (t("FloatType"), 1e39, "beyond the range of a float"),
     (t("DoubleType"), "1e400", "beyond the range of a double"),

@@ -3,12 +3,16 @@ differently, is refused with a message naming where it is; valid JSON reads as u
 
 from __future__ import annotations
 
+import random
+from decimal import Decimal
 from typing import Any
 
 import orjson
 import pytest
 
 from walstream.strict_json import MAX_DEPTH, Refused, StrictJSONError, loads, loads_batch
+
+pytestmark = pytest.mark.timeout(30)
 
 
 def nested(levels: int, leaf: bytes = b"1") -> bytes:
@@ -139,3 +143,115 @@ def test_text_is_read_as_bytes_are() -> None:
     assert loads('{"a": "\u00e9"}') == {"a": "\u00e9"}
     with pytest.raises(StrictJSONError, match="a: string is not valid Unicode"):
         loads('{"a": "\ud800"}')  # a str holding a lone surrogate
+
+
+# --- numbers that a double cannot hold exactly (issue 7, item 4) ----------------------------
+
+LOSSY = [
+    "9007199254740993.0",  # 2**53 + 1: the double is 2**53
+    "2147483647.0000001",  # a double keeps ~16 significant digits
+    "12345678901234567890.123",
+    "0.1000000000000000055511151231257827",  # 0.1's exact binary value, cut: not 0.1 either
+    "1e-400",  # would become 0.0
+    "2.4703282292062328e-324",  # rounds to the smallest subnormal, 5e-324
+    "-123456789.123456789",
+    "1234567890123456789e-3",  # no dot: still 19 significant digits
+    "9007199254740993e0",
+]
+
+EXACT = [
+    "0.1", "1.5e-7", "3.14159", "-0.0", "1.50", "1E+2", "8.3", "1e300", "5e-324", "1e22",
+    "0.30000000000000004",  # 0.1 + 0.2 as every language prints it: the repr of a double
+    "9007199254740992.0", "1.7976931348623157e308", "0.000001",
+]
+
+
+@pytest.mark.parametrize("literal", LOSSY)
+def test_a_float_literal_a_double_cannot_hold_is_refused_naming_where(literal: str) -> None:
+    body = b'{"payload": {"mutations": [{"value": {"price": ' + literal.encode() + b"}}]}}"
+    err = refused(body)
+    assert str(err) == (
+        f"payload.mutations.0.value.price: {literal} cannot be held exactly by a JSON reader's double;"
+        " send it as a string"
+    )
+    assert err.path == ("payload", "mutations", 0, "value", "price") and not err.malformed
+
+
+@pytest.mark.parametrize("literal", EXACT)
+def test_a_float_literal_that_round_trips_reads_as_its_double(literal: str) -> None:
+    got = loads(b'{"a": [' + literal.encode() + b'], "b": ' + literal.encode() + b"}")
+    assert got == {"a": [float(literal)], "b": float(literal)}
+    assert type(got["a"][0]) is float and type(got["b"]) is float  # no parser type leaks out
+    assert type(loads(literal.encode())) is float
+
+
+def test_a_lossy_float_is_found_whichever_path_reads_it() -> None:
+    # a duplicate key elsewhere sends the body to the slow (stdlib) path
+    fast = refused(b'{"a": [9007199254740993.0]}')
+    slow = refused(b'{"a": [9007199254740993.0], "b": {"c": 1, "c": 1}}')
+    assert str(fast) == str(slow) == (
+        "a.0: 9007199254740993.0 cannot be held exactly by a JSON reader's double; send it as a string"
+    )
+
+
+def test_the_round_trip_rule_over_random_literals() -> None:
+    # Given literals of 1 to 20 significant digits, with and without fraction and exponent
+    rng = random.Random(7)
+    for _ in range(3000):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 20))).lstrip("0") or "0"
+        dot = rng.randint(0, len(digits))
+        literal = (digits[:dot] or "0") + "." + (digits[dot:] or "0")
+        if rng.random() < 0.5:
+            literal = (digits if rng.random() < 0.5 else literal) + f"e{rng.randint(-330, 310)}"
+        f = float(literal)
+        # Then exactly those whose value equals their double's shortest repr are accepted
+        holds = f - f == 0.0 and Decimal(literal) == Decimal(repr(f))
+        try:
+            assert loads(literal.encode()) == f and holds, literal
+        except StrictJSONError:
+            assert not holds, literal
+
+
+def test_a_batch_refuses_a_lossy_float_alone() -> None:
+    good = entry({"price": 12.5}, id="good")
+    bad = b'{"namespace": "ns", "id": "lossy", "payload": {"price": 9007199254740993.0}}'
+    got = loads_batch(b'{"entries": [' + good + b", " + bad + b", 2.5]}")["entries"]
+    assert got[0] == orjson.loads(good) and type(got[0]["payload"]["price"]) is float
+    assert isinstance(got[1], Refused) and dict(got[1]) == {"id": "lossy"}
+    assert str(got[1].error) == (
+        "payload.price: 9007199254740993.0 cannot be held exactly by a JSON reader's double; send it as a string"
+    )
+    assert got[2] == 2.5 and type(got[2]) is float
+
+
+# --- strings UTF-8 cannot encode, anywhere (issue 7, item 5) --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"payload": {"\\udc00": 1}}', "payload.\\udc00: key is not valid Unicode (a lone surrogate)"),
+        (b'{"\\ud800": 1}', "\\ud800: key is not valid Unicode (a lone surrogate)"),
+        (b'{"a": [{"b": {"x\\udfffy": null}}]}', "a.0.b.x\\udfffy: key is not valid Unicode (a lone surrogate)"),
+        (b'{"a": [1, "\\udc00"]}', "a.1: string is not valid Unicode (a lone surrogate)"),
+        (b'{"a": {"b": "ok \\ud83d"}}', "a.b: string is not valid Unicode (a lone surrogate)"),
+        (b'["\\ud800"]', "0: string is not valid Unicode (a lone surrogate)"),
+    ],
+)
+def test_a_string_utf8_cannot_encode_is_refused_anywhere(body: bytes, message: str) -> None:
+    err = refused(body)
+    assert str(err) == message
+    str(err).encode("utf-8")  # the message itself can be sent (it names the key escaped)
+
+
+def test_a_batch_refuses_a_surrogate_key_alone_and_its_answer_encodes() -> None:
+    bad_key = b'{"namespace": "ns", "id": "bad", "payload": {"\\udc00": 1}}'
+    bad_id = b'{"namespace": "ns", "id": "x\\udc00", "payload": {"k": "\\ud800"}}'
+    good = entry({"k": "v"}, id="good")
+    got = loads_batch(b'{"entries": [' + b", ".join([bad_key, good, bad_id]) + b"]}")["entries"]
+    assert got[1] == orjson.loads(good)
+    assert isinstance(got[0], Refused) and dict(got[0]) == {"id": "bad"}
+    assert str(got[0].error) == "payload.\\udc00: key is not valid Unicode (a lone surrogate)"
+    # an id that cannot be encoded is not repeated in the answer
+    assert isinstance(got[2], Refused) and dict(got[2]) == {}
+    orjson.dumps([{**r, "message": str(r.error)} for r in (got[0], got[2])])

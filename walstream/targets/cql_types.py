@@ -19,8 +19,8 @@ CQL type                    JSON forms
 text, varchar               string (valid UTF-8)
 ascii                       string of ASCII characters
 boolean                     true/false, or the strings "true"/"false" (any case)
-tinyint, smallint, int,     integer, integer string ("-42"), or a float with an exact
-bigint, varint              integer value (≤ 2**53); range-checked (8/16/32/64 bits,
+tinyint, smallint, int,     integer, integer string ("-42"), or an integral float (1e18,
+bigint, varint              the value of its literal); range-checked (8/16/32/64 bits,
                             varint unbounded)
 float, double               number, numeric string, "NaN", "Infinity", "-Infinity";
                             a float beyond ±3.4e38 is refused
@@ -89,7 +89,6 @@ Coercer = Callable[[Any], Any]
 _QUOTE_CHARS = 60
 
 _INT_BITS = {"tinyint": 8, "smallint": 16, "int": 32, "bigint": 64}
-_MAX_EXACT_FLOAT_INT = 2**53
 _INT_RE = re.compile(r"[+-]?\d+")
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _FLOAT_WORDS = {"nan": math.nan, "infinity": math.inf, "+infinity": math.inf, "-infinity": -math.inf}
@@ -206,8 +205,11 @@ def _integer(value: Any) -> int:
     if isinstance(value, int):
         return value
     if isinstance(value, float):
-        if value.is_integer() and abs(value) <= _MAX_EXACT_FLOAT_INT:
-            return int(value)
+        # Any size: the JSON reader (walstream.strict_json) admits a float only when its
+        # literal round-trips, so the float's shortest repr is the number the client wrote
+        # (1e18, or 1e23 whose double is 99999999999999991611392); its range is the column's.
+        if value.is_integer():  # false for nan and ±inf
+            return int(Decimal(repr(value)))
         raise CqlValueError(f"{quote(value)} is not an exact integer")
     if isinstance(value, str) and _INT_RE.fullmatch(value):
         try:

@@ -267,7 +267,25 @@ def register_views(wal: WalApp) -> None:
             if answer.get("durable") == Durable.SUCCESS.value:
                 answer["duplicate"] = True
             results[i] = answer
-        return [r or {} for r in results]
+        answers = [r or {} for r in results]
+        try:
+            orjson.dumps(answers)
+        except orjson.JSONEncodeError:
+            # one answer holds text UTF-8 cannot encode (strict reading keeps such text out;
+            # this guards against a path that echoes it): escape it, so that one entry's
+            # answer stays that entry's and never turns the whole answer into a 500
+            answers = [sendable(a) for a in answers]
+        return answers
+
+    def sendable(v: Any) -> Any:
+        """``v`` with every string (keys too) that UTF-8 cannot encode escaped."""
+        if isinstance(v, str):
+            return strict_json.printable(v)
+        if isinstance(v, dict):
+            return {sendable(k): sendable(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [sendable(x) for x in v]
+        return v
 
     @app.page("/v1/log")
     class LogView(View):

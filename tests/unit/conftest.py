@@ -161,3 +161,20 @@ def harness(wal: WalApp) -> Harness:
     wal.dead_letters._producer = producer  # type: ignore[assignment]
     wal.dead_letters._retry_s = 0.01
     return wal, target, producer
+
+
+def random_float_literals(seed: int, n: int = 3000) -> list[str]:
+    """JSON float literals of 1 to 20 significant digits, with and without fraction and
+    exponent (up to 3 digits): what the strict float rule is checked over."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 20))).lstrip("0") or "0"
+        dot = rng.randint(0, len(digits))
+        literal = (digits[:dot] or "0") + "." + (digits[dot:] or "0")
+        if rng.random() < 0.5:
+            literal = (digits if rng.random() < 0.5 else literal) + f"e{rng.randint(-330, 310)}"
+        out.append(literal)
+    return out

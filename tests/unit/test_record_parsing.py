@@ -11,6 +11,7 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from tests.unit.conftest import random_float_literals
 from walstream.entry import Entry, EntryDecodeError, parse_record
 
 pytestmark = pytest.mark.timeout(30)
@@ -61,12 +62,7 @@ def test_every_literal_orjson_would_change_is_caught_by_the_cheap_trigger() -> N
     # and uuid-like text around them, the record is refused exactly when the literal does
     # not round-trip through a double: the trigger missed none.
     rng = random.Random(11)
-    for _ in range(3000):
-        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 20))).lstrip("0") or "0"
-        dot = rng.randint(0, len(digits))
-        literal = (digits[:dot] or "0") + "." + (digits[dot:] or "0")
-        if rng.random() < 0.5:
-            literal = (digits if rng.random() < 0.5 else literal) + f"e{rng.randint(-330, 310)}"
+    for literal in random_float_literals(11):
         f = float(literal)
         holds = f - f == 0.0 and Decimal(literal) == Decimal(repr(f))
         text_id = str(uuid.UUID(int=rng.getrandbits(128))).encode()

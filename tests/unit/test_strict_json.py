@@ -3,13 +3,13 @@ differently, is refused with a message naming where it is; valid JSON reads as u
 
 from __future__ import annotations
 
-import random
 from decimal import Decimal
 from typing import Any
 
 import orjson
 import pytest
 
+from tests.unit.conftest import random_float_literals
 from walstream.strict_json import MAX_DEPTH, Refused, StrictJSONError, loads, loads_batch
 
 pytestmark = pytest.mark.timeout(30)
@@ -196,13 +196,7 @@ def test_a_lossy_float_is_found_whichever_path_reads_it() -> None:
 
 def test_the_round_trip_rule_over_random_literals() -> None:
     # Given literals of 1 to 20 significant digits, with and without fraction and exponent
-    rng = random.Random(7)
-    for _ in range(3000):
-        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 20))).lstrip("0") or "0"
-        dot = rng.randint(0, len(digits))
-        literal = (digits[:dot] or "0") + "." + (digits[dot:] or "0")
-        if rng.random() < 0.5:
-            literal = (digits if rng.random() < 0.5 else literal) + f"e{rng.randint(-330, 310)}"
+    for literal in random_float_literals(7):
         f = float(literal)
         # Then exactly those whose value equals their double's shortest repr are accepted
         holds = f - f == 0.0 and Decimal(literal) == Decimal(repr(f))

@@ -556,13 +556,19 @@ def dlq_show(ctx: click.Context, namespace: str, entry_id: str, url: str | None)
 @click.option("--id", "ids", multiple=True, help="Entry id (repeatable); default: every match of the filters.")
 @with_filters
 @click.option(
-    "--rate", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True, help="Redrives per second."
+    "--rate",
+    type=click.FloatRange(min=0.02, max=1e6),
+    callback=lambda ctx, param, value: _finite(param, value),
+    default=50.0,
+    show_default=True,
+    help="Redrives per second (0.02 to a million).",
 )
 @click.option("--execute", is_flag=True, help="Really redrive (the default is a dry run).")
 @click.option(
     "--wait",
     "wait_s",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=3600),
+    callback=lambda ctx, param, value: _finite(param, value),
     default=30.0,
     show_default=True,
     help="Seconds to wait for the redriven entries' outcomes.",
@@ -627,6 +633,13 @@ def dlq_redrive(
             f"{len(rows) - delivered - dead} not settled within {wait_s:g} s"
         )
     click.echo(f"redrove {len(rows)} dead letter(s): all delivered")
+
+
+def _finite(param: click.Parameter, value: float) -> float:
+    """click's FloatRange lets nan through (every comparison with it is false)."""
+    if value != value or value in (float("inf"), float("-inf")):
+        raise click.BadParameter("expected a finite number", param=param)
+    return value
 
 
 def _redrive_outcomes(

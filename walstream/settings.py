@@ -15,7 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Configuration of one walstream worker."""
 
-    model_config = SettingsConfigDict(env_prefix="WALSTREAM_", frozen=True, extra="ignore")
+    # inf and nan are no durations or sizes (``WALSTREAM_ENTRY_RETENTION_S=inf`` crashed)
+    model_config = SettingsConfigDict(env_prefix="WALSTREAM_", frozen=True, extra="ignore", allow_inf_nan=False)
 
     #: ``WALSTREAM_BROKER``: Kafka bootstrap servers, comma separated.
     broker: str = "127.0.0.1:9092"

@@ -452,3 +452,19 @@ def test_demo_with_cassandra_down_is_one_line() -> None:
 def test_demo_on_a_taken_port_is_one_line(taken_port: int) -> None:
     line = one_line_error(run(["demo"], env={"WALSTREAM_WEB_PORT": str(taken_port)}))
     assert f"port {taken_port} on 127.0.0.1 is already in use" in line and "WALSTREAM_WEB_PORT" in line
+
+
+@pytest.mark.parametrize("args", [["--wait", "nan"], ["--wait", "inf"], ["--rate", "1e-300"], ["--rate", "nan"]])
+def test_redrive_refuses_waits_and_rates_that_never_end(args: list[str]) -> None:
+    result = CliRunner().invoke(main, ["dlq", "redrive", "ns", "--execute", *args])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+
+
+def test_settings_refuse_infinite_durations(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from walstream.settings import Settings
+
+    monkeypatch.setenv("WALSTREAM_ENTRY_RETENTION_S", "inf")
+    with pytest.raises(ValidationError, match="finite"):
+        Settings()

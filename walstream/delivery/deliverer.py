@@ -294,6 +294,8 @@ class Deliverer:
         for doc in out.docs.values():
             doc["state"] = summarise(doc["targets"], doc["state"])
             doc["updated_ms"] = now_ms
+            if doc["state"] == EntryState.DELIVERED:
+                doc.pop("last_error", None)  # an entry-level error of before no longer holds
             self.states.put(doc)
         # Removals come last, once every write above is durable (dead letters are already
         # acknowledged): a timer's or held row's successors (retry timers, released entries,
@@ -648,7 +650,7 @@ class Deliverer:
                 self.dlq_index.delete(ns_name, it.entry.id, it.target_id)
             self.metrics.delivered.labels(ns_name, label).inc()
             self.metrics.delivery_lag.labels(ns_name, label).observe(max(0.0, now_s - _ready_at_s(it.entry)))
-            if it.is_blocker and it.ordered:
+            if self._blocks_its_key(it):
                 return self._release(partition, it, breaker, now_s, out)
             return False
         if isinstance(err, TargetDownError):
@@ -672,9 +674,19 @@ class Deliverer:
             _letter(it.source, it.doc, it.target_cfg, err.error_class, err.message, attempt, first, now_s)
         )
         t.update(state=EntryState.DEAD.value, attempts=attempt, last_error=err.message, next_attempt_ms=None)
-        if it.is_blocker and it.ordered:
+        if self._blocks_its_key(it):
             return self._release(partition, it, breaker, now_s, out)
         return False
+
+    def _blocks_its_key(self, it: Item) -> bool:
+        """Whether entries of ``it``'s key wait for it at its target. Under ``ordering: key``
+        a blocker does; and when the namespace changed to ``none`` while entries were held,
+        the one its key still names must release them (they would wait for good)."""
+        if not it.is_blocker:
+            return False
+        if it.ordered:
+            return True
+        return self.order.blocker(it.entry.namespace, it.target_id, it.entry.key) == it.entry.id
 
     def _put_timer(self, timer: Timer, out: _Outcome) -> None:
         self.schedule.put(timer)
@@ -739,6 +751,8 @@ class Deliverer:
             target = self.targets.get(held["target"])
             nxt = Item(entry, held["entry"], ns, rec, held["target"], tid, target, is_blocker=True)
             self._retry_later(nxt, int(now_s * 1000), 0, None, out)  # the key now waits for it
+            # (also after a change to ordering: none, so that it releases the rest in turn)
+            self.order.block(ns.name, tid, key, entry.id)
             out.released.add(held_key)
             return True
         self.order.unblock(ns.name, tid, key)
@@ -858,7 +872,9 @@ class Deliverer:
             self._state(out, Entry.from_doc(row["entry"]), rec)["targets"].pop(target_id, None)
             row = {**row, "target": None}
             target_id = "*"
-        due_ms = int(now_s * 1000)
+        # due now, but never before the entry's own due time (a delayed entry dead-lettered
+        # early, e.g. by a forced namespace deletion, is redriven to wait for it)
+        due_ms = max(int(now_s * 1000), Entry.from_doc(row["entry"]).due_at_ms or 0)
         topic, part, offset = row["source"]
         timer = Timer(
             kind="retry" if row.get("target") else "delay",

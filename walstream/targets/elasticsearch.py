@@ -433,9 +433,9 @@ class ElasticsearchTarget(Target):
                 # Not the entries' fault: the target's url or credentials are wrong (a 404
                 # without an Elasticsearch error body is not Elasticsearch answering). Its
                 # entries wait for the config to be fixed, spending no attempts.
+                # (not "answered": no index of a real cluster is refusing; the target is wrong)
                 raise _Down(
-                    TargetDownError(f"the target does not answer as Elasticsearch: {status} {_reason(exc)}"),
-                    answered=True,
+                    TargetDownError(f"the target does not answer as Elasticsearch: {status} {_reason(exc)}")
                 ) from None
             raise _Refused(PermanentError(f"refused by Elasticsearch: {status} {_reason(exc)}")) from None
         except Exception as exc:  # unknown: retry rather than dead-letter on first sight

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: the slowest redrive pace accepted (one per 50 s): below, a request would sleep for hours
+MIN_REDRIVE_RATE = 0.02
+
 #: what a redrive request may say
 REDRIVE_FIELDS = frozenset({"ids", "error_class", "since", "until", "limit", "dry_run", "rate", "wait_s"})
 
@@ -557,8 +560,9 @@ def register_views(wal: WalApp) -> None:
                 if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
                     raise BodyError(400, "ids: expected a list of entry ids")
                 rate = body.get("rate")
-                if rate is not None and not (_is_number(rate) and rate > 0):
-                    raise BodyError(400, "rate: expected a positive number (redrives per second)")
+                if rate is not None and not (_is_number(rate) and MIN_REDRIVE_RATE <= rate <= 1e6):
+                    # a rate of 1e-300 slept for ever between two redrives, holding the request
+                    raise BodyError(400, f"rate: expected redrives per second from {MIN_REDRIVE_RATE} to 1000000")
                 dry_run = body.get("dry_run", True)
                 if not isinstance(dry_run, bool):
                     raise BodyError(400, "dry_run: expected true or false")
@@ -585,7 +589,7 @@ def register_views(wal: WalApp) -> None:
                 )
                 await fut
                 sent += 1
-                if rate:
+                if rate and sent < len(rows):
                     await asyncio.sleep(1.0 / float(rate))
             results = await redrive_outcomes(rows, sent_ms, float(wait_s))
             counts = {o: sum(1 for r in results if r["outcome"] == o) for o in ("DELIVERED", "DEAD", "PENDING")}

@@ -80,6 +80,7 @@ def test_deleting_a_namespace_with_pending_entries_needs_force(
     refused = cli(w, "namespace", "delete", unique)
     assert refused.returncode == 1 and "1 pending" in refused.stderr and "--force" in refused.stderr, refused
     assert httpx.get(f"{w.url}/v1/namespaces/{unique}").status_code == 200
+    assert httpx.delete(f"{w.url}/v1/namespaces/{unique}", params={"forse": "true"}).status_code == 400
     # With force: deleted, and the entry dead-lettered now (not in ten minutes)
     forced = cli(w, "namespace", "delete", unique, "--force")
     assert forced.returncode == 0 and "1 pending entries dead-lettered" in forced.stdout, forced

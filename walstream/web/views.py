@@ -661,8 +661,8 @@ def register_views(wal: WalApp) -> None:
             """``?force=true`` deletes a namespace with pending entries, dead-lettering them;
             without it such a deletion is refused (409) with the count."""
             force = request.query.get("force", "false")
-            if force not in ("true", "false"):
-                return respond(self, 400, {"message": "force: expected true or false"})
+            if force not in ("true", "false") or set(request.query) - {"force"}:
+                return respond(self, 400, {"message": "expected at most ?force=true or ?force=false"})
             if wal.registry.get(name) is None:
                 return respond(self, 404, {"message": f"unknown namespace {name!r}"})
             try:

@@ -2,7 +2,8 @@
 
 The agent consumes every ``wal.<namespace>`` topic of the worker's shard plus the worker
 fleet's command topic (all co-partitioned with the state tables). Concurrency is 1, so each
-partition is handled in offset order. Each record is admitted by the offset ledger
+partition is handled in offset order. Records arrive in chunks (one Faust event per
+partition per fetch, walstream.faust_consumer.ChunkMessage). Each chunk is admitted by the offset ledger
 (walstream.delivery.offsets), and a partition's offsets advance there only after the
 deliverer returns for its part of the batch (every entry applied, waiting durably in a
 table, or dead-lettered); the ledger alone commits. A crash or a rebalance re-delivers from
@@ -29,6 +30,7 @@ import orjson
 from walstream.delivery.commands import COMMAND_KEY, SWEEP, TICK
 from walstream.delivery.dead_letters import SourceRecord
 from walstream.delivery.event_context import bound_event
+from walstream.faust_consumer import records_of
 
 if TYPE_CHECKING:
     from walstream.app import WalApp
@@ -69,7 +71,9 @@ def register(wal: WalApp) -> None:
         #: the next event, asked for in its own task so that waiting for it can be given up
         #: without cancelling Faust's stream generator
         upcoming: asyncio.Future[Any] | None = None
-        batch: list[Any] = []
+        #: admitted events, each with the records of it to process (a chunk may be cut)
+        batch: list[tuple[Any, list[SourceRecord]]] = []
+        size = 0
         try:
             while True:
                 if upcoming is None:
@@ -88,11 +92,14 @@ def register(wal: WalApp) -> None:
                     finally:
                         upcoming = None
                     msg = event.message
-                    if await wal.offsets.admit(msg.tp, msg.offset, msg.generation_id):
-                        batch.append(event)
+                    records = records_of(msg)
+                    start, stop = await wal.offsets.admit_chunk(msg.tp, [r.offset for r in records], msg.generation_id)
+                    if stop > start:
+                        batch.append((event, records[start:stop]))
+                        size += stop - start
                     else:
                         wal.offsets.release(msg)
-                    if not batch or (len(batch) < settings.delivery_batch and not queue.empty()):
+                    if not batch or (size < settings.delivery_batch and not queue.empty()):
                         continue
                 state["busy"] = True
                 try:
@@ -106,8 +113,9 @@ def register(wal: WalApp) -> None:
                     _settle(batch, processed=True)
                 finally:
                     state["busy"] = False
-                yield len(batch)
+                yield size
                 batch = []
+                size = 0
         finally:
             if upcoming is not None and not upcoming.done():
                 upcoming.cancel()
@@ -134,14 +142,14 @@ def register(wal: WalApp) -> None:
         except Exception:
             log.exception("offset commit on revocation failed")
 
-    def _settle(events: list[Any], processed: bool) -> None:
+    def _settle(batch: list[tuple[Any, list[SourceRecord]]], processed: bool) -> None:
         # an admitted record's generation is the ledger's at admission (admit refuses others)
         first: dict[Any, int] = {}
         end: dict[Any, tuple[int, int]] = {}
-        for ev in events:
+        for ev, records in batch:
             msg = ev.message
-            first.setdefault(msg.tp, msg.offset)
-            end[msg.tp] = (msg.offset + 1, msg.generation_id)
+            first.setdefault(msg.tp, records[0].offset)
+            end[msg.tp] = (records[-1].offset + 1, msg.generation_id)
             wal.offsets.release(msg)
         for tp, (stop, generation) in end.items():
             if processed:
@@ -149,26 +157,26 @@ def register(wal: WalApp) -> None:
             else:
                 wal.offsets.abandoned(tp, first[tp], generation)
 
-    async def _handle(events: list[Any]) -> None:
-        by_partition: dict[int, list[Any]] = defaultdict(list)
-        for ev in events:
-            by_partition[ev.message.partition].append(ev)
-        for partition, evs in by_partition.items():
-            records = []
-            commands = []
-            for ev in evs:
-                msg = ev.message
-                if _is_command(msg, command_topic):
-                    cmd = _command(msg.value)
-                    if cmd is not None:
-                        commands.append(cmd)
+    async def _handle(batch: list[tuple[Any, list[SourceRecord]]]) -> None:
+        by_partition: dict[int, list[tuple[Any, list[SourceRecord]]]] = defaultdict(list)
+        for ev, records in batch:
+            by_partition[ev.message.partition].append((ev, records))
+        for partition, parts in by_partition.items():
+            fresh: list[SourceRecord] = []
+            commands: list[dict[str, Any]] = []
+            for ev, records in parts:
+                if _is_command(ev.message, command_topic):
+                    commands.extend(cmd for cmd in map(_command, (r.value for r in records)) if cmd is not None)
                 else:
-                    records.append(SourceRecord(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
+                    fresh.extend(records)
             tick = any(c.get("op") == "tick" for c in commands)
             if tick:
                 ticks_in_flight.pop(partition, None)
-            with bound_event(evs[-1]):
-                await wal.deliverer.process(partition, records, tick=tick, commands=commands)
+            with bound_event(parts[-1][0]):
+                await wal.deliverer.process(partition, fresh, tick=tick, commands=commands)
+        # the batch's table writes head for their changelogs together (acknowledged by the
+        # next flush: the deliverer's before it removes anything, the ledger's before a commit)
+        await wal.changelogs.send_pending()
 
     @wal.faust.timer(interval=settings.scheduler_interval_s)  # type: ignore[untyped-decorator]
     async def scheduler() -> None:

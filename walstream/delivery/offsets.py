@@ -30,8 +30,10 @@ it (logged as an error: that is data loss outside walstream's control).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -168,22 +170,36 @@ class OffsetLedger:
         consumer is moved back and reads it again in order). ``generation`` is the record's
         consumer generation; records of an older one are refused.
         """
+        return (await self.admit_chunk(tp, [offset], generation)) == (0, 1)
+
+    async def admit_chunk(self, tp: Any, offsets: Sequence[int], generation: int | None = None) -> tuple[int, int]:
+        """Which records of a chunk of ``tp`` (their ``offsets``, ascending) to process:
+        ``offsets[start:stop]``, possibly empty.
+
+        Records below the next expected offset were processed already and are skipped. From
+        the expected offset on, consecutive offsets are admitted; the first record past a hole
+        and every one after it are refused, and the consumer is moved back to read the hole
+        again in order. ``generation`` is the chunk's consumer generation; a chunk of an older
+        one is refused whole.
+        """
         gen = self._sync_generation()
         if generation is not None and generation != gen:
-            return False
+            return 0, 0
         part = await self._partition(tp)
         if part is None or self._generation != gen:
-            return False
-        if offset < part.next:
-            self.rereads_skipped += 1
+            return 0, 0
+        start = bisect.bisect_left(offsets, part.next)
+        if start:
+            self.rereads_skipped += start
             if self._metrics is not None:
-                self._metrics.rereads_skipped.labels(_topic(tp)).inc()
-            return False
-        if offset > part.next:
-            self._refetch(tp, part, f"offset {offset} arrived while {part.next} was expected")
-            return False
-        part.next = offset + 1
-        return True
+                self._metrics.rereads_skipped.labels(_topic(tp)).inc(start)
+        stop = start
+        while stop < len(offsets) and offsets[stop] == part.next:
+            part.next += 1
+            stop += 1
+        if stop < len(offsets):
+            self._refetch(tp, part, f"offset {offsets[stop]} arrived while {part.next} was expected")
+        return start, stop
 
     def release(self, message: Any) -> None:
         """The agent is done with ``message`` (processed, skipped or dropped)."""

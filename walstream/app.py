@@ -9,14 +9,12 @@ of its shard from the first rebalance), then Faust (agents, web server).
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import faust
 from aiokafka.partitioner import murmur2
-from faust.types import TP
 
 from tables.dead_letter_index import TABLE_NAME as DLQ_INDEX_TABLE
 from tables.dead_letter_index import DeadLetterIndex
@@ -32,6 +30,7 @@ from walstream.delivery.offsets import OffsetLedger
 from walstream.entry import DERIVED_OVERHEAD_BYTES, WriteClock
 from walstream.failpoints import Failpoints
 from walstream.faust_consumer import FaustConsumerPort, RebalanceSafeConsumer
+from walstream.faust_tables import BatchedTable, Changelogs
 from walstream.kafka_admin import (
     DERIVED_MAX_MESSAGE_BYTES,
     WAL_MAX_MESSAGE_BYTES,
@@ -50,6 +49,9 @@ from walstream.targets.pool import TargetPool
 from walstream.writer import LogWriter
 
 log = logging.getLogger(__name__)
+
+#: How many chunks (walstream.faust_consumer.ChunkMessage) wait for the delivery agent at most.
+CHUNK_QUEUE_SIZE = 16
 
 
 class _FaustApp(faust.App):
@@ -110,6 +112,8 @@ class WalApp:
         #: :meth:`_read_record_limits`
         self.row_limit_bytes = DERIVED_MAX_MESSAGE_BYTES
         self.metrics = Metrics()
+        #: changelog records of table writes, produced in batches (walstream.faust_tables)
+        self.changelogs = Changelogs(self.faust)
         self.clock = WriteClock()
         self.registry = NamespaceRegistry(s)
         self.targets = TargetPool(s)
@@ -154,10 +158,13 @@ class WalApp:
             key_serializer="raw",
             value_serializer="raw",
             partitions=s.partitions,
+            # events are chunks of up to CHUNK_MAX_RECORDS records: a short queue bounds memory
+            maxsize=CHUNK_QUEUE_SIZE,
         )
         self.wal_channel.topics = self._wal_topic_names
         #: the delivery agent's offsets: strict order per partition, committed by walstream
         self.offsets_port = FaustConsumerPort(self.faust, self._wal_topic_names)
+        self.offsets_port.changelogs = self.changelogs
         self.offsets = OffsetLedger(self.offsets_port, metrics=self.metrics)
         self.faust.ledger_topics = self._wal_topic_names
         self.faust.ledger_commit = self.offsets.commit
@@ -186,7 +193,7 @@ class WalApp:
             if ttl_format:
                 options["ttl"] = 0  # RocksDB: a TTL <= 0 never expires anything
         topic_configs = {"max.message.bytes": str(DERIVED_MAX_MESSAGE_BYTES)}
-        return self.faust.Table(
+        return BatchedTable(self.faust.Table(
             name,
             key_type=bytes,  # bytes → Faust's "raw" serializer: our key layouts reach RocksDB as-is
             value_type=bytes,
@@ -194,7 +201,7 @@ class WalApp:
             help=help,
             options=options,
             extra_topic_configs=topic_configs,
-        )
+        ), self.changelogs)
 
     def partition_for(self, key: str) -> int:
         """The partition Kafka's default partitioner gives ``key`` in every WAL topic."""
@@ -206,19 +213,6 @@ class WalApp:
         urls = {str(u).rstrip("/") for u in getattr(assignor, "_tps_url", {}).values()}
         urls.discard(self.settings.web_url.rstrip("/"))
         return sorted(urls)
-
-    @functools.cached_property
-    def _states_changelog(self) -> str:
-        return str(self.states.table.changelog_topic.get_topic_name())
-
-    def owner_url(self, key: str) -> str | None:
-        """Web address of the worker holding the tables of ``key``'s partition, from the last
-        rebalance; None when that is this worker or nobody is known."""
-        assignor: Any = self.faust.assignor
-        url = getattr(assignor, "_tps_url", {}).get(TP(self._states_changelog, self.partition_for(key)))
-        if url is None or str(url).rstrip("/") == self.settings.web_url.rstrip("/"):
-            return None
-        return str(url).rstrip("/")
 
     def active_partitions(self) -> list[int]:
         """Partitions this worker consumes actively (same numbers for every WAL topic)."""

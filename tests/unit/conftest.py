@@ -66,6 +66,26 @@ class FakeProducer:
         return fut
 
 
+class FakeChangelog:
+    """Stands in for the producer of table changelogs (unit tests only): records every
+    record it is given, acknowledged at once with offsets counted per partition."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes | None, int]] = []
+        self._next: dict[tuple[str, int], int] = {}
+
+    async def send(self, topic: str, key: bytes, value: bytes | None, partition: int) -> Any:
+        import asyncio
+        from types import SimpleNamespace
+
+        self.sent.append((topic, key, value, partition))
+        offset = self._next.get((topic, partition), 0)
+        self._next[(topic, partition)] = offset + 1
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.set_result(SimpleNamespace(topic=topic, partition=partition, offset=offset))
+        return fut
+
+
 class MemoryConsumer:
     """The offset ledger's consumer without Kafka: one generation, nothing committed, logs
     starting at 0 (Faust's test context numbers its records from 0); records what it is told."""
@@ -128,6 +148,7 @@ def build_wal(store: str, tmp_path: Path, **settings: Any) -> WalApp:
     s = Settings(store=store, datadir=tmp_path / "worker", app_id=f"unit-{tmp_path.name}", **settings)
     app = build_app(s)
     app.offsets = OffsetLedger(MemoryConsumer())
+    app.changelogs.send = FakeChangelog().send  # type: ignore[method-assign]
     return app
 
 

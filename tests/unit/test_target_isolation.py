@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.conftest import FakeProducer, MemoryConsumer, RecordingTarget, add_namespace
+from tests.unit.conftest import FakeChangelog, FakeProducer, MemoryConsumer, RecordingTarget, add_namespace
 from tests.unit.test_delivery_agent import agent, letters, send, tick, timers
 from walstream.app import WalApp, build_app
 from walstream.delivery.breaker import Breaker
@@ -88,6 +88,7 @@ def make_harness(store: str, tmp_path: Path) -> Iterator[Callable[[Target], Harn
         )
         wal = build_app(settings)
         wal.offsets = OffsetLedger(MemoryConsumer())
+        wal.changelogs.send = FakeChangelog().send  # type: ignore[method-assign]
         add_namespace(wal, ORDERS)
         add_namespace(wal, OTHER)
         healthy, other = RecordingTarget("healthy"), RecordingTarget("other")

@@ -1,0 +1,94 @@
+"""Table writes: RocksDB at once, the changelog in batches (walstream.faust_tables).
+
+Every row written through walstream's tables is readable at once, its changelog record is
+produced (in write order, deletions as tombstones) when the batch's records are sent, the
+partition's persisted changelog offset follows the acknowledgements, and a refused changelog
+record stops every later flush (no offset may be committed past it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tables import ordered
+from tests.unit.conftest import build_wal
+from walstream.app import WalApp
+from walstream.delivery.event_context import bound_event
+
+
+@pytest.fixture
+def rocks(tmp_path: Path) -> WalApp:
+    """A worker on rocksdb:// (memory:// writes take Faust's own path)."""
+    return build_wal("rocksdb://", tmp_path)
+
+
+class _Event:
+    def __init__(self, partition: int) -> None:
+        self.message = SimpleNamespace(topic="wal.orders", partition=partition)
+
+
+def rows(wal: WalApp, partition: int) -> list[tuple[bytes, bytes]]:
+    return list(ordered.scan(wal.states.table, partition))
+
+
+async def test_rows_are_readable_at_once_and_changelogged_in_write_order(wal: WalApp) -> None:
+    table = wal.states.table
+    sent: list[tuple[str, bytes, bytes | None, int]] = []
+    real_send = wal.changelogs.send
+
+    async def recording(topic: str, key: bytes, value: bytes | None, partition: int) -> Any:
+        sent.append((topic, key, value, partition))
+        return await real_send(topic, key, value, partition)
+
+    wal.changelogs.send = recording  # type: ignore[method-assign]
+    event = _Event(2)
+    with bound_event(event):
+        table[b"a"] = b"1"
+        table[b"b"] = b"2"
+        table[b"a"] = b"3"
+        assert table.get(b"a") == b"3" and table[b"b"] == b"2" and b"b" in table
+        assert table.pop(b"b") == b"2"
+        assert table.get(b"b") is None and b"b" not in table
+        assert table.pop(b"missing", "default") == "default"
+        with pytest.raises(KeyError):
+            del table[b"missing"]
+    if wal.settings.store.startswith("memory"):
+        return  # memory:// takes Faust's own path
+    assert rows(wal, 2) == [(b"a", b"3")]
+    assert sent == []  # nothing produced before the batch's records are sent
+    assert wal.changelogs.pending == 4
+    await wal.changelogs.send_pending()
+    topic = table.changelog_name
+    assert sent == [(topic, b"a", b"1", 2), (topic, b"b", b"2", 2), (topic, b"a", b"3", 2), (topic, b"b", None, 2)]
+    await wal.changelogs.flush()
+    # the partition's RocksDB remembers the last acknowledged changelog offset (recovery starts there)
+    store = table.data
+    assert store._dbs[2].get(store.offset_key) == b"3"
+
+
+async def test_a_refused_changelog_record_fails_every_later_flush(rocks: WalApp) -> None:
+    wal = rocks
+
+    async def refusing(topic: str, key: bytes, value: bytes | None, partition: int) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.set_exception(RuntimeError("broker said no"))
+        return fut
+
+    wal.changelogs.send = refusing  # type: ignore[method-assign]
+    with bound_event(_Event(0)):
+        wal.states.table[b"x"] = b"1"
+    with pytest.raises(RuntimeError, match="not acknowledged"):
+        await wal.changelogs.flush()
+    with pytest.raises(RuntimeError, match="not acknowledged"):
+        await wal.changelogs.flush()
+    assert wal.states.table.data._dbs[0].get(wal.states.table.data.offset_key) is None
+
+
+async def test_a_write_outside_an_event_is_refused(rocks: WalApp) -> None:
+    with pytest.raises(RuntimeError, match="current event"):
+        rocks.states.table[b"x"] = b"1"

@@ -170,10 +170,12 @@ def parse_log_request(
 
     entry_id = req.id or str(uuid.uuid4())
     key = req.key or entry_id
-    try:
-        digest = request_digest(req, key=key, due_at_ms=due_at_ms, targets=targets_override)
-    except orjson.JSONEncodeError as exc:
-        raise RequestError(400, f"entry cannot be encoded: {exc}") from None
+    digest: str | None = None
+    if req.id is not None:  # only a client-chosen id can be written again
+        try:
+            digest = request_digest(req, key=key, due_at_ms=due_at_ms, targets=targets_override)
+        except orjson.JSONEncodeError as exc:
+            raise RequestError(400, f"entry cannot be encoded: {exc}") from None
     entry = Entry(
         id=entry_id,
         namespace=ns.name,

@@ -70,6 +70,8 @@ class LogWriter:
         self._timeout_s = timeout_s
         self._retention_s = retention_s
         self._recent: OrderedDict[tuple[str, str], tuple[float, Remembered]] = OrderedDict()
+        #: (namespace, id) → when a cancellation of it was sent through this worker
+        self._cancelled: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def recent(self, namespace: str, entry_id: str) -> Remembered | None:
         """The write of ``entry_id`` this worker answered SUCCESS within the retention window."""
@@ -77,6 +79,19 @@ class LogWriter:
         if hit is None or time.monotonic() - hit[0] > self._retention_s:
             return None
         return hit[1]
+
+    def cancelled(self, namespace: str, entry_id: str) -> None:
+        """A cancellation of ``entry_id`` was sent through this worker."""
+        k = (namespace, entry_id)
+        self._cancelled[k] = time.monotonic()
+        self._cancelled.move_to_end(k)
+        while len(self._cancelled) > self.RECENT_MAX:
+            self._cancelled.popitem(last=False)
+
+    def was_cancelled(self, namespace: str, entry_id: str) -> bool:
+        """A cancellation of ``entry_id`` was sent through this worker within the retention window."""
+        at = self._cancelled.get((namespace, entry_id))
+        return at is not None and time.monotonic() - at <= self._retention_s
 
     def _remember(self, entry: Entry, result: WriteResult) -> None:
         k = (entry.namespace, entry.id)
@@ -87,33 +102,37 @@ class LogWriter:
 
     async def write(self, entries: Sequence[tuple[Entry, bytes]]) -> list[WriteResult]:
         """Produce every entry (in order, so one key's entries keep their order) and wait
-        for all acknowledgements, at most ``timeout_s`` in total."""
+        for all acknowledgements, at most ``timeout_s`` in total (one timeout over the
+        batch's sends, not one per entry)."""
         sends: list[asyncio.Future[object] | WriteResult] = []
-        deadline = asyncio.get_running_loop().time() + self._timeout_s
-        for entry, value in entries:
-            try:
-                remaining = max(0.001, deadline - asyncio.get_running_loop().time())
-                fut = await asyncio.wait_for(
-                    self._producer.send(f"wal.{entry.namespace}", value=value, key=entry.key_bytes),
-                    timeout=remaining,
-                )
-                # a future still pending at our timeout settles later, unobserved
-                fut.add_done_callback(_observe)
-                sends.append(fut)
-            except MessageSizeTooLargeError as exc:
-                sends.append(WriteResult(Durable.FAILED, entry.id, 413, message=str(exc)))
-            except Exception as exc:
-                # the record may already sit in the producer's buffer: not known
-                sends.append(_unknown(entry, exc))
-        pending = [s for s in sends if isinstance(s, asyncio.Future)]
-        if pending:
-            remaining = max(0.001, deadline - asyncio.get_running_loop().time())
-            await asyncio.wait(pending, timeout=remaining)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                for entry, value in entries:
+                    try:
+                        fut = await self._producer.send(f"wal.{entry.namespace}", value=value, key=entry.key_bytes)
+                    except MessageSizeTooLargeError as exc:
+                        sends.append(WriteResult(Durable.FAILED, entry.id, 413, message=str(exc)))
+                        continue
+                    except Exception as exc:
+                        # the record may already sit in the producer's buffer: not known
+                        sends.append(_unknown(entry, exc))
+                        continue
+                    # a future still pending at our timeout settles later, unobserved
+                    fut.add_done_callback(_observe)
+                    sends.append(fut)
+                pending = [s for s in sends if isinstance(s, asyncio.Future)]
+                if pending:
+                    await asyncio.wait(pending)
+        except TimeoutError:
+            pass  # what is not acknowledged by now is answered UNKNOWN below
         results: list[WriteResult] = []
-        for (entry, _), s in zip(entries, sends, strict=False):
+        for n, (entry, _) in enumerate(entries):
+            s = sends[n] if n < len(sends) else None
             if isinstance(s, WriteResult):
                 results.append(s)
-            elif not s.done():
+            elif s is None or not s.done():
+                # not handed to the producer in time, or handed and not acknowledged: either
+                # way the record may be in the log
                 results.append(WriteResult(Durable.UNKNOWN, entry.id, 503,
                                            message=f"no acknowledgement within {self._timeout_s}s"))
             elif s.exception() is not None:

@@ -1,9 +1,9 @@
 """The write API's ``id`` as an idempotency key, against a real fleet of two workers.
 
 Given an id already written, when it is written again through either worker (the one holding
-its partition, or the other, which must ask): the same request gets the original partition and
-offset; a different request under that id (payload, key, lifecycle) is a 409; an id whose entry
-was cancelled is a 409 with the state. Counted in the WAL topic itself: each id has exactly one
+its partition, or the one that wrote it: neither asks another worker): the same request gets the
+original partition and offset; a different request under that id (payload, key, lifecycle) is a
+409; an id whose entry was cancelled is a 409 with the state. Counted in the WAL topic itself: each id has exactly one
 record, whatever was answered.
 """
 

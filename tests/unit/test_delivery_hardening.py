@@ -422,3 +422,23 @@ async def test_a_redriven_delayed_entry_still_waits_for_its_due_time(harness: Ha
     assert [x.id for x in target.applied] == ["e1"] and applied_at_ms >= due_ms
     doc = _state(wal, "e1")
     assert doc["state"] == "DELIVERED" and "last_error" not in doc, doc
+
+
+async def test_a_second_record_of_a_cancelled_id_is_not_delivered(harness: Harness) -> None:
+    """A write of a cancelled id through a worker that did not know it (a write never asks
+    another worker) reaches the log again: the agent keeps the entry cancelled and delivers
+    nothing of it."""
+    from walstream.delivery.commands import COMMAND_KEY, cancel
+
+    wal, target, producer = harness
+    delayed = envelope(1, digest="aaa", due=int(time.time() * 1000) + 60_000)
+    async with agent(wal).test_context() as ctx:
+        await ctx.put(key=b"k1", value=raw(delayed), wait=True)
+        await ctx.put(key=COMMAND_KEY, value=cancel("orders", "e1", 0), wait=True)
+        assert _state(wal, "e1")["state"] == "CANCELLED"
+        due_now = {k: v for k, v in delayed.items() if k != "due"}
+        await ctx.put(key=b"k1", value=raw(due_now), wait=True)
+        await tick(ctx, after_s=0.02)
+    assert target.applied == []
+    assert _state(wal, "e1")["state"] == "CANCELLED"
+    assert producer.sent == []  # neither delivered nor dead-lettered: it was cancelled

@@ -138,80 +138,28 @@ def register_views(wal: WalApp) -> None:
             doc, lookup=wal.registry.get, clock=wal.clock, max_entry_bytes=wal.entry_limit_bytes
         )
 
-    def known_write(namespace: str, entry_id: str, digest: str | None) -> tuple[dict[str, Any] | None, bool]:
-        """:func:`repeat_answer` from what this worker knows: its recent writes and the entries
-        table of its active partitions (a standby copy may lag: an entry cancelled a moment ago
-        would still look pending there); and whether that is final (the entry's state document
-        was here, so the owner of its partition need not be asked)."""
-        state = best(local_states(namespace, entry_id))
-        return repeat_answer(entry_id, digest, state, wal.writer.recent(namespace, entry_id)), state is not None
-
-    def already_written(namespace: str, entry_id: str, digest: str | None) -> dict[str, Any] | None:
-        """The answer for an id written (or cancelled) before, within the retention window, as
-        far as this worker knows (see :func:`repeat_answer`); None: not known here."""
-        return known_write(namespace, entry_id, digest)[0]
-
-    async def written_elsewhere(entries: list[Entry]) -> list[dict[str, Any] | None]:
-        """``already_written`` asked of the workers holding the entries' partitions: one
-        request per worker for the whole batch. A worker that does not answer in time counts
-        as "not seen" (the entry is written again, and the agent skips the second record of
-        an id it has processed, so it is still delivered once)."""
-        by_owner: dict[str, list[int]] = {}
-        for i, entry in enumerate(entries):
-            url = wal.owner_url(entry.key)
-            if url is not None:
-                by_owner.setdefault(url, []).append(i)
-        answers: list[dict[str, Any] | None] = [None] * len(entries)
-        if not by_owner:
-            return answers
-
-        async def ask(client: httpx.AsyncClient, url: str, positions: list[int]) -> None:
-            body = {"entries": [[entries[i].namespace, entries[i].id, entries[i].digest] for i in positions]}
-            try:
-                r = await client.post(f"{url}/v1/internal/written", json=body)
-                found = r.json()["found"] if r.status_code == 200 else {}
-            except (httpx.HTTPError, ValueError, KeyError) as exc:
-                log.info("duplicate-id lookup at %s failed (%r); writing", url, exc)
-                return
-            for k, answer in found.items():
-                answers[positions[int(k)]] = answer
-
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            await asyncio.gather(*(ask(client, url, pos) for url, pos in by_owner.items()))
-        return answers
-
-    @app.page("/v1/internal/written")
-    class WrittenView(View):
-        """Fleet-internal: which of these ids this worker knows as written or cancelled, and
-        its answer to a write of each. Body ``{"entries": [[namespace, id, digest], ...]}``
-        (digest may be null or left out: then any digest matches)."""
-
-        async def post(self, request: Request) -> Response:
-            try:
-                doc = await read_json(request, settings.max_request_bytes)
-                triples: list[tuple[str, str, str | None]] = []
-                for e in doc["entries"]:
-                    if not (isinstance(e, list) and len(e) in (2, 3)):
-                        raise ValueError("not [namespace, id, digest]")
-                    ns, entry_id, digest = (*e, None)[:3]  # a worker of the previous release sends no digest
-                    triples.append((str(ns), str(entry_id), None if digest is None else str(digest)))
-            except BodyError as exc:
-                return respond(self, exc.status, {"message": exc.message})
-            except (TypeError, ValueError, KeyError):
-                return respond(self, 400, {"message": 'expected {"entries": [[namespace, id, digest], ...]}'})
-            found: dict[str, Any] = {}
-            for k, (ns, entry_id, digest) in enumerate(triples):
-                answer = already_written(ns, entry_id, digest)
-                if answer is not None:
-                    found[str(k)] = answer
-            return respond(self, 200, {"found": found})
+    def known_write(namespace: str, entry_id: str, digest: str | None) -> dict[str, Any] | None:
+        """:func:`repeat_answer` from what this worker knows, without asking another worker:
+        its recent writes and cancellations, and the entries table of every partition it
+        holds, active or standby (a standby copy may lag: then the original answer is given
+        for an entry cancelled a moment ago). None: not known here; the write goes ahead and
+        the delivery agent recognises the id (see docs/architecture.md, "Duplicates")."""
+        held = ordered.partitions(wal.states.table)
+        state = best(wal.states.find(namespace, entry_id, held))
+        hit = wal.writer.recent(namespace, entry_id)
+        if (state is None or state.get("state") not in FINAL) and wal.writer.was_cancelled(namespace, entry_id):
+            offset = state.get("offset") if state is not None else (hit.result.offset if hit is not None else None)
+            state = {"state": EntryState.CANCELLED.value, "offset": offset}
+        return repeat_answer(entry_id, digest, state, hit)
 
     async def write_all(items: list[Any]) -> list[dict[str, Any]]:
         """Validate, de-duplicate by id, and write; one answer (with ``status``) per item.
 
         An id written before is answered as :func:`repeat_answer` says, from this worker's
-        knowledge and, unless the entry's state document is here, its partition owner's (whose
-        refusal — cancelled, different entry — wins over a remembered success). An id repeated
+        knowledge only (:func:`known_write`): a write never waits on another worker. An id
+        this worker does not know is written; the delivery agent then skips it if its id was
+        delivered or cancelled before, or dead-letters it if the id names a different
+        entry, so a repeated id is still delivered once. An id repeated
         within the request gets the first item's answer if it asks for the same entry, else a
         409 of its own; either way it is written once."""
         results: list[dict[str, Any] | None] = [None] * len(items)
@@ -241,15 +189,8 @@ def register_views(wal: WalApp) -> None:
                     continue
                 first_of[key] = (i, entry.digest)
             candidates.append((i, entry, value, client_id))
-        # ids written before: this worker's knowledge first, then the partitions' owners
-        local = [known_write(e.namespace, e.id, e.digest) if cid else (None, True) for _, e, _, cid in candidates]
-        known = [answer for answer, _ in local]
-        ask = [n for n, (_, final) in enumerate(local) if not final]
-        if ask:
-            remote = await written_elsewhere([candidates[n][1] for n in ask])
-            for n, answer in zip(ask, remote, strict=True):
-                if answer is not None and (known[n] is None or answer.get("durable") == Durable.FAILED.value):
-                    known[n] = answer
+        # ids written before, as far as this worker knows (no other worker is asked)
+        known = [known_write(e.namespace, e.id, e.digest) if cid else None for _, e, _, cid in candidates]
         valid: list[tuple[Entry, bytes]] = []
         positions: list[int] = []
         for (i, entry, value, _), hit in zip(candidates, known, strict=True):
@@ -440,6 +381,8 @@ def register_views(wal: WalApp) -> None:
                 await asyncio.wait_for(asyncio.gather(*futures), timeout=settings.produce_timeout_s)
             except Exception as exc:
                 return respond(self, 503, {"message": f"could not send the cancellation: {exc}"})
+            # a later write of this id through this worker is refused at once (409)
+            wal.writer.cancelled(namespace, entry_id)
             deadline = time.monotonic() + 5.0
             doc = None
             while time.monotonic() < deadline:

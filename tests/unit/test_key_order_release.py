@@ -212,10 +212,11 @@ async def test_arrivals_during_a_release_are_applied_one_by_one_in_write_order(h
         await send_together(ctx, a[4], a[5], b[1], with_tick=True)
         await send_together(ctx, b[2], a[6], with_tick=True)
         await send(ctx, a[7], b[3])
-        # Then: at any time the key has one entry out (its blocker), the rest held in order
-        assert len(timers_of_key(wal, "A")) == 1
+        # Then: at any time the key has at most one entry out (its blocker), the rest held in
+        # order (a release applies the held entries in the releasing batch, one per wave)
+        assert len(timers_of_key(wal, "A")) <= 1
         assert held_ids(wal) == sorted(held_ids(wal), key=lambda i: int(i[1:]))
-        seen_out: list[int] = []
+        seen_out: list[int] = [len(timers_of_key(wal, "A"))]
         for _ in range(20):
             if len(applied_ids(harness, "A")) == len(a):
                 break
@@ -270,4 +271,66 @@ async def test_another_key_is_never_held(harness: Harness) -> None:
         await tick_until(ctx, wal, lambda: len(applied_ids(harness)) == 11)
     assert applied_ids(harness, "A") == ["e1", "e2", "e4"]
     assert applied_ids(harness, "D") == ["e8", "e9"]
+    assert order_tables_empty(wal)
+
+
+# -- catch-up: a key's held entries are released as a run, not one per tick -------------------------
+
+
+async def test_a_released_key_catches_up_in_one_batch_in_write_order(harness: Harness) -> None:
+    """Issue 8: after an outage, each key's held entries drained one scheduler tick at a time
+    (~240/s). The blocker's success now applies the held entries in the same batch, one per
+    target call, in write order."""
+    wal, target, _ = harness
+    batches = record_batches(wal)
+    clock = WriteClock()
+    a = [entry(i, clock, "A") for i in range(1, 51)]
+    target.script[a[0].id] = [TransientError("blip")]
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, *a)
+        assert len(held_ids(wal)) == 49
+        calls_before = len(batches)
+        await tick(ctx)
+        assert applied_ids(harness, "A") == [e.id for e in a]  # all of them, at the one tick
+        assert len(batches) == calls_before + 1
+    assert all(sum(i.startswith("e") for i in call) <= 1 for call in target.batches)  # one of A per call
+    assert order_tables_empty(wal)
+    assert timers(wal) == []
+
+
+async def test_a_failure_inside_a_released_run_keeps_the_rest_held_in_order(harness: Harness) -> None:
+    wal, target, _ = harness
+    clock = WriteClock()
+    a = [entry(i, clock, "A") for i in range(1, 11)]
+    target.script[a[0].id] = [TransientError("blip")]
+    target.script[a[4].id] = [TransientError("blip again")]  # e5, in the middle of the run
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, *a)
+        await tick(ctx)
+        # e1..e4 applied; e5 retrying (the key's blocker); e6..e10 still held, rows kept
+        assert applied_ids(harness, "A") == ["e1", "e2", "e3", "e4"]
+        assert [t["entry"]["id"] for t in timers_of_key(wal, "A")] == ["e5"]
+        assert held_ids(wal) == ["e6", "e7", "e8", "e9", "e10"]
+        await tick_until(ctx, wal, lambda: len(applied_ids(harness, "A")) == 10)
+    assert applied_ids(harness, "A") == [e.id for e in a]
+    assert order_tables_empty(wal)
+
+
+async def test_beyond_the_release_budget_the_scheduler_takes_over(harness: Harness, monkeypatch: Any) -> None:
+    from walstream.delivery import deliverer
+
+    monkeypatch.setattr(deliverer, "RELEASE_RUN", 2)
+    monkeypatch.setattr(deliverer, "RELEASE_BUDGET", 3)
+    wal, target, _ = harness
+    clock = WriteClock()
+    a = [entry(i, clock, "A") for i in range(1, 11)]
+    target.script[a[0].id] = [TransientError("blip")]
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, *a)
+        await tick(ctx)
+        # runs of 2, then 1 (the budget), then the next held entry becomes a timer due now
+        assert applied_ids(harness, "A") == ["e1", "e2", "e3", "e4"]
+        assert [t["entry"]["id"] for t in timers_of_key(wal, "A")] == ["e5"]
+        await tick_until(ctx, wal, lambda: len(applied_ids(harness, "A")) == 10)
+    assert applied_ids(harness, "A") == [e.id for e in a]
     assert order_tables_empty(wal)

@@ -97,6 +97,9 @@ class WalApp:
             topic_replication_factor=s.replication_factor,
             broker_commit_interval=1.0,
             broker_session_timeout=s.session_timeout_s,
+            # static membership: a worker restarted at once (after a crash) takes its
+            # partitions back without waiting for its old session to expire
+            consumer_group_instance_id=s.group_instance_id,
             broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
             web_enabled=True,
             web_bind=s.web_host,

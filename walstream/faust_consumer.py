@@ -29,7 +29,9 @@ from typing import Any
 
 from aiokafka import TopicPartition as AIOKafkaTP
 from aiokafka.errors import IllegalStateError, KafkaError
+from aiokafka.protocol.group import LeaveGroupRequest
 from aiokafka.structs import OffsetAndMetadata
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage, Message, ack_lock
@@ -87,6 +89,38 @@ def _unassigned_is_illegal_state() -> Iterator[None]:
         yield
     except AssertionError as exc:  # aiokafka: the partition (or any) is not assigned any more
         raise IllegalStateError(f"partition not assigned (the subscription changed): {exc!r}") from exc
+
+
+class LeavingConsumerThread(AIOKafkaConsumerThread):
+    """Faust's consumer thread, leaving the group explicitly when the worker stops.
+
+    A static member (``group.instance.id``, see ``Settings.instance_id``) sends no LeaveGroup
+    when it closes (aiokafka, per KIP-345): that is what lets a crashed worker restart into
+    its old assignment, but a worker stopped for good would keep its partitions unserved
+    until its session expired. So a stopping worker leaves by its member id (LeaveGroup v1,
+    which the broker honours for a static member too): its partitions move at once, as
+    with dynamic membership. A SIGKILLed worker sends nothing and gets them back on restart.
+    """
+
+    async def on_thread_stop(self) -> None:
+        await self._leave_group()
+        await super().on_thread_stop()
+
+    async def _leave_group(self) -> None:
+        consumer = self._consumer
+        coordinator = getattr(consumer, "_coordinator", None) if consumer is not None else None
+        if coordinator is None or coordinator._group_instance_id is None:
+            return  # dynamic membership: aiokafka leaves by itself
+        if coordinator.generation <= 0 or not coordinator.member_id:
+            return
+        try:
+            await asyncio.wait_for(
+                coordinator._send_req(LeaveGroupRequest(coordinator.group_id, coordinator.member_id)), 5.0
+            )
+        except Exception as exc:  # stopping anyway: the session expires instead
+            log.warning("could not leave the consumer group: %r", exc)
+        else:
+            log.info("left the consumer group (static member %s)", coordinator._group_instance_id)
 
 
 class RebalanceSafeConsumer(AIOKafkaConsumer):
@@ -158,6 +192,9 @@ class RebalanceSafeConsumer(AIOKafkaConsumer):
                 part = [SourceRecord(r.topic, r.partition, r.offset, r.key, r.value)
                         for r in fetched[start:start + CHUNK_MAX_RECORDS]]
                 yield tp, ChunkMessage(tp, part, generation, now)
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        return LeavingConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def subscribe(self, topics: Iterable[str]) -> None:
         if self.before_subscribe is not None:

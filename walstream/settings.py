@@ -6,6 +6,8 @@ the environment: collaborators receive a :class:`Settings` instance from the com
 
 from __future__ import annotations
 
+import hashlib
+import socket
 from pathlib import Path
 
 from pydantic import Field
@@ -101,6 +103,13 @@ class Settings(BaseSettings):
     #: ``WALSTREAM_SESSION_TIMEOUT_S``: a worker that stops heartbeating (crash, SIGKILL) loses
     #: its partitions after this long; lower means faster take-over, higher tolerates pauses.
     session_timeout_s: float = Field(default=10.0, ge=6.0, le=300.0)
+    #: ``WALSTREAM_INSTANCE_ID``: this worker's static consumer-group membership
+    #: (``group.instance.id``, Kafka's KIP-345): a worker restarted under the same id within
+    #: the session timeout gets its partitions back at once, with no rebalance wait. It must
+    #: be stable across restarts and unique among the fleet's running workers. Default: the
+    #: app id, host name and a hash of the data dir (each worker has its own). ``none``: dynamic
+    #: membership (a restarted worker waits for its old self's session to expire).
+    instance_id: str | None = None
     #: ``WALSTREAM_SHUTDOWN_TIMEOUT_S``: a stopping worker that has not exited after this long
     #: (aiokafka can hang when stopped mid-rebalance) exits anyway; finished work is committed.
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
@@ -108,6 +117,14 @@ class Settings(BaseSettings):
     #: ``WALSTREAM_FAILPOINTS``: for crash tests only: failpoints (walstream.failpoints) at
     #: which the worker kills itself once. Empty (the default) in production.
     failpoints: str = ""
+
+    @property
+    def group_instance_id(self) -> str | None:
+        """The consumer group's ``group.instance.id`` of this worker (see ``instance_id``)."""
+        if self.instance_id is not None:
+            return None if self.instance_id.lower() == "none" else self.instance_id
+        where = f"{socket.gethostname()}:{self.datadir.resolve()}"
+        return f"{self.app_id}-{socket.gethostname()}-{hashlib.sha256(where.encode()).hexdigest()[:12]}"
 
     @property
     def web_url(self) -> str:

@@ -58,9 +58,10 @@ class Remembered:
 
 
 class LogWriter:
-    """Produces entries; remembers recent successful writes by (namespace, id) with their
-    request digests, so that a client retrying a write (e.g. after UNKNOWN) gets the original
-    answer, not a copy, and a different request under a used id is recognised."""
+    """Produces entries; remembers recent successful writes of client-chosen ids (entries with
+    a request digest) by (namespace, id), so that a client retrying a write (e.g. after
+    UNKNOWN) gets the original answer, not a copy, and a different request under a used id
+    is recognised. A generated id cannot be written again, so it is not remembered."""
 
     #: most remembered writes; older ones are still recognised through the entries table
     RECENT_MAX = 100_000
@@ -141,7 +142,8 @@ class LogWriter:
                 md = s.result()
                 ok = WriteResult(Durable.SUCCESS, entry.id, 200, partition=getattr(md, "partition", None),
                                  offset=getattr(md, "offset", None))
-                self._remember(entry, ok)
+                if entry.digest is not None:  # a client-chosen id: it may be written again
+                    self._remember(entry, ok)
                 results.append(ok)
         return results
 

@@ -220,12 +220,14 @@ async def test_each_target_progresses_on_its_own(wal: WalApp) -> None:
 
 async def test_cancel_removes_a_delayed_entry_and_marks_it(harness: Harness) -> None:
     wal, target, _ = harness
-    e = entry(1, WriteClock(), due_at_ms=int(time.time() * 1000) + 200)
+    # due well after the test's steps even on a loaded machine (at 200 ms it was sometimes
+    # due before it was admitted, and delivered)
+    e = entry(1, WriteClock(), due_at_ms=int(time.time() * 1000) + 5_000)
     async with agent(wal).test_context() as ctx:
         await send(ctx, e)
         assert wal.states.get("orders", "e1")["state"] == "DELAYED"  # type: ignore[index]
         await ctx.put(key=COMMAND_KEY, value=cancel("orders", "e1", 0), wait=True)
-        await tick(ctx, after_s=0.25)
+        await tick(ctx, after_s=0.05)
     assert target.applied == []
     assert timers(wal) == []
     assert wal.states.get("orders", "e1")["state"] == "CANCELLED"  # type: ignore[index]

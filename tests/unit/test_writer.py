@@ -28,11 +28,11 @@ class StubProducer:
         return fut  # "silent": never resolves
 
 
-def entries(n: int = 2) -> list[tuple[Entry, bytes]]:
+def entries(n: int = 2, digest: str | None = None) -> list[tuple[Entry, bytes]]:
     clock = WriteClock()
     out = []
     for i in range(n):
-        e = Entry(id=f"e{i}", namespace="ns", key="k", payload=i, written_at_us=clock.now_us())
+        e = Entry(id=f"e{i}", namespace="ns", key="k", payload=i, written_at_us=clock.now_us(), digest=digest)
         out.append((e, e.encode()))
     return out
 
@@ -59,8 +59,11 @@ async def test_refused_before_sending_is_failed_413() -> None:
     assert (results[0].durable, results[0].status) == (Durable.FAILED, 413)
 
 
-async def test_a_repeated_id_is_remembered() -> None:
+async def test_a_client_chosen_id_is_remembered_a_generated_one_is_not() -> None:
     w = LogWriter(StubProducer("ok"), timeout_s=1)  # type: ignore[arg-type]
-    await w.write(entries(1))
+    await w.write(entries(1, digest="d" * 64))  # a client-chosen id: written with its request digest
     hit = w.recent("ns", "e0")
     assert hit is not None and hit.result.offset == 7
+    other = LogWriter(StubProducer("ok"), timeout_s=1)  # type: ignore[arg-type]
+    await other.write(entries(1))  # a generated id (no digest) cannot be written again
+    assert other.recent("ns", "e0") is None

@@ -53,7 +53,6 @@ def register(wal: WalApp) -> None:
     ticks_in_flight: dict[int, float] = {}
     #: partition → when its last sweep command was sent
     sweeps_sent: dict[int, float] = {}
-    seen_partitions: list[int] = []
 
     #: what the idle check needs to know about the agent
     state: dict[str, Any] = {"busy": False, "queue": None}
@@ -184,9 +183,7 @@ def register(wal: WalApp) -> None:
         try:
             now_s = time.time()
             partitions = wal.active_partitions()
-            if partitions != seen_partitions:  # a rebalance: recovered timers may sort earlier
-                wal.schedule.reset_bounds()
-                seen_partitions[:] = partitions
+            wal.schedule.follow(partitions, wal.settling())  # recovered timers may sort earlier
             for partition in partitions:
                 due = wal.schedule.next_due_ms(partition)
                 if due is None or due > now_s * 1000:

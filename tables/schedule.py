@@ -87,6 +87,9 @@ class Schedule:
     def __init__(self, table: Any) -> None:
         self.table = table
         self._low: dict[int, bytes] = {}
+        #: what :meth:`follow` saw last
+        self._partitions: list[int] = []
+        self._settling = False
 
     def put(self, timer: Timer) -> None:
         key = timer.key
@@ -101,6 +104,21 @@ class Schedule:
 
     def reset_bounds(self) -> None:
         self._low.clear()
+
+    def follow(self, partitions: list[int], settling: bool) -> None:
+        """The scheduler's call before each pass, with the worker's active ``partitions`` and
+        whether its tables are ``settling`` (a rebalance or a changelog recovery under way).
+
+        Timers a recovery writes into a partition bypass :meth:`put`, so they may sort before
+        its bound and would never be found. The bounds are dropped when the partitions change,
+        on every pass while the tables settle, and once more on the first pass after (a
+        bound set during a recovery hid a returning partition's recovered timers until the
+        next rebalance: an acknowledged delayed entry was never delivered).
+        """
+        if partitions != self._partitions or settling or self._settling:
+            self._low.clear()
+        self._partitions = list(partitions)
+        self._settling = settling
 
     def due(self, partition: int, now_ms: int, limit: int) -> Iterator[tuple[bytes, Timer]]:
         """Timers of ``partition`` due at or before ``now_ms``, earliest first."""

@@ -217,6 +217,11 @@ class WalApp:
         urls.discard(self.settings.web_url.rstrip("/"))
         return sorted(urls)
 
+    def settling(self) -> bool:
+        """This worker's tables may be incomplete: a rebalance or a changelog recovery is under way."""
+        recovery = getattr(self.faust.tables, "recovery", None)
+        return bool(self.faust.rebalancing or getattr(recovery, "in_recovery", False))
+
     def active_partitions(self) -> list[int]:
         """Partitions this worker consumes actively (same numbers for every WAL topic)."""
         consumer = self.faust.consumer

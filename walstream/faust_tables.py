@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,7 +43,7 @@ class Changelogs:
         #: once acknowledged (replaced in unit tests, which run without Kafka)
         self.send: Callable[[str, bytes, bytes | None, int], Awaitable[asyncio.Future[Any]]] = self._produce
         #: (table, partition, key, value or None for a deletion), in write order
-        self._pending: list[tuple[BatchedTable, int, bytes, bytes | None]] = []
+        self._pending: deque[tuple[BatchedTable, int, bytes, bytes | None]] = deque()
         #: the last send of each changelog partition not yet known acknowledged
         self._last: dict[tuple[str, int], asyncio.Future[Any]] = {}
         self._failure: BaseException | None = None
@@ -68,15 +69,19 @@ class Changelogs:
             await self._send_pending()
 
     async def _send_pending(self) -> None:
+        # A record leaves the queue only once the producer has taken it: a send that raises
+        # (no metadata in time, producer stopping) keeps it and every later one, in order, for
+        # the next call, and the caller fails (the agent's batch is read again; a flush, and
+        # with it a commit, does not happen).
+        send = self.send
         while self._pending:
-            pending, self._pending = self._pending, []
-            send = self.send
-            for table, partition, key, value in pending:
-                topic = table.changelog_name
-                fut = await send(topic, key, value, partition)
-                self._last[(topic, partition)] = fut
-                fut.add_done_callback(functools.partial(self._acknowledged, table=table, partition=partition))
-            self.sent += len(pending)
+            table, partition, key, value = self._pending[0]
+            topic = table.changelog_name
+            fut = await send(topic, key, value, partition)
+            self._pending.popleft()
+            self._last[(topic, partition)] = fut
+            fut.add_done_callback(functools.partial(self._acknowledged, table=table, partition=partition))
+            self.sent += 1
 
     def _acknowledged(self, fut: asyncio.Future[Any], table: BatchedTable, partition: int) -> None:
         if fut.cancelled():

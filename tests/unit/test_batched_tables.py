@@ -92,3 +92,29 @@ async def test_a_refused_changelog_record_fails_every_later_flush(rocks: WalApp)
 async def test_a_write_outside_an_event_is_refused(rocks: WalApp) -> None:
     with pytest.raises(RuntimeError, match="current event"):
         rocks.states.table[b"x"] = b"1"
+
+
+async def test_a_send_that_raises_keeps_the_unsent_records_in_order(rocks: WalApp) -> None:
+    """A changelog record the producer did not take (no metadata in time, producer stopping)
+    is sent by the next call, in order: none is dropped between the table and its changelog."""
+    wal = rocks
+    sent: list[bytes] = []
+    real_send = wal.changelogs.send
+    fail_at = {b"c"}
+
+    async def flaky(topic: str, key: bytes, value: bytes | None, partition: int) -> Any:
+        if key in fail_at:
+            fail_at.discard(key)
+            raise TimeoutError("no metadata in time")
+        sent.append(key)
+        return await real_send(topic, key, value, partition)
+
+    wal.changelogs.send = flaky  # type: ignore[method-assign]
+    with bound_event(_Event(1)):
+        for k in (b"a", b"b", b"c", b"d"):
+            wal.states.table[k] = b"v"
+    with pytest.raises(TimeoutError):
+        await wal.changelogs.send_pending()
+    assert sent == [b"a", b"b"] and wal.changelogs.pending == 2
+    await wal.changelogs.flush()
+    assert sent == [b"a", b"b", b"c", b"d"] and wal.changelogs.pending == 0

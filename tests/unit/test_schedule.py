@@ -45,3 +45,24 @@ def test_due_respects_now_and_limit() -> None:
         s.put(timer(1000 + i, i))
     assert [t.seq for _, t in s.due(0, now_ms=1002, limit=10)] == [0, 1, 2]
     assert [t.seq for _, t in s.due(0, now_ms=1004, limit=2)] == [0, 1]
+
+
+def test_timers_a_recovery_writes_before_the_bound_are_found_after_it() -> None:
+    """A changelog recovery writes timers straight into the table (not through ``put``): the
+    bounds are dropped while tables settle and once after, so such a timer is found."""
+    table = DictTable()
+    s = Schedule(table)
+    s.put(timer(500, 1))
+    s.follow([0], settling=False)
+    assert s.next_due_ms(0) == 500  # the bound is now at 500
+    s.follow([0], settling=True)  # a rebalance: partition 0 recovers ...
+    table[timer(100, 2).key] = timer(100, 2).encode()  # ... a timer due earlier, written by the recovery
+    assert s.next_due_ms(0) == 100
+    s.follow([0], settling=True)
+    assert s.next_due_ms(0) == 100  # a pass during the recovery sets the bound at 100 ...
+    table[timer(50, 3).key] = timer(50, 3).encode()  # ... and the recovery's last write sorts before it
+    s.follow([0], settling=False)  # the first pass after the recovery
+    assert s.next_due_ms(0) == 50
+    s.follow([0], settling=False)
+    assert s.next_due_ms(0) == 50  # settled: the bound is kept again
+    assert [t.due_ms for _, t in s.due(0, now_ms=600, limit=10)] == [50, 100, 500]

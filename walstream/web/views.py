@@ -258,10 +258,7 @@ def register_views(wal: WalApp) -> None:
                 )
             return respond(self, 200, {"results": await write_all(items)})
 
-    def settling() -> bool:
-        """This worker's tables may be incomplete: a rebalance or a changelog recovery is under way."""
-        recovery = getattr(app.tables, "recovery", None)
-        return bool(app.rebalancing or getattr(recovery, "in_recovery", False))
+    settling = wal.settling
 
     def local_states(namespace: str, entry_id: str) -> list[dict[str, Any]]:
         actives = ordered.partitions(wal.states.table, set(wal.active_partitions()))

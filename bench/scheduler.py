@@ -74,8 +74,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
+from bench.kafka_view import KafkaView
 from bench.worker import Worker
 from walstream.kafka_admin import TopicSpec, ensure_topics
 
@@ -153,59 +153,6 @@ async def idle_window(worker: Worker, seconds: float) -> float:
     await asyncio.sleep(seconds)
     c1, t1 = cpu_s(worker.pid), time.monotonic()
     return (c1 - c0) / ((t1 - t0) / INTERVAL_S)
-
-
-# -- Kafka bookkeeping ---------------------------------------------------------------------
-
-
-class KafkaView:
-    """End offsets and committed offsets, read from outside the worker."""
-
-    def __init__(self) -> None:
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=BROKER, enable_auto_commit=False)
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=BROKER)
-
-    async def start(self) -> None:
-        await self.consumer.start()
-        await self.admin.start()
-
-    async def stop(self) -> None:
-        await self.consumer.stop()
-        await self.admin.close()
-
-    async def ends(self, topic: str) -> dict[int, int]:
-        parts = self.consumer.partitions_for_topic(topic)
-        if not parts:
-            await self.consumer._client.force_metadata_update()  # topics created by the worker
-            parts = self.consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            return {}
-        ends = await self.consumer.end_offsets([TopicPartition(topic, p) for p in parts])
-        return {tp.partition: off for tp, off in ends.items()}
-
-    async def end_total(self, topic: str) -> int:
-        return sum((await self.ends(topic)).values())
-
-    async def lag(self, group: str, topic: str) -> int:
-        parts = self.consumer.partitions_for_topic(topic)
-        if not parts:
-            await self.consumer._client.force_metadata_update()
-            parts = self.consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        ends = await self.consumer.end_offsets(tps)
-        committed = await self.admin.list_consumer_group_offsets(group, partitions=tps)
-        total = 0
-        for tp in tps:
-            meta = committed.get(tp)
-            done = meta.offset if meta is not None and meta.offset >= 0 else 0
-            total += max(0, ends[tp] - done)
-        return total
-
-    async def delete_topics(self, names: list[str]) -> None:
-        existing = set(await self.admin.list_topics())
-        doomed = [t for t in names if t in existing]
-        if doomed:
-            await self.admin.delete_topics(doomed, timeout_ms=30_000)
 
 
 # -- writing entries -----------------------------------------------------------------------
@@ -572,7 +519,7 @@ async def run_size(n: int) -> Result:
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="walstream-bench-sched-"))
     worker = Worker(root, app_prefix="bench-sched", partitions=PARTITIONS, broker=BROKER)
-    kv = KafkaView()
+    kv = KafkaView(BROKER)
     await kv.start()
     ns = f"bsched{uuid.uuid4().hex[:8]}"
     out_topic = f"bench.sched.out.{ns}"

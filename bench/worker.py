@@ -24,10 +24,14 @@ def free_port() -> int:
 class Worker:
     """One ``walstream worker`` subprocess with its own app id, datadir and port."""
 
-    def __init__(self, root: Path, *, app_prefix: str, partitions: int, broker: str) -> None:
+    def __init__(
+        self, root: Path, *, app_prefix: str, partitions: int, broker: str, app_id: str | None = None
+    ) -> None:
+        """Start the worker now. ``app_id`` joins an existing fleet; by default a fresh one
+        (``<app_prefix>-<random>``). ``root`` (which must exist) holds its data dir and log."""
         self.dir = root
         self.port = free_port()
-        self.app_id = f"{app_prefix}-{uuid.uuid4().hex[:8]}"
+        self.app_id = app_id or f"{app_prefix}-{uuid.uuid4().hex[:8]}"
         self.datadir = root / "data"
         env = {
             **os.environ,

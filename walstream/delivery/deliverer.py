@@ -130,6 +130,8 @@ class _Outcome:
     chains: dict[str, list[list[Item]]] = field(default_factory=dict)
     #: how many held entries this batch may still release that way
     release_budget: int = 0
+    #: (namespace, target type) → delivery lag (s) of each entry delivered, for the metrics
+    lags: dict[tuple[str, str], list[float]] = field(default_factory=dict)
 
 
 class Deliverer:
@@ -293,6 +295,7 @@ class Deliverer:
         for it in items:
             by_target[it.target_id].append(it)
         await asyncio.gather(*(self._run_target(partition, its, out) for its in by_target.values()))
+        self._count_deliveries(out)
         if items:
             await self.failpoints.hit("deliverer.after_delivery")
 
@@ -669,8 +672,8 @@ class Deliverer:
             t.update(state=EntryState.DELIVERED.value, next_attempt_ms=None, held_behind=None, last_error=None)
             if it.redrive:
                 self.dlq_index.delete(ns_name, it.entry.id, it.target_id)
-            self.metrics.delivered.labels(ns_name, label).inc()
-            self.metrics.delivery_lag.labels(ns_name, label).observe(max(0.0, now_s - _ready_at_s(it.entry)))
+            # counted per batch (_count_deliveries): a labelled metric per entry cost ~5 µs
+            out.lags.setdefault((ns_name, label), []).append(max(0.0, now_s - _ready_at_s(it.entry)))
             if self._blocks_its_key(it):
                 return self._release(partition, it, breaker, now_s, out)
             return False
@@ -698,6 +701,14 @@ class Deliverer:
         if self._blocks_its_key(it):
             return self._release(partition, it, breaker, now_s, out)
         return False
+
+    def _count_deliveries(self, out: _Outcome) -> None:
+        for (ns_name, label), lags in out.lags.items():
+            self.metrics.delivered.labels(ns_name, label).inc(len(lags))
+            histogram = self.metrics.delivery_lag.labels(ns_name, label)
+            for lag in lags:
+                histogram.observe(lag)
+        out.lags.clear()
 
     def _blocks_its_key(self, it: Item) -> bool:
         """Whether entries of ``it``'s key wait for it at its target. Under ``ordering: key``

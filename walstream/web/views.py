@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -203,9 +204,12 @@ def register_views(wal: WalApp) -> None:
             started = time.perf_counter()
             written = await wal.writer.write(valid)
             wal.metrics.write_latency.observe(time.perf_counter() - started)
+            outcomes: Counter[tuple[str, str]] = Counter()  # metrics once per batch, not per entry
             for (entry, _), pos, res in zip(valid, positions, written, strict=True):
-                wal.metrics.writes.labels(entry.namespace, res.durable.value).inc()
+                outcomes[(entry.namespace, res.durable.value)] += 1
                 results[pos] = {**res.to_dict(), "status": res.status}
+            for (ns_name, durable), n in outcomes.items():
+                wal.metrics.writes.labels(ns_name, durable).inc(n)
         for i, first in repeats:
             answer = dict(results[first] or {})
             if answer.get("durable") == Durable.SUCCESS.value:

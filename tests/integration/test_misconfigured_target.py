@@ -30,6 +30,9 @@ def test_a_wrong_elasticsearch_url_dead_letters_nothing_and_the_fixed_one_gets_t
         r = c.post("/v1/log", json={"namespace": unique, "id": "m1", "key": "1",
                                     "payload": put_movie("1", "Heat", 1995)})
         assert r.status_code == 200, r.text
+        # (several attempts' time: with max_attempts 1 a counted failure would dead-letter it)
+        s = wait_until(lambda: (d := c.get(f"/v1/log/{unique}/m1").json()).get("state") == "RETRYING" and d,
+                       timeout_s=30, what="m1 RETRYING")
         time.sleep(6)
         # Then nothing is dead-lettered: the entry waits for the target
         assert c.get(f"/v1/dlq/{unique}").json()["dead_letters"] == []

@@ -44,13 +44,15 @@ the target took it, even for a send created before the outage. Writes go at a st
 ``BENCH_REC_WRITE_BATCH`` entries (default 20) over ``BENCH_REC_KEYS`` busy keys (default 30),
 open loop: ``BENCH_REC_WARM_S`` (default 10 s) with the target up, then kafka-west is stopped
 (``walstream stack down --services kafka-west``) for ``BENCH_REC_OUTAGE_S`` seconds (default
-60) and started again (``walstream stack up --services kafka-west``); the writes continue until
-every entry acked before the target came back (the backlog) is in T (bounded by
+60) and started again (``walstream stack up --services kafka-west``, which returns once the
+broker answers: the target is down for the outage plus that start, both printed); the writes
+continue until every entry acked before the target came back (the backlog) is in T (bounded by
 ``BENCH_REC_CATCHUP_TIMEOUT_S``, default 900). Reported: backlog size, *drained entries/s* =
 backlog / (last backlog record's append time - first append after the outage), all records
 appended per second over that span (new writes included), the time from ``stack up``
 returning to the first append, write acks (p50/p99 per request, failures) before the outage,
-during it and during the catch-up, and entries acked but missing from T at the end.
+during it and during the catch-up, and the entries acked but not in T ``BENCH_REC_TAIL_S``
+(default 60) after the writes stopped (still queued, unless the backlog itself timed out).
 Raw baseline: a plain aiokafka producer (acks=all, idempotent, as the kafka target's) writing
 the backlog's count of records of the same size and keys to kafka-west: entries/s.
 kafka-west is left running at the end only if it was running at the start; no other service
@@ -103,6 +105,7 @@ WRITE_BATCH = int(os.environ.get("BENCH_REC_WRITE_BATCH", "20"))
 KEYS = int(os.environ.get("BENCH_REC_KEYS", "30"))
 WARM_S = float(os.environ.get("BENCH_REC_WARM_S", "10"))
 CATCHUP_TIMEOUT_S = float(os.environ.get("BENCH_REC_CATCHUP_TIMEOUT_S", "900"))
+TAIL_S = float(os.environ.get("BENCH_REC_TAIL_S", "60"))
 RUN_PARTS = {p.strip() for p in os.environ.get("BENCH_REC_PARTS", "takeover,catchup").split(",") if p.strip()}
 KEEP_LOG = bool(os.environ.get("BENCH_REC_KEEP_LOG"))
 START_TIMEOUT_S = 180.0
@@ -235,6 +238,8 @@ class Watch:
         self.topic = topic
         self.first: dict[str, int] = {}
         self.stamps: list[tuple[int, str]] = []
+        #: ids expected and not seen yet (see :meth:`expect`)
+        self.waiting: set[str] = set()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
         )
@@ -263,6 +268,11 @@ class Watch:
                     self.stamps.append((ts, rid))
                     if rid not in self.first or ts < self.first[rid]:
                         self.first[rid] = ts
+                    self.waiting.discard(rid)
+
+    def expect(self, ids: Iterable[str]) -> None:
+        """Track which of ``ids`` are not seen yet (``waiting``), cheaply as records come in."""
+        self.waiting = set(ids) - self.first.keys()
 
     async def wait_for(self, done: Callable[[], bool], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -745,7 +755,7 @@ class Catchup:
     outage_s: float = float("nan")
     down_cmd_s: float = float("nan")
     up_cmd_s: float = float("nan")
-    missing: int = 0
+    undelivered: int = 0
     timed_out: bool = False
     acks: dict[str, dict[str, float]] = field(default_factory=dict)
     raw_rate: float = float("nan")
@@ -831,24 +841,23 @@ async def run_catchup(root: Path, s: aiohttp.ClientSession) -> Catchup:
 
         watch = Watch(WEST, topic)
         await watch.start()
-        seen = watch.first
 
-        def before_up() -> set[str]:
-            return {rid for x in list(writes) if x.sent_ms < up1 for rid in x.ok}
-
-        def drained() -> bool:
-            return not any(t < up1 for t in list(inflight.values())) and before_up() <= seen.keys()
-
-        res.timed_out = not await watch.wait_for(drained, CATCHUP_TIMEOUT_S)
+        # every request sent before the target came back gets its answer (or times out, 30 s)
+        await wait_until(lambda: not any(t < up1 for t in list(inflight.values())), 60, "answers of outage writes")
+        before_up = {rid for x in list(writes) if x.sent_ms < up1 for rid in x.ok}
+        watch.expect(before_up)
+        res.timed_out = not await watch.wait_for(lambda: not watch.waiting, CATCHUP_TIMEOUT_S)
         stop.set()
         await asyncio.wait_for(writer, timeout=120)
         writer = None
         all_ids = set(acked(writes))
-        await watch.wait_for(lambda: all_ids <= seen.keys(), 60)
         res.written = len(all_ids)
-        res.missing = len(all_ids - seen.keys())
+        watch.expect(all_ids)
+        await watch.wait_for(lambda: not watch.waiting, TAIL_S)
+        res.undelivered = len(watch.waiting)
+        seen = watch.first
 
-        backlog = {rid for rid in before_up() if rid in seen and seen[rid] >= down0}
+        backlog = {rid for rid in before_up if rid in seen and seen[rid] >= down0}
         res.backlog = len(backlog)
         start = watch.first_from(down0)
         if backlog and start is not None:
@@ -968,7 +977,8 @@ def print_catchup(r: Report) -> None:
     if c is None:
         return
     print(
-        f"\n== catch-up after a {c.outage_s:.0f} s kafka-west outage ({RATE:.0f} entries/s in batches of "
+        f"\n== catch-up after a {c.outage_s:.0f} s kafka-west outage (stopped {OUTAGE_S:.0f} s + {c.up_cmd_s:.0f} s "
+        f"to start; {RATE:.0f} entries/s in batches of "
         f"{WRITE_BATCH}, {KEYS} keys, ordering by key) =="
     )
     print(
@@ -983,18 +993,20 @@ def print_catchup(r: Report) -> None:
             f"max {fmt(a['max'], ' ms', 0)}  requests {a['n']:.0f}  entries failed {a['failed']:.0f}"
         )
     print(
-        f"  written {c.written:,}, missing from the target {c.missing}"
-        + (f"; NOT DRAINED within {CATCHUP_TIMEOUT_S:.0f} s" if c.timed_out else "")
+        f"  written {c.written:,}; not in the target {TAIL_S:.0f} s after the writes stopped: {c.undelivered:,}"
+        + (f"; backlog NOT DRAINED within {CATCHUP_TIMEOUT_S:.0f} s" if c.timed_out else "")
     )
     before, during = c.acks["before"], c.acks["catch-up"]
     r.rows += [
         (f"catch-up after {c.outage_s:.0f} s outage: backlog drained, entries/s (n={c.backlog:,}; raw: producer)",
          fmt(c.drain_rate, "", 0), fmt(c.raw_rate, "", 0), ratio(c.drain_rate, c.raw_rate)),
+        ("target back (`stack up` returned) → first delivery (s)", fmt(c.first_after_up_s, "", 2), "", ""),
         ("write ack p50 during catch-up, ms (raw: same worker before the outage)",
          fmt(during["p50"], "", 0), fmt(before["p50"], "", 0), ratio(during["p50"], before["p50"])),
         ("write ack p99 during catch-up, ms (raw: same worker before the outage)",
          fmt(during["p99"], "", 0), fmt(before["p99"], "", 0), ratio(during["p99"], before["p99"])),
-        ("entries failed during catch-up / missing at the end", f"{during['failed']:.0f} / {c.missing}", "", ""),
+        ("entries failed during catch-up / backlog drained in time",
+         f"{during['failed']:.0f} / {'yes' if not c.timed_out else 'NO'}", "", ""),
     ]  # fmt: skip
 
 

@@ -42,7 +42,8 @@ default); T has ``message.timestamp.type=LogAppendTime`` so that a record's time
 the target took it, even for a send created before the outage. Writes go at a steady
 ``BENCH_REC_RATE`` entries/s (default 1000) in ``POST /v1/log/batch`` requests of
 ``BENCH_REC_WRITE_BATCH`` entries (default 20) over ``BENCH_REC_KEYS`` busy keys (default 30),
-open loop: ``BENCH_REC_WARM_S`` (default 10 s) with the target up, then kafka-west is stopped
+open loop, from the moment the worker has delivered a first entry to T (a fresh worker can
+take seconds for that): ``BENCH_REC_WARM_S`` (default 10 s) with the target up, then kafka-west is stopped
 (``walstream stack down --services kafka-west``) for ``BENCH_REC_OUTAGE_S`` seconds (default
 60) and started again (``walstream stack up --services kafka-west``, which returns once the
 broker answers: the target is down for the outage plus that start, both printed); the writes
@@ -588,7 +589,7 @@ async def run_restart(root: Path, s: aiohttp.ClientSession) -> Restart:
         await watch.start()
         writes = asyncio.create_task(trickle(s, w.url, ns, "t", stop, trickled))
 
-        kill_at = now_ms() + 3000 + PROBES  # time to write the probes and let the worker take them
+        kill_at = now_ms() + 5000 + PROBES  # time to write the probes and let the worker take them
         span = (DUE_LAST_S - DUE_FIRST_S) * 1000
         dues = {f"p{i:05d}": kill_at + int(DUE_FIRST_S * 1000 + span * i / max(1, PROBES - 1)) for i in range(PROBES)}
         load = await post_batches(s, w.url, probe_bodies(ns, dues), 2, time.monotonic() + 60)
@@ -724,6 +725,20 @@ async def run_dies(root: Path, s: aiohttp.ClientSession) -> Dies:
 # -- part 2: catch-up after a target outage ------------------------------------------------------
 
 
+async def delivered_total(s: aiohttp.ClientSession, url: str, ns: str) -> float:
+    """The worker's ``walstream_delivered_total`` for ``ns`` (nan when it does not answer)."""
+    try:
+        async with s.get(f"{url}/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r:
+            text = await r.text()
+    except (aiohttp.ClientError, TimeoutError):
+        return float("nan")
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("walstream_delivered_total{") and f'namespace="{ns}"' in line
+    )
+
+
 def west_running() -> bool:
     """Whether this stack's kafka-west runs (by its pid file, as ``walstream stack status``)."""
     from walstream.stack.stack import SECOND_REGION, runners
@@ -756,6 +771,9 @@ class Catchup:
     down_cmd_s: float = float("nan")
     up_cmd_s: float = float("nan")
     undelivered: int = 0
+    #: acked before the outage / of those, in the target before it
+    warm_acked: int = 0
+    warm_delivered: int = 0
     timed_out: bool = False
     acks: dict[str, dict[str, float]] = field(default_factory=dict)
     raw_rate: float = float("nan")
@@ -825,9 +843,21 @@ async def run_catchup(root: Path, s: aiohttp.ClientSession) -> Catchup:
             finally:
                 inflight.pop(i, None)
 
+        # the warm-up starts once the worker delivers: a fresh worker can take many seconds
+        # before its first delivery (committed offsets not readable yet on a busy machine)
+        await post(s, w.url, "/v1/log", orjson.dumps({"namespace": ns, "id": "live", "payload": {"pad": PAD}}))
+        t_live = time.monotonic()
+        while await delivered_total(s, w.url, ns) < 1:
+            if time.monotonic() - t_live > START_TIMEOUT_S:
+                raise RuntimeError(f"no delivery to kafka-west within {START_TIMEOUT_S:.0f} s; see {w.log_path}")
+            await asyncio.sleep(0.5)
+        say(f"catch-up: first delivery to kafka-west {time.monotonic() - t_live:.1f} s after the first write")
         writer = asyncio.create_task(paced(RATE / WRITE_BATCH, stop, one))
         await asyncio.sleep(WARM_S)
-        say(f"catch-up: {len(acked(writes))} acked with the target up; stopping kafka-west")
+        say(
+            f"catch-up: {len(acked(writes))} acked, {await delivered_total(s, w.url, ns):.0f} delivered (worker's "
+            "metrics) with the target up; stopping kafka-west"
+        )
         down0 = now_ms()
         await west("down")
         down1 = now_ms()
@@ -857,6 +887,8 @@ async def run_catchup(root: Path, s: aiohttp.ClientSession) -> Catchup:
         res.undelivered = len(watch.waiting)
         seen = watch.first
 
+        warm = {rid for x in writes if x.sent_ms < down0 for rid in x.ok}
+        res.warm_acked, res.warm_delivered = len(warm), sum(1 for rid in warm if seen.get(rid, down0) < down0)
         backlog = {rid for rid in before_up if rid in seen and seen[rid] >= down0}
         res.backlog = len(backlog)
         start = watch.first_from(down0)
@@ -993,7 +1025,8 @@ def print_catchup(r: Report) -> None:
             f"max {fmt(a['max'], ' ms', 0)}  requests {a['n']:.0f}  entries failed {a['failed']:.0f}"
         )
     print(
-        f"  written {c.written:,}; not in the target {TAIL_S:.0f} s after the writes stopped: {c.undelivered:,}"
+        f"  delivered before the outage {c.warm_delivered:,} of the {c.warm_acked:,} acked by then; "
+        f"written {c.written:,}; not in the target {TAIL_S:.0f} s after the writes stopped: {c.undelivered:,}"
         + (f"; backlog NOT DRAINED within {CATCHUP_TIMEOUT_S:.0f} s" if c.timed_out else "")
     )
     before, during = c.acks["before"], c.acks["catch-up"]
@@ -1027,12 +1060,22 @@ def print_table(r: Report) -> None:
     print(f"\ncommand: `{command()}`; commit {git_state()}")
 
 
+#: ERROR lines the outage itself causes (aiokafka logs every failed connect to kafka-west)
+OUTAGE_NOISE = ("Unable connect to", "Unable to update metadata", "Connect call failed")
+
+
+def process_logs(root: Path) -> list[Path]:
+    """The workers' and relays' logs (not RocksDB's own ``*.log`` files in the datadirs)."""
+    return [p for p in root.rglob("*.log") if p.name == "worker.log" or p.name.startswith("relay-")]
+
+
 def log_problems(root: Path) -> list[Path]:
-    """Worker logs with errors (a SIGKILLed worker's own log ends abruptly; that is no error)."""
+    """Logs with a traceback or an ERROR line the outage does not explain (a SIGKILLed
+    process's log just ends; that is no error)."""
     bad = []
-    for p in root.rglob("*.log"):
-        text = p.read_text(errors="replace")
-        if "Traceback" in text or " ERROR " in text or "[E]" in text:
+    for p in process_logs(root):
+        lines = p.read_text(errors="replace").splitlines()
+        if any("Traceback" in x or ("[ERROR]" in x and not any(n in x for n in OUTAGE_NOISE)) for x in lines):
             bad.append(p)
     return bad
 
@@ -1043,7 +1086,7 @@ def clean_up(root: Path) -> None:
     if KEEP_LOG or bad:
         keep = root.parent / f"{root.name}-logs"
         keep.mkdir(exist_ok=True)
-        for p in root.rglob("*.log"):
+        for p in process_logs(root):
             shutil.copy(p, keep / f"{p.parent.name}-{p.name}")
         print(f"logs kept in {keep}" + (f" (errors in {', '.join(p.parent.name for p in bad)})" if bad else ""))
     shutil.rmtree(root, ignore_errors=True)

@@ -43,14 +43,15 @@ the target took it, even for a send created before the outage. Writes go at a st
 ``BENCH_REC_RATE`` entries/s (default 1000) in ``POST /v1/log/batch`` requests of
 ``BENCH_REC_WRITE_BATCH`` entries (default 20) over ``BENCH_REC_KEYS`` busy keys (default 30),
 open loop, from the moment the worker has delivered a first entry to T (a fresh worker can
-take seconds for that): ``BENCH_REC_WARM_S`` (default 10 s) with the target up, then kafka-west is stopped
-(``walstream stack down --services kafka-west``) for ``BENCH_REC_OUTAGE_S`` seconds (default
+take seconds for that): ``BENCH_REC_WARM_S`` (default 10 s) with the target up, then
+kafka-west is stopped (``walstream stack down --services kafka-west``) for ``BENCH_REC_OUTAGE_S`` seconds (default
 60) and started again (``walstream stack up --services kafka-west``, which returns once the
 broker answers: the target is down for the outage plus that start, both printed); the writes
 continue until every entry acked before the target came back (the backlog) is in T (bounded by
 ``BENCH_REC_CATCHUP_TIMEOUT_S``, default 900). Reported: backlog size, *drained entries/s* =
-backlog / (last backlog record's append time - first append after the outage), all records
-appended per second over that span (new writes included), the time from ``stack up``
+backlog / (last backlog record's append time - first append after the outage), the backlog
+being the entries acked before the target came back and appended after it had stopped; all
+records appended per second over that span (new writes included), the time from ``stack up``
 returning to the first append, write acks (p50/p99 per request, failures) before the outage,
 during it and during the catch-up, and the entries acked but not in T ``BENCH_REC_TAIL_S``
 (default 60) after the writes stopped (still queued, unless the backlog itself timed out).
@@ -771,6 +772,8 @@ class Catchup:
     down_cmd_s: float = float("nan")
     up_cmd_s: float = float("nan")
     undelivered: int = 0
+    #: WAL partition -> entries of it not in the target at the end
+    undelivered_by_part: dict[int, int] = field(default_factory=dict)
     #: acked before the outage / of those, in the target before it
     warm_acked: int = 0
     warm_delivered: int = 0
@@ -885,13 +888,19 @@ async def run_catchup(root: Path, s: aiohttp.ClientSession) -> Catchup:
         watch.expect(all_ids)
         await watch.wait_for(lambda: not watch.waiting, TAIL_S)
         res.undelivered = len(watch.waiting)
+        parts_of = acked(writes)
+        for rid in watch.waiting:
+            p = parts_of.get(rid)
+            res.undelivered_by_part[-1 if p is None else p] = res.undelivered_by_part.get(-1 if p is None else p, 0) + 1
         seen = watch.first
 
+        # the broker takes records until it has stopped (``stack down`` returned): what is
+        # appended after that was held by the worker through the outage
         warm = {rid for x in writes if x.sent_ms < down0 for rid in x.ok}
-        res.warm_acked, res.warm_delivered = len(warm), sum(1 for rid in warm if seen.get(rid, down0) < down0)
-        backlog = {rid for rid in before_up if rid in seen and seen[rid] >= down0}
+        res.warm_acked, res.warm_delivered = len(warm), sum(1 for rid in warm if seen.get(rid, down1) < down1)
+        backlog = {rid for rid in before_up if rid in seen and seen[rid] >= down1}
         res.backlog = len(backlog)
-        start = watch.first_from(down0)
+        start = watch.first_from(down1)
         if backlog and start is not None:
             end = max(seen[rid] for rid in backlog)
             res.drain_s = max(0.001, (end - start) / 1000)
@@ -922,7 +931,8 @@ async def run_catchup(root: Path, s: aiohttp.ClientSession) -> Catchup:
         try:
             if not west_running():
                 await west("up")  # back as it was, or up to delete the run's topics
-            await delete_topics(WEST, lambda t: t in (topic, raw_topic))
+            with contextlib.suppress(Exception):  # an interrupted run may find it still starting
+                await delete_topics(WEST, lambda t: t in (topic, raw_topic))
         finally:
             if not was_running:
                 say("catch-up: stopping kafka-west (it was not running at the start)")
@@ -1027,6 +1037,7 @@ def print_catchup(r: Report) -> None:
     print(
         f"  delivered before the outage {c.warm_delivered:,} of the {c.warm_acked:,} acked by then; "
         f"written {c.written:,}; not in the target {TAIL_S:.0f} s after the writes stopped: {c.undelivered:,}"
+        + (f" (by WAL partition {dict(sorted(c.undelivered_by_part.items()))})" if c.undelivered else "")
         + (f"; backlog NOT DRAINED within {CATCHUP_TIMEOUT_S:.0f} s" if c.timed_out else "")
     )
     before, during = c.acks["before"], c.acks["catch-up"]
@@ -1120,9 +1131,20 @@ async def main() -> None:
     print_table(r)
 
 
+async def run_main() -> None:
+    """``main`` with SIGTERM/SIGINT cancelling it, so that its clean-up runs (workers stopped,
+    kafka-west restored, topics and temp dirs removed) also under ``timeout`` or Ctrl-C."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    await main()
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 7 and sys.argv[1] == "--raw-relay":
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(relay_main(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]), sys.argv[6]))
     else:
-        asyncio.run(main())
+        asyncio.run(run_main())

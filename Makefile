@@ -38,6 +38,7 @@ integration: $(STAMP)
 bench: $(STAMP) stack-up
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.scheduler
+	$(BIN)/python -m bench.recovery
 
 stack-up: $(STAMP)
 	$(BIN)/walstream stack up

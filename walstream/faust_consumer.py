@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -233,6 +233,19 @@ class RebalanceSafeConsumer(AIOKafkaConsumer):
         """
 
 
+async def _in_loop_of(thread: Any, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
+    """Await ``fn(*args)`` (a coroutine of Faust's aiokafka consumer) on the consumer
+    thread's event loop, where that consumer lives.
+
+    Not through Faust's ``call_thread``: its method queue has two workers, which Faust's
+    fetcher and table recovery keep busy with long calls during a rebalance; the offset
+    ledger's reads of committed offsets queued behind them past their 10 s bound (a
+    restarted worker's first delivery came ~12 s late). aiokafka's coroutines may run
+    concurrently in their own loop.
+    """
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(fn(*args), thread.thread_loop))
+
+
 class FaustConsumerPort:
     """The offset ledger's view of a worker's Faust consumer (see walstream.delivery.offsets).
 
@@ -272,7 +285,7 @@ class FaustConsumerPort:
 
     async def committed(self, tp: Any) -> int | None:
         thread = self._app.consumer._thread
-        offset = await thread.call_thread(self._kafka().committed, AIOKafkaTP(tp.topic, tp.partition))
+        offset = await _in_loop_of(thread, self._kafka().committed, AIOKafkaTP(tp.topic, tp.partition))
         return None if offset is None or offset < 0 else int(offset)
 
     async def earliest(self, tp: Any) -> int:
@@ -324,7 +337,7 @@ class FaustConsumerPort:
             return False
         thread = self._app.consumer._thread
         try:
-            await thread.call_thread(kafka.commit, commitable)
+            await _in_loop_of(thread, kafka.commit, commitable)
         except (KafkaError, AssertionError) as exc:
             log.info("offset commit refused (%r); it is tried again", exc)
             return False

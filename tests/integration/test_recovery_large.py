@@ -49,8 +49,10 @@ SAMPLE = 300
 #: commit (~30-55 s here), a restart on the own data dir (~15 s) and a fresh worker's start
 #: and recovery of ~200,000 changelog records (~40-70 s on a busy 2-core machine). Only the
 #: checks "before T" depend on it (see the module docstring).
-DUE_AFTER_S = 150.0
+DUE_AFTER_S = 170.0
 CANCELLED = 100
+#: seconds without a delivery, after every entry fell due, that end the wait for deliveries
+QUIET_S = 60.0
 
 
 def iso(ms: int) -> str:
@@ -139,11 +141,13 @@ def end_total(topic: str) -> int:
 
 
 def read_target(
-    topic: str, done: Callable[[Counter[str], int], bool], timeout_s: float
+    topic: str, done: Callable[[Counter[str], int], bool], timeout_s: float, quiet_after_ms: int | None = None
 ) -> tuple[Counter[str], dict[str, int]]:
     """Consume ``topic`` from its start until ``done(counts, records read)`` or the timeout:
     records per entry id (``walstream-id`` header) and each id's earliest record timestamp
-    (ms, CreateTime: when the kafka target produced it)."""
+    (ms, CreateTime: when the kafka target produced it). With ``quiet_after_ms`` (epoch ms),
+    also stop once that time has passed and nothing arrived for ``QUIET_S``: what has not
+    arrived by then is lost, and the test fails without waiting for the whole timeout."""
 
     async def run() -> tuple[Counter[str], dict[str, int]]:
         c = AIOKafkaConsumer(topic, bootstrap_servers=KAFKA, auto_offset_reset="earliest", group_id=None)
@@ -153,8 +157,15 @@ def read_target(
         total = 0
         deadline = time.monotonic() + timeout_s
         try:
+            last_arrival = time.monotonic()
             while not done(counts, total) and time.monotonic() < deadline:
-                for records in (await c.getmany(timeout_ms=500, max_records=10_000)).values():
+                if (quiet_after_ms is not None and time.time() * 1000 > quiet_after_ms
+                        and time.monotonic() - last_arrival > QUIET_S):
+                    break
+                fetched = await c.getmany(timeout_ms=500, max_records=10_000)
+                if fetched:
+                    last_arrival = time.monotonic()
+                for records in fetched.values():
                     for r in records:
                         entry_id = dict(r.headers)["walstream-id"].decode()
                         counts[entry_id] += 1
@@ -282,7 +293,8 @@ def test_100k_delayed_entries_recover_from_own_datadir_and_from_changelogs(
     assert {iso_ms(doc["due_at"]) for doc, _ in answers if doc["state"] == "DELAYED"} <= {due_ms}, answers[:3]
     # ... and at T it delivers every entry but the cancelled ones, none early, each once
     wanted = everyone - cancelled
-    counts, first = read_target(out, lambda c, _: len(c) >= len(wanted), timeout_s=DUE_AFTER_S + 240)
+    counts, first = read_target(out, lambda c, _: len(c) >= len(wanted), timeout_s=DUE_AFTER_S + 240,
+                                quiet_after_ms=due_ms)
     lost = wanted - set(counts)
     assert not lost, f"{len(lost)} entries never delivered, e.g. {sorted(lost)[:5]}"
     assert not cancelled & set(counts), f"cancelled yet delivered: {sorted(cancelled & set(counts))[:5]}"

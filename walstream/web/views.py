@@ -272,8 +272,10 @@ def register_views(wal: WalApp) -> None:
         """The entry's state document from the fleet's tables (each worker's active partitions),
         and the workers that could not say (down, or recovering their tables): while that
         list is not empty, "not found" means "not known now", never "never written"."""
-        docs = local_states(namespace, entry_id)
+        # a table being recovered may still hold an older state (seen: entries delivered
+        # before a restart answered DELAYED from the worker's own RocksDB while it recovered)
         unknown = [settings.web_url] if settling() else []
+        docs = [] if unknown else local_states(namespace, entry_id)
         peers = wal.peer_urls()
         if peers:
             path = f"/v1/log/{quote(namespace, safe='')}/{quote(entry_id, safe='')}?local=1"
@@ -328,9 +330,9 @@ def register_views(wal: WalApp) -> None:
         async def get(self, request: Request, namespace: str, entry_id: str) -> Response:
             local_only = request.query.get("local") == "1"
             if local_only:  # a peer asks what this worker's active partitions hold
-                doc = best(local_states(namespace, entry_id))
-                if doc is None and settling():
+                if settling():  # its tables may be behind their changelogs: not known now
                     return respond(self, 503, {"message": "recovering tables"})
+                doc = best(local_states(namespace, entry_id))
                 unknown: list[str] = []
             else:
                 doc, unknown = await find_state(namespace, entry_id)

@@ -13,6 +13,18 @@ entries are kept, the target's circuit opens and they wait for it without spendi
 Kafka itself treats an unknown topic as retriable: it is also what a topic being created
 answers). A topic the client is not authorized for is a definite answer about this client's
 rights and stays permanent (dead-lettered with the reason, redrivable).
+
+The producer is idempotent: it numbers the batches of each partition, and the broker accepts
+only the next number. aiokafka (0.14) never repairs that numbering: once a batch that was
+given a number fails (a partition without a leader for ``timeout_s`` while its broker
+restarts: ``LeaderNotAvailableError``), every later batch of that partition is refused with
+``OutOfOrderSequenceNumber``, for good; and a producer whose id or epoch the broker no longer
+knows (``UnknownProducerId``, ``InvalidProducerEpoch``/``ProducerFenced``, ...) or whose
+sender task died cannot send at all. So a producer that has seen any failed delivery, or a
+``send`` refused for a reason that is not about the record itself, is discarded (stopped in
+the background) and the next call uses a fresh one (a new producer id, numbering from 0).
+The failed entries are reported transient and retried in their keys' order. Every delivery
+future is observed, also the ones left behind when a call is cancelled by its deadline.
 """
 
 from __future__ import annotations
@@ -23,13 +35,20 @@ from collections.abc import Sequence
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
     InvalidTopicError,
+    InvalidTxnState,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
     RecordListTooLargeError,
     TopicAuthorizationFailedError,
+    UnknownProducerId,
     UnknownTopicOrPartitionError,
 )
 
@@ -42,6 +61,30 @@ _PERMANENT = (
     RecordListTooLargeError,
     InvalidTopicError,
     TopicAuthorizationFailedError,
+)
+
+#: errors after which the producer that saw them cannot deliver (to some partition, or at all):
+#: never dead-letter reasons, the entries are retried on a fresh producer
+_PRODUCER_STATE = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    ProducerFenced,
+    InvalidProducerIdMapping,
+    InvalidTxnState,
+    ProducerClosed,
+)
+
+#: errors ``send`` raises about the record or the topic, before the record got a sequence
+#: number: the producer is still sound. Any other error ``send`` raises (a dead sender task
+#: re-raises its fatal error on every call) discards the producer.
+_RECORD_ERRORS = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+    KafkaTimeoutError,  # buffer full or metadata not there in time: the producer is fine
 )
 
 
@@ -67,33 +110,60 @@ class KafkaTarget(Target):
         )
 
     async def start(self) -> None:
+        await self._started_producer()
+
+    async def _started_producer(self) -> AIOKafkaProducer:
+        """The current producer, started (a fresh one if the last was discarded)."""
         async with self._lock:
             if self._started:
-                return
+                return self._producer
+            producer = self._producer
             try:
-                await self._producer.start()
+                await producer.start()
             except BaseException as exc:
                 # A failed or interrupted start (the caller's deadline: an unreachable host,
                 # DNS that hangs) leaves a half-connected producer: the next call starts a
                 # fresh one.
-                old, self._producer = self._producer, self._new_producer()
-                task = asyncio.ensure_future(_stop_quietly(old))
-                self._discarded.add(task)
-                task.add_done_callback(self._discarded.discard)
+                self._discard(producer)
                 if isinstance(exc, KafkaError):
                     raise TargetDownError(f"{type(exc).__name__}: {exc}") from exc
                 raise
-            self._started = True
+            if producer is self._producer:  # not discarded meanwhile
+                self._started = True
+            return producer
+
+    def _discard(self, producer: AIOKafkaProducer) -> None:
+        """Replace ``producer`` (if it is still the current one) by a fresh, unstarted one
+        and stop it in the background. Idempotent: later failures of a producer already
+        discarded change nothing."""
+        if producer is not self._producer:
+            return
+        self._producer = self._new_producer()
+        self._started = False
+        task = asyncio.ensure_future(_stop_quietly(producer))
+        self._discarded.add(task)
+        task.add_done_callback(self._discarded.discard)
+
+    def _watch(self, producer: AIOKafkaProducer, fut: asyncio.Future[object]) -> None:
+        """Observe ``fut`` (a delivery of ``producer``) whoever awaits it or not: its error
+        is always retrieved (a call cancelled by its deadline leaves it behind), and a failed
+        delivery discards the producer, whose numbering of that partition now has a gap."""
+
+        def done(f: asyncio.Future[object]) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                self._discard(producer)
+
+        fut.add_done_callback(done)
 
     async def close(self) -> None:
         await _stop_quietly(self._producer)  # started or not (an unstarted one holds a client)
         if self._discarded:
             await asyncio.gather(*self._discarded, return_exceptions=True)
 
-    async def _check_topic(self) -> None:
+    async def _check_topic(self, producer: AIOKafkaProducer) -> None:
         """Raise unless the topic exists and this client may write it (one metadata
         request when the topic is not known yet; afterwards free)."""
-        client = self._producer.client
+        client = producer.client
         topic = self.cfg.topic
         if client.cluster.partitions_for_topic(topic) is not None:
             return
@@ -111,26 +181,34 @@ class KafkaTarget(Target):
 
     async def apply(self, entries: Sequence[Entry]) -> Outcomes:
         try:
-            await self.start()
-            await self._check_topic()
+            # this call's producer: once discarded (by a failed delivery of another call,
+            # or of this one) it gets no more records; the runtime retries them in order
+            producer = await self._started_producer()
+            await self._check_topic(producer)
         except TargetError as err:
             return [err] * len(entries)
         futures: list[asyncio.Future[object] | TargetError] = []
         for e in entries:
+            if producer is not self._producer:
+                futures.append(TransientError(f"{self.label}: producer discarded after a failed delivery"))
+                continue
             try:
-                futures.append(
-                    await self._producer.send(
-                        self.cfg.topic,
-                        value=orjson.dumps(e.payload),
-                        key=e.key_bytes,
-                        headers=[
-                            ("walstream-id", e.id.encode()),
-                            ("walstream-ts", str(e.written_at_us).encode()),
-                        ],
-                    )
+                fut = await producer.send(
+                    self.cfg.topic,
+                    value=orjson.dumps(e.payload),
+                    key=e.key_bytes,
+                    headers=[
+                        ("walstream-id", e.id.encode()),
+                        ("walstream-ts", str(e.written_at_us).encode()),
+                    ],
                 )
             except Exception as exc:
+                if not isinstance(exc, _RECORD_ERRORS):
+                    self._discard(producer)
                 futures.append(_classify(exc))
+                continue
+            self._watch(producer, fut)
+            futures.append(fut)
         out: Outcomes = []
         for f in futures:
             if isinstance(f, TargetError):
@@ -153,6 +231,8 @@ async def _stop_quietly(producer: AIOKafkaProducer) -> None:
 
 def _classify(exc: BaseException) -> TargetError:
     text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, _PRODUCER_STATE):
+        return TransientError(f"{text} (producer discarded; retried on a fresh one)")
     if isinstance(exc, _PERMANENT):
         return PermanentError(text)
     # a topic deleted since its metadata was read: the destination as a whole is missing

@@ -193,6 +193,16 @@ class RebalanceSafeConsumer(AIOKafkaConsumer):
                         for r in fetched[start:start + CHUNK_MAX_RECORDS]]
                 yield tp, ChunkMessage(tp, part, generation, now)
 
+    def on_buffer_full(self, tp: TP) -> None:
+        """Faust stops fetching a partition whose channel queue is nearly full, and fetches it
+        again once the queue is seen empty. For the ledger's topics that hand-back could be
+        missed (one agent's short queue of chunks is often that full): a partition of delayed
+        entries then sat unfetched for good after a move back (seen in test_crash_points). A
+        full queue blocks Faust's hand-off instead, which stops fetching just as well."""
+        if tp.topic in self._chunked:
+            return
+        super().on_buffer_full(tp)
+
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return LeavingConsumerThread(self, loop=self.loop, beacon=self.beacon)
 

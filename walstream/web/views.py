@@ -273,9 +273,10 @@ def register_views(wal: WalApp) -> None:
         and the workers that could not say (down, or recovering their tables): while that
         list is not empty, "not found" means "not known now", never "never written"."""
         # a table being recovered may still hold an older state (seen: entries delivered
-        # before a restart answered DELAYED from the worker's own RocksDB while it recovered)
+        # before a restart answered DELAYED from the worker's own RocksDB while it recovered):
+        # meanwhile only final states are taken from it
         unknown = [settings.web_url] if settling() else []
-        docs = [] if unknown else local_states(namespace, entry_id)
+        docs = [d for d in local_states(namespace, entry_id) if not unknown or d.get("state") in FINAL]
         peers = wal.peer_urls()
         if peers:
             path = f"/v1/log/{quote(namespace, safe='')}/{quote(entry_id, safe='')}?local=1"
@@ -330,9 +331,10 @@ def register_views(wal: WalApp) -> None:
         async def get(self, request: Request, namespace: str, entry_id: str) -> Response:
             local_only = request.query.get("local") == "1"
             if local_only:  # a peer asks what this worker's active partitions hold
-                if settling():  # its tables may be behind their changelogs: not known now
-                    return respond(self, 503, {"message": "recovering tables"})
                 doc = best(local_states(namespace, entry_id))
+                if settling() and (doc is None or doc.get("state") not in FINAL):
+                    # its tables may be behind their changelogs: only a final state is known now
+                    return respond(self, 503, {"message": "recovering tables"})
                 unknown: list[str] = []
             else:
                 doc, unknown = await find_state(namespace, entry_id)

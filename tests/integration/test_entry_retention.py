@@ -99,8 +99,10 @@ def test_set_cleanup_policy_changes_only_the_policy(unique: str) -> None:
     topic = f"{unique}-policy"
     asyncio.run(_create_old_style_changelog(topic))
     assert asyncio.run(set_cleanup_policy(KAFKA, topic, "compact")) is True
-    config = asyncio.run(topic_config(KAFKA, topic))
-    assert config is not None
+    # the broker applies a committed config change asynchronously (KRaft): read until it shows
+    config = wait_until(lambda: (c := asyncio.run(topic_config(KAFKA, topic))) is not None
+                        and c.own.get("cleanup.policy") == "compact" and c, timeout_s=15,
+                        what="the new cleanup.policy to show")
     assert config.own == {"cleanup.policy": "compact", "retention.ms": "86400000", "max.message.bytes": "8388608",
                           "min.cleanable.dirty.ratio": "0.3"}
     # already so: nothing to do; a topic that does not exist: nothing to do

@@ -554,6 +554,60 @@ async def raw_takeover(root: Path, *, restart: bool, static: bool) -> float:
         await delete_topics(BROKER, lambda t: t in (src, dst))
 
 
+
+class TrickleRun:
+    """What both take-over runs share: a namespace delivering to a fresh kafka topic, a watch
+    on that topic, and a trickle of writes (started with :meth:`trickle`, ended with
+    :meth:`end_trickle`). Use as ``async with``: on the way out the trickle ends, the workers
+    stop and the run's topics are deleted."""
+
+    def __init__(self, root: Path, names: list[str]) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.ns, self.out = f"brec{tag}", f"bench.rec.out.{tag}"
+        self.app = f"bench-rec-{tag}"
+        #: one worker of the app per name, each with its own folder under ``root``
+        self.workers = [WorkerProc(root / name, self.app) for name in names]
+        self.watch = Watch(BROKER, self.out)
+        self.stop = asyncio.Event()
+        self.trickled: list[Write] = []
+        self._writes: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> TrickleRun:
+        await ensure_topics(BROKER, [TopicSpec(self.out, PARTITIONS, 1)])
+        return self
+
+    async def start(self, s: aiohttp.ClientSession, w: WorkerProc) -> None:
+        """Start ``w`` with the namespace and wait until it holds every WAL partition."""
+        w.start()
+        await w.wait_health(s, has_commands, "commands partitions", START_TIMEOUT_S)
+        await put_namespace(s, w.url, self.ns, {"type": "kafka", "topic": self.out})
+        await w.wait_health(s, lambda d: len(wal_parts(d, self.ns)) == PARTITIONS, "WAL partitions", START_TIMEOUT_S)
+
+    def trickle(self, s: aiohttp.ClientSession, url: str, prefix: str) -> None:
+        self._writes = asyncio.create_task(trickle(s, url, self.ns, prefix, self.stop, self.trickled))
+
+    async def end_trickle(self) -> set[str]:
+        """Stop the trickle, wait until every acknowledged write of it is delivered (60 s at
+        most) and return their ids."""
+        self.stop.set()
+        if self._writes is not None:
+            await asyncio.wait_for(self._writes, timeout=90)
+            self._writes = None
+        t_ids = set(acked(self.trickled))
+        await self.watch.wait_for(lambda: t_ids <= self.watch.first.keys(), 60)
+        return t_ids
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self._writes is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._writes, timeout=90)
+        for w in self.workers:
+            w.stop()
+        await self.watch.stop()
+        await delete_topics(BROKER, lambda t: t == self.out or self.ns in t or t.startswith(self.app))
+
+
 # -- part 1a: restart after SIGKILL ------------------------------------------------------------
 
 
@@ -574,22 +628,11 @@ class Restart:
 
 async def run_restart(root: Path, s: aiohttp.ClientSession) -> Restart:
     res = Restart()
-    tag = uuid.uuid4().hex[:8]
-    ns, out = f"brec{tag}", f"bench.rec.out.{tag}"
-    w = WorkerProc(root / "restart", f"bench-rec-{tag}")
-    await ensure_topics(BROKER, [TopicSpec(out, PARTITIONS, 1)])
-    watch = Watch(BROKER, out)
-    stop = asyncio.Event()
-    trickled: list[Write] = []
-    writes: asyncio.Task[None] | None = None
-    try:
-        w.start()
-        await w.wait_health(s, has_commands, "commands partitions", START_TIMEOUT_S)
-        await put_namespace(s, w.url, ns, {"type": "kafka", "topic": out})
-        await w.wait_health(s, lambda d: len(wal_parts(d, ns)) == PARTITIONS, "WAL partitions", START_TIMEOUT_S)
+    async with TrickleRun(root, ["restart"]) as run:
+        [w], ns, watch, trickled = run.workers, run.ns, run.watch, run.trickled
+        await run.start(s, w)
         await watch.start()
-        writes = asyncio.create_task(trickle(s, w.url, ns, "t", stop, trickled))
-
+        run.trickle(s, w.url, "t")
         kill_at = now_ms() + 5000 + PROBES  # time to write the probes and let the worker take them
         span = (DUE_LAST_S - DUE_FIRST_S) * 1000
         dues = {f"p{i:05d}": kill_at + int(DUE_FIRST_S * 1000 + span * i / max(1, PROBES - 1)) for i in range(PROBES)}
@@ -624,11 +667,7 @@ async def run_restart(root: Path, s: aiohttp.ClientSession) -> Restart:
         say(f"restart: health after {res.health_s:.1f} s, WAL partitions after {res.assigned_s:.1f} s")
         last_due = max(dues.values())
         await watch.wait_for(lambda: all(p in watch.first for p in dues), last_due / 1000 - time.time() + 120)
-        stop.set()
-        await asyncio.wait_for(writes, timeout=90)
-        writes = None
-        t_ids = set(acked(trickled))
-        await watch.wait_for(lambda: t_ids <= watch.first.keys(), 60)
+        t_ids = await run.end_trickle()
 
         first = watch.first_from(t0)
         res.first_delivery_s = float("nan") if first is None else (first - t0) / 1000
@@ -643,14 +682,6 @@ async def run_restart(root: Path, s: aiohttp.ClientSession) -> Restart:
         res.early = sum(1 for x in late.values() if x < 0)
         res.missing = len(dues) - len(late)
         return res
-    finally:
-        stop.set()
-        if writes is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writes, timeout=90)
-        w.stop()
-        await watch.stop()
-        await delete_topics(BROKER, lambda t: t == out or ns in t or t.startswith(w.app_id))
 
 
 # -- part 1b: one of two workers dies for good ---------------------------------------------------
@@ -666,19 +697,9 @@ class Dies:
 
 async def run_dies(root: Path, s: aiohttp.ClientSession) -> Dies:
     res = Dies()
-    tag = uuid.uuid4().hex[:8]
-    ns, out, app = f"brec{tag}", f"bench.rec.out.{tag}", f"bench-rec-{tag}"
-    a, b = WorkerProc(root / "dies-a", app), WorkerProc(root / "dies-b", app)
-    await ensure_topics(BROKER, [TopicSpec(out, PARTITIONS, 1)])
-    watch = Watch(BROKER, out)
-    stop = asyncio.Event()
-    trickled: list[Write] = []
-    writes: asyncio.Task[None] | None = None
-    try:
-        a.start()
-        await a.wait_health(s, has_commands, "commands partitions", START_TIMEOUT_S)
-        await put_namespace(s, a.url, ns, {"type": "kafka", "topic": out})
-        await a.wait_health(s, lambda d: len(wal_parts(d, ns)) == PARTITIONS, "WAL partitions", START_TIMEOUT_S)
+    async with TrickleRun(root, ["dies-a", "dies-b"]) as run:
+        [a, b], ns, watch, trickled = run.workers, run.ns, run.watch, run.trickled
+        await run.start(s, a)
         b.start()
         deadline = time.monotonic() + START_TIMEOUT_S
         steady = 0
@@ -690,7 +711,7 @@ async def run_dies(root: Path, s: aiohttp.ClientSession) -> Dies:
             steady = steady + 1 if split else 0
             await asyncio.sleep(1.0)
         await watch.start()
-        writes = asyncio.create_task(trickle(s, b.url, ns, "d", stop, trickled))
+        run.trickle(s, b.url, "d")
         await watch.wait_for(lambda: len(watch.first) >= 20, 60)
         res.dead_parts = sorted(wal_parts(await a.health(s), ns))
         say(f"dies: SIGKILL the worker holding partitions {res.dead_parts}, not restarted")
@@ -701,26 +722,13 @@ async def run_dies(root: Path, s: aiohttp.ClientSession) -> Dies:
             return {rid for x in list(trickled) for rid, p in x.ok.items() if p in res.dead_parts}
 
         await watch.wait_for(lambda: watch.first_from(kill_ms, dead_ids()) is not None, SESSION_S + 120)
-        stop.set()
-        await asyncio.wait_for(writes, timeout=90)
-        writes = None
-        t_ids = set(acked(trickled))
-        await watch.wait_for(lambda: t_ids <= watch.first.keys(), 60)
+        t_ids = await run.end_trickle()
         first = watch.first_from(kill_ms, dead_ids())
         res.takeover_s = float("nan") if first is None else (first - kill_ms) / 1000
         any_first = watch.first_from(kill_ms)
         res.any_delivery_s = float("nan") if any_first is None else (any_first - kill_ms) / 1000
         res.trickle_missing = len(t_ids - watch.first.keys())
         return res
-    finally:
-        stop.set()
-        if writes is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writes, timeout=90)
-        a.stop()
-        b.stop()
-        await watch.stop()
-        await delete_topics(BROKER, lambda t: t == out or ns in t or t.startswith(app))
 
 
 # -- part 2: catch-up after a target outage ------------------------------------------------------

@@ -54,6 +54,7 @@ workers' own topics).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shlex
@@ -65,7 +66,7 @@ import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -193,6 +194,19 @@ def raw_producer() -> AIOKafkaProducer:
     )
 
 
+@contextlib.asynccontextmanager
+async def producing_to(topic: str) -> AsyncIterator[AIOKafkaProducer]:
+    """A started :func:`raw_producer` that knows ``topic`` (created if missing); stopped on the way out."""
+    await ensure_topics(BROKER, [TopicSpec(topic, PARTITIONS, 1)])
+    producer = raw_producer()
+    await producer.start()
+    try:
+        await producer.partitions_for(topic)
+        yield producer
+    finally:
+        await producer.stop()
+
+
 # -- raw aiokafka ------------------------------------------------------------------------------
 
 
@@ -249,11 +263,7 @@ async def l2_loop(topic: str, n: int, broker_pid: int | None) -> Measure:
 
 async def raw_produce(topic: str, n: int, broker_pid: int | None) -> Measure:
     """Send ``n`` records and await every ack."""
-    await ensure_topics(BROKER, [TopicSpec(topic, PARTITIONS, 1)])
-    producer = raw_producer()
-    await producer.start()
-    try:
-        await producer.partitions_for(topic)
+    async with producing_to(topic) as producer:
         pad = b"x" * VALUE_BYTES
         cpu = CpuWindow([], broker_pid)
         started = time.monotonic()
@@ -261,8 +271,6 @@ async def raw_produce(topic: str, n: int, broker_pid: int | None) -> Measure:
         await asyncio.gather(*futures)
         elapsed = time.monotonic() - started
         return Measure({"rate": n / elapsed}, cpu.per_1000(n))
-    finally:
-        await producer.stop()
 
 
 async def paced(rate: float, seconds: float, fn: Callable[[int], Coroutine[Any, Any, None]]) -> int:
@@ -282,11 +290,7 @@ async def paced(rate: float, seconds: float, fn: Callable[[int], Coroutine[Any, 
 
 async def ack_raw(topic: str, seconds: float, broker_pid: int | None) -> Measure:
     """``send_and_wait`` of single 1 KB records at ``RATE``."""
-    await ensure_topics(BROKER, [TopicSpec(topic, PARTITIONS, 1)])
-    producer = raw_producer()
-    await producer.start()
-    try:
-        await producer.partitions_for(topic)
+    async with producing_to(topic) as producer:
         pad = b"x" * VALUE_BYTES
         lat: list[float] = []
         errors = 0
@@ -304,8 +308,6 @@ async def ack_raw(topic: str, seconds: float, broker_pid: int | None) -> Measure
         cpu = CpuWindow([], broker_pid)
         sent = await paced(RATE, seconds, one)
         return Measure({"p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000}, cpu.per_1000(sent), errors)
-    finally:
-        await producer.stop()
 
 
 # -- through walstream -------------------------------------------------------------------------

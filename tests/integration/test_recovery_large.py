@@ -25,11 +25,12 @@ remaining checks (delivery counts) still hold.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -100,15 +101,25 @@ async def _partitions(admin: AIOKafkaAdminClient, topic: str) -> list[TopicParti
     return parts
 
 
+@contextlib.asynccontextmanager
+async def _clients() -> AsyncIterator[tuple[AIOKafkaConsumer, AIOKafkaAdminClient]]:
+    """A started consumer (no group) and admin client, stopped on the way out."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, enable_auto_commit=False)
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await consumer.start()
+    await admin.start()
+    try:
+        yield consumer, admin
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
 def group_lag(group: str, topic: str) -> int:
     """Records of ``topic`` that ``group`` has not committed yet (end offsets - committed)."""
 
     async def run() -> int:
-        consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, enable_auto_commit=False)
-        admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
-        await consumer.start()
-        await admin.start()
-        try:
+        async with _clients() as (consumer, admin):
             tps = await _partitions(admin, topic)
             ends = await consumer.end_offsets(tps)
             committed = await admin.list_consumer_group_offsets(group, partitions=tps)
@@ -117,9 +128,6 @@ def group_lag(group: str, topic: str) -> int:
                 meta = committed.get(tp)
                 lag += ends[tp] - (meta.offset if meta is not None and meta.offset >= 0 else 0)
             return lag
-        finally:
-            await consumer.stop()
-            await admin.close()
 
     return asyncio.run(run())
 
@@ -128,15 +136,8 @@ def end_total(topic: str) -> int:
     """Records ever written to ``topic`` (the sum of its partitions' end offsets)."""
 
     async def run() -> int:
-        consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, enable_auto_commit=False)
-        admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
-        await consumer.start()
-        await admin.start()
-        try:
+        async with _clients() as (consumer, admin):
             return sum((await consumer.end_offsets(await _partitions(admin, topic))).values())
-        finally:
-            await consumer.stop()
-            await admin.close()
 
     return asyncio.run(run())
 

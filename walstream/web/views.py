@@ -139,19 +139,24 @@ def register_views(wal: WalApp) -> None:
             doc, lookup=wal.registry.get, clock=wal.clock, max_entry_bytes=wal.entry_limit_bytes
         )
 
-    def known_write(namespace: str, entry_id: str, digest: str | None) -> dict[str, Any] | None:
+    def known_write(entry: Entry) -> dict[str, Any] | None:
         """:func:`repeat_answer` from what this worker knows, without asking another worker:
-        its recent writes and cancellations, and the entries table of every partition it
-        holds, active or standby (a standby copy may lag: then the original answer is given
-        for an entry cancelled a moment ago). None: not known here; the write goes ahead and
-        the delivery agent recognises the id (see docs/architecture.md, "Duplicates")."""
-        held = ordered.partitions(wal.states.table)
-        state = best(wal.states.find(namespace, entry_id, held))
+        its recent writes and cancellations, and the entries table where the entry's documents
+        live, in the partitions of this worker (active or standby; a standby copy may lag:
+        then the original answer is given for an entry cancelled a moment ago): its state
+        document and a cancel-in-advance placeholder are in ``partition_for(entry.key)``, a
+        placeholder left by a cancel without ``?key=`` in ``partition_for(entry.id)``. None:
+        not known here; the write goes ahead and the delivery agent recognises the id (see
+        docs/architecture.md, "Duplicates")."""
+        namespace, entry_id = entry.namespace, entry.id
+        # at most two RocksDB reads on the write path, not one per held partition
+        homes = sorted({wal.partition_for(entry.key), wal.partition_for(entry_id)})
+        state = best(wal.states.find(namespace, entry_id, homes))
         hit = wal.writer.recent(namespace, entry_id)
         if (state is None or state.get("state") not in FINAL) and wal.writer.was_cancelled(namespace, entry_id):
             offset = state.get("offset") if state is not None else (hit.result.offset if hit is not None else None)
             state = {"state": EntryState.CANCELLED.value, "offset": offset}
-        return repeat_answer(entry_id, digest, state, hit)
+        return repeat_answer(entry_id, entry.digest, state, hit)
 
     async def write_all(items: list[Any]) -> list[dict[str, Any]]:
         """Validate, de-duplicate by id, and write; one answer (with ``status``) per item.
@@ -191,7 +196,7 @@ def register_views(wal: WalApp) -> None:
                 first_of[key] = (i, entry.digest)
             candidates.append((i, entry, value, client_id))
         # ids written before, as far as this worker knows (no other worker is asked)
-        known = [known_write(e.namespace, e.id, e.digest) if cid else None for _, e, _, cid in candidates]
+        known = [known_write(e) if cid else None for _, e, _, cid in candidates]
         valid: list[tuple[Entry, bytes]] = []
         positions: list[int] = []
         for (i, entry, value, _), hit in zip(candidates, known, strict=True):

@@ -141,17 +141,16 @@ def register_views(wal: WalApp) -> None:
 
     def known_write(entry: Entry) -> dict[str, Any] | None:
         """:func:`repeat_answer` from what this worker knows, without asking another worker:
-        its recent writes and cancellations, and the entries table where the entry's documents
-        live, in the partitions of this worker (active or standby; a standby copy may lag:
-        then the original answer is given for an entry cancelled a moment ago): its state
-        document and a cancel-in-advance placeholder are in ``partition_for(entry.key)``, a
-        placeholder left by a cancel without ``?key=`` in ``partition_for(entry.id)``. None:
-        not known here; the write goes ahead and the delivery agent recognises the id (see
-        docs/architecture.md, "Duplicates")."""
+        its recent writes and cancellations, and the entries table of every partition it
+        holds, active or standby (a standby copy may lag: then the original answer is given
+        for an entry cancelled a moment ago). None: not known here; the write goes ahead and
+        the delivery agent recognises the id (see docs/architecture.md, "Duplicates")."""
         namespace, entry_id = entry.namespace, entry.id
-        # at most two RocksDB reads on the write path, not one per held partition
-        homes = sorted({wal.partition_for(entry.key), wal.partition_for(entry_id)})
-        state = best(wal.states.find(namespace, entry_id, homes))
+        # every held partition, not only the entry's: the same id written again with another
+        # key (a different entry, to be refused) has its document under the first key's
+        # partition (one RocksDB get per partition, ~1 µs each)
+        held = ordered.partitions(wal.states.table)
+        state = best(wal.states.find(namespace, entry_id, held))
         hit = wal.writer.recent(namespace, entry_id)
         if (state is None or state.get("state") not in FINAL) and wal.writer.was_cancelled(namespace, entry_id):
             offset = state.get("offset") if state is not None else (hit.result.offset if hit is not None else None)

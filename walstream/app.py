@@ -110,6 +110,12 @@ class WalApp:
             web_application_options={"client_max_size": s.max_request_bytes},
             # table rows embed whole entries (timers, held rows, dead-letter index rows)
             producer_max_request_size=DERIVED_MAX_MESSAGE_BYTES + 64 * 1024,
+            # changelog records are produced in bursts at the end of each agent batch
+            # (walstream.faust_tables.Changelogs): batches of up to 256 KiB per partition
+            # rather than Faust's 16 KiB make fewer, larger produce requests. No linger:
+            # the burst is appended at once, and a linger would delay every flush before
+            # timer removals.
+            producer_max_batch_size=256 * 1024,
         )
         #: the largest table row (changelog record) this fleet's topics accept; see
         #: :meth:`_read_record_limits`

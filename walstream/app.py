@@ -31,6 +31,7 @@ from walstream.entry import DERIVED_OVERHEAD_BYTES, WriteClock
 from walstream.failpoints import Failpoints
 from walstream.faust_consumer import FaustConsumerPort, RebalanceSafeConsumer
 from walstream.faust_tables import BatchedTable, Changelogs
+from walstream.fleet import Fleet
 from walstream.kafka_admin import (
     DERIVED_MAX_MESSAGE_BYTES,
     WAL_MAX_MESSAGE_BYTES,
@@ -128,6 +129,8 @@ class WalApp:
         self.targets = TargetPool(s)
         self.producer = SharedProducer(s.broker, s.produce_timeout_s)
         self.writer = LogWriter(self.producer, s.produce_timeout_s, s.entry_retention_s)
+        #: the other workers: who holds which partition (Faust's assignor), asked over HTTP
+        self.fleet = Fleet(s.web_url, lambda: self.faust.assignor.tables_metadata())
         self.dead_letters = DeadLetterWriter(self.producer)
         self.schedule = Schedule(self._table(SCHEDULE_TABLE, "delayed entries and pending retries, by due time"))
         self.key_order = KeyOrder(
@@ -215,13 +218,6 @@ class WalApp:
     def partition_for(self, key: str) -> int:
         """The partition Kafka's default partitioner gives ``key`` in every WAL topic."""
         return int(murmur2(key.encode()) & 0x7FFFFFFF) % self.settings.partitions
-
-    def peer_urls(self) -> list[str]:
-        """Web addresses of the other workers of the fleet (from the last rebalance)."""
-        assignor: Any = self.faust.assignor
-        urls = {str(u).rstrip("/") for u in getattr(assignor, "_tps_url", {}).values()}
-        urls.discard(self.settings.web_url.rstrip("/"))
-        return sorted(urls)
 
     def settling(self) -> bool:
         """This worker's tables may be incomplete: a rebalance or a changelog recovery is under way."""
@@ -315,6 +311,7 @@ class WalApp:
         await self.deliverer.close()
         await self.targets.close()
         await self.producer.stop()
+        await self.fleet.close()
         self._services_started = False
 
     # -- live subscription ---------------------------------------------------------------

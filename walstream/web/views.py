@@ -14,7 +14,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import httpx
 import orjson
 from aiohttp.web_exceptions import HTTPRequestEntityTooLarge
 from faust.web import Request, Response, View
@@ -281,16 +280,12 @@ def register_views(wal: WalApp) -> None:
         # meanwhile only final states are taken from it
         unknown = [settings.web_url] if settling() else []
         docs = [d for d in local_states(namespace, entry_id) if not unknown or d.get("state") in FINAL]
-        peers = wal.peer_urls()
-        if peers:
-            path = f"/v1/log/{quote(namespace, safe='')}/{quote(entry_id, safe='')}?local=1"
-            async with httpx.AsyncClient(timeout=3.0) as client:
-                answers = await asyncio.gather(*(client.get(p + path) for p in peers), return_exceptions=True)
-            for peer, a in zip(peers, answers, strict=True):
-                if isinstance(a, httpx.Response) and a.status_code == 200:
-                    docs.append(a.json()["_doc"])
-                elif not (isinstance(a, httpx.Response) and a.status_code == 404):
-                    unknown.append(peer)
+        path = f"/v1/log/{quote(namespace, safe='')}/{quote(entry_id, safe='')}"
+        for a in await wal.fleet.ask_peers(path, {"local": "1"}):
+            if a.ok:
+                docs.append(a.body["_doc"])
+            elif a.status != 404:
+                unknown.append(a.peer)
         return best(docs), unknown
 
     def unknown_for_now(entry_id: str, namespace: str, unknown: list[str]) -> dict[str, Any]:
@@ -462,17 +457,12 @@ def register_views(wal: WalApp) -> None:
             if until is not None and row["last_failure_s"] >= until:
                 continue
             rows.append(row)
-        if not local_only and wal.peer_urls():
+        if not local_only:
             params = {k: v for k, v in query.items() if v} | {"local": "1"}
-            async with httpx.AsyncClient(timeout=10.0) as client:
-                answers = await asyncio.gather(
-                    *(client.get(f"{p}/v1/dlq/{quote(ns, safe='')}", params=params) for p in wal.peer_urls()),
-                    return_exceptions=True,
-                )
-            for a in answers:
-                if not (isinstance(a, httpx.Response) and a.status_code == 200):
-                    raise BodyError(503, "a worker of the fleet did not answer; the list would be incomplete")
-                rows.extend(a.json()["_rows"])
+            for a in await wal.fleet.ask_peers(f"/v1/dlq/{quote(ns, safe='')}", params, timeout_s=10.0):
+                if not a.ok:
+                    raise BodyError(503, f"worker {a.peer} did not answer; the list would be incomplete")
+                rows.extend(a.body["_rows"])
         rows.sort(key=lambda r: (r["last_failure_s"], r["id"]))
         return rows[:limit]
 
@@ -666,17 +656,10 @@ def register_views(wal: WalApp) -> None:
         if settling():
             raise BodyError(503, "this worker is recovering its tables; retry shortly")
         ids = local_pending(ns)
-        peers = wal.peer_urls()
-        if peers:
-            async with httpx.AsyncClient(timeout=10.0) as client:
-                answers = await asyncio.gather(
-                    *(client.get(f"{p}/v1/internal/pending/{quote(ns, safe='')}") for p in peers),
-                    return_exceptions=True,
-                )
-            for peer, a in zip(peers, answers, strict=True):
-                if not (isinstance(a, httpx.Response) and a.status_code == 200):
-                    raise BodyError(503, f"worker {peer} did not say which entries it holds; retry shortly")
-                ids.update(a.json()["ids"])
+        for a in await wal.fleet.ask_peers(f"/v1/internal/pending/{quote(ns, safe='')}", timeout_s=10.0):
+            if not a.ok:
+                raise BodyError(503, f"worker {a.peer} did not say which entries it holds; retry shortly")
+            ids.update(a.body["ids"])
         return ids
 
     @app.page("/v1/internal/pending/{namespace}")

@@ -33,7 +33,7 @@ from walstream.delivery.event_context import bound_event
 from walstream.faust_consumer import records_of
 
 if TYPE_CHECKING:
-    from walstream.app import WalApp
+    from walstream.context import AgentContext
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,9 @@ SWEEP_AGAIN_S = 1.0
 BATCH_FOLLOW_S = 0.005
 
 
-def register(wal: WalApp) -> None:
-    settings = wal.settings
-    command_topic = wal.command_topic
+def register(ctx: AgentContext) -> None:
+    settings = ctx.settings
+    command_topic = ctx.commands.topic
     #: partition → when its last tick was sent; cleared when the agent handles it
     ticks_in_flight: dict[int, float] = {}
     #: partition → when its last sweep command was sent
@@ -57,7 +57,7 @@ def register(wal: WalApp) -> None:
     #: what the idle check needs to know about the agent
     state: dict[str, Any] = {"busy": False, "queue": None}
 
-    @wal.faust.agent(wal.wal_channel, name="walstream.deliver", concurrency=1)
+    @ctx.faust.agent(ctx.wal_channel, name="walstream.deliver", concurrency=1)
     async def deliver(stream: Any) -> Any:
         # Batches are built here rather than with ``stream.take_events()``: each event is
         # taken as Faust yields it (with its own current event), the batch is processed when
@@ -92,12 +92,12 @@ def register(wal: WalApp) -> None:
                         upcoming = None
                     msg = event.message
                     records = records_of(msg)
-                    start, stop = await wal.offsets.admit_chunk(msg.tp, [r.offset for r in records], msg.generation_id)
+                    start, stop = await ctx.offsets.admit_chunk(msg.tp, [r.offset for r in records], msg.generation_id)
                     if stop > start:
                         batch.append((event, records[start:stop]))
                         size += stop - start
                     else:
-                        wal.offsets.release(msg)
+                        ctx.offsets.release(msg)
                     if not batch or (size < settings.delivery_batch and not queue.empty()):
                         continue
                 state["busy"] = True
@@ -120,24 +120,24 @@ def register(wal: WalApp) -> None:
                 upcoming.cancel()
             # a worker stopping commits what it finished (a crash re-reads it instead)
             try:
-                await asyncio.wait_for(wal.offsets.commit(), timeout=5)
+                await asyncio.wait_for(ctx.offsets.commit(), timeout=5)
             except Exception:  # stopping anyway; the next owner re-reads what was not committed
                 log.warning("final offset commit failed", exc_info=True)
 
-    @wal.faust.timer(interval=OFFSET_COMMIT_INTERVAL_S)  # type: ignore[untyped-decorator]
+    @ctx.faust.timer(interval=OFFSET_COMMIT_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def commit_offsets() -> None:
         try:
             queue = state["queue"]
-            await wal.offsets.tick(idle=not state["busy"] and (queue is None or queue.empty()))
+            await ctx.offsets.tick(idle=not state["busy"] and (queue is None or queue.empty()))
         except Exception:
             log.exception("offset commit failed")
 
-    @wal.faust.on_partitions_revoked.connect  # type: ignore[arg-type]
+    @ctx.faust.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def commit_on_revoke(app: Any, revoked: Any, **kwargs: Any) -> None:
         # Faust has waited for the agent's batch in hand; commit it while still in the
         # generation, so the next owner does not process it again.
         try:
-            await wal.offsets.commit()
+            await ctx.offsets.commit()
         except Exception:
             log.exception("offset commit on revocation failed")
 
@@ -149,12 +149,12 @@ def register(wal: WalApp) -> None:
             msg = ev.message
             first.setdefault(msg.tp, records[0].offset)
             end[msg.tp] = (records[-1].offset + 1, msg.generation_id)
-            wal.offsets.release(msg)
+            ctx.offsets.release(msg)
         for tp, (stop, generation) in end.items():
             if processed:
-                wal.offsets.finished(tp, stop, generation)
+                ctx.offsets.finished(tp, stop, generation)
             else:
-                wal.offsets.abandoned(tp, first[tp], generation)
+                ctx.offsets.abandoned(tp, first[tp], generation)
 
     async def _handle(batch: list[tuple[Any, list[SourceRecord]]]) -> None:
         by_partition: dict[int, list[tuple[Any, list[SourceRecord]]]] = defaultdict(list)
@@ -172,37 +172,37 @@ def register(wal: WalApp) -> None:
             if tick:
                 ticks_in_flight.pop(partition, None)
             with bound_event(parts[-1][0]):
-                await wal.deliverer.process(partition, fresh, tick=tick, commands=commands)
+                await ctx.deliverer.process(partition, fresh, tick=tick, commands=commands)
         # the batch's table writes head for their changelogs together (acknowledged by the
         # next flush: the deliverer's before it removes anything, the ledger's before a commit)
-        await wal.changelogs.send_pending()
+        await ctx.changelogs.send_pending()
 
-    @wal.faust.timer(interval=settings.scheduler_interval_s)  # type: ignore[untyped-decorator]
+    @ctx.faust.timer(interval=settings.scheduler_interval_s)  # type: ignore[untyped-decorator]
     async def scheduler() -> None:
         # an exception escaping a Faust timer kills the worker: contain everything
         try:
             now_s = time.time()
-            partitions = wal.active_partitions()
-            wal.schedule.follow(partitions, wal.settling())  # recovered timers may sort earlier
+            partitions = ctx.active_partitions()
+            ctx.schedule.follow(partitions, ctx.settling())  # recovered timers may sort earlier
             for partition in partitions:
-                due = wal.schedule.next_due_ms(partition)
+                due = ctx.schedule.next_due_ms(partition)
                 if due is None or due > now_s * 1000:
                     continue
                 sent = ticks_in_flight.get(partition)
                 if sent is not None and now_s - sent < settings.tick_resend_s:
                     continue
                 ticks_in_flight[partition] = now_s
-                await wal.producer.send(command_topic, TICK, key=COMMAND_KEY, partition=partition)
+                await ctx.commands.post(TICK, partition)
             for partition in partitions:
                 sent = sweeps_sent.get(partition)
                 if sent is not None:
                     # more to read after the last sweep (handled since it was sent): soon again
-                    more = wal.states.mid_pass(partition) and wal.states.swept_at.get(partition, 0.0) >= sent
+                    more = ctx.states.mid_pass(partition) and ctx.states.swept_at.get(partition, 0.0) >= sent
                     wait_s = min(SWEEP_AGAIN_S, settings.sweep_interval_s) if more else settings.sweep_interval_s
                     if now_s - sent < wait_s:
                         continue
                 sweeps_sent[partition] = now_s
-                await wal.producer.send(command_topic, SWEEP, key=COMMAND_KEY, partition=partition)
+                await ctx.commands.post(SWEEP, partition)
         except Exception:
             log.exception("scheduler tick failed")
 

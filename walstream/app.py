@@ -23,7 +23,9 @@ from tables.entry_state import EntryStates
 from tables.held import BLOCKED_TABLE, HELD_TABLE, KeyOrder
 from tables.schedule import TABLE_NAME as SCHEDULE_TABLE
 from tables.schedule import Schedule
+from walstream.context import AgentContext, WebContext
 from walstream.delivery.breaker import Breakers
+from walstream.delivery.commands import CommandSender
 from walstream.delivery.dead_letters import DeadLetterWriter
 from walstream.delivery.deliverer import Deliverer
 from walstream.delivery.offsets import OffsetLedger
@@ -46,6 +48,7 @@ from walstream.namespaces.model import NamespaceConfig, wal_topic
 from walstream.namespaces.registry import NamespaceRegistry
 from walstream.producer import SharedProducer
 from walstream.settings import Settings
+from walstream.status import EntryStatus
 from walstream.targets.pool import TargetPool
 from walstream.writer import LogWriter
 
@@ -162,6 +165,10 @@ class WalApp:
         #: conductor re-subscribes live (Faust's pattern subscription does not work).
         #: The command topic keeps the list non-empty and later carries table commands.
         self.command_topic = f"{s.app_id}.commands"
+        self.commands = CommandSender(self.producer, self.command_topic, s.produce_timeout_s)
+        self.status = EntryStatus(
+            self.states, self.schedule, self.key_order, self.fleet, self.active_partitions, self.settling
+        )
         self._wal_topic_names: list[str] = [self.command_topic]
         self.wal_channel = self.faust.topic(
             *self._wal_topic_names,
@@ -359,6 +366,43 @@ class WalApp:
     def consumed_topics(self) -> list[str]:
         return list(self._wal_topic_names)
 
+    # -- what views and agents get -------------------------------------------------------
+
+    def web_context(self) -> WebContext:
+        return WebContext(
+            settings=self.settings,
+            faust=self.faust,
+            registry=self.registry,
+            writer=self.writer,
+            clock=self.clock,
+            metrics=self.metrics,
+            fleet=self.fleet,
+            status=self.status,
+            commands=self.commands,
+            dlq_index=self.dlq_index,
+            breakers=self.breakers,
+            partition_for=self.partition_for,
+            active_partitions=self.active_partitions,
+            settling=self.settling,
+            consumed_topics=lambda: self.consumed_topics,
+            entry_limit_bytes=lambda: self.entry_limit_bytes,
+        )
+
+    def agent_context(self) -> AgentContext:
+        return AgentContext(
+            settings=self.settings,
+            faust=self.faust,
+            wal_channel=self.wal_channel,
+            offsets=self.offsets,
+            changelogs=self.changelogs,
+            deliverer=self.deliverer,
+            commands=self.commands,
+            schedule=self.schedule,
+            states=self.states,
+            active_partitions=self.active_partitions,
+            settling=self.settling,
+        )
+
 
 def build_app(settings: Settings | None = None) -> WalApp:
     """Build a worker with its agents and web views registered."""
@@ -366,6 +410,6 @@ def build_app(settings: Settings | None = None) -> WalApp:
     from walstream.web.views import register_views
 
     wal = WalApp(settings or Settings())
-    register_views(wal)
-    register_agents(wal)
+    register_views(wal.web_context())
+    register_agents(wal.agent_context())
     return wal

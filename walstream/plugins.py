@@ -1,5 +1,5 @@
 """Discovery of use-case agents: every module of the top-level ``agents`` package that
-defines ``register(wal: WalApp) -> None`` is registered with the worker.
+defines ``register(ctx: AgentContext) -> None`` (walstream.context) is registered with the worker.
 
 A new use case is a new module in ``agents/``; nothing else changes.
 """
@@ -11,7 +11,7 @@ import pkgutil
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from walstream.app import WalApp
+    from walstream.context import AgentContext
 
 
 def agent_modules() -> list[str]:
@@ -22,13 +22,13 @@ def agent_modules() -> list[str]:
     )
 
 
-def register_agents(wal: WalApp) -> list[str]:
+def register_agents(ctx: AgentContext) -> list[str]:
     """Import every agent module and call its ``register``; returns the modules registered."""
     registered = []
     for name in agent_modules():
         module = importlib.import_module(name)
         register = getattr(module, "register", None)
         if callable(register):
-            register(wal)
+            register(ctx)
             registered.append(name)
     return registered

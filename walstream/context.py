@@ -1,0 +1,78 @@
+"""What views and agents may use of their worker.
+
+The composition root (walstream.app) builds one :class:`WebContext` for the HTTP views and
+one :class:`AgentContext` for the agents; neither they nor anything below the root imports
+the worker itself. A view or agent that needs something new gets it added here, by name,
+rather than reaching into the worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from tables.dead_letter_index import DeadLetterIndex
+from tables.entry_state import EntryStates
+from tables.schedule import Schedule
+from walstream.delivery.breaker import Breakers
+from walstream.delivery.commands import CommandSender
+from walstream.delivery.deliverer import Deliverer
+from walstream.delivery.offsets import OffsetLedger
+from walstream.entry import WriteClock
+from walstream.faust_tables import Changelogs
+from walstream.fleet import Fleet
+from walstream.metrics import Metrics
+from walstream.namespaces.registry import NamespaceRegistry
+from walstream.settings import Settings
+from walstream.status import EntryStatus
+from walstream.writer import LogWriter
+
+
+@dataclass(frozen=True, slots=True)
+class WebContext:
+    """For the HTTP views (walstream.web)."""
+
+    settings: Settings
+    #: declares the pages; its consumer's assignment is shown by /v1/health
+    faust: faust.App
+    registry: NamespaceRegistry
+    writer: LogWriter
+    clock: WriteClock
+    metrics: Metrics
+    fleet: Fleet
+    status: EntryStatus
+    commands: CommandSender
+    dlq_index: DeadLetterIndex
+    breakers: Breakers
+    #: the partition Kafka's default partitioner gives a key in every WAL topic
+    partition_for: Callable[[str], int]
+    #: partitions this worker consumes actively (the same numbers in every WAL topic)
+    active_partitions: Callable[[], list[int]]
+    #: true while a rebalance or a table recovery is under way (tables may lag)
+    settling: Callable[[], bool]
+    #: the topics the delivery agent consumes
+    consumed_topics: Callable[[], list[str]]
+    #: the largest encoded entry the write API accepts, in bytes (known once started)
+    entry_limit_bytes: Callable[[], int]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentContext:
+    """For the agents (the ``agents`` package, walstream.plugins)."""
+
+    settings: Settings
+    #: declares agents, timers and signal handlers
+    faust: faust.App
+    #: the channel of every WAL topic of this worker's shard and the command topic
+    wal_channel: Any
+    offsets: OffsetLedger
+    changelogs: Changelogs
+    deliverer: Deliverer
+    commands: CommandSender
+    schedule: Schedule
+    states: EntryStates
+    active_partitions: Callable[[], list[int]]
+    settling: Callable[[], bool]

@@ -1,0 +1,73 @@
+"""What every HTTP view shares: JSON answers, strict body reading, and errors that name
+the problem (``{"message": ...}``; a failed write ``{"durable": "FAILED", "id", "message"}``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiohttp.web_exceptions import HTTPRequestEntityTooLarge
+from faust.web import Request, Response, View
+
+from walstream import strict_json
+from walstream.writer import Durable
+
+
+class BodyError(Exception):
+    """A request the view refuses: ``status`` (4xx, or 503) and a message naming the problem."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def respond(view: View, status: int, doc: Any) -> Response:
+    return view.bytes(orjson.dumps(doc), content_type="application/json", status=status)
+
+
+async def read_json(request: Request, limit: int, *, server_limit: int, batch_of: str | None = None) -> Any:
+    """The body, read strictly (:mod:`walstream.strict_json`: no duplicate keys, no number
+    that would change, bounded nesting); a problem is a :class:`BodyError` naming it.
+    ``limit``: the largest body this view takes, in bytes; ``server_limit``: the web server's
+    own (``WALSTREAM_MAX_REQUEST_BYTES``). ``batch_of``: the body is ``{batch_of: [item,
+    ...]}`` whose items are answered one by one, so an item's problem does not refuse the
+    body (the item becomes a ``Refused``)."""
+    try:
+        body = await request.read()
+    except HTTPRequestEntityTooLarge:
+        raise BodyError(413, f"request body is larger than {server_limit} bytes") from None
+    if len(body) > limit:
+        raise BodyError(413, f"request body is {len(body)} bytes; the limit is {limit} bytes")
+    if not body:
+        raise BodyError(400, "request body is empty; expected JSON")
+    try:
+        return strict_json.loads(body) if batch_of is None else strict_json.loads_batch(body, field=batch_of)
+    except strict_json.StrictJSONError as exc:
+        raise BodyError(400, f"malformed JSON: {exc}" if exc.malformed else str(exc)) from None
+
+
+def failed(entry_id: Any, message: str) -> dict[str, Any]:
+    return {
+        "durable": Durable.FAILED.value,
+        "id": entry_id if isinstance(entry_id, str) else None,
+        "message": message,
+    }
+
+
+def parse_time(value: str | None, name: str) -> float | None:
+    """An ISO-8601 time with a timezone as epoch seconds (None when absent); 400 otherwise."""
+    if not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BodyError(400, f"{name}: not an ISO-8601 time: {value!r}") from None
+    if dt.tzinfo is None:
+        raise BodyError(400, f"{name}: needs a timezone (e.g. 2026-11-26T12:00:00Z)")
+    return dt.timestamp()

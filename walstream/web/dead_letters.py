@@ -1,0 +1,177 @@
+"""The dead-letter queue: ``GET /v1/dlq/{ns}`` (this worker's and the fleet's letters) and
+``POST /v1/dlq/{ns}/redrive``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import quote
+
+from faust.web import Request, Response, View
+
+from tables import ordered
+from tables.entry_state import EntryState
+from walstream.context import WebContext
+from walstream.delivery import commands
+from walstream.delivery.dead_letters import iso
+from walstream.targets.base import ErrorClass
+from walstream.web.common import BodyError, is_number, parse_time, read_json, respond
+
+#: the slowest redrive pace accepted (one per 50 s): below, a request would sleep for hours
+MIN_REDRIVE_RATE = 0.02
+
+#: what a redrive request may say
+REDRIVE_FIELDS = frozenset({"ids", "error_class", "since", "until", "limit", "dry_run", "rate", "wait_s"})
+
+
+def register(ctx: WebContext) -> None:
+    app = ctx.faust
+    settings = ctx.settings
+
+    def dlq_row(row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": row["id"],
+            "namespace": row["ns"],
+            "key": row.get("key"),
+            "target": row.get("target"),
+            "target_id": row["target_id"],
+            "error_class": row["error_class"],
+            "message": row["message"],
+            "attempts": row["attempts"],
+            "first_failure_at": iso(row["first_failure_s"]),
+            "last_failure_at": iso(row["last_failure_s"]),
+            "source": {"topic": row["source"][0], "partition": row["source"][1], "offset": row["source"][2]},
+        }
+
+    async def dead_letter_rows(ns: str, query: dict[str, str], local_only: bool) -> list[dict[str, Any]]:
+        """Index rows of ``ns`` matching ``query`` (id, error_class, since, until, limit),
+        from this worker's active partitions and, unless ``local_only``, the fleet's."""
+        unknown = sorted(set(query) - {"id", "error_class", "since", "until", "limit", "local"})
+        if unknown:
+            raise BodyError(400, f"unknown filter(s) {unknown}; expected id, error_class, since, until, limit")
+        since, until = parse_time(query.get("since"), "since"), parse_time(query.get("until"), "until")
+        raw_limit = query.get("limit") or "1000"
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100_000:
+            raise BodyError(400, f"limit: expected a whole number from 1 to 100000, not {raw_limit!r}")
+        limit = int(raw_limit)
+        classes = {c.value for c in ErrorClass}
+        if query.get("error_class") and query["error_class"] not in classes:
+            raise BodyError(400, f"error_class: expected one of {sorted(classes)}, not {query['error_class']!r}")
+        actives = set(ctx.active_partitions())
+        rows = []
+        for row in ctx.dlq_index.rows(ns, ordered.partitions(ctx.dlq_index.table, actives), query.get("id")):
+            if query.get("error_class") and row["error_class"] != query["error_class"]:
+                continue
+            if since is not None and row["last_failure_s"] < since:
+                continue
+            if until is not None and row["last_failure_s"] >= until:
+                continue
+            rows.append(row)
+        if not local_only:
+            params = {k: v for k, v in query.items() if v} | {"local": "1"}
+            for a in await ctx.fleet.ask_peers(f"/v1/dlq/{quote(ns, safe='')}", params, timeout_s=10.0):
+                if not a.ok:
+                    raise BodyError(503, f"worker {a.peer} did not answer; the list would be incomplete")
+                rows.extend(a.body["_rows"])
+        rows.sort(key=lambda r: (r["last_failure_s"], r["id"]))
+        return rows[:limit]
+
+    @app.page("/v1/dlq/{namespace}")
+    class DeadLettersView(View):
+        async def get(self, request: Request, namespace: str) -> Response:
+            local_only = request.query.get("local") == "1"
+            try:
+                rows = await dead_letter_rows(namespace, dict(request.query), local_only)
+            except (BodyError, ValueError) as exc:
+                return respond(self, getattr(exc, "status", 400), {"message": str(exc)})
+            body: dict[str, Any] = {"dead_letters": [dlq_row(r) for r in rows]}
+            if local_only:
+                body["_rows"] = rows
+            return respond(self, 200, body)
+
+    @app.page("/v1/dlq/{namespace}/redrive")
+    class RedriveView(View):
+        async def post(self, request: Request, namespace: str) -> Response:
+            """Body: ``{"ids": [...]}`` and/or ``error_class``, ``since``, ``until``, ``limit``;
+            ``dry_run`` (default true) only lists; ``rate`` caps commands per second;
+            ``wait_s`` (default 10, at most 120) is how long to wait for the outcomes.
+
+            Executed, the answer has one result per dead letter: ``outcome`` DELIVERED, DEAD
+            (failed again: ``message`` says why; it is back in the dead-letter queue) or
+            PENDING (not settled within ``wait_s``: retrying, delayed, or not yet processed),
+            and the counts of each."""
+            try:
+                body = await read_json(request, settings.max_request_bytes, server_limit=settings.max_request_bytes)
+                if not isinstance(body, dict):
+                    raise BodyError(400, "expected a JSON object")
+                unknown = sorted(set(body) - REDRIVE_FIELDS)
+                if unknown:
+                    # a misspelt filter ("id" for "ids") must not widen a redrive to every letter
+                    raise BodyError(400, f"unknown field(s) {unknown}; expected {sorted(REDRIVE_FIELDS)}")
+                ids = body.get("ids")
+                if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+                    raise BodyError(400, "ids: expected a list of entry ids")
+                rate = body.get("rate")
+                if rate is not None and not (is_number(rate) and MIN_REDRIVE_RATE <= rate <= 1e6):
+                    # a rate of 1e-300 slept for ever between two redrives, holding the request
+                    raise BodyError(400, f"rate: expected redrives per second from {MIN_REDRIVE_RATE} to 1000000")
+                dry_run = body.get("dry_run", True)
+                if not isinstance(dry_run, bool):
+                    raise BodyError(400, "dry_run: expected true or false")
+                wait_s = body.get("wait_s", 10)
+                if not (is_number(wait_s) and 0 <= wait_s <= 120):
+                    raise BodyError(400, "wait_s: expected seconds from 0 to 120")
+                query = {k: str(body[k]) for k in ("error_class", "since", "until", "limit") if body.get(k) is not None}
+                if ids is not None and len(ids) == 1:
+                    query["id"] = ids[0]
+                rows = await dead_letter_rows(namespace, query, local_only=False)
+            except (BodyError, ValueError) as exc:
+                return respond(self, getattr(exc, "status", 400), {"message": str(exc)})
+            if ids is not None:
+                wanted = set(ids)
+                rows = [r for r in rows if r["id"] in wanted]
+            if dry_run:
+                return respond(self, 200, {"dry_run": True, "would_redrive": [dlq_row(r) for r in rows]})
+            sent = 0
+            sent_ms = int(time.time() * 1000)
+            for row in rows:
+                # to the partition the entry's record is in, where its state and timers live
+                await ctx.commands.send(commands.redrive(row["ns"], row["id"], row["target_id"]), [row["source"][1]])
+                sent += 1
+                if rate and sent < len(rows):
+                    await asyncio.sleep(1.0 / float(rate))
+            results = await redrive_outcomes(rows, sent_ms, float(wait_s))
+            counts = {o: sum(1 for r in results if r["outcome"] == o) for o in ("DELIVERED", "DEAD", "PENDING")}
+            return respond(self, 200, {"dry_run": False, "redriven": sent, "sent_at_ms": sent_ms,
+                                       **{k.lower(): v for k, v in counts.items()}, "results": results})
+
+    async def redrive_outcomes(rows: list[dict[str, Any]], sent_ms: int, wait_s: float) -> list[dict[str, Any]]:
+        """What became of each redriven dead letter: its target's state (the whole entry's for a
+        letter without a target) once it was updated after ``sent_ms`` and is final, else
+        PENDING when ``wait_s`` runs out."""
+        results: dict[int, dict[str, Any]] = {}
+        deadline = time.monotonic() + wait_s
+        while True:
+            for n, row in enumerate(rows):
+                if n in results:
+                    continue
+                doc, _ = await ctx.status.find(row["ns"], row["id"])
+                if doc is None or (doc.get("updated_ms") or 0) < sent_ms:
+                    continue
+                # a target the namespace no longer has is redriven whole: the entry's state tells
+                whole = row["target_id"] == "*" or row["target_id"] not in doc.get("targets", {})
+                t = doc["state"] if whole else doc["targets"][row["target_id"]].get("state")
+                if t in (EntryState.DELIVERED, EntryState.DEAD, EntryState.CANCELLED):
+                    last_error = doc.get("targets", {}).get(row["target_id"], {}).get("last_error") or doc.get(
+                        "last_error")
+                    results[n] = {"id": row["id"], "target_id": row["target_id"], "outcome": t,
+                                  "message": last_error if t == EntryState.DEAD else None}
+            if len(results) == len(rows) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.25)
+        return [
+            results.get(n) or {"id": r["id"], "target_id": r["target_id"], "outcome": "PENDING",
+                               "message": f"not settled within {wait_s:g} s; see GET /v1/log/{r['ns']}/{r['id']}"}
+            for n, r in enumerate(rows)
+        ]

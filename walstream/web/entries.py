@@ -1,0 +1,135 @@
+"""An entry's status and its cancellation: ``GET`` and ``DELETE /v1/log/{ns}/{id}``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from faust.web import Request, Response, View
+
+from tables.entry_state import FINAL, EntryState
+from walstream.context import WebContext
+from walstream.delivery import commands
+from walstream.delivery.dead_letters import iso
+from walstream.web.common import respond
+
+
+def register(ctx: WebContext) -> None:
+    app = ctx.faust
+    status = ctx.status
+
+    def unknown_for_now(entry_id: str, namespace: str, unknown: list[str]) -> dict[str, Any]:
+        return {
+            "id": entry_id,
+            "state": "UNKNOWN",
+            "message": f"the state of {entry_id!r} in namespace {namespace!r} is not known now: "
+            f"{', '.join(unknown)} did not answer or is recovering its tables; retry shortly",
+        }
+
+    def public(doc: dict[str, Any]) -> dict[str, Any]:
+        def at(ms: int | None) -> str | None:
+            return None if ms is None else iso(ms / 1000)
+
+        return {
+            "id": doc["id"],
+            "namespace": doc["ns"],
+            "key": doc.get("key"),
+            "state": doc["state"],
+            "partition": doc.get("partition"),
+            "offset": doc.get("offset"),
+            "written_at": at(doc["written_at_us"] // 1000) if doc.get("written_at_us") else None,
+            "due_at": at(doc.get("due_ms")),
+            "updated_at": at(doc.get("updated_ms")),
+            "last_error": doc.get("last_error"),
+            "targets": [
+                {
+                    "target": tid,
+                    "type": t.get("type"),
+                    "state": t["state"],
+                    "attempts": t.get("attempts", 0),
+                    "last_error": t.get("last_error"),
+                    "next_attempt_at": at(t.get("next_attempt_ms")),
+                    "held_behind": t.get("held_behind"),
+                }
+                for tid, t in sorted(doc.get("targets", {}).items())
+            ],
+        }
+
+    @app.page("/v1/log/{namespace}/{entry_id}")
+    class EntryView(View):
+        async def get(self, request: Request, namespace: str, entry_id: str) -> Response:
+            local_only = request.query.get("local") == "1"
+            if local_only:  # a peer asks what this worker's active partitions hold
+                doc, known = status.local_answer(namespace, entry_id)
+                if not known:
+                    # its tables may be behind their changelogs: only a final state is known now
+                    return respond(self, 503, {"message": "recovering tables"})
+                unknown: list[str] = []
+            else:
+                doc, unknown = await status.find(namespace, entry_id)
+            if (doc is None or doc.get("offset") is None) and unknown:
+                # the worker holding the entry may be the one that did not answer
+                return respond(self, 503, unknown_for_now(entry_id, namespace, unknown))
+            if doc is None:
+                return respond(
+                    self,
+                    404,
+                    {
+                        "message": f"no entry {entry_id!r} in namespace {namespace!r} "
+                        "(never written, not yet consumed, or past retention)"
+                    },
+                )
+            body = public(doc)
+            if local_only:
+                body["_doc"] = doc
+            return respond(self, 200, body)
+
+        async def delete(self, request: Request, namespace: str, entry_id: str) -> Response:
+            if ctx.registry.get(namespace) is None:
+                return respond(self, 404, {"message": f"unknown namespace {namespace!r}"})
+            key = request.query.get("key") or entry_id
+            known, unknown = await status.find(namespace, entry_id)
+            if known is not None and known.get("offset") is not None:
+                # a written entry: its own partition decides (nothing else is touched)
+                if known["state"] in FINAL:
+                    body = public(known)
+                    if known["state"] == EntryState.CANCELLED:
+                        return respond(self, 200, body)
+                    return respond(self, 409, {**body, "message": f"entry is already {known['state']}"})
+                partitions = [int(known["partition"])]
+                command = commands.cancel(namespace, entry_id, partitions[0])
+            elif unknown:
+                # cancelling in advance while part of the fleet cannot say whether the entry
+                # exists could mark a delivered entry cancelled: refuse rather than guess
+                return respond(self, 503, unknown_for_now(entry_id, namespace, unknown))
+            else:
+                # not seen yet: every partition is asked, and the key's own partition marks
+                # the entry cancelled in advance (with ``?key=`` when the key is not the id)
+                partitions = list(range(ctx.settings.partitions))
+                command = commands.cancel(namespace, entry_id, ctx.partition_for(key))
+            try:
+                await ctx.commands.send(command, partitions)
+            except Exception as exc:
+                return respond(self, 503, {"message": f"could not send the cancellation: {exc}"})
+            # a later write of this id through this worker is refused at once (409)
+            ctx.writer.cancelled(namespace, entry_id)
+            deadline = time.monotonic() + 5.0
+            doc = None
+            while time.monotonic() < deadline:
+                doc, _ = await status.find(namespace, entry_id)
+                if doc is not None and doc["state"] in FINAL:
+                    break
+                await asyncio.sleep(0.1)
+            if doc is None:
+                return respond(
+                    self,
+                    202,
+                    {"id": entry_id, "state": "CANCELLING", "message": "cancellation sent; state not visible yet"},
+                )
+            body = public(doc)
+            if doc["state"] == EntryState.CANCELLED:
+                return respond(self, 200, body)
+            if doc["state"] in FINAL:
+                return respond(self, 409, {**body, "message": f"entry is already {doc['state']}"})
+            return respond(self, 202, {**body, "message": "cancellation sent; not applied yet"})

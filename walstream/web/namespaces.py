@@ -1,0 +1,98 @@
+"""Namespaces: ``GET /v1/namespaces``, ``GET``/``PUT``/``DELETE /v1/namespaces/{name}``, and
+the fleet-internal ``GET /v1/internal/pending/{ns}``."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp.web_exceptions import HTTPRequestEntityTooLarge
+from faust.web import Request, Response, View
+
+from walstream.context import WebContext
+from walstream.delivery import commands
+from walstream.kafka_admin import unconsumed
+from walstream.namespaces.model import NamespaceError, parse_namespace, wal_topic
+from walstream.status import FleetIncomplete
+from walstream.web.common import respond
+
+log = logging.getLogger(__name__)
+
+
+def register(ctx: WebContext) -> None:
+    app = ctx.faust
+    settings = ctx.settings
+    registry = ctx.registry
+
+    @app.page("/v1/namespaces")
+    class NamespacesView(View):
+        async def get(self, request: Request) -> Response:
+            return respond(self, 200, {"namespaces": [c.model_dump(mode="json") for c in registry.all()]})
+
+    @app.page("/v1/namespaces/{name}")
+    class NamespaceView(View):
+        async def get(self, request: Request, name: str) -> Response:
+            cfg = registry.get(name)
+            if cfg is None:
+                return respond(self, 404, {"message": f"unknown namespace {name!r}"})
+            return respond(self, 200, cfg.model_dump(mode="json"))
+
+        async def put(self, request: Request, name: str) -> Response:
+            try:
+                body = await request.read()
+            except HTTPRequestEntityTooLarge:
+                return respond(self, 413, {"message": "namespace document too large"})
+            try:
+                cfg = parse_namespace(body, name=name)
+            except NamespaceError as exc:
+                return respond(self, 400, {"message": str(exc)})
+            try:
+                applied = await registry.apply(cfg)
+            except TimeoutError:
+                return respond(self, 503, {"message": "namespace written but not yet visible; retry GET"})
+            except Exception as exc:
+                log.exception("namespace apply failed")
+                return respond(self, 503, {"message": f"could not store namespace: {exc}"})
+            return respond(self, 200, applied.model_dump(mode="json"))
+
+        async def delete(self, request: Request, name: str) -> Response:
+            """``?force=true`` deletes a namespace with pending entries, dead-lettering them;
+            without it such a deletion is refused (409) with the count."""
+            force = request.query.get("force", "false")
+            if force not in ("true", "false") or set(request.query) - {"force"}:
+                return respond(self, 400, {"message": "expected at most ?force=true or ?force=false"})
+            if registry.get(name) is None:
+                return respond(self, 404, {"message": f"unknown namespace {name!r}"})
+            try:
+                pending = await ctx.status.pending(name)
+                backlog = await unconsumed(settings.broker, settings.app_id, wal_topic(name))
+            except FleetIncomplete as exc:
+                return respond(self, 503, {"message": str(exc)})
+            except Exception as exc:
+                return respond(self, 503, {"message": f"cannot count the namespace's pending entries: {exc}"})
+            if (pending or backlog) and force != "true":
+                return respond(self, 409, {
+                    "message": f"namespace {name!r} has {len(pending)} pending entries (delayed, retrying or "
+                    f"held) and {backlog} not yet consumed; deleting with force (?force=true, CLI --force) "
+                    "dead-letters the pending "
+                    "ones (the unconsumed ones stay in its WAL topic, delivered if it is created again)",
+                    "pending": len(pending),
+                    "unconsumed": backlog,
+                })
+            try:
+                existed = await registry.delete(name)
+                if existed and pending:
+                    await ctx.commands.send(commands.purge(name), range(settings.partitions))
+            except Exception as exc:
+                return respond(self, 503, {"message": f"could not delete namespace: {exc}"})
+            if not existed:
+                return respond(self, 404, {"message": f"unknown namespace {name!r}"})
+            return respond(self, 200, {"deleted": name, "dead_lettered": len(pending), "unconsumed": backlog})
+
+    @app.page("/v1/internal/pending/{namespace}")
+    class PendingView(View):
+        """Fleet-internal: the ids of a namespace's pending entries this worker holds."""
+
+        async def get(self, request: Request, namespace: str) -> Response:
+            if ctx.settling():
+                return respond(self, 503, {"message": "recovering tables"})
+            return respond(self, 200, {"ids": sorted(ctx.status.local_pending(namespace))})

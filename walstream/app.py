@@ -28,7 +28,7 @@ from walstream.delivery.breaker import Breakers
 from walstream.delivery.commands import CommandSender
 from walstream.delivery.dead_letters import DeadLetterWriter
 from walstream.delivery.deliverer import Deliverer
-from walstream.delivery.offsets import OffsetLedger
+from walstream.delivery.offsets import ConsumerPort, OffsetLedger
 from walstream.entry import DERIVED_OVERHEAD_BYTES, WriteClock
 from walstream.failpoints import Failpoints
 from walstream.faust_consumer import FaustConsumerPort, RebalanceSafeConsumer
@@ -85,7 +85,10 @@ class _FaustApp(faust.App):
 class WalApp:
     """One worker: Faust app + write path + delivery runtime + namespace registry."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, offsets_port: ConsumerPort | None = None) -> None:
+        """``offsets_port``: the consumer the offset ledger reads positions from and commits
+        through (default: Faust's, through walstream.faust_consumer; unit tests give an
+        in-memory one)."""
         self.settings = settings
         s = settings
         self.faust = _FaustApp(
@@ -184,7 +187,7 @@ class WalApp:
         #: the delivery agent's offsets: strict order per partition, committed by walstream
         self.offsets_port = FaustConsumerPort(self.faust, self._wal_topic_names)
         self.offsets_port.changelogs = self.changelogs
-        self.offsets = OffsetLedger(self.offsets_port, metrics=self.metrics)
+        self.offsets = OffsetLedger(offsets_port or self.offsets_port, metrics=self.metrics)
         self.faust.ledger_topics = self._wal_topic_names
         self.faust.ledger_commit = self.offsets.commit
         self.faust.on_producer = self.offsets_port.watch_producer
@@ -404,12 +407,13 @@ class WalApp:
         )
 
 
-def build_app(settings: Settings | None = None) -> WalApp:
-    """Build a worker with its agents and web views registered."""
+def build_app(settings: Settings | None = None, *, offsets_port: ConsumerPort | None = None) -> WalApp:
+    """Build a worker with its agents and web views registered (``offsets_port``: see
+    :class:`WalApp`)."""
     from walstream.plugins import register_agents
     from walstream.web.views import register_views
 
-    wal = WalApp(settings or Settings())
+    wal = WalApp(settings or Settings(), offsets_port=offsets_port)
     register_views(wal.web_context())
     register_agents(wal.agent_context())
     return wal

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from walstream.app import WalApp, build_app
-from walstream.delivery.offsets import OffsetLedger
 from walstream.entry import Entry
 from walstream.namespaces.model import NamespaceConfig, parse_namespace
 from walstream.settings import Settings
@@ -146,8 +145,7 @@ def store(request: pytest.FixtureRequest) -> str:
 def build_wal(store: str, tmp_path: Path, **settings: Any) -> WalApp:
     """A worker on ``store`` in its own data dir, with ``settings`` overriding the defaults."""
     s = Settings(store=store, datadir=tmp_path / "worker", app_id=f"unit-{tmp_path.name}", **settings)
-    app = build_app(s)
-    app.offsets = OffsetLedger(MemoryConsumer())
+    app = build_app(s, offsets_port=MemoryConsumer())
     app.changelogs.send = FakeChangelog().send  # type: ignore[method-assign]
     return app
 

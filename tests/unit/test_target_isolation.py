@@ -21,7 +21,6 @@ from tests.unit.conftest import FakeChangelog, FakeProducer, MemoryConsumer, Rec
 from tests.unit.test_delivery_agent import agent, letters, send, tick, timers
 from walstream.app import WalApp, build_app
 from walstream.delivery.breaker import Breaker
-from walstream.delivery.offsets import OffsetLedger
 from walstream.entry import Entry, WriteClock
 from walstream.settings import Settings
 from walstream.targets.base import Outcomes, Target, TargetDownError
@@ -86,8 +85,7 @@ def make_harness(store: str, tmp_path: Path) -> Iterator[Callable[[Target], Harn
             breaker_cooldown_s=0.5,
             breaker_cooldown_max_s=0.5,
         )
-        wal = build_app(settings)
-        wal.offsets = OffsetLedger(MemoryConsumer())
+        wal = build_app(settings, offsets_port=MemoryConsumer())
         wal.changelogs.send = FakeChangelog().send  # type: ignore[method-assign]
         add_namespace(wal, ORDERS)
         add_namespace(wal, OTHER)

@@ -20,22 +20,21 @@ from walstream.client import NotFound, Refused, WalstreamClient
 pytestmark = pytest.mark.timeout(240)
 
 
-class LoseFirstAnswers(httpx.AsyncBaseTransport):
-    """Sends every request to the worker, and throws away the answer to the first ``n``
-    writes: the write happened, the client never heard (as a connection that broke after the
-    request went out)."""
+class LoseAnswers(httpx.AsyncBaseTransport):
+    """Sends every request to the worker, and throws away the answers to the writes numbered
+    in ``lost`` (1 = the first write request): the write happened, the client never heard
+    (as a connection that broke after the request went out)."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, lost: set[int]) -> None:
         self._inner = httpx.AsyncHTTPTransport()
-        self.left = n
+        self.lost = lost
         self.writes_sent = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self._inner.handle_async_request(request)
         if request.method == "POST" and request.url.path.startswith("/v1/log"):
             self.writes_sent += 1
-            if self.left > 0:
-                self.left -= 1
+            if self.writes_sent in self.lost:
                 await response.aread()
                 await response.aclose()
                 raise httpx.ReadError("answer lost on the way back", request=request)
@@ -135,13 +134,13 @@ def test_writes_status_cancel_and_refusals(start_worker: Callable[..., Worker], 
 def test_a_write_whose_answer_was_lost_is_retried_with_its_id_and_delivered_once(
     start_worker: Callable[..., Worker], unique: str
 ) -> None:
-    # Given a worker, and a client whose first two answers to writes are lost after the
-    # worker wrote the entries
+    # Given a worker, and a client that loses the answers to the first write of one entry and
+    # to the first write of a batch, after the worker wrote them
     w = start_worker()
     out = f"{unique}.out"
     create_topic(out)
     put_namespace(w, unique, [kafka_target(out)])
-    transport = LoseFirstAnswers(2)
+    transport = LoseAnswers({1, 3})
 
     async def scenario() -> tuple[Any, list[Any]]:
         async with WalstreamClient(w.url, timeout_s=10, retries=3, transport=transport) as wal:
@@ -153,7 +152,7 @@ def test_a_write_whose_answer_was_lost_is_retried_with_its_id_and_delivered_once
     # Then every write is SUCCESS, the retries carried the same ids (the worker knew them)
     assert one.durable == "SUCCESS" and one.duplicate
     assert [x.durable for x in many] == ["SUCCESS"] * 50 and all(x.duplicate for x in many)
-    assert transport.writes_sent == 4  # 2 lost + 2 retried
+    assert transport.writes_sent == 4  # 2 lost + their 2 retries
     # and each entry reached the target exactly once
     ids = {one.id, *(x.id for x in many)}
     counts = records_per_id(out, expect=len(ids), timeout_s=60)

@@ -260,11 +260,21 @@ class WalstreamClient:
 
     # -- entries ---------------------------------------------------------------------------
 
-    async def status(self, namespace: str, entry_id: str) -> EntryStatus:
-        """The entry's state. Raises :class:`NotFound` (404: never written, not consumed yet,
-        or past retention) and :class:`Unavailable` (503: a worker that may hold it cannot
-        say now)."""
-        return EntryStatus.model_validate(await self._call("GET", f"/v1/log/{_seg(namespace)}/{_seg(entry_id)}"))
+    async def status(self, namespace: str, entry_id: str, *, wait_s: float = 0.0) -> EntryStatus:
+        """The entry's state. An entry just written has none until its worker consumed it
+        (usually milliseconds): ``wait_s`` asks again every 0.1 s for that long while the
+        answer is 404. Raises :class:`NotFound` (404 after ``wait_s``: never written, not
+        consumed yet, or past retention) and :class:`Unavailable` (503: a worker that may
+        hold it cannot say now)."""
+        path = f"/v1/log/{_seg(namespace)}/{_seg(entry_id)}"
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            try:
+                return EntryStatus.model_validate(await self._call("GET", path))
+            except NotFound:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def cancel(self, namespace: str, entry_id: str, *, key: str | None = None) -> EntryStatus:
         """Cancel what of an entry is not delivered yet (``key``: the entry's key when it is

@@ -106,7 +106,7 @@ def test_writes_status_cancel_and_refusals(start_worker: Callable[..., Worker], 
                 raise AssertionError(f"{entry_id} never {state}")
 
             status = await until(now.id or "", "DELIVERED")
-            delayed = await until(later.id or "", "DELAYED")
+            delayed = await wal.status(unique, later.id or "", wait_s=30)  # 404 until consumed
             sent = await wal.cancel(unique, later.id or "")
             cancelled = await until(later.id or "", "CANCELLED")
             with pytest.raises(NotFound):

@@ -1,1 +1,3 @@
-"""Use-case agents. Each module defines ``register(wal)``; the worker discovers them all."""
+"""Use-case agents, installed as ``walstream.agents``. Each module defines
+``register(ctx: walstream.context.AgentContext)``; the worker discovers them all
+(walstream.plugins), and installed packages may add more through entry points."""

@@ -39,7 +39,7 @@ Raw baselines, same run, reported as walstream/raw ratios:
 
 - **raw RocksDB** (a child process, after the worker has stopped): plain ``rocksdict`` with
   the options walstream gives its tables (8 MiB write buffer and block cache, Faust's other
-  defaults), 8 databases, the same N keys and values (``tables.schedule.Timer``, identical
+  defaults), 8 databases, the same N keys and values (``walstream.tables.schedule.Timer``, identical
   bytes), written with one ``put`` each: µs per put, RSS and disk bytes per key, and the cost
   of what one scheduler tick asks of RocksDB — a seek-to-first on each of the 8 databases —
   before and after deleting the first ``probes/8`` keys of each.
@@ -382,7 +382,7 @@ def raw_rocksdb(n: int, probes: int, root: Path) -> dict[str, float]:
     """Plain rocksdict, walstream's table options, the same keys and values."""
     from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict
 
-    from tables.schedule import Timer
+    from walstream.tables.schedule import Timer
 
     def options() -> Options:
         # what faust.stores.rocksdb.RocksDBOptions.as_options() builds from walstream's

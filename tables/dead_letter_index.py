@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from tables import ordered
-from tables.keys import part
+from walstream.tables import ordered
+from walstream.tables.keys import part
 
 TABLE_NAME = "walstream-dlq-index"
 

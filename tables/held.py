@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from tables import ordered
-from tables.keys import part
+from walstream.tables import ordered
+from walstream.tables.keys import part
 
 BLOCKED_TABLE = "walstream-blocked"
 HELD_TABLE = "walstream-held"

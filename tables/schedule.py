@@ -24,8 +24,8 @@ from typing import Any
 
 import orjson
 
-from tables import ordered
-from tables.keys import part, read_part
+from walstream.tables import ordered
+from walstream.tables.keys import part, read_part
 
 TABLE_NAME = "walstream-schedule"
 

@@ -16,13 +16,6 @@ from typing import Any
 import faust
 from aiokafka.partitioner import murmur2
 
-from tables.dead_letter_index import TABLE_NAME as DLQ_INDEX_TABLE
-from tables.dead_letter_index import DeadLetterIndex
-from tables.entry_state import TABLE_NAME as ENTRIES_TABLE
-from tables.entry_state import EntryStates
-from tables.held import BLOCKED_TABLE, HELD_TABLE, KeyOrder
-from tables.schedule import TABLE_NAME as SCHEDULE_TABLE
-from tables.schedule import Schedule
 from walstream.context import AgentContext, WebContext
 from walstream.delivery.breaker import Breakers
 from walstream.delivery.commands import CommandSender
@@ -49,6 +42,13 @@ from walstream.namespaces.registry import NamespaceRegistry
 from walstream.producer import SharedProducer
 from walstream.settings import Settings
 from walstream.status import EntryStatus
+from walstream.tables.dead_letter_index import TABLE_NAME as DLQ_INDEX_TABLE
+from walstream.tables.dead_letter_index import DeadLetterIndex
+from walstream.tables.entry_state import TABLE_NAME as ENTRIES_TABLE
+from walstream.tables.entry_state import EntryStates
+from walstream.tables.held import BLOCKED_TABLE, HELD_TABLE, KeyOrder
+from walstream.tables.schedule import TABLE_NAME as SCHEDULE_TABLE
+from walstream.tables.schedule import Schedule
 from walstream.targets.pool import TargetPool
 from walstream.writer import LogWriter
 
@@ -287,7 +287,7 @@ class WalApp:
         Earlier versions created it ``compact,delete`` with ``retention.ms``: Kafka would delete
         the states of entries pending longer than that from the changelog, and a recovering
         worker would answer 404 for them. States now expire only through the sweep
-        (:meth:`tables.entry_state.EntryStates.sweep`), as changelogged deletions.
+        (:meth:`walstream.tables.entry_state.EntryStates.sweep`), as changelogged deletions.
         """
         topic = str(self.states.table.changelog_topic.get_topic_name())
         try:

@@ -14,9 +14,6 @@ from typing import Any
 
 import faust
 
-from tables.dead_letter_index import DeadLetterIndex
-from tables.entry_state import EntryStates
-from tables.schedule import Schedule
 from walstream.delivery.breaker import Breakers
 from walstream.delivery.commands import CommandSender
 from walstream.delivery.deliverer import Deliverer
@@ -28,6 +25,9 @@ from walstream.metrics import Metrics
 from walstream.namespaces.registry import NamespaceRegistry
 from walstream.settings import Settings
 from walstream.status import EntryStatus
+from walstream.tables.dead_letter_index import DeadLetterIndex
+from walstream.tables.entry_state import EntryStates
+from walstream.tables.schedule import Schedule
 from walstream.writer import LogWriter
 
 

@@ -15,9 +15,9 @@ from typing import Any, TypeGuard
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from tables.schedule import MAX_DUE_MS
 from walstream import strict_json
 from walstream.namespaces.model import RetryPolicy, TargetConfig, format_validation_error
+from walstream.tables.schedule import MAX_DUE_MS
 
 ENVELOPE_VERSION = 1
 

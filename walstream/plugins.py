@@ -1,34 +1,82 @@
-"""Discovery of use-case agents: every module of the top-level ``agents`` package that
-defines ``register(ctx: AgentContext) -> None`` (walstream.context) is registered with the worker.
+"""Discovery of use-case agents, from two places:
 
-A new use case is a new module in ``agents/``; nothing else changes.
+- every module of the ``walstream.agents`` package (the repository's ``agents/`` folder) that
+  defines ``register(ctx: AgentContext) -> None`` (walstream.context): a new use case is a new
+  module there, nothing else changes;
+- every entry point in the ``walstream.agents`` group of an installed distribution: a module
+  with ``register``, or the ``register`` callable itself, e.g. in the plugin's
+  ``pyproject.toml``::
+
+      [project.entry-points."walstream.agents"]
+      audit = "acme_audit.agent"          # a module defining register(ctx)
+
+A name found in both places is registered once.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from walstream.context import AgentContext
 
+#: the entry-point group an installed package lists its agents in
+ENTRY_POINT_GROUP = "walstream.agents"
+
+
+class AgentLoadError(RuntimeError):
+    """An agent listed as an entry point cannot be loaded or has no ``register``."""
+
 
 def agent_modules() -> list[str]:
-    import agents
+    """The modules of the ``walstream.agents`` package (``agents/``), sorted; ``_private``
+    modules are skipped."""
+    import walstream.agents
 
     return sorted(
-        f"agents.{m.name}" for m in pkgutil.iter_modules(agents.__path__) if not m.name.startswith("_")
+        f"walstream.agents.{m.name}"
+        for m in pkgutil.iter_modules(walstream.agents.__path__)
+        if not m.name.startswith("_")
     )
 
 
+def agent_entry_points() -> list[EntryPoint]:
+    """The installed entry points of :data:`ENTRY_POINT_GROUP`, sorted by name."""
+    return sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+
+
+def _register_of(obj: Any, origin: str) -> Callable[[AgentContext], None]:
+    register = getattr(obj, "register", None) if isinstance(obj, ModuleType) else obj
+    if not callable(register):
+        raise AgentLoadError(f"{origin}: expected a module defining register(ctx) or a callable, got {obj!r}")
+    return register  # type: ignore[no-any-return]
+
+
 def register_agents(ctx: AgentContext) -> list[str]:
-    """Import every agent module and call its ``register``; returns the modules registered."""
-    registered = []
+    """Import every agent (folder, then entry points) and call its ``register``; returns
+    what was registered: module names, and ``entry point NAME (VALUE)`` for entry points.
+    Raises :class:`AgentLoadError` for an entry point that is not an agent (a worker must
+    not start without an agent its deployment lists)."""
+    registered: list[str] = []
     for name in agent_modules():
         module = importlib.import_module(name)
         register = getattr(module, "register", None)
         if callable(register):
             register(ctx)
             registered.append(name)
+    for ep in agent_entry_points():
+        if ep.value in registered or (ep.module in registered and ep.attr is None):
+            continue  # the folder's own module, also listed as an entry point
+        origin = f"entry point {ep.name!r} ({ep.value}) of group {ENTRY_POINT_GROUP!r}"
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            raise AgentLoadError(f"{origin}: cannot be loaded: {exc}") from exc
+        _register_of(obj, origin)(ctx)
+        registered.append(f"entry point {ep.name} ({ep.value})")
     return registered

@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from tables.schedule import MAX_DUE_MS
 from walstream.entry import Entry, WriteClock
 from walstream.mutations import MutationError, parse_mutations
 from walstream.namespaces.model import (
@@ -28,6 +27,7 @@ from walstream.namespaces.model import (
     format_validation_error,
 )
 from walstream.strict_json import Refused
+from walstream.tables.schedule import MAX_DUE_MS
 
 #: the longest delay accepted: a year. Longer is almost certainly a unit mistake.
 MAX_DELAY_MS = 366 * 86_400_000

@@ -1,7 +1,7 @@
 """Entry status across the fleet: what an entry's state is, and which entries are pending.
 
 An entry's state document lives in the entries table of the partition its record is in
-(tables.entry_state); a worker reads its *active* partitions only (a standby copy may lag)
+(walstream.tables.entry_state); a worker reads its *active* partitions only (a standby copy may lag)
 and asks the other workers for theirs through the fleet router (walstream.fleet). A worker
 that cannot say (it did not answer, or it is recovering its tables) is named in the answer:
 while it is, "not found" means "not known now", never "never written".
@@ -13,11 +13,11 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from tables import ordered
-from tables.entry_state import FINAL, EntryStates, best
-from tables.held import KeyOrder
-from tables.schedule import Schedule
 from walstream.fleet import Fleet
+from walstream.tables import ordered
+from walstream.tables.entry_state import FINAL, EntryStates, best
+from walstream.tables.held import KeyOrder
+from walstream.tables.schedule import Schedule
 
 
 class FleetIncomplete(Exception):

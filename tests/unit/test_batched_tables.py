@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from tables import ordered
 from tests.unit.conftest import build_wal
 from walstream.app import WalApp
 from walstream.delivery.event_context import bound_event
+from walstream.tables import ordered
 
 
 @pytest.fixture

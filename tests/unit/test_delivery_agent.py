@@ -13,11 +13,11 @@ from typing import Any
 
 import orjson
 
-from tables import ordered
 from tests.unit.conftest import FakeProducer, RecordingTarget, add_namespace
 from walstream.app import WalApp
 from walstream.delivery.commands import COMMAND_KEY, TICK, cancel
 from walstream.entry import Entry, WriteClock
+from walstream.tables import ordered
 from walstream.targets.base import PermanentError, TargetDownError, TransientError
 
 NS = {"name": "orders", "targets": [{"type": "noop"}],

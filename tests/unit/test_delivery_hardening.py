@@ -16,7 +16,6 @@ from typing import Any
 import orjson
 import pytest
 
-from tables.schedule import MAX_DUE_MS, Timer
 from tests.unit.test_delivery_agent import (
     Harness,
     agent,
@@ -27,6 +26,7 @@ from tests.unit.test_delivery_agent import (
     timers,
 )
 from walstream.entry import Entry, EntryDecodeError, WriteClock
+from walstream.tables.schedule import MAX_DUE_MS, Timer
 from walstream.targets.base import TransientError
 
 pytestmark = pytest.mark.timeout(60)
@@ -184,8 +184,8 @@ async def test_a_target_delivered_after_a_failure_has_no_last_error(harness: Har
 
 
 def _state(wal: Any, entry_id: str, ns: str = "orders") -> dict[str, Any]:
-    from tables import ordered
-    from tables.entry_state import state_key
+    from walstream.tables import ordered
+    from walstream.tables.entry_state import state_key
 
     for key, value in ordered.scan(wal.states.table, 0):
         if key == state_key(ns, entry_id):
@@ -305,8 +305,8 @@ def _tid(cfg: dict[str, Any]) -> str:
     """The id of a target as a namespace holds it (with its defaults filled in)."""
     from pydantic import TypeAdapter
 
-    from tables.keys import target_id
     from walstream.namespaces.model import TargetConfig
+    from walstream.tables.keys import target_id
 
     return target_id(TypeAdapter(TargetConfig).validate_python(cfg).model_dump(mode="json"))
 

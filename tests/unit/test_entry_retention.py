@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 import pytest
 
-from tables.entry_state import state_key
 from tests.unit.conftest import add_namespace
 from tests.unit.test_delivery_agent import (
     NS,
@@ -29,6 +28,7 @@ from tests.unit.test_delivery_agent import (
 from walstream.app import WalApp
 from walstream.delivery.commands import COMMAND_KEY, SWEEP, cancel
 from walstream.entry import Entry, WriteClock
+from walstream.tables.entry_state import state_key
 from walstream.targets.base import PermanentError, TransientError
 
 pytestmark = pytest.mark.timeout(60)

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("walstream", "agents", "tables")
+#: folder → the package it is installed as (tables/ and agents/ are walstream.tables and
+#: walstream.agents, through symlinks in walstream/)
+PACKAGES = {"walstream": "walstream", "tables": "walstream.tables", "agents": "walstream.agents"}
 #: the composition root, and the command line that starts it
 MAY_IMPORT_THE_ROOT = {"walstream.cli", "walstream.demo"}
 
@@ -20,14 +22,20 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    folder, *parts = path.relative_to(ROOT).with_suffix("").parts
     if parts[-1] == "__init__":
         parts.pop()
-    return ".".join(parts)
+    return ".".join([PACKAGES[folder], *parts])
 
 
 def own_modules() -> dict[str, Path]:
-    return {module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    found = {}
+    for folder in PACKAGES:
+        for p in (ROOT / folder).rglob("*.py"):
+            # walstream/tables and walstream/agents are the symlinks: each file counts once, from its folder
+            if not any((ROOT / d).is_symlink() for d in p.relative_to(ROOT).parents):
+                found[module_name(p)] = p
+    return found
 
 
 def imports(path: Path, modules: dict[str, Path]) -> set[str]:
@@ -103,3 +111,17 @@ def test_the_checker_sees_a_circle_and_an_import_of_the_root() -> None:
     g = graph()
     assert "walstream.context" in g["walstream.app"]
     assert cycles({**g, "walstream.fleet": g["walstream.fleet"] | {"walstream.app"}}) != []
+
+
+def test_nothing_imports_the_folders_as_top_level_packages() -> None:
+    # installed, tables/ and agents/ exist only as walstream.tables and walstream.agents; in a
+    # checkout a top-level ``import tables`` would still work, loading every table twice
+    wrong = []
+    for folder in ("walstream", "tables", "agents", "tests", "bench"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+                )
+                wrong += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in ("tables", "agents")]
+    assert wrong == []

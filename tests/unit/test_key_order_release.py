@@ -16,13 +16,13 @@ from typing import Any
 import orjson
 import pytest
 
-from tables import ordered
-from tables.keys import part
 from tests.unit.conftest import Harness
 from tests.unit.test_delivery_agent import agent, entry, letters, send, tick, timers
 from walstream.app import WalApp
 from walstream.delivery.commands import COMMAND_KEY, TICK, cancel
 from walstream.entry import Entry, WriteClock
+from walstream.tables import ordered
+from walstream.tables.keys import part
 from walstream.targets.base import PermanentError, TargetError, TransientError
 
 pytestmark = pytest.mark.timeout(60)

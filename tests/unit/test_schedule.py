@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from tables.schedule import Schedule, Timer
+from walstream.tables.schedule import Schedule, Timer
 
 
 class DictTable:

@@ -4,7 +4,7 @@ WAL topics so that a command for partition P is handled with P's tables.
 ``{"op": "tick"}`` — timers of this partition are due; ``{"op": "cancel", "ns", "id",
 "partition"}`` — cancel an entry (``partition``: where its key maps, which marks a
 not-yet-seen entry cancelled in advance); ``{"op": "sweep"}`` — forget this partition's
-final entry states older than the retention (tables.entry_state ``EntryStates.sweep``);
+final entry states older than the retention (walstream.tables.entry_state ``EntryStates.sweep``);
 ``{"op": "redrive", "ns", "id", "target_id"}`` — deliver a dead letter again;
 ``{"op": "purge", "ns"}`` — dead-letter what a namespace deleted with force still holds.
 """

@@ -30,11 +30,6 @@ from typing import Any
 
 import orjson
 
-from tables.dead_letter_index import DeadLetterIndex
-from tables.entry_state import FINAL, EntryState, EntryStates, summarise
-from tables.held import KeyOrder
-from tables.keys import target_id as make_target_id
-from tables.schedule import Schedule, Timer
 from walstream.delivery.breaker import Breaker, Breakers
 from walstream.delivery.dead_letters import DeadLetter, DeadLetterWriter, SourceRecord
 from walstream.delivery.retry import backoff_ms
@@ -45,6 +40,11 @@ from walstream.kafka_admin import DERIVED_MAX_MESSAGE_BYTES
 from walstream.metrics import Metrics
 from walstream.namespaces.model import NamespaceConfig, RetryPolicy
 from walstream.namespaces.registry import NamespaceRegistry
+from walstream.tables.dead_letter_index import DeadLetterIndex
+from walstream.tables.entry_state import FINAL, EntryState, EntryStates, summarise
+from walstream.tables.held import KeyOrder
+from walstream.tables.keys import target_id as make_target_id
+from walstream.tables.schedule import Schedule, Timer
 from walstream.targets.base import ErrorClass, Target, TargetDownError, TargetError, TransientError, shorten
 from walstream.targets.pool import TargetPool
 

@@ -10,11 +10,11 @@ from urllib.parse import quote
 
 from faust.web import Request, Response, View
 
-from tables import ordered
-from tables.entry_state import EntryState
 from walstream.context import WebContext
 from walstream.delivery import commands
 from walstream.delivery.dead_letters import iso
+from walstream.tables import ordered
+from walstream.tables.entry_state import EntryState
 from walstream.targets.base import ErrorClass
 from walstream.web.common import BodyError, is_number, parse_time, read_json, respond
 

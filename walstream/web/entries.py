@@ -8,10 +8,10 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
-from tables.entry_state import FINAL, EntryState
 from walstream.context import WebContext
 from walstream.delivery import commands
 from walstream.delivery.dead_letters import iso
+from walstream.tables.entry_state import FINAL, EntryState
 from walstream.web.common import respond
 
 

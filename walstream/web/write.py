@@ -10,11 +10,11 @@ from typing import Any
 import orjson
 from faust.web import Request, Response, View
 
-from tables.entry_state import FINAL, EntryState, best
 from walstream import strict_json
 from walstream.context import WebContext
 from walstream.entry import Entry
 from walstream.requests import RequestError, parse_log_request
+from walstream.tables.entry_state import FINAL, EntryState, best
 from walstream.web.common import BodyError, failed, read_json, respond
 from walstream.writer import Durable, Remembered
 

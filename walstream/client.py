@@ -26,99 +26,29 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+
+from walstream.api import DeadLetter, EntryStatus, RedriveOutcome, RedriveResult, TargetStatus, WriteResult
+
+__all__ = [
+    "DeadLetter",
+    "EntryStatus",
+    "NotFound",
+    "RedriveOutcome",
+    "RedriveResult",
+    "Refused",
+    "TargetStatus",
+    "Unavailable",
+    "WalstreamClient",
+    "WalstreamError",
+    "WriteResult",
+]
 
 #: seconds before the first retry of an UNKNOWN write; doubled each time, with jitter
 RETRY_BACKOFF_S = 0.2
-
-
-class _Body(BaseModel):
-    # answers may grow fields: a client must keep working against a newer worker
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class WriteResult(_Body):
-    """What became of one write. ``durable``: SUCCESS (in the log: ``partition`` and
-    ``offset`` of its record; ``duplicate`` when the id was written before and this is the
-    original answer), FAILED (refused, nothing written: ``message`` says why, ``status`` is
-    the HTTP status it got), UNKNOWN (may or may not be in the log, after every retry)."""
-
-    durable: Literal["SUCCESS", "FAILED", "UNKNOWN"]
-    id: str | None = None
-    partition: int | None = None
-    offset: int | None = None
-    duplicate: bool = False
-    message: str | None = None
-    #: the HTTP status of this item's answer (an item of a batch has its own)
-    status: int = 200
-    #: the entry's state when the answer names one (a 409 for a cancelled id)
-    state: str | None = None
-
-
-class TargetStatus(_Body):
-    target: str
-    type: str | None = None
-    state: str
-    attempts: int = 0
-    last_error: str | None = None
-    next_attempt_at: datetime | None = None
-    held_behind: str | None = None
-
-
-class EntryStatus(_Body):
-    """An entry's state (DELAYED, PENDING, RETRYING, DELIVERED, DEAD, CANCELLED), and each
-    target's."""
-
-    id: str
-    namespace: str
-    key: str | None = None
-    state: str
-    partition: int | None = None
-    offset: int | None = None
-    written_at: datetime | None = None
-    due_at: datetime | None = None
-    updated_at: datetime | None = None
-    last_error: str | None = None
-    targets: list[TargetStatus] = Field(default_factory=list)
-    #: set by :meth:`WalstreamClient.cancel`: the cancellation was sent and not applied yet
-    message: str | None = None
-
-
-class DeadLetter(_Body):
-    id: str
-    namespace: str
-    key: str | None = None
-    target: dict[str, Any] | None = None
-    target_id: str
-    error_class: str
-    message: str
-    attempts: int
-    first_failure_at: datetime
-    last_failure_at: datetime
-    source: dict[str, Any]
-
-
-class RedriveOutcome(_Body):
-    id: str
-    target_id: str
-    outcome: Literal["DELIVERED", "DEAD", "PENDING", "CANCELLED"]
-    message: str | None = None
-
-
-class RedriveResult(_Body):
-    """A dry run lists ``would_redrive``; an executed redrive counts and lists outcomes."""
-
-    dry_run: bool
-    would_redrive: list[DeadLetter] = Field(default_factory=list)
-    redriven: int = 0
-    delivered: int = 0
-    dead: int = 0
-    pending: int = 0
-    results: list[RedriveOutcome] = Field(default_factory=list)
 
 
 class WalstreamError(Exception):

@@ -12,10 +12,10 @@ import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from walstream.entry import Entry, WriteClock
 from walstream.mutations import MutationError, parse_mutations
@@ -65,11 +65,23 @@ class RequestError(ValueError):
         self.message = message
 
 
+def time_text(v: Any) -> Any:
+    if not isinstance(v, str):
+        raise ValueError("expected an ISO-8601 time as a string, e.g. 2026-11-26T12:00:00Z")
+    return v
+
+
+#: a time given as an ISO-8601 string. Only a string: pydantic's lax parsing would read a
+#: number as epoch seconds, which the API's description (``format: date-time``) does not allow
+#: and no client means. The timezone is checked where it is used, with a message that says so.
+TimeText = Annotated[datetime, BeforeValidator(time_text)]
+
+
 class Lifecycle(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     delay_ms: int | None = Field(default=None, ge=0, le=MAX_DELAY_MS, strict=True)
-    deliver_at: datetime | None = None
+    deliver_at: TimeText | None = None
 
     @model_validator(mode="after")
     def _one_of(self) -> Lifecycle:

@@ -23,10 +23,6 @@ class BodyError(Exception):
         self.message = message
 
 
-def is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def respond(view: View, status: int, doc: Any) -> Response:
     return view.bytes(orjson.dumps(doc), content_type="application/json", status=status)
 

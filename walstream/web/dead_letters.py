@@ -5,24 +5,47 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 from faust.web import Request, Response, View
+from pydantic import ValidationError
 
+from walstream.api import DeadLetterList, RedriveRequest, RedriveResult
 from walstream.context import WebContext
 from walstream.delivery import commands
 from walstream.delivery.dead_letters import iso
+from walstream.namespaces.model import format_validation_error
 from walstream.tables import ordered
 from walstream.tables.entry_state import EntryState
 from walstream.targets.base import ErrorClass
-from walstream.web.common import BodyError, is_number, parse_time, read_json, respond
+from walstream.web.common import BodyError, parse_time, read_json, respond
+from walstream.web.openapi import LOCAL, NAMESPACE, Operation, Param
 
-#: the slowest redrive pace accepted (one per 50 s): below, a request would sleep for hours
-MIN_REDRIVE_RATE = 0.02
+_FILTERS = (
+    Param("id", "query", "only this entry's letters"),
+    Param("error_class", "query", "only letters of this class",
+          {"type": "string", "enum": [c.value for c in ErrorClass]}),
+    Param("since", "query", "last failure at or after (ISO-8601 with a timezone)",
+          {"type": "string", "format": "date-time"}),
+    Param("until", "query", "last failure before (ISO-8601 with a timezone)",
+          {"type": "string", "format": "date-time"}),
+    Param("limit", "query", "at most this many (default 1000)", {"type": "integer", "minimum": 1, "maximum": 100_000}),
+)
 
-#: what a redrive request may say
-REDRIVE_FIELDS = frozenset({"ids", "error_class", "since", "until", "limit", "dry_run", "rate", "wait_s"})
+OPERATIONS = (
+    Operation(
+        "get", "/v1/dlq/{namespace}", "The namespace's dead letters, across the fleet", "dead letters",
+        params=(NAMESPACE, *_FILTERS, LOCAL), answers={200: DeadLetterList, 400: None, 503: None},
+    ),
+    Operation(
+        "post", "/v1/dlq/{namespace}/redrive", "Deliver dead letters again (a dry run by default)",
+        "dead letters", params=(NAMESPACE,), body=RedriveRequest, answers={200: RedriveResult, 400: None, 503: None},
+        description="Executed, each letter's outcome: DELIVERED, DEAD (failed again; back in the "
+        "dead-letter queue) or PENDING (not settled within `wait_s`).",
+    ),
+)
 
 
 def register(ctx: WebContext) -> None:
@@ -50,6 +73,12 @@ def register(ctx: WebContext) -> None:
         unknown = sorted(set(query) - {"id", "error_class", "since", "until", "limit", "local"})
         if unknown:
             raise BodyError(400, f"unknown filter(s) {unknown}; expected id, error_class, since, until, limit")
+        empty = sorted(k for k, v in query.items() if v == "")
+        if empty:
+            # an empty filter is not "no filter": a client that meant one must hear of it
+            raise BodyError(400, f"{', '.join(empty)}: empty; leave it out, or give a value")
+        if query.get("local", "1") != "1":
+            raise BodyError(400, "local: expected 1 (fleet-internal) or leave it out")
         since, until = parse_time(query.get("since"), "since"), parse_time(query.get("until"), "until")
         raw_limit = query.get("limit") or "1000"
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100_000:
@@ -105,24 +134,19 @@ def register(ctx: WebContext) -> None:
                 body = await read_json(request, settings.max_request_bytes, server_limit=settings.max_request_bytes)
                 if not isinstance(body, dict):
                     raise BodyError(400, "expected a JSON object")
-                unknown = sorted(set(body) - REDRIVE_FIELDS)
-                if unknown:
-                    # a misspelt filter ("id" for "ids") must not widen a redrive to every letter
-                    raise BodyError(400, f"unknown field(s) {unknown}; expected {sorted(REDRIVE_FIELDS)}")
-                ids = body.get("ids")
-                if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
-                    raise BodyError(400, "ids: expected a list of entry ids")
-                rate = body.get("rate")
-                if rate is not None and not (is_number(rate) and MIN_REDRIVE_RATE <= rate <= 1e6):
-                    # a rate of 1e-300 slept for ever between two redrives, holding the request
-                    raise BodyError(400, f"rate: expected redrives per second from {MIN_REDRIVE_RATE} to 1000000")
-                dry_run = body.get("dry_run", True)
-                if not isinstance(dry_run, bool):
-                    raise BodyError(400, "dry_run: expected true or false")
-                wait_s = body.get("wait_s", 10)
-                if not (is_number(wait_s) and 0 <= wait_s <= 120):
-                    raise BodyError(400, "wait_s: expected seconds from 0 to 120")
-                query = {k: str(body[k]) for k in ("error_class", "since", "until", "limit") if body.get(k) is not None}
+                try:
+                    # unknown fields are refused: a misspelt filter ("id" for "ids") must not
+                    # widen a redrive to every letter
+                    req = RedriveRequest.model_validate(body)
+                except ValidationError as exc:
+                    raise BodyError(400, format_validation_error(exc)) from None
+                ids, dry_run, rate, wait_s = req.ids, req.dry_run, req.rate, req.wait_s
+                query = {
+                    k: (v.isoformat() if isinstance(v, datetime) else str(v))
+                    for k, v in (("error_class", req.error_class), ("since", req.since), ("until", req.until),
+                                 ("limit", req.limit))
+                    if v is not None
+                }
                 if ids is not None and len(ids) == 1:
                     query["id"] = ids[0]
                 rows = await dead_letter_rows(namespace, query, local_only=False)

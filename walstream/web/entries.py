@@ -8,11 +8,29 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
+from walstream.api import EntryStatus
 from walstream.context import WebContext
 from walstream.delivery import commands
 from walstream.delivery.dead_letters import iso
 from walstream.tables.entry_state import FINAL, EntryState
 from walstream.web.common import respond
+from walstream.web.openapi import ENTRY_ID, LOCAL, NAMESPACE, Operation, Param
+
+OPERATIONS = (
+    Operation(
+        "get", "/v1/log/{namespace}/{entry_id}", "An entry's state, and each target's", "entries",
+        params=(NAMESPACE, ENTRY_ID, LOCAL), answers={200: EntryStatus, 404: None, 503: EntryStatus},
+        description="Asked of any worker: the one holding the entry's partition answers through it. "
+        "503 (state UNKNOWN) when a worker that may hold it cannot answer now.",
+    ),
+    Operation(
+        "delete", "/v1/log/{namespace}/{entry_id}", "Cancel what of an entry is not delivered yet", "entries",
+        params=(NAMESPACE, ENTRY_ID, Param("key", "query", "the entry's key when it is not its id "
+                                             "(an entry not written yet)")),
+        answers={200: EntryStatus, 202: EntryStatus, 404: None, 409: EntryStatus, 503: EntryStatus},
+        description="200: CANCELLED. 202: sent, not applied yet. 409: already DELIVERED or DEAD.",
+    ),
+)
 
 
 def register(ctx: WebContext) -> None:
@@ -59,6 +77,8 @@ def register(ctx: WebContext) -> None:
     @app.page("/v1/log/{namespace}/{entry_id}")
     class EntryView(View):
         async def get(self, request: Request, namespace: str, entry_id: str) -> Response:
+            if request.query.get("local", "1") != "1":
+                return respond(self, 400, {"message": "local: expected 1 (fleet-internal) or leave it out"})
             local_only = request.query.get("local") == "1"
             if local_only:  # a peer asks what this worker's active partitions hold
                 doc, known = status.local_answer(namespace, entry_id)

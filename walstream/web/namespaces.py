@@ -8,14 +8,40 @@ import logging
 from aiohttp.web_exceptions import HTTPRequestEntityTooLarge
 from faust.web import Request, Response, View
 
+from walstream.api import NamespaceBusy, NamespaceDeleted, NamespaceList, PendingIds
 from walstream.context import WebContext
 from walstream.delivery import commands
 from walstream.kafka_admin import unconsumed
-from walstream.namespaces.model import NamespaceError, parse_namespace, wal_topic
+from walstream.namespaces.model import NamespaceConfig, NamespaceError, parse_namespace, wal_topic
 from walstream.status import FleetIncomplete
 from walstream.web.common import respond
+from walstream.web.openapi import NAMESPACE, Operation, Param, path_param
 
 log = logging.getLogger(__name__)
+
+NAME = path_param("name", "the namespace's name")
+
+OPERATIONS = (
+    Operation("get", "/v1/namespaces", "Every namespace's config", "namespaces", answers={200: NamespaceList}),
+    Operation("get", "/v1/namespaces/{name}", "A namespace's config", "namespaces", params=(NAME,),
+              answers={200: NamespaceConfig, 404: None}),
+    Operation(
+        "put", "/v1/namespaces/{name}", "Create or change a namespace", "namespaces", params=(NAME,),
+        body=NamespaceConfig, answers={200: NamespaceConfig, 400: None, 413: None, 503: None},
+        description="The body is the namespace document as JSON (YAML is read too); `name` may be "
+        "left out, else it must equal the path's. Its WAL topic is created.",
+    ),
+    Operation(
+        "delete", "/v1/namespaces/{name}", "Delete a namespace", "namespaces",
+        params=(NAME, Param("force", "query", "`true` dead-letters its pending entries",
+                            {"type": "string", "enum": ["true", "false"]})),
+        answers={200: NamespaceDeleted, 400: None, 404: None, 409: NamespaceBusy, 503: None},
+    ),
+    Operation(
+        "get", "/v1/internal/pending/{namespace}", "The ids of the pending entries this worker holds",
+        "internal", params=(NAMESPACE,), answers={200: PendingIds, 503: None}, internal=True,
+    ),
+)
 
 
 def register(ctx: WebContext) -> None:

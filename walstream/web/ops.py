@@ -5,8 +5,17 @@ from __future__ import annotations
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from walstream.api import Health
 from walstream.context import WebContext
 from walstream.web.common import respond
+from walstream.web.openapi import Operation
+
+OPERATIONS = (
+    Operation("get", "/v1/health", "This worker's assignment, namespaces and circuit breakers", "operations",
+              answers={200: Health}),
+    Operation("get", "/metrics", "Prometheus metrics", "operations", answers={200: None},
+              content_type="text/plain"),
+)
 
 
 def register(ctx: WebContext) -> None:

@@ -4,7 +4,8 @@
 - walstream.web.entries — ``GET``/``DELETE /v1/log/{ns}/{id}``;
 - walstream.web.dead_letters — ``GET /v1/dlq/{ns}``, ``POST /v1/dlq/{ns}/redrive``;
 - walstream.web.namespaces — ``/v1/namespaces[/{name}]``, ``/v1/internal/pending/{ns}``;
-- walstream.web.ops — ``GET /v1/health``, ``GET /metrics``.
+- walstream.web.ops — ``GET /v1/health``, ``GET /metrics``;
+- walstream.web.docs — ``GET /openapi.json`` (from every module's ``OPERATIONS``), ``GET /docs``.
 
 Every error is JSON with a ``message`` naming the problem; a failed write answers
 ``{"durable": "FAILED", "id": ..., "message": ...}`` and wrote nothing (walstream.web.common).
@@ -14,12 +15,19 @@ Views get a :class:`walstream.context.WebContext`, never the worker itself.
 from __future__ import annotations
 
 from walstream.context import WebContext
-from walstream.web import dead_letters, entries, namespaces, ops, write
+from walstream.web import dead_letters, docs, entries, namespaces, ops, write
+from walstream.web.openapi import Operation
 from walstream.web.write import repeat_answer
 
-__all__ = ["register_views", "repeat_answer"]
+__all__ = ["OPERATIONS", "register_views", "repeat_answer"]
+
+#: the resources, each a module with ``OPERATIONS`` and ``register(ctx)``
+RESOURCES = (write, entries, dead_letters, namespaces, ops)
+#: every operation of the API, as ``GET /openapi.json`` describes it
+OPERATIONS: tuple[Operation, ...] = (*(op for m in RESOURCES for op in m.OPERATIONS), *docs.OPERATIONS)
 
 
 def register_views(ctx: WebContext) -> None:
-    for module in (write, entries, dead_letters, namespaces, ops):
+    for module in RESOURCES:
         module.register(ctx)
+    docs.register(ctx, OPERATIONS)

@@ -11,11 +11,13 @@ import orjson
 from faust.web import Request, Response, View
 
 from walstream import strict_json
+from walstream.api import ErrorAnswer, LogBatchAnswer, LogBatchRequest, LogRequest, WriteResult
 from walstream.context import WebContext
 from walstream.entry import Entry
 from walstream.requests import RequestError, parse_log_request
 from walstream.tables.entry_state import FINAL, EntryState, best
 from walstream.web.common import BodyError, failed, read_json, respond
+from walstream.web.openapi import Operation
 from walstream.writer import Durable, Remembered
 
 
@@ -64,6 +66,22 @@ def repeat_answer(
         return refused(message)
     return {**original, "status": 200, "duplicate": True}
 
+OPERATIONS = (
+    Operation(
+        "post", "/v1/log", "Write one entry", "log", body=LogRequest,
+        answers={200: WriteResult, 400: WriteResult, 404: WriteResult, 409: WriteResult, 413: WriteResult,
+                 503: WriteResult},
+        description="SUCCESS once the entry is in its namespace's WAL topic (acks=all). A client-chosen "
+        "`id` written again is answered with the original answer (`duplicate`: true), or 409 when it "
+        "names another entry or was cancelled. UNKNOWN (503): write again with the same id.",
+    ),
+    Operation(
+        "post", "/v1/log/batch", "Write entries, each answered on its own", "log", body=LogBatchRequest,
+        answers={200: LogBatchAnswer, 400: ErrorAnswer, 413: ErrorAnswer},
+        description="One result per entry, in order, each with its own `status`; a refused entry "
+        "refuses only itself.",
+    ),
+)
 
 
 def register(ctx: WebContext) -> None:

@@ -1,0 +1,239 @@
+"""The HTTP API's bodies as pydantic models: what each endpoint takes and answers.
+
+One copy, shared by the worker (request validation, answers, ``GET /openapi.json`` — see
+walstream.web.openapi) and the Python client (walstream.client, which parses answers with
+these models). Answers may grow fields (``extra="ignore"``): a client keeps working against a
+newer worker. Times are ISO-8601 with a timezone; durations carry their unit (``_ms``, ``_s``).
+
+The write request (``LogRequest``) and the namespace document
+(walstream.namespaces.model.NamespaceConfig) live next to their validation and are part of
+the same contract.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
+
+from walstream.namespaces.model import NamespaceConfig
+from walstream.requests import LogRequest, time_text
+from walstream.targets.base import ErrorClass
+
+__all__ = [
+    "DeadLetter",
+    "DeadLetterList",
+    "EntryStatus",
+    "ErrorAnswer",
+    "Health",
+    "LogBatchAnswer",
+    "LogBatchRequest",
+    "LogRequest",
+    "NamespaceBusy",
+    "NamespaceDeleted",
+    "NamespaceList",
+    "PendingIds",
+    "RedriveOutcome",
+    "RedriveRequest",
+    "RedriveResult",
+    "SourceRecord",
+    "TargetStatus",
+    "WriteResult",
+]
+
+
+class Answer(BaseModel):
+    # answers may grow fields: a client must keep working against a newer worker
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ErrorAnswer(Answer):
+    """Every refusal (4xx) and failure (5xx) that is not a write's answer."""
+
+    message: str = Field(description="the problem, and what to do about it")
+
+
+# -- writes ----------------------------------------------------------------------------------
+
+
+class LogBatchRequest(BaseModel):
+    """``POST /v1/log/batch``: entries answered one by one (one refused entry does not
+    refuse the others); at most ``WALSTREAM_MAX_BATCH_ENTRIES`` of them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    entries: list[LogRequest]
+
+
+class WriteResult(Answer):
+    """What became of one write. ``durable``: SUCCESS (in the log: ``partition`` and
+    ``offset`` of its record; ``duplicate`` when the id was written before and this is the
+    original answer), FAILED (refused, nothing written: ``message`` says why, ``status`` is
+    the HTTP status it got), UNKNOWN (may or may not be in the log; write again with the
+    same id to find out)."""
+
+    durable: Literal["SUCCESS", "FAILED", "UNKNOWN"]
+    id: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    duplicate: bool = False
+    message: str | None = None
+    #: the HTTP status of this item's answer (each item of a batch has its own; a single
+    #: write's is the response's status)
+    status: int = 200
+    #: the entry's state when the answer names one (a 409 for a cancelled id)
+    state: str | None = None
+
+
+class LogBatchAnswer(Answer):
+    results: list[WriteResult] = Field(description="one per entry, in the request's order")
+
+
+# -- entries ---------------------------------------------------------------------------------
+
+
+class TargetStatus(Answer):
+    target: str = Field(description="the target's id within the namespace")
+    type: str | None = None
+    state: str
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+    held_behind: str | None = Field(default=None, description="the id of the entry of the same key it waits for")
+
+
+class EntryStatus(Answer):
+    """An entry's state (DELAYED, PENDING, RETRYING, DELIVERED, DEAD, CANCELLED), and each
+    target's. A cancellation not visible yet is CANCELLING; a state the fleet cannot tell
+    now is UNKNOWN (503)."""
+
+    id: str
+    namespace: str | None = None
+    key: str | None = None
+    state: str
+    partition: int | None = None
+    offset: int | None = None
+    written_at: datetime | None = None
+    due_at: datetime | None = None
+    updated_at: datetime | None = None
+    last_error: str | None = None
+    targets: list[TargetStatus] = Field(default_factory=list)
+    message: str | None = Field(default=None, description="why the state is not final yet, or not known")
+
+
+# -- dead letters ----------------------------------------------------------------------------
+
+
+class SourceRecord(Answer):
+    topic: str
+    partition: int
+    offset: int
+
+
+class DeadLetter(Answer):
+    id: str
+    namespace: str
+    key: str | None = None
+    target: dict[str, Any] | None = Field(default=None, description="the target it failed at (null: the whole entry)")
+    target_id: str
+    error_class: str
+    message: str
+    attempts: int
+    first_failure_at: datetime
+    last_failure_at: datetime
+    source: SourceRecord = Field(description="the entry's record in its WAL topic")
+
+
+class DeadLetterList(Answer):
+    dead_letters: list[DeadLetter] = Field(description="oldest last failure first")
+
+
+class RedriveRequest(BaseModel):
+    """``POST /v1/dlq/{namespace}/redrive``: which dead letters (``ids`` and/or the
+    filters; none: all of them, up to ``limit``), and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # strict where lax parsing would change the request's meaning ("false" is not false)
+    ids: list[StrictStr] | None = None
+    error_class: ErrorClass | None = None
+    since: Annotated[AwareDatetime, BeforeValidator(time_text)] | None = Field(
+        default=None, description="last failure at or after")
+    until: Annotated[AwareDatetime, BeforeValidator(time_text)] | None = Field(
+        default=None, description="last failure before")
+    limit: int | None = Field(default=None, ge=1, le=100_000, strict=True)
+    dry_run: bool = Field(default=True, strict=True, description="only list what would be redriven")
+    #: the slowest pace accepted is one per 50 s: below, a request would sleep for hours
+    rate: float | None = Field(default=None, ge=0.02, le=1e6, strict=True, description="redrives per second")
+    wait_s: float = Field(default=10, ge=0, le=120, strict=True, description="seconds to wait for the outcomes")
+
+
+class RedriveOutcome(Answer):
+    id: str
+    target_id: str
+    outcome: Literal["DELIVERED", "DEAD", "PENDING", "CANCELLED"]
+    message: str | None = None
+
+
+class RedriveResult(Answer):
+    """A dry run lists ``would_redrive``; an executed redrive counts and lists outcomes."""
+
+    dry_run: bool
+    would_redrive: list[DeadLetter] = Field(default_factory=list)
+    redriven: int = 0
+    sent_at_ms: int | None = None
+    delivered: int = 0
+    dead: int = 0
+    pending: int = 0
+    results: list[RedriveOutcome] = Field(default_factory=list)
+
+
+# -- namespaces ------------------------------------------------------------------------------
+
+
+class NamespaceList(Answer):
+    namespaces: list[NamespaceConfig]
+
+
+class NamespaceDeleted(Answer):
+    deleted: str
+    dead_lettered: int = Field(description="pending entries dead-lettered (a forced deletion)")
+    unconsumed: int = Field(description="records left unconsumed in its WAL topic")
+
+
+class NamespaceBusy(Answer):
+    """409 to a deletion without ``force`` of a namespace with pending entries."""
+
+    message: str
+    pending: int
+    unconsumed: int
+
+
+# -- operations ------------------------------------------------------------------------------
+
+
+class CircuitTransition(Answer):
+    at: float = Field(description="epoch seconds")
+    to: str
+
+
+class Circuit(Answer):
+    target: str
+    open: bool
+    transitions: list[CircuitTransition]
+
+
+class Health(Answer):
+    status: Literal["ok"]
+    shard: str | None = None
+    consumed_topics: list[str]
+    assigned: list[str] = Field(description="topic:partition held by this worker")
+    namespaces: int
+    circuits: dict[str, Circuit]
+
+
+class PendingIds(Answer):
+    """Fleet-internal: the ids of a namespace's pending entries one worker holds."""
+
+    ids: list[str]

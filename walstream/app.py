@@ -16,6 +16,7 @@ from typing import Any
 import faust
 from aiokafka.partitioner import murmur2
 
+from walstream.auth import Auth
 from walstream.context import AgentContext, WebContext
 from walstream.delivery.breaker import Breakers
 from walstream.delivery.commands import CommandSender
@@ -149,6 +150,7 @@ class WalApp:
         )
         self.dlq_index = DeadLetterIndex(self._table(DLQ_INDEX_TABLE, "dead letters by namespace and entry"))
         self.breakers = Breakers(s.breaker_threshold, s.breaker_cooldown_s, s.breaker_cooldown_max_s)
+        self.auth = Auth(s.admin_token_list)
         self.deliverer = Deliverer(
             self.registry,
             self.targets,
@@ -384,6 +386,7 @@ class WalApp:
             commands=self.commands,
             dlq_index=self.dlq_index,
             breakers=self.breakers,
+            auth=self.auth,
             partition_for=self.partition_for,
             active_partitions=self.active_partitions,
             settling=self.settling,

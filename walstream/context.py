@@ -14,6 +14,7 @@ from typing import Any
 
 import faust
 
+from walstream.auth import Auth
 from walstream.delivery.breaker import Breakers
 from walstream.delivery.commands import CommandSender
 from walstream.delivery.deliverer import Deliverer
@@ -47,6 +48,8 @@ class WebContext:
     commands: CommandSender
     dlq_index: DeadLetterIndex
     breakers: Breakers
+    #: who may do what (admin and namespace write tokens)
+    auth: Auth
     #: the partition Kafka's default partitioner gives a key in every WAL topic
     partition_for: Callable[[str], int]
     #: partitions this worker consumes actively (the same numbers in every WAL topic)

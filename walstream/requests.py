@@ -131,7 +131,8 @@ def parse_log_request(
     400: refused by strict JSON reading (duplicate key, number out of range, nested deeper than
     :data:`~walstream.strict_json.MAX_DEPTH` levels, ...), not an object, unknown/missing/
     mistyped fields, bad lifecycle, bad target override, payload not a mutation payload where a
-    target needs one, a value the envelope cannot encode. 404: unknown namespace.
+    target needs one, a value the envelope cannot encode. 403: a target override the
+    namespace does not list in ``allowed_target_overrides``. 404: unknown namespace.
     413: the encoded entry is larger than ``max_entry_bytes``.
     """
     if isinstance(doc, Refused):
@@ -158,6 +159,16 @@ def parse_log_request(
             raise RequestError(400, format_validation_error(exc, prefix="target.")) from None
         if not parsed:
             raise RequestError(400, "target: give at least one target")
+        allowed = [t.model_dump(mode="json") for t in ns.allowed_target_overrides]
+        for n, t in enumerate(parsed):
+            if t.model_dump(mode="json") not in allowed:
+                where = f"target.{n}" if isinstance(req.target, list) else "target"
+                raise RequestError(
+                    403,
+                    f"{where}: namespace {ns.name!r} does not allow this target override; an entry may name only "
+                    "a target listed in the namespace's allowed_target_overrides"
+                    + ("" if allowed else " (it lists none)"),
+                )
         targets_override = [t.model_dump(mode="json") for t in parsed]
         target_types = {t.type for t in parsed}
 

@@ -10,8 +10,10 @@ import hashlib
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from walstream.auth import MIN_TOKEN_CHARS
 
 
 class Settings(BaseSettings):
@@ -43,6 +45,10 @@ class Settings(BaseSettings):
     cassandra_port: int = 9042
     #: ``WALSTREAM_ELASTICSEARCH_URL``: default cluster for ``elasticsearch`` targets.
     elasticsearch_url: str = "http://127.0.0.1:9200"
+    #: ``WALSTREAM_ADMIN_TOKENS``: comma-separated bearer tokens that may change namespaces and
+    #: redrive dead letters (walstream.auth); empty: those are open. Kept as a secret: never
+    #: shown in a log or a repr.
+    admin_tokens: SecretStr = SecretStr("")
     #: ``WALSTREAM_MAX_ENTRY_BYTES``: largest encoded entry accepted by the write API (413 above).
     #: At most 4 MiB - 64 KiB (the WAL topics' record limit); lowered further at run time when
     #: the tables' changelog topics accept less (see WalApp.entry_limit_bytes).
@@ -125,6 +131,21 @@ class Settings(BaseSettings):
             return None if self.instance_id.lower() == "none" else self.instance_id
         where = f"{socket.gethostname()}:{self.datadir.resolve()}"
         return f"{self.app_id}-{socket.gethostname()}-{hashlib.sha256(where.encode()).hexdigest()[:12]}"
+
+    @field_validator("admin_tokens")
+    @classmethod
+    def _tokens_long_enough(cls, v: SecretStr) -> SecretStr:
+        tokens = [t.strip() for t in v.get_secret_value().split(",")]
+        short = [n for n, t in enumerate(tokens, 1) if t and len(t) < MIN_TOKEN_CHARS]
+        if short:
+            # the message says which ones, never what they are
+            raise ValueError(f"token(s) number {short} are shorter than {MIN_TOKEN_CHARS} characters")
+        return v
+
+    @property
+    def admin_token_list(self) -> list[str]:
+        """``admin_tokens`` split at commas, blanks dropped."""
+        return [t.strip() for t in self.admin_tokens.get_secret_value().split(",") if t.strip()]
 
     @property
     def web_url(self) -> str:

@@ -24,7 +24,8 @@ from walstream.writer import Durable, Remembered, WriteResult
 
 pytestmark = pytest.mark.timeout(60)
 
-RAW = parse_namespace({"name": "raw", "targets": [{"type": "noop"}]})
+RAW = parse_namespace({"name": "raw", "targets": [{"type": "noop"}],
+                       "allowed_target_overrides": [{"type": "kafka", "topic": "out"}]})
 OTHER = parse_namespace({"name": "other", "targets": [{"type": "noop"}]})
 
 

@@ -12,7 +12,9 @@ from walstream.entry import Entry, WriteClock
 from walstream.namespaces.model import NamespaceConfig, parse_namespace
 from walstream.requests import RequestError, parse_log_request
 
-CATALOG = parse_namespace({"name": "catalog", "targets": [{"type": "cassandra", "keyspace": "catalog"}]})
+OUT = {"type": "kafka", "topic": "out"}
+CATALOG = parse_namespace({"name": "catalog", "targets": [{"type": "cassandra", "keyspace": "catalog"}],
+                           "allowed_target_overrides": [OUT, {"type": "noop"}]})
 RAW = parse_namespace({"name": "raw", "targets": [{"type": "noop"}]})
 PUT = {"mutations": [{"table": "movies", "op": "put", "key": {"id": "42"}, "value": {"title": "Heat"}}]}
 
@@ -77,6 +79,13 @@ def test_target_override_replaces_namespace_targets() -> None:
         ({"namespace": "raw", "payload": 1, "target": {"type": "ftp"}}, 400, "unknown target type"),
         ({"namespace": "raw", "payload": 1, "target": []}, 400, "at least one target"),
         ({"namespace": "nope", "payload": 1}, 404, "unknown namespace 'nope'"),
+        # a target override only as the namespace allows (auth contract): none allowed, or
+        # another host/topic than the allowed one, or one of a list not allowed
+        ({"namespace": "raw", "payload": 1, "target": OUT}, 403, "allowed_target_overrides (it lists none)"),
+        ({"namespace": "catalog", "payload": 1, "target": {**OUT, "topic": "elsewhere"}}, 403,
+         "target: namespace 'catalog' does not allow this target override"),
+        ({"namespace": "catalog", "payload": 1, "target": [OUT, {"type": "kafka", "topic": "out", "bootstrap": "evil:9092"}]},
+         403, "target.1: namespace 'catalog' does not allow"),
         ({"namespace": "catalog", "payload": {"title": "Heat"}}, 400, "payload.mutations"),
         ({"namespace": "catalog", "payload": [1]}, 400, "payload"),
         ({"namespace": "catalog", "payload": {"mutations": [{"table": "m", "op": "upsert", "key": {"id": 1}}]}},
@@ -210,3 +219,9 @@ def test_backoff_of_a_steep_policy_never_overflows() -> None:
 
     policy = RetryPolicy(multiplier=100, max_attempts=1000, max_delay_ms=60_000, jitter=0)
     assert backoff_ms(policy, 999) == 60_000
+
+
+def test_an_allowed_override_is_accepted_however_it_is_spelt() -> None:
+    # defaults filled in: {"type": "kafka", "topic": "out"} and the same with bootstrap null match
+    e = parse({"namespace": "catalog", "payload": 1, "target": [{**OUT, "bootstrap": None}, {"type": "noop"}]})
+    assert e.targets is not None and len(e.targets) == 2

@@ -22,6 +22,7 @@ from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, ScalarNode
 
 from walstream import strict_json
+from walstream.auth import DIGEST_RE, MIN_TOKEN_CHARS, token_digest
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 #: CQL identifiers: walstream quotes nothing, so only plain lower-case names are accepted.
@@ -124,7 +125,27 @@ class NamespaceConfig(_Strict):
     retry: RetryPolicy = RetryPolicy()
     ordering: Literal["key", "none"] = "key"
     description: str = Field(default="", max_length=2000)
+    #: tokens that may write to (and cancel entries of) this namespace (walstream.auth); none:
+    #: open. Given as tokens or as their digests (``sha256:<hex>``); kept and shown as digests.
+    write_tokens: list[str] = Field(default_factory=list, max_length=64)
+    #: the targets an entry may name in its own ``target`` (exactly as listed here); none: an
+    #: entry may not override the namespace's targets (a client must not make workers call
+    #: arbitrary hosts)
+    allowed_target_overrides: list[TargetConfig] = Field(default_factory=list, max_length=64)
     version: int = Field(default=0, ge=0)
+
+    @field_validator("write_tokens")
+    @classmethod
+    def _tokens_as_digests(cls, v: list[str]) -> list[str]:
+        out = []
+        for n, token in enumerate(v):
+            if DIGEST_RE.match(token):
+                out.append(token)
+            elif len(token) < MIN_TOKEN_CHARS:
+                raise ValueError(f"write token {n} is shorter than {MIN_TOKEN_CHARS} characters")
+            else:
+                out.append(token_digest(token))
+        return sorted(set(out))
 
     @field_validator("name")
     @classmethod

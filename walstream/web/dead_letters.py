@@ -42,6 +42,7 @@ OPERATIONS = (
     Operation(
         "post", "/v1/dlq/{namespace}/redrive", "Deliver dead letters again (a dry run by default)",
         "dead letters", params=(NAMESPACE,), body=RedriveRequest, answers={200: RedriveResult, 400: None, 503: None},
+        auth="admin",
         description="Executed, each letter's outcome: DELIVERED, DEAD (failed again; back in the "
         "dead-letter queue) or PENDING (not settled within `wait_s`).",
     ),
@@ -130,6 +131,8 @@ def register(ctx: WebContext) -> None:
             (failed again: ``message`` says why; it is back in the dead-letter queue) or
             PENDING (not settled within ``wait_s``: retrying, delayed, or not yet processed),
             and the counts of each."""
+            if (denied := ctx.auth.admin(request.headers, "redriving dead letters")) is not None:
+                return respond(self, denied.status, {"message": denied.message})
             try:
                 body = await read_json(request, settings.max_request_bytes, server_limit=settings.max_request_bytes)
                 if not isinstance(body, dict):

@@ -9,6 +9,7 @@ from typing import Any
 from faust.web import Request, Response, View
 
 from walstream.api import EntryStatus
+from walstream.auth import bearer
 from walstream.context import WebContext
 from walstream.delivery import commands
 from walstream.delivery.dead_letters import iso
@@ -27,7 +28,7 @@ OPERATIONS = (
         "delete", "/v1/log/{namespace}/{entry_id}", "Cancel what of an entry is not delivered yet", "entries",
         params=(NAMESPACE, ENTRY_ID, Param("key", "query", "the entry's key when it is not its id "
                                              "(an entry not written yet)")),
-        answers={200: EntryStatus, 202: EntryStatus, 404: None, 409: EntryStatus, 503: EntryStatus},
+        answers={200: EntryStatus, 202: EntryStatus, 404: None, 409: EntryStatus, 503: EntryStatus}, auth="write",
         description="200: CANCELLED. 202: sent, not applied yet. 409: already DELIVERED or DEAD.",
     ),
 )
@@ -106,8 +107,11 @@ def register(ctx: WebContext) -> None:
             return respond(self, 200, body)
 
         async def delete(self, request: Request, namespace: str, entry_id: str) -> Response:
-            if ctx.registry.get(namespace) is None:
+            ns = ctx.registry.get(namespace)
+            if ns is None:
                 return respond(self, 404, {"message": f"unknown namespace {namespace!r}"})
+            if (denied := ctx.auth.writer(namespace, ns.write_tokens, bearer(request.headers))) is not None:
+                return respond(self, denied.status, {"message": denied.message})
             key = request.query.get("key") or entry_id
             known, unknown = await status.find(namespace, entry_id)
             if known is not None and known.get("offset") is not None:

@@ -27,7 +27,7 @@ OPERATIONS = (
               answers={200: NamespaceConfig, 404: None}),
     Operation(
         "put", "/v1/namespaces/{name}", "Create or change a namespace", "namespaces", params=(NAME,),
-        body=NamespaceConfig, answers={200: NamespaceConfig, 400: None, 413: None, 503: None},
+        body=NamespaceConfig, answers={200: NamespaceConfig, 400: None, 413: None, 503: None}, auth="admin",
         description="The body is the namespace document as JSON (YAML is read too); `name` may be "
         "left out, else it must equal the path's. Its WAL topic is created.",
     ),
@@ -35,7 +35,7 @@ OPERATIONS = (
         "delete", "/v1/namespaces/{name}", "Delete a namespace", "namespaces",
         params=(NAME, Param("force", "query", "`true` dead-letters its pending entries",
                             {"type": "string", "enum": ["true", "false"]})),
-        answers={200: NamespaceDeleted, 400: None, 404: None, 409: NamespaceBusy, 503: None},
+        answers={200: NamespaceDeleted, 400: None, 404: None, 409: NamespaceBusy, 503: None}, auth="admin",
     ),
     Operation(
         "get", "/v1/internal/pending/{namespace}", "The ids of the pending entries this worker holds",
@@ -63,6 +63,8 @@ def register(ctx: WebContext) -> None:
             return respond(self, 200, cfg.model_dump(mode="json"))
 
         async def put(self, request: Request, name: str) -> Response:
+            if (denied := ctx.auth.admin(request.headers, "changing a namespace")) is not None:
+                return respond(self, denied.status, {"message": denied.message})
             try:
                 body = await request.read()
             except HTTPRequestEntityTooLarge:
@@ -83,6 +85,8 @@ def register(ctx: WebContext) -> None:
         async def delete(self, request: Request, name: str) -> Response:
             """``?force=true`` deletes a namespace with pending entries, dead-lettering them;
             without it such a deletion is refused (409) with the count."""
+            if (denied := ctx.auth.admin(request.headers, "deleting a namespace")) is not None:
+                return respond(self, denied.status, {"message": denied.message})
             force = request.query.get("force", "false")
             if force not in ("true", "false") or set(request.query) - {"force"}:
                 return respond(self, 400, {"message": "expected at most ?force=true or ?force=false"})

@@ -51,6 +51,9 @@ class Operation:
     description: str = ""
     content_type: str = "application/json"
     internal: bool = False
+    #: the token it needs (walstream.auth): "admin" when WALSTREAM_ADMIN_TOKENS is set,
+    #: "write" when the namespace has write tokens; 401 and 403 are added to its answers
+    auth: Literal["admin", "write"] | None = None
 
 
 def path_param(name: str, description: str) -> Param:
@@ -114,6 +117,13 @@ def spec(operations: Iterable[Operation]) -> dict[str, Any]:
             "description": "an error: the message names the problem",
             "content": {"application/json": {"schema": refs[(ErrorAnswer, "serialization")]}},
         }
+        if op.auth is not None:
+            doc["security"] = [{"bearer": []}]
+            for status in (401, 403):
+                doc["responses"].setdefault(str(status), {
+                    "description": _reason(status),
+                    "content": {"application/json": {"schema": refs[(ErrorAnswer, "serialization")]}},
+                })
         if op.internal:
             doc["x-internal"] = True
         paths.setdefault(op.path, {})[op.method] = doc
@@ -126,12 +136,19 @@ def spec(operations: Iterable[Operation]) -> dict[str, Any]:
             "targets with retries, delays and a dead-letter queue.",
         },
         "paths": dict(sorted(paths.items())),
-        "components": {"schemas": dict(sorted(defs.get("$defs", {}).items()))},
+        "components": {
+            "schemas": dict(sorted(defs.get("$defs", {}).items())),
+            "securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "an admin token (WALSTREAM_ADMIN_TOKENS) or a namespace's write token",
+            }},
+        },
     }
 
 
 _REASONS = {
     200: "OK", 202: "accepted, not applied yet", 400: "refused: the message names the problem",
+    401: "a token is needed (Authorization: Bearer)", 403: "the token given is not allowed to do this",
     404: "not found", 409: "conflict", 413: "too large", 503: "not available now; retry",
 }
 

@@ -12,6 +12,7 @@ from faust.web import Request, Response, View
 
 from walstream import strict_json
 from walstream.api import ErrorAnswer, LogBatchAnswer, LogBatchRequest, LogRequest, WriteResult
+from walstream.auth import bearer
 from walstream.context import WebContext
 from walstream.entry import Entry
 from walstream.requests import RequestError, parse_log_request
@@ -69,14 +70,15 @@ def repeat_answer(
 OPERATIONS = (
     Operation(
         "post", "/v1/log", "Write one entry", "log", body=LogRequest,
-        answers={200: WriteResult, 400: WriteResult, 404: WriteResult, 409: WriteResult, 413: WriteResult,
-                 503: WriteResult},
+        answers={200: WriteResult, 400: WriteResult, 401: WriteResult, 403: WriteResult, 404: WriteResult,
+                 409: WriteResult, 413: WriteResult, 503: WriteResult},
+        auth="write",
         description="SUCCESS once the entry is in its namespace's WAL topic (acks=all). A client-chosen "
         "`id` written again is answered with the original answer (`duplicate`: true), or 409 when it "
         "names another entry or was cancelled. UNKNOWN (503): write again with the same id.",
     ),
     Operation(
-        "post", "/v1/log/batch", "Write entries, each answered on its own", "log", body=LogBatchRequest,
+        "post", "/v1/log/batch", "Write entries, each answered on its own", "log", body=LogBatchRequest, auth="write",
         answers={200: LogBatchAnswer, 400: ErrorAnswer, 413: ErrorAnswer},
         description="One result per entry, in order, each with its own `status`; a refused entry "
         "refuses only itself.",
@@ -110,7 +112,7 @@ def register(ctx: WebContext) -> None:
             state = {"state": EntryState.CANCELLED.value, "offset": offset}
         return repeat_answer(entry_id, entry.digest, state, hit)
 
-    async def write_all(items: list[Any]) -> list[dict[str, Any]]:
+    async def write_all(items: list[Any], token: str | None) -> list[dict[str, Any]]:
         """Validate, de-duplicate by id, and write; one answer (with ``status``) per item.
 
         An id written before is answered as :func:`repeat_answer` says, from this worker's
@@ -130,6 +132,11 @@ def register(ctx: WebContext) -> None:
             except RequestError as exc:
                 item_id = item.get("id") if isinstance(item, dict) else None
                 results[i] = {**failed(item_id, exc.message), "status": exc.status}
+                continue
+            ns = ctx.registry.get(entry.namespace)
+            denied = ctx.auth.writer(entry.namespace, ns.write_tokens if ns is not None else (), token)
+            if denied is not None:
+                results[i] = {**failed(item.get("id"), denied.message), "status": denied.status}
                 continue
             client_id = "id" in item  # only a client-chosen id can repeat
             if client_id:
@@ -201,7 +208,7 @@ def register(ctx: WebContext) -> None:
                 )
             except BodyError as exc:
                 return respond(self, exc.status, failed(None, exc.message))
-            [result] = await write_all([doc])
+            [result] = await write_all([doc], bearer(request.headers))
             status = result.pop("status")
             return respond(self, status, result)
 
@@ -221,4 +228,4 @@ def register(ctx: WebContext) -> None:
                 return respond(
                     self, 413, {"message": f"{len(items)} entries; at most {settings.max_batch_entries} per batch"}
                 )
-            return respond(self, 200, {"results": await write_all(items)})
+            return respond(self, 200, {"results": await write_all(items, bearer(request.headers))})

@@ -222,6 +222,8 @@ def test_a_5xx_answer_is_one_line_with_the_servers_message(command: list[str], n
     server.answer(500, {"message": "disk on fire"})
     line = one_line_error(run(["--url", server.url, *cmd(command, ns_file)]))
     assert f"the worker at {server.url} answered 500 Internal Server Error: disk on fire" in line
+    method, path = line.split()[1:3]  # the request that failed, as sent
+    assert (method, path) in [(m, p.split("?")[0]) for m, p in server.requests]
 
 
 @pytest.mark.parametrize("command", CLIENT_COMMANDS, ids=CLIENT_IDS)

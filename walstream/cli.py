@@ -6,40 +6,60 @@ Maven for ``stack up``) ends the command with ONE line on stderr that names the 
 fix, and a non-zero exit status (1; 2 for a usage error). Anything unexpected is reported the
 same way, as one line. ``--debug`` / ``WALSTREAM_DEBUG=1`` also prints the traceback of the cause.
 
-Every command that talks to a worker goes through :class:`WorkerApi`: one httpx client, one
-timeout policy (``--timeout``), one place that turns transport and HTTP failures into messages.
+Every command that talks to a worker goes through :class:`Remote`, which runs it with the
+Python client (:class:`walstream.client.WalstreamClient`: one timeout policy, ``--timeout``;
+the bearer token, ``--token``) and is the one place that turns the client's errors into those
+lines. Commands that read print ``--output text`` (for people) or ``json`` (the API's JSON).
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import errno
 import logging
 import os
 import socket
 import sys
 import threading
-import time
 import traceback
-import urllib.parse
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
+from http import HTTPStatus
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import httpx
 import orjson
 import pydantic
+import yaml
 
-from walstream.namespaces.model import NamespaceError, parse_namespace
+from walstream import strict_json
+from walstream.client import (
+    DeadLetter,
+    EntryStatus,
+    NoAnswer,
+    NotFound,
+    RedriveOutcome,
+    RedriveResult,
+    UnexpectedAnswer,
+    WalstreamClient,
+    WalstreamError,
+)
+from walstream.namespaces.model import NamespaceConfig, NamespaceError, parse_namespace
 from walstream.settings import Settings
 
 DEFAULT_URL = "http://127.0.0.1:6066"
 #: seconds to wait for a TCP connection to a worker (the whole answer waits ``--timeout``)
 CONNECT_TIMEOUT_S = 5.0
 DEBUG_HINT = "run with --debug for the traceback"
+#: how many times ``walstream write`` asks again, with the same id, when the answer is UNKNOWN or lost
+WRITE_RETRIES = 3
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,8 @@ class CliOptions:
     debug: bool
     #: True when ``--url`` / ``WALSTREAM_URL`` was given (not the default)
     url_given: bool
+    #: sent as ``Authorization: Bearer`` to the worker
+    token: str | None = field(default=None, repr=False)
 
 
 def _one_line(text: str) -> str:
@@ -113,7 +135,7 @@ def _validate_url(ctx: click.Context, param: click.Parameter, value: str | None)
     show_default=True,
     show_envvar=True,
     callback=_validate_url,
-    help="Address of any walstream worker's HTTP API (namespace and dlq commands talk to it).",
+    help="Address of any walstream worker's HTTP API (namespace, entry, write and dlq commands talk to it).",
 )
 @click.option(
     "--timeout",
@@ -126,17 +148,27 @@ def _validate_url(ctx: click.Context, param: click.Parameter, value: str | None)
     help=f"Seconds to wait for a worker's answer (connecting waits at most {CONNECT_TIMEOUT_S:.0f}).",
 )
 @click.option(
+    "--token",
+    envvar="WALSTREAM_TOKEN",
+    show_envvar=True,
+    help="Bearer token for the worker's API (sent as Authorization: Bearer).",
+)
+@click.option(
     "--debug", is_flag=True, envvar="WALSTREAM_DEBUG", show_envvar=True, help="On an error, also print its traceback."
 )
 @click.pass_context
-def main(ctx: click.Context, url: str, timeout_s: float, debug: bool) -> None:
+def main(ctx: click.Context, url: str, timeout_s: float, token: str | None, debug: bool) -> None:
     """walstream: a write-ahead log service on Kafka.
 
     Errors are one line on stderr and a non-zero exit status.
     """
     source = ctx.get_parameter_source("url")
     ctx.obj = CliOptions(
-        url=url, timeout_s=timeout_s, debug=debug, url_given=source is not click.core.ParameterSource.DEFAULT
+        url=url,
+        timeout_s=timeout_s,
+        debug=debug,
+        url_given=source is not click.core.ParameterSource.DEFAULT,
+        token=token or None,
     )
 
 
@@ -279,26 +311,6 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
 # -- talking to a worker -----------------------------------------------------------------
 
 
-def _seg(value: str) -> str:
-    """One URL path segment: a name or id with ``/``, ``?`` or ``%`` must not change the route."""
-    return urllib.parse.quote(value, safe="")
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception httpx/httpcore wrapped (a ConnectionRefusedError, a gaierror...)."""
-    seen: set[int] = set()
-    cur: BaseException = exc
-    while id(cur) not in seen:
-        seen.add(id(cur))
-        nxt = cur.__cause__ or cur.__context__
-        if nxt is None and cur.args and isinstance(cur.args[0], BaseException):
-            nxt = cur.args[0]
-        if nxt is None:
-            break
-        cur = nxt
-    return cur
-
-
 def _answer_message(resp: httpx.Response) -> str:
     """What a worker said in an error answer: its JSON ``message``, else the start of the text."""
     try:
@@ -311,90 +323,110 @@ def _answer_message(resp: httpx.Response) -> str:
     return _one_line(orjson.dumps(doc).decode())[:200]
 
 
-class WorkerApi:
-    """The CLI's one HTTP client to a worker, with one timeout policy.
+def _request_of(resp: httpx.Response) -> str:
+    """``GET /v1/namespaces/a%2Fb``: the request an answer answers, as sent, without its query."""
+    return f"{resp.request.method} {resp.request.url.raw_path.split(b'?')[0].decode()}"
 
-    :meth:`request` returns the parsed JSON of a 2xx answer, or raises a
-    :class:`click.ClickException` whose one-line message names the problem and the fix: no
-    worker at the address, a name that does not resolve, a timeout, an answer that is not
-    HTTP or not JSON, a 4xx/5xx answer (with the worker's ``message``).
-    """
 
-    def __init__(self, url: str, timeout_s: float) -> None:
-        self.url = url
-        self.timeout_s = timeout_s
-        self._client = httpx.Client(
-            base_url=url, timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S))
-        )
+@dataclass(frozen=True)
+class Remote:
+    """The worker a command talks to, through :class:`WalstreamClient`: its address, how long
+    to wait for it, the bearer token. :meth:`run` turns every :class:`WalstreamError` into one
+    line naming the problem and the fix (:meth:`error_line`)."""
 
-    def __enter__(self) -> WorkerApi:
-        return self
+    url: str
+    timeout_s: float
+    token: str | None = field(default=None, repr=False)
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._client.close()
+    @property
+    def connect_timeout_s(self) -> float:
+        return min(self.timeout_s, CONNECT_TIMEOUT_S)
 
-    def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None) -> Any:
-        """``method path`` on the worker; the parsed JSON answer, or a one-line ClickException."""
-        what = f"{method} {path}"
+    def run(self, work: Callable[[WalstreamClient], Awaitable[T]], request: str = "the request") -> T:
+        """``work`` with a client to this worker, in an event loop of its own. ``request``
+        names the call in an error that does not name it (a write refused through its result)."""
+
+        async def session() -> T:
+            async with WalstreamClient(
+                self.url,
+                timeout_s=self.timeout_s,
+                connect_timeout_s=self.connect_timeout_s,
+                retries=WRITE_RETRIES,
+                token=self.token,
+            ) as wal:
+                return await work(wal)
+
         try:
-            resp = self._client.request(method, path, json=json, params=params)
-        except httpx.HTTPError as exc:
-            raise click.ClickException(self._transport_message(exc, what)) from exc
-        if resp.status_code >= 400:
+            return asyncio.run(session())
+        except WalstreamError as exc:
+            raise click.ClickException(self.error_line(exc, request)) from exc
+        except pydantic.ValidationError as exc:
+            # the client validates answers against its models: this one has another shape
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
             raise click.ClickException(
-                f"{what} failed: the worker at {self.url} answered {resp.status_code} {resp.reason_phrase}: "
-                f"{_answer_message(resp)}"
-            )
-        try:
-            return resp.json()
-        except ValueError as exc:
-            kind = resp.headers.get("content-type", "no content-type")
-            raise click.ClickException(
-                f"{self.url} answered {what} with something that is not JSON ({kind}: "
-                f"{_answer_message(resp)}); is --url / WALSTREAM_URL a walstream worker's HTTP API?"
+                f"the worker at {self.url} answered with JSON this walstream does not understand "
+                f"({exc.error_count()} problem(s), first {exc.title} {where}: {first['msg']}); "
+                f"is it a walstream worker of this version? ({DEBUG_HINT})"
             ) from exc
 
-    def _transport_message(self, exc: httpx.HTTPError, what: str) -> str:
-        cause = _root_cause(exc)
+    def error_line(self, exc: WalstreamError, request: str = "the request") -> str:
+        """One line for a failed call: what happened and what to do. ``request`` names the
+        call when the error does not (a write refused through its result)."""
         check = "point --url / WALSTREAM_URL at a walstream worker"
-        if isinstance(exc, httpx.ConnectTimeout):
+        if isinstance(exc, NoAnswer):
+            return {
+                "refused": f"no walstream worker answers at {self.url}: connection refused. "
+                "Start one with `walstream worker` or point --url / WALSTREAM_URL at one.",
+                "unresolved": f"cannot resolve the host of {self.url} ({exc.detail}); {check}.",
+                "connect_timeout": f"no walstream worker answers at {self.url}: no connection within "
+                f"{self.connect_timeout_s:g} s (host unreachable or firewalled?); {check}.",
+                "timeout": f"the worker at {self.url} did not answer {exc.request} within {self.timeout_s:g} s; "
+                "it may be overloaded or stuck: retry, or allow longer with --timeout / WALSTREAM_TIMEOUT_S.",
+                "connect": f"cannot connect to {self.url} ({exc.detail}); {check}.",
+                "broken": f"{self.url} broke off {exc.request} ({exc.detail}); "
+                f"is it a walstream worker? If so retry, else {check}.",
+                "other": f"{exc.request} to {self.url} failed: {exc.detail}; {check}.",
+            }[exc.reason]
+        resp = exc.response
+        if isinstance(exc, UnexpectedAnswer) and resp is not None:
+            kind = resp.headers.get("content-type", "no content-type")
+            what = "something that is not JSON" if exc.body is None else "JSON that is not a walstream answer"
             return (
-                f"no walstream worker answers at {self.url}: no connection within "
-                f"{min(self.timeout_s, CONNECT_TIMEOUT_S):g} s (host unreachable or firewalled?); {check}."
+                f"{self.url} answered {_request_of(resp)} with {what} ({kind}: {_answer_message(resp)}); "
+                "is --url / WALSTREAM_URL a walstream worker's HTTP API?"
             )
-        if isinstance(exc, httpx.TimeoutException):
+        if resp is not None:
             return (
-                f"the worker at {self.url} did not answer {what} within {self.timeout_s:g} s; "
-                "it may be overloaded or stuck: retry, or allow longer with --timeout / WALSTREAM_TIMEOUT_S."
+                f"{_request_of(resp)} failed: the worker at {self.url} answered {resp.status_code} "
+                f"{resp.reason_phrase}: {_answer_message(resp)}"
             )
-        if isinstance(cause, ConnectionRefusedError):
-            return (
-                f"no walstream worker answers at {self.url}: connection refused. "
-                "Start one with `walstream worker` or point --url / WALSTREAM_URL at one."
-            )
-        if isinstance(cause, socket.gaierror):
-            return f"cannot resolve the host of {self.url} ({cause.strerror or cause}); {check}."
-        if isinstance(exc, httpx.ConnectError):
-            return f"cannot connect to {self.url} ({_one_line(str(cause)) or type(cause).__name__}); {check}."
-        if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-            return (
-                f"{self.url} broke off {what} ({_one_line(str(exc)) or type(exc).__name__}); "
-                f"is it a walstream worker? If so retry, else {check}."
-            )
-        return f"{what} to {self.url} failed: {type(exc).__name__}: {_one_line(str(exc))}; {check}."
+        status = exc.status or 0
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "(an unknown status)"
+        return f"{request} failed: the worker at {self.url} answered {status} {phrase}: {_one_line(exc.message)}"
 
 
-def _api(ctx: click.Context, url: str | None) -> WorkerApi:
-    """The client for this command: its own ``--url`` if given, else the global one."""
+def _remote(ctx: click.Context, url: str | None) -> Remote:
+    """The worker of this command: its own ``--url`` if given, else the global one."""
     opts = ctx.find_object(CliOptions)
     assert opts is not None, "commands run under main()"
-    return WorkerApi(url or opts.url, opts.timeout_s)
+    return Remote(url or opts.url, opts.timeout_s, opts.token)
 
 
 def _echo_json(doc: Any) -> None:
     click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+
+
+def _echo_yaml(doc: Any) -> None:
+    click.echo(_yaml(doc), nl=False)
+
+
+def _yaml(doc: Any) -> str:
+    """``doc`` as block YAML, keys sorted: the one text form of a namespace (show, diff)."""
+    return str(yaml.safe_dump(doc, sort_keys=True, allow_unicode=True, default_flow_style=False))
 
 
 #: ``--url`` after a command (``walstream namespace list --url ...``) overrides the global one
@@ -405,15 +437,25 @@ url_option = click.option(
     help="Worker address for this command; default: the global --url / WALSTREAM_URL.",
 )
 
+#: every command that reads from a worker prints text for people or the API's JSON for programs
+output_option = click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: compact, for people; json: the API's JSON, for programs (jq).",
+)
 
-def _read_file(file: Path) -> bytes:
+
+def _read_file(file: Path, expected: str = "a YAML or JSON file") -> bytes:
     """The bytes of a file named on the command line; a missing/unreadable file is one line."""
     try:
         return file.read_bytes()
     except FileNotFoundError as exc:
         raise click.ClickException(f"{file}: no such file") from exc
     except IsADirectoryError as exc:
-        raise click.ClickException(f"{file}: is a directory, expected a YAML or JSON file") from exc
+        raise click.ClickException(f"{file}: is a directory, expected {expected}") from exc
     except PermissionError as exc:
         raise click.ClickException(f"{file}: not readable (permission denied)") from exc
     except OSError as exc:
@@ -425,45 +467,95 @@ def _read_file(file: Path) -> bytes:
 
 @main.group()
 def namespace() -> None:
-    """Create, inspect and delete namespaces on the worker at --url."""
+    """Create, inspect and delete namespaces on the worker at --url; validate namespace files."""
+
+
+def _load_namespace(file: Path) -> NamespaceConfig:
+    """FILE read and validated as the worker will (``parse_namespace``); every problem on one line."""
+    try:
+        return parse_namespace(_read_file(file))
+    except NamespaceError as exc:
+        raise click.ClickException(f"{file}: {_one_line(str(exc)).replace('<byte string>', str(file))}") from None
+
+
+@namespace.command("validate")
+@click.argument("file", type=click.Path(dir_okay=True, path_type=Path))
+def namespace_validate(file: Path) -> None:
+    """Check a namespace file (YAML or JSON) here, without a worker: OK, or every problem."""
+    cfg = _load_namespace(file)
+    click.echo(f"{file}: OK (namespace {cfg.name}, {len(cfg.targets)} target(s))")
 
 
 @namespace.command("apply")
 @click.argument("file", type=click.Path(dir_okay=True, path_type=Path))
+@click.option(
+    "--dry-run", is_flag=True, help="Write nothing: show the difference from the live namespace (a unified diff)."
+)
 @url_option
 @click.pass_context
-def namespace_apply(ctx: click.Context, file: Path, url: str | None) -> None:
+def namespace_apply(ctx: click.Context, file: Path, dry_run: bool, url: str | None) -> None:
     """Create or update the namespace in FILE (YAML or JSON), validated here first."""
-    try:
-        cfg = parse_namespace(_read_file(file))
-    except NamespaceError as exc:
-        raise click.ClickException(f"{file}: {_one_line(str(exc)).replace('<byte string>', str(file))}") from None
+    cfg = _load_namespace(file)
     body = cfg.model_dump(mode="json", exclude={"version"})
-    with _api(ctx, url) as api:
-        doc = api.request("PUT", f"/v1/namespaces/{_seg(cfg.name)}", json=body)
-    click.echo(f"namespace {doc['name']} applied (version {doc['version']})")
+    remote = _remote(ctx, url)
+    if not dry_run:
+        doc = remote.run(lambda wal: wal.put_namespace(cfg.name, body))
+        click.echo(f"namespace {doc['name']} applied (version {doc['version']})")
+        return
+
+    async def live(wal: WalstreamClient) -> dict[str, Any] | None:
+        try:
+            return await wal.namespace(cfg.name)
+        except NotFound:
+            return None
+
+    current = remote.run(live)
+    # the same normal form on both sides: what PUT would send, against what the worker holds
+    new_text = _yaml(body)
+    if current is None:
+        click.echo(f"new namespace {cfg.name}: applying {file} would create it (dry run: nothing written)")
+        old_text, old_name = "", "/dev/null"
+    else:
+        version = current.get("version")
+        old_text = _yaml({k: v for k, v in current.items() if k != "version"})
+        old_name = f"{cfg.name} (live, version {version})"
+        if old_text == new_text:
+            click.echo(f"no changes: {file} matches namespace {cfg.name} (version {version})")
+            return
+        click.echo(f"namespace {cfg.name} would change (dry run: nothing written):")
+    diff = difflib.unified_diff(
+        old_text.splitlines(keepends=True), new_text.splitlines(keepends=True), fromfile=old_name, tofile=str(file)
+    )
+    click.echo("".join(diff), nl=False)
 
 
 @namespace.command("list")
+@output_option
 @url_option
 @click.pass_context
-def namespace_list(ctx: click.Context, url: str | None) -> None:
+def namespace_list(ctx: click.Context, output: str, url: str | None) -> None:
     """List namespaces: name, shard, version, target types."""
-    with _api(ctx, url) as api:
-        doc = api.request("GET", "/v1/namespaces")
-    for ns in doc["namespaces"]:
+    namespaces = _remote(ctx, url).run(lambda wal: wal.namespaces())
+    if output == "json":
+        _echo_json({"namespaces": namespaces})
+        return
+    for ns in namespaces:
         targets = ", ".join(t["type"] for t in ns["targets"])
         click.echo(f"{ns['name']}\tshard={ns['shard']}\tversion={ns['version']}\ttargets={targets}")
 
 
 @namespace.command("show")
 @click.argument("name")
+@output_option
 @url_option
 @click.pass_context
-def namespace_show(ctx: click.Context, name: str, url: str | None) -> None:
-    """Show one namespace's configuration as JSON."""
-    with _api(ctx, url) as api:
-        _echo_json(api.request("GET", f"/v1/namespaces/{_seg(name)}"))
+def namespace_show(ctx: click.Context, name: str, output: str, url: str | None) -> None:
+    """Show one namespace's configuration (text: YAML, as a namespace file)."""
+    doc = _remote(ctx, url).run(lambda wal: wal.namespace(name))
+    if output == "json":
+        _echo_json(doc)
+    else:
+        _echo_yaml(doc)
 
 
 @namespace.command("delete")
@@ -474,10 +566,175 @@ def namespace_show(ctx: click.Context, name: str, url: str | None) -> None:
 def namespace_delete(ctx: click.Context, name: str, force: bool, url: str | None) -> None:
     """Delete a namespace (its topics and their entries are kept). Refused while entries are
     pending (delayed, retrying, held) unless --force, which dead-letters them."""
-    with _api(ctx, url) as api:
-        doc = api.request("DELETE", f"/v1/namespaces/{_seg(name)}", params={"force": "true" if force else "false"})
-    dead = doc.get("dead_lettered", 0) if isinstance(doc, dict) else 0
+    doc = _remote(ctx, url).run(lambda wal: wal.delete_namespace(name, force=force))
+    dead = doc.get("dead_lettered", 0)
     click.echo(f"namespace {name} deleted" + (f"; {dead} pending entries dead-lettered" if dead else ""))
+
+
+# -- entries -----------------------------------------------------------------------------
+
+
+def _deliver_at(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An ISO-8601 time with a timezone, checked here (the worker refuses one without)."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO-8601 time, e.g. 2030-01-01T12:00:00Z") from None
+    if when.tzinfo is None:
+        raise click.BadParameter(f"{value!r} has no timezone; add one, e.g. {value}Z or {value}+02:00")
+    return value
+
+
+def _payload(payload: str | None, payload_file: Path | None) -> Any:
+    """The entry's payload: PAYLOAD_JSON, ``-`` (stdin) or --payload-file, read as strictly as
+    the worker reads it (a duplicate key, a number a double cannot hold: refused here)."""
+    if (payload is None) == (payload_file is None):
+        raise click.UsageError(
+            "give the payload once: PAYLOAD_JSON, - (read from stdin) or --payload-file F"
+            + ("" if payload is None else ", not both")
+        )
+    if payload_file is not None:
+        raw, source = _read_file(payload_file, "a JSON file"), str(payload_file)
+    elif payload == "-":
+        raw, source = click.get_binary_stream("stdin").read(), "payload from stdin"
+    else:
+        raw, source = (payload or "").encode(), "PAYLOAD_JSON"
+    try:
+        return strict_json.loads(raw)
+    except strict_json.StrictJSONError as exc:
+        raise click.ClickException(f"{source}: not valid JSON: {_one_line(str(exc))}; nothing written") from exc
+
+
+@main.command()
+@click.argument("namespace")
+@click.argument("payload", required=False, metavar="[PAYLOAD_JSON | -]")
+@click.option(
+    "--payload-file",
+    type=click.Path(dir_okay=True, path_type=Path),
+    help="Read the payload (JSON) from this file instead.",
+)
+@click.option("--key", help="Ordering and partition key; default: the id.")
+@click.option("--id", "entry_id", help="Idempotency key; default: a new UUID4. The same id is never written twice.")
+@click.option("--delay-ms", type=click.IntRange(min=0), help="Deliver no sooner than this many ms from now.")
+@click.option(
+    "--deliver-at", callback=_deliver_at, help="Deliver no sooner than this ISO-8601 time with a timezone."
+)
+@output_option
+@url_option
+@click.pass_context
+def write(
+    ctx: click.Context,
+    namespace: str,
+    payload: str | None,
+    payload_file: Path | None,
+    key: str | None,
+    entry_id: str | None,
+    delay_ms: int | None,
+    deliver_at: str | None,
+    output: str,
+    url: str | None,
+) -> None:
+    """Write one entry to NAMESPACE; print its id, partition and offset once Kafka holds it.
+
+    The payload is JSON: PAYLOAD_JSON, - (stdin) or --payload-file F. An answer that is
+    UNKNOWN or lost is asked again with the same id, which never writes twice."""
+    if delay_ms is not None and deliver_at is not None:
+        raise click.UsageError("give --delay-ms or --deliver-at, not both")
+    value = _payload(payload, payload_file)
+    options = {"key": key, "id": entry_id, "delay_ms": delay_ms, "deliver_at": deliver_at}
+    # a refusal (4xx: nothing written) is raised; UNKNOWN is returned after the retries
+    result = _remote(ctx, url).run(lambda wal: wal.write(namespace, value, **options), request="POST /v1/log")
+    if result.durable == "UNKNOWN":
+        why = f"answered {result.status}: {result.message}" if result.status else result.message
+        raise click.ClickException(
+            f"write of {result.id!r} to {namespace!r} is UNKNOWN after {1 + WRITE_RETRIES} attempt(s) "
+            f"({_one_line(str(why))}): "
+            f"it may or may not be in the log. `walstream entry status {namespace} {result.id}` tells; "
+            f"writing again with --id {result.id} never writes it twice."
+        )
+    if output == "json":
+        _echo_json(result.model_dump(mode="json"))
+        return
+    click.echo(
+        f"{result.durable}\tid={result.id}\tpartition={result.partition}\toffset={result.offset}"
+        + ("\tduplicate (written before: the original answer)" if result.duplicate else "")
+    )
+
+
+@main.group()
+def entry() -> None:
+    """An entry's state, and cancelling it, through the worker at --url."""
+
+
+def _echo_status(st: EntryStatus, output: str) -> None:
+    if output == "json":
+        _echo_json(st.model_dump(mode="json"))
+        return
+    at = {"partition": st.partition, "offset": st.offset, "due_at": st.due_at, "updated_at": st.updated_at}
+    click.echo("\t".join([st.id, st.state, *(f"{k}={v.isoformat() if isinstance(v, datetime) else v}"
+                                               for k, v in at.items() if v is not None)]))
+    for t in st.targets:
+        extra = [f"attempts={t.attempts}"]
+        if t.next_attempt_at is not None and t.state == "RETRYING":
+            extra.append(f"next_attempt_at={t.next_attempt_at.isoformat()}")
+        if t.held_behind:
+            extra.append(f"held_behind={t.held_behind}")
+        if t.last_error:
+            extra.append(f"last_error={_one_line(t.last_error)[:200]}")
+        click.echo("\t".join([f"  {t.target}", t.type or "-", t.state, *extra]))
+    if st.last_error and not st.targets:
+        click.echo(f"  last_error={_one_line(st.last_error)[:200]}")
+    if st.message:
+        click.echo(f"  {st.message}")
+
+
+@entry.command("status")
+@click.argument("namespace")
+@click.argument("entry_id", metavar="ID")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0, max=3600),
+    callback=lambda ctx, param, value: _finite(param, value),
+    default=0.0,
+    show_default=True,
+    help="Seconds to keep asking while the entry is not known yet (just written, not consumed).",
+)
+@output_option
+@url_option
+@click.pass_context
+def entry_status(
+    ctx: click.Context, namespace: str, entry_id: str, wait_s: float, output: str, url: str | None
+) -> None:
+    """Show an entry's state (DELAYED, PENDING, RETRYING, DELIVERED, DEAD, CANCELLED) and each
+    target's: attempts, last error, next attempt."""
+    remote = _remote(ctx, url)
+
+    async def ask(wal: WalstreamClient) -> EntryStatus:
+        try:
+            return await wal.status(namespace, entry_id, wait_s=wait_s)
+        except NotFound as exc:
+            hint = "" if wait_s else "; an entry just written is known once consumed: add --wait 5"
+            raise click.ClickException(remote.error_line(exc) + hint) from exc
+
+    _echo_status(remote.run(ask), output)
+
+
+@entry.command("cancel")
+@click.argument("namespace")
+@click.argument("entry_id", metavar="ID")
+@click.option("--key", help="The entry's key, when it is not its id (to cancel an entry not written yet).")
+@output_option
+@url_option
+@click.pass_context
+def entry_cancel(
+    ctx: click.Context, namespace: str, entry_id: str, key: str | None, output: str, url: str | None
+) -> None:
+    """Cancel what of an entry is not delivered yet; print its state. An entry already
+    DELIVERED or DEAD is refused (exit 1)."""
+    _echo_status(_remote(ctx, url).run(lambda wal: wal.cancel(namespace, entry_id, key=key)), output)
 
 
 # -- dead letters ------------------------------------------------------------------------
@@ -486,10 +743,6 @@ def namespace_delete(ctx: click.Context, name: str, force: bool, url: str | None
 @main.group()
 def dlq() -> None:
     """Inspect and redrive dead-lettered entries through the worker at --url."""
-
-
-def _filters(error_class: str | None, since: str | None, until: str | None, limit: int) -> dict[str, Any]:
-    return {k: v for k, v in {"error_class": error_class, "since": since, "until": until, "limit": limit}.items() if v}
 
 
 filter_options = [
@@ -510,9 +763,14 @@ def with_filters(f: Any) -> Any:
     return f
 
 
+def _letters_json(letters: list[DeadLetter]) -> dict[str, Any]:
+    return {"dead_letters": [d.model_dump(mode="json") for d in letters]}
+
+
 @dlq.command("list")
 @click.argument("namespace")
 @with_filters
+@output_option
 @url_option
 @click.pass_context
 def dlq_list(
@@ -522,33 +780,41 @@ def dlq_list(
     since: str | None,
     until: str | None,
     limit: int,
+    output: str,
     url: str | None,
 ) -> None:
     """List a namespace's dead letters (oldest failure first); the count goes to stderr."""
-    with _api(ctx, url) as api:
-        doc = api.request("GET", f"/v1/dlq/{_seg(namespace)}", params=_filters(error_class, since, until, limit))
-    rows = doc["dead_letters"]
-    for r in rows:
-        target = (r["target"] or {}).get("type", "-")
-        click.echo(
-            f"{r['id']}\t{target}\t{r['error_class']}\tattempts={r['attempts']}\t"
-            f"{r['last_failure_at']}\t{r['message'][:120]}"
-        )
+    rows = _remote(ctx, url).run(
+        lambda wal: wal.dead_letters(namespace, error_class=error_class, since=since, until=until, limit=limit)
+    )
+    if output == "json":
+        _echo_json(_letters_json(rows))
+    else:
+        for r in rows:
+            target = (r.target or {}).get("type", "-")
+            click.echo(
+                f"{r.id}\t{target}\t{r.error_class}\tattempts={r.attempts}\t"
+                f"{r.last_failure_at.isoformat()}\t{_one_line(r.message)[:120]}"
+            )
     click.echo(f"{len(rows)} dead letter(s)", err=True)
 
 
 @dlq.command("show")
 @click.argument("namespace")
 @click.argument("entry_id")
+@output_option
 @url_option
 @click.pass_context
-def dlq_show(ctx: click.Context, namespace: str, entry_id: str, url: str | None) -> None:
-    """Show the dead letters of one entry (one per failed target) as JSON."""
-    with _api(ctx, url) as api:
-        doc = api.request("GET", f"/v1/dlq/{_seg(namespace)}", params={"id": entry_id})
-    if not doc["dead_letters"]:
+def dlq_show(ctx: click.Context, namespace: str, entry_id: str, output: str, url: str | None) -> None:
+    """Show the dead letters of one entry (one per failed target), in full."""
+    rows = _remote(ctx, url).run(lambda wal: wal.dead_letters(namespace, id=entry_id))
+    if not rows:
         raise click.ClickException(f"no dead letter for {entry_id!r} in {namespace!r}")
-    _echo_json(doc["dead_letters"])
+    doc = _letters_json(rows)
+    if output == "json":
+        _echo_json(doc)
+    else:
+        _echo_yaml(doc["dead_letters"])
 
 
 @dlq.command("redrive")
@@ -573,6 +839,7 @@ def dlq_show(ctx: click.Context, namespace: str, entry_id: str, url: str | None)
     show_default=True,
     help="Seconds to wait for the redriven entries' outcomes.",
 )
+@output_option
 @url_option
 @click.pass_context
 def dlq_redrive(
@@ -586,53 +853,69 @@ def dlq_redrive(
     rate: float,
     execute: bool,
     wait_s: float,
+    output: str,
     url: str | None,
 ) -> None:
     """Deliver dead-lettered entries again, with fresh attempts. Dry run unless --execute.
 
     Prints each entry's outcome (DELIVERED, DEAD with the reason: back in the dead-letter
     queue, or PENDING: not settled within --wait) and exits 1 unless all were delivered."""
-    body: dict[str, Any] = {**_filters(error_class, since, until, limit), "dry_run": True}
-    if ids:
-        body["ids"] = list(ids)
-    path = f"/v1/dlq/{_seg(namespace)}/redrive"
-    with _api(ctx, url) as api:
-        rows = api.request("POST", path, json=body)["would_redrive"]
+    remote = _remote(ctx, url)
+    filters: dict[str, Any] = {"error_class": error_class, "since": since, "until": until, "limit": limit}
+
+    async def redrive(wal: WalstreamClient) -> tuple[list[DeadLetter], RedriveResult]:
+        listed = await wal.redrive(namespace, ids=list(ids) or None, dry_run=True, **filters)
+        rows = listed.would_redrive
         if not execute:
-            for r in rows:
-                click.echo(f"would redrive {r['id']} ({(r['target'] or {}).get('type', '-')}, {r['error_class']})")
-            click.echo(f"dry run: {len(rows)} dead letter(s) match; add --execute to redrive them", err=True)
-            return
+            return rows, listed
         interval = 1.0 / rate
-        done = 0
-        sent_at_ms: int | None = None
+        loop = asyncio.get_running_loop()
+        # each entry's status as it was before its redrive: its outcome is a final state
+        # written after that (the workers' own times; no clock of this machine involved)
+        before: dict[str, datetime | None] = {}
         with click.progressbar(rows, label=f"redriving {len(rows)}", file=sys.stderr) as bar:
-            for r in bar:
-                started = time.monotonic()
+            for done, r in enumerate(bar):
+                if r.id in before:
+                    continue  # redriving an id redrives each of its dead targets that matches
+                started = loop.time()
+                before[r.id] = await _updated_at(wal, namespace, r.id)
                 try:
-                    answer = api.request(
-                        "POST", path, json={"ids": [r["id"]], "dry_run": False, "limit": limit, "wait_s": 0}
-                    )
-                except click.ClickException as exc:
+                    await wal.redrive(namespace, ids=[r.id], dry_run=False, wait_s=0, **filters)
+                except WalstreamError as exc:
                     raise click.ClickException(
-                        f"redrive stopped after {done} of {len(rows)} at {r['id']!r}: {exc.message}"
-                    ) from exc.__cause__
-                if sent_at_ms is None and isinstance(answer, dict):
-                    sent_at_ms = answer.get("sent_at_ms")
-                done += 1
-                time.sleep(max(0.0, interval - (time.monotonic() - started)))
-        outcomes = _redrive_outcomes(api, namespace, rows, sent_at_ms or 0, wait_s)
-    for r, (outcome, message) in zip(rows, outcomes, strict=True):
-        kind = (r["target"] or {}).get("type", "*")
-        click.echo(f"{r['id']} ({kind}): {outcome}" + (f": {message}" if message else ""))
-    delivered = sum(1 for o, _ in outcomes if o == "DELIVERED")
-    if delivered < len(rows):
-        dead = sum(1 for o, _ in outcomes if o == "DEAD")
-        raise click.ClickException(
-            f"redrove {len(rows)} dead letter(s): {delivered} delivered, {dead} dead-lettered again, "
-            f"{len(rows) - delivered - dead} not settled within {wait_s:g} s"
+                        f"redrive stopped after {done} of {len(rows)} at {r.id!r}: {remote.error_line(exc)}"
+                    ) from exc
+                await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
+        outcomes = await _redrive_outcomes(wal, namespace, rows, before, wait_s)
+        count = Counter(o.outcome for o in outcomes)
+        return rows, RedriveResult(
+            dry_run=False,
+            redriven=len(rows),
+            delivered=count["DELIVERED"],
+            dead=count["DEAD"],
+            pending=count["PENDING"],
+            results=outcomes,
         )
-    click.echo(f"redrove {len(rows)} dead letter(s): all delivered")
+
+    rows, result = remote.run(redrive)
+    if output == "json":
+        _echo_json(result.model_dump(mode="json"))
+    elif result.dry_run:
+        for d in rows:
+            click.echo(f"would redrive {d.id} ({(d.target or {}).get('type', '-')}, {d.error_class})")
+    else:
+        for d, o in zip(rows, result.results, strict=True):
+            kind = (d.target or {}).get("type", "*")
+            click.echo(f"{o.id} ({kind}): {o.outcome}" + (f": {o.message}" if o.message else ""))
+    if result.dry_run:
+        click.echo(f"dry run: {len(rows)} dead letter(s) match; add --execute to redrive them", err=True)
+        return
+    if result.delivered < result.redriven:
+        raise click.ClickException(
+            f"redrove {result.redriven} dead letter(s): {result.delivered} delivered, {result.dead} dead-lettered "
+            f"again, {result.redriven - result.delivered - result.dead} not settled within {wait_s:g} s"
+        )
+    click.echo(f"redrove {result.redriven} dead letter(s): all delivered", err=output == "json")
 
 
 def _finite(param: click.Parameter, value: float) -> float:
@@ -642,37 +925,53 @@ def _finite(param: click.Parameter, value: float) -> float:
     return value
 
 
-def _redrive_outcomes(
-    api: WorkerApi, namespace: str, rows: list[dict[str, Any]], sent_at_ms: int, wait_s: float
-) -> list[tuple[str, str | None]]:
-    """Each redriven dead letter's outcome from its entry's status: its target's state once the
-    status was updated after the redrive (both times are the workers' clocks) and is final."""
-    settled: dict[int, tuple[str, str | None]] = {}
-    deadline = time.monotonic() + wait_s
+async def _updated_at(wal: WalstreamClient, namespace: str, entry_id: str) -> datetime | None:
+    """When the entry's status was last written; None when it is not known now."""
+    try:
+        return (await wal.status(namespace, entry_id)).updated_at
+    except WalstreamError:
+        return None
+
+
+async def _redrive_outcomes(
+    wal: WalstreamClient,
+    namespace: str,
+    rows: list[DeadLetter],
+    before: dict[str, datetime | None],
+    wait_s: float,
+) -> list[RedriveOutcome]:
+    """Each redriven dead letter's outcome from its entry's status: its target's state (the
+    whole entry's for a letter without a target) once the status was written after the redrive
+    (``before``: when it was last written before) and is final; PENDING after ``wait_s``."""
+    settled: dict[int, RedriveOutcome] = {}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
     while True:
         for n, r in enumerate(rows):
             if n in settled:
                 continue
             try:
-                doc = api.request("GET", f"/v1/log/{_seg(namespace)}/{_seg(r['id'])}")
-            except click.ClickException:
+                st = await wal.status(namespace, r.id)
+            except WalstreamError:
                 continue  # not visible yet, or the fleet is settling: ask again
-            updated = doc.get("updated_at")
-            if not updated or datetime.fromisoformat(updated).timestamp() * 1000 < sent_at_ms - 1:
+            earlier = before.get(r.id)
+            if st.updated_at is None or (earlier is not None and st.updated_at <= earlier):
                 continue
-            t: dict[str, Any] | None = next(
-                (x for x in doc.get("targets", []) if x.get("target") == r["target_id"]), None
-            )
-            if t is None:  # the whole entry (no target, or one its namespace no longer has)
-                state, message = doc.get("state"), doc.get("last_error")
-            else:
-                state, message = t.get("state"), t.get("last_error")
+            t = next((x for x in st.targets if x.target == r.target_id), None)
+            state, message = (st.state, st.last_error) if t is None else (t.state, t.last_error)
             if state in ("DELIVERED", "DEAD", "CANCELLED"):
-                settled[n] = (str(state), message if state == "DEAD" else None)
-        if len(settled) == len(rows) or time.monotonic() >= deadline:
+                why = message if state == "DEAD" else None
+                settled[n] = RedriveOutcome.model_validate(
+                    {"id": r.id, "target_id": r.target_id, "outcome": state, "message": why}
+                )
+        if len(settled) == len(rows) or loop.time() >= deadline:
             break
-        time.sleep(0.5)
-    return [settled.get(n, ("PENDING", "not settled yet; see `walstream dlq list`")) for n in range(len(rows))]
+        await asyncio.sleep(0.5)
+    pending = f"not settled within {wait_s:g} s; see `walstream entry status {namespace} ID`"
+    return [
+        settled.get(n) or RedriveOutcome(id=r.id, target_id=r.target_id, outcome="PENDING", message=pending)
+        for n, r in enumerate(rows)
+    ]
 
 
 # -- stack -------------------------------------------------------------------------------

@@ -15,18 +15,22 @@ not be in the log, and can ask :meth:`WalstreamClient.status`.
 Refusals are exceptions: :class:`Refused` (a 4xx: ``status`` and the worker's ``message``
 naming the problem; nothing was written), :class:`Unavailable` (a 503, or no answer after
 the retries). A FAILED item of a batch is a result, not an exception (the others may have
-been written).
+been written). Two kinds of :class:`Unavailable` say more: :class:`NoAnswer` (no answer came:
+``reason`` says why, e.g. ``refused`` when nothing listens at the address) and
+:class:`UnexpectedAnswer` (a 2xx that is not a walstream answer: something else listens
+there). An error that came with an answer keeps it in ``response``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
@@ -52,13 +56,18 @@ RETRY_BACKOFF_S = 0.2
 
 
 class WalstreamError(Exception):
-    """An answer the call cannot return: ``status`` (None when none came) and ``message``."""
+    """An answer the call cannot return: ``status`` (None when none came) and ``message``;
+    ``response`` is the HTTP answer when there was one (its reason phrase, content type, and
+    the request it answers)."""
 
-    def __init__(self, status: int | None, message: str, body: Any = None) -> None:
+    def __init__(
+        self, status: int | None, message: str, body: Any = None, *, response: httpx.Response | None = None
+    ) -> None:
         super().__init__(f"{status}: {message}" if status is not None else message)
         self.status = status
         self.message = message
         self.body = body
+        self.response = response
 
 
 class Refused(WalstreamError):
@@ -74,12 +83,39 @@ class Unavailable(WalstreamError):
     """A 503 (a worker of the fleet cannot say now; retry shortly), a 5xx, or no answer."""
 
 
+#: why no answer came: nothing listens at the address (``refused``), the host name does not
+#: resolve (``unresolved``), no connection within the connect timeout (``connect_timeout``),
+#: connected but no answer in time (``timeout``), the connection broke off or what answered
+#: does not speak HTTP (``broken``), another failure to connect (``connect``), or else (``other``)
+NoAnswerReason = Literal["refused", "unresolved", "connect_timeout", "timeout", "broken", "connect", "other"]
+
+
+class NoAnswer(Unavailable):
+    """No answer came to ``request`` (``"GET /v1/namespaces"``) sent to ``url``: ``reason``
+    says why, ``cause`` is httpx's error. ``status`` is None."""
+
+    def __init__(self, url: str, request: str, cause: httpx.HTTPError) -> None:
+        self.url = url
+        self.request = request
+        self.cause = cause
+        self.reason: NoAnswerReason = no_answer_reason(cause)
+        #: what the innermost error said, on one line (``Name or service not known``)
+        self.detail = _detail(self.reason, cause)
+        super().__init__(None, f"no answer from {url} to {request}: {_REASONS[self.reason]} ({self.detail})")
+
+
+class UnexpectedAnswer(Unavailable):
+    """A 2xx answer that is not a walstream answer (not a JSON object): something other than
+    a walstream worker answers at the address. ``body`` is its JSON, None when not JSON."""
+
+
 class WalstreamClient:
     """Talks to one worker (any worker of the fleet answers every call).
 
-    ``timeout_s`` bounds each request; ``retries`` is how many times an UNKNOWN write (or
-    one whose answer did not come) is sent again with its id. ``token`` is sent as
-    ``Authorization: Bearer``. ``transport`` is passed to httpx (tests)."""
+    ``timeout_s`` bounds each request (``connect_timeout_s``, when given, the connection:
+    a host that does not answer at all is found out sooner); ``retries`` is how many times an
+    UNKNOWN write (or one whose answer did not come) is sent again with its id. ``token`` is
+    sent as ``Authorization: Bearer``. ``transport`` is passed to httpx (tests)."""
 
     def __init__(
         self,
@@ -89,11 +125,12 @@ class WalstreamClient:
         retries: int = 3,
         token: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        connect_timeout_s: float | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), timeout=httpx.Timeout(timeout_s), headers=headers, transport=transport
-        )
+        timeout = httpx.Timeout(timeout_s, connect=timeout_s if connect_timeout_s is None else connect_timeout_s)
+        self._url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self._url, timeout=timeout, headers=headers, transport=transport)
         self.retries = retries
 
     async def __aenter__(self) -> WalstreamClient:
@@ -174,7 +211,7 @@ class WalstreamClient:
             else:
                 r = await self._http.post("/v1/log/batch", json={"entries": docs})
         except httpx.HTTPError as exc:
-            why = f"no answer: {type(exc).__name__}: {exc}".rstrip(": ")
+            why = NoAnswer(self._url, "POST /v1/log" + ("" if single else "/batch"), exc).message
             return [WriteResult(durable="UNKNOWN", id=d["id"], message=why, status=0) for d in docs]
         body = _json(r)
         if single:
@@ -282,7 +319,7 @@ class WalstreamClient:
         try:
             r = await self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise Unavailable(None, f"no answer from {self._http.base_url}: {type(exc).__name__}: {exc}") from exc
+            raise NoAnswer(self._url, f"{method} {path}", exc) from exc
         body = _json(r)
         if r.status_code < 300 and isinstance(body, dict):
             return body
@@ -314,7 +351,63 @@ def _message(body: Any, r: httpx.Response) -> str:
 def _error(r: httpx.Response, body: Any) -> WalstreamError:
     message = _message(body, r)
     if r.status_code == 404:
-        return NotFound(404, message, body)
+        return NotFound(404, message, body, response=r)
     if 400 <= r.status_code < 500:
-        return Refused(r.status_code, message, body)
-    return Unavailable(r.status_code, message, body)
+        return Refused(r.status_code, message, body, response=r)
+    if r.status_code < 400:
+        kind = r.headers.get("content-type", "no content-type")
+        what = "not JSON" if body is None else "JSON, but not a JSON object"
+        return UnexpectedAnswer(
+            r.status_code, f"not a walstream answer ({what}; {kind}): {r.text[:200]}", body, response=r
+        )
+    return Unavailable(r.status_code, message, body, response=r)
+
+
+def no_answer_reason(exc: httpx.HTTPError) -> NoAnswerReason:
+    """Why ``exc`` (raised by httpx instead of an answer) means no answer came."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connect_timeout"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    cause = _root_cause(exc)
+    if isinstance(cause, ConnectionRefusedError):
+        return "refused"
+    if isinstance(cause, socket.gaierror):
+        return "unresolved"
+    if isinstance(exc, httpx.ConnectError):
+        return "connect"
+    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+        return "broken"
+    return "other"
+
+
+_REASONS: dict[NoAnswerReason, str] = {
+    "refused": "connection refused",
+    "unresolved": "cannot resolve the host",
+    "connect_timeout": "no connection in time (host unreachable or firewalled?)",
+    "timeout": "no answer in time",
+    "broken": "the connection broke off",
+    "connect": "cannot connect",
+    "other": "the request failed",
+}
+
+
+def _detail(reason: NoAnswerReason, exc: httpx.HTTPError) -> str:
+    cause = _root_cause(exc) if reason in ("refused", "unresolved", "connect") else exc
+    text = getattr(cause, "strerror", None) if reason == "unresolved" else None
+    return " ".join(str(text or cause).split()) or type(cause).__name__
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception httpx/httpcore wrapped (a ConnectionRefusedError, a gaierror...)."""
+    seen: set[int] = set()
+    cur: BaseException = exc
+    while id(cur) not in seen:
+        seen.add(id(cur))
+        nxt = cur.__cause__ or cur.__context__
+        if nxt is None and cur.args and isinstance(cur.args[0], BaseException):
+            nxt = cur.args[0]
+        if nxt is None:
+            break
+        cur = nxt
+    return cur

@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 import pytest
+import yaml
 from click.testing import CliRunner, Result
 
 from walstream.cli import main
@@ -45,6 +46,8 @@ CLIENT_COMMANDS = [
     ["dlq", "show", "orders", "e1"],
     ["dlq", "redrive", "orders"],
     ["dlq", "redrive", "orders", "--execute"],
+    ["entry", "status", "orders", "e1"],
+    ["entry", "cancel", "orders", "e1"],
 ]
 CLIENT_IDS = [" ".join(c) for c in CLIENT_COMMANDS]
 
@@ -82,10 +85,12 @@ def ns_file(tmp_path: Path) -> Path:
 
 
 class Server:
-    """A real HTTP server in a thread, answering what ``respond`` says; records each request."""
+    """A real HTTP server in a thread, answering what ``respond`` says; records each request
+    (``requests``: method and path; ``received``: also the JSON body and the headers)."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str]] = []
+        self.received: list[tuple[str, str, Any, dict[str, str]]] = []
         self.respond: Responder = lambda m, p, b: (200, "application/json", b"{}")
         server = self
 
@@ -95,6 +100,7 @@ class Server:
                 raw = self.rfile.read(n) if n else b""
                 body = json.loads(raw) if raw else None
                 server.requests.append((self.command, self.path))
+                server.received.append((self.command, self.path, body, dict(self.headers.items())))
                 status, ctype, out = server.respond(self.command, self.path, body)
                 self.send_response(status)
                 self.send_header("content-type", ctype)
@@ -138,8 +144,25 @@ def silent_url() -> Iterator[str]:
         yield f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
-def run(args: list[str], env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(main, args, env=env)
+def run(args: list[str], env: dict[str, str] | None = None, input: str | None = None) -> Result:
+    return CliRunner().invoke(main, args, env=env, input=input)
+
+
+def dead_letter(entry_id: str, target_id: str = "t1") -> dict[str, Any]:
+    """A dead letter as ``GET /v1/dlq/{ns}`` lists it."""
+    return {
+        "id": entry_id,
+        "namespace": "orders",
+        "key": entry_id,
+        "target": {"type": "noop"},
+        "target_id": target_id,
+        "error_class": "permanent",
+        "message": "refused by the target",
+        "attempts": 1,
+        "first_failure_at": "2030-01-01T00:00:00.000+00:00",
+        "last_failure_at": "2030-01-01T00:00:01.000+00:00",
+        "source": {"topic": "wal.orders", "partition": 0, "offset": 7},
+    }
 
 
 def cmd(command: list[str], file: Path) -> list[str]:
@@ -199,6 +222,8 @@ def test_a_5xx_answer_is_one_line_with_the_servers_message(command: list[str], n
     server.answer(500, {"message": "disk on fire"})
     line = one_line_error(run(["--url", server.url, *cmd(command, ns_file)]))
     assert f"the worker at {server.url} answered 500 Internal Server Error: disk on fire" in line
+    method, path = line.split()[1:3]  # the request that failed, as sent
+    assert (method, path) in [(m, p.split("?")[0]) for m, p in server.requests]
 
 
 @pytest.mark.parametrize("command", CLIENT_COMMANDS, ids=CLIENT_IDS)
@@ -223,20 +248,38 @@ def test_an_error_page_that_is_not_json_is_quoted_on_one_line(server: Server) ->
     assert "answered 502 Bad Gateway: <html> <h1>502 Bad Gateway</h1> </html>" in line
 
 
-def test_json_of_an_unexpected_shape_is_one_line(server: Server) -> None:
+def test_json_that_is_not_an_object_is_one_line(server: Server) -> None:
     server.answer(200, ["not", "a", "namespace", "list"])
     line = one_line_error(run(["--url", server.url, "namespace", "list"]))
-    assert line.startswith("Error: unexpected error: TypeError") and "--debug" in line
+    assert line == (
+        f"Error: {server.url} answered GET /v1/namespaces with JSON that is not a walstream answer "
+        """(application/json: ["not","a","namespace","list"]); """
+        "is --url / WALSTREAM_URL a walstream worker's HTTP API?"
+    )
+
+
+def test_json_of_an_unexpected_shape_is_one_line(server: Server) -> None:
+    # an object, but not one this walstream knows: a dead letter without its fields
+    server.answer(200, {"dead_letters": [{"id": "e1"}]})
+    line = one_line_error(run(["--url", server.url, "dlq", "list", "orders"]))
+    assert line.startswith(f"Error: the worker at {server.url} answered with JSON this walstream does not understand")
+    assert "DeadLetter" in line and "--debug" in line
+    # and a shape nothing checks is still one line, pointing at --debug
+    server.answer(200, {"unexpected": True})
+    line = one_line_error(run(["--url", server.url, "namespace", "list"]))
+    assert line.startswith("Error: unexpected error: KeyError") and "--debug" in line
 
 
 def test_a_redrive_that_fails_midway_says_how_far_it_got(server: Server) -> None:
     # Given two dead letters match, and the worker refuses the second redrive
     def respond(method: str, path: str, body: Any) -> tuple[int, str, bytes]:
+        if method == "GET":  # the entries' states before their redrive
+            return 404, "application/json", b'{"message": "no entry"}'
         if body["dry_run"]:
-            rows = [{"id": i, "target": {"type": "noop"}, "error_class": "permanent"} for i in ("a", "b")]
-            return 200, "application/json", json.dumps({"would_redrive": rows}).encode()
+            rows = [dead_letter(i) for i in ("a", "b")]
+            return 200, "application/json", json.dumps({"dry_run": True, "would_redrive": rows}).encode()
         if body["ids"] == ["a"]:
-            return 200, "application/json", b'{"redriven": []}'
+            return 200, "application/json", b'{"dry_run": false, "redriven": 1}'
         return 503, "application/json", b'{"message": "owner of partition 3 is down"}'
 
     server.respond = respond
@@ -468,3 +511,431 @@ def test_settings_refuse_infinite_durations(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("WALSTREAM_ENTRY_RETENTION_S", "inf")
     with pytest.raises(ValidationError, match="finite"):
         Settings()
+
+
+# -- writing entries ----------------------------------------------------------------------
+
+
+def routes(table: dict[tuple[str, str], Any]) -> Responder:
+    """Answers ``(method, path without query)`` from ``table``: a (status, JSON) pair, or a
+    list of them answered in turn (the last one again once they run out); else 404."""
+
+    def respond(method: str, path: str, body: Any) -> tuple[int, str, bytes]:
+        answer = table.get((method, path.split("?")[0]), (404, {"message": f"no route {method} {path}"}))
+        if isinstance(answer, list):
+            answer = answer.pop(0) if len(answer) > 1 else answer[0]
+        status, doc = answer
+        return status, "application/json", json.dumps(doc).encode()
+
+    return respond
+
+
+WRITTEN = {"durable": "SUCCESS", "id": "e1", "partition": 2, "offset": 17}
+
+
+def writes(server: Server) -> list[Any]:
+    """The bodies of the writes the server received."""
+    return [body for method, path, body, _ in server.received if (method, path) == ("POST", "/v1/log")]
+
+
+def test_write_prints_where_the_entry_is_and_sends_what_was_given(server: Server) -> None:
+    # Given a worker that takes the write
+    server.respond = routes({("POST", "/v1/log"): (200, WRITTEN)})
+    # When an entry is written with a key, an id and a delay
+    result = run(["--url", server.url, "write", "orders", '{"title": "Heat", "year": 1995}',
+                  "--key", "movie:42", "--id", "e1", "--delay-ms", "5000"])
+    # Then it says where the entry is, and the worker got exactly that entry
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "SUCCESS\tid=e1\tpartition=2\toffset=17\n"
+    assert writes(server) == [{"namespace": "orders", "id": "e1", "key": "movie:42",
+                               "payload": {"title": "Heat", "year": 1995}, "lifecycle": {"delay_ms": 5000}}]
+
+
+def test_write_output_json_is_the_apis_answer(server: Server) -> None:
+    server.respond = routes({("POST", "/v1/log"): (200, {**WRITTEN, "duplicate": True})})
+    result = run(["--url", server.url, "write", "orders", "1", "--id", "e1", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["durable"] == "SUCCESS" and (doc["id"], doc["partition"], doc["offset"]) == ("e1", 2, 17)
+    assert doc["duplicate"] is True
+
+
+def test_write_gives_an_entry_without_id_one_and_prints_it(server: Server) -> None:
+    server.respond = lambda m, p, b: (200, "application/json", json.dumps({**WRITTEN, "id": b["id"]}).encode())
+    result = run(["--url", server.url, "write", "orders", "{}"])
+    assert result.exit_code == 0, result.output
+    [sent] = writes(server)
+    assert len(sent["id"]) == 36 and f"id={sent['id']}\t" in result.stdout
+
+
+@pytest.mark.parametrize("how", ["stdin", "file"])
+def test_write_reads_the_payload_from_stdin_or_a_file(how: str, server: Server, tmp_path: Path) -> None:
+    server.respond = routes({("POST", "/v1/log"): (200, WRITTEN)})
+    f = tmp_path / "payload.json"
+    f.write_text('{"n": [1, 2.5, "x"]}')
+    args, stdin = (["-"], f.read_text()) if how == "stdin" else (["--payload-file", str(f)], None)
+    result = run(["--url", server.url, "write", "orders", *args, "--deliver-at", "2030-01-01T12:00:00Z"], input=stdin)
+    assert result.exit_code == 0, result.output
+    [sent] = writes(server)
+    assert sent["payload"] == {"n": [1, 2.5, "x"]} and sent["lifecycle"] == {"deliver_at": "2030-01-01T12:00:00Z"}
+
+
+def test_an_unknown_answer_is_asked_again_with_the_same_id(server: Server) -> None:
+    # Given a worker that answers UNKNOWN once (Kafka did not say in time), then the outcome
+    unknown = {"durable": "UNKNOWN", "id": "e1", "message": "no acknowledgement in time"}
+    server.respond = routes({("POST", "/v1/log"): [(503, unknown), (200, {**WRITTEN, "duplicate": True})]})
+    result = run(["--url", server.url, "write", "orders", "1", "--id", "e1"])
+    # Then the same entry was sent twice, with its id, and the second answer is printed
+    assert result.exit_code == 0, result.output
+    assert [w["id"] for w in writes(server)] == ["e1", "e1"]
+    assert result.stdout.startswith("SUCCESS\tid=e1\tpartition=2\toffset=17\tduplicate")
+
+
+def test_a_write_still_unknown_after_the_retries_is_one_line_saying_what_to_do(server: Server) -> None:
+    server.answer(503, {"durable": "UNKNOWN", "id": "e1", "message": "no acknowledgement in time"})
+    line = one_line_error(run(["--url", server.url, "write", "orders", "1", "--id", "e1"]))
+    assert line == (
+        "Error: write of 'e1' to 'orders' is UNKNOWN after 4 attempt(s) (answered 503: no acknowledgement in time): "
+        "it may or may not be in the log. `walstream entry status orders e1` tells; "
+        "writing again with --id e1 never writes it twice."
+    )
+    assert [w["id"] for w in writes(server)] == ["e1"] * 4
+
+
+def test_a_write_to_no_worker_is_one_line() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    line = one_line_error(run(["--url", url, "write", "orders", "1", "--id", "e1"]))
+    assert f"is UNKNOWN after 4 attempt(s) (no answer from {url} to POST /v1/log: connection refused" in line
+    assert "--id e1" in line
+
+
+def test_a_refused_write_is_one_line_with_the_workers_message(server: Server) -> None:
+    server.answer(400, {"durable": "FAILED", "message": "payload: a mutation payload is required"})
+    line = one_line_error(run(["--url", server.url, "write", "orders", "1"]))
+    assert line == (
+        f"Error: POST /v1/log failed: the worker at {server.url} answered 400 Bad Request: "
+        "payload: a mutation payload is required"
+    )
+    assert len(writes(server)) == 1  # a refusal is not retried
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (['{"a": 1'], 1, "PAYLOAD_JSON: not valid JSON"),
+        (['{"a": 1, "a": 2}'], 1, "duplicate key"),
+        (["9007199254740993.0"], 1, "send it as a string"),
+        ([], 2, "give the payload once"),
+        (["1", "--payload-file", "x.json"], 2, "not both"),
+        (["--payload-file", "/nonexistent/p.json"], 1, "/nonexistent/p.json: no such file"),
+        (["1", "--delay-ms", "10", "--deliver-at", "2030-01-01T00:00:00Z"], 2, "--delay-ms or --deliver-at"),
+        (["1", "--deliver-at", "2030-01-01T00:00:00"], 2, "has no timezone"),
+        (["1", "--deliver-at", "tomorrow"], 2, "is not an ISO-8601 time"),
+        (["1", "--delay-ms", "-5"], 2, "-5 is not in the range"),
+    ],
+    ids=["truncated", "duplicate-key", "inexact-number", "no-payload", "two-payloads", "missing-file",
+         "delay-and-deliver-at", "naive-time", "not-a-time", "negative-delay"],
+)
+def test_bad_write_input_is_one_line_and_writes_nothing(
+    args: list[str], code: int, says: str, server: Server
+) -> None:
+    server.respond = routes({("POST", "/v1/log"): (200, WRITTEN)})
+    result = run(["--url", server.url, "write", "orders", *args])
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output and says in result.stderr, result.stderr
+    if code == 1:
+        one_line_error(result)
+    assert server.requests == []
+
+
+# -- entries -----------------------------------------------------------------------------
+
+STATUS = {
+    "id": "e/1", "namespace": "orders", "key": "k", "state": "DELAYED", "partition": 1, "offset": 5,
+    "written_at": "2030-01-01T00:00:00.000+00:00", "due_at": "2030-01-01T01:00:00.000+00:00",
+    "updated_at": "2030-01-01T00:00:00.010+00:00", "last_error": None,
+    "targets": [{"target": "t1", "type": "noop", "state": "DELAYED", "attempts": 0, "last_error": None,
+                 "next_attempt_at": None, "held_behind": None}],
+}
+
+
+def test_entry_status_prints_the_state_and_each_targets(server: Server) -> None:
+    server.respond = routes({("GET", "/v1/log/orders/e%2F1"): (200, STATUS)})
+    result = run(["--url", server.url, "entry", "status", "orders", "e/1"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "e/1\tDELAYED\tpartition=1\toffset=5\tdue_at=2030-01-01T01:00:00+00:00\tupdated_at=2030-01-01T00:00:00.010000+00:00",
+        "  t1\tnoop\tDELAYED\tattempts=0",
+    ]
+    assert server.requests == [("GET", "/v1/log/orders/e%2F1")]
+
+
+def test_entry_status_output_json_is_the_apis_answer(server: Server) -> None:
+    server.respond = routes({("GET", "/v1/log/orders/e%2F1"): (200, STATUS)})
+    result = run(["--url", server.url, "entry", "status", "orders", "e/1", "--output", "json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert {k: doc[k] for k in ("id", "namespace", "state", "partition", "offset")} == {
+        "id": "e/1", "namespace": "orders", "state": "DELAYED", "partition": 1, "offset": 5}
+    assert doc["targets"][0]["target"] == "t1" and doc["targets"][0]["state"] == "DELAYED"
+
+
+def test_entry_status_waits_for_an_entry_not_consumed_yet(server: Server) -> None:
+    not_yet = (404, {"message": "no entry 'e/1' in namespace 'orders'"})
+    server.respond = routes({("GET", "/v1/log/orders/e%2F1"): [not_yet, not_yet, (200, STATUS)]})
+    result = run(["--url", server.url, "entry", "status", "orders", "e/1", "--wait", "10"])
+    assert result.exit_code == 0, result.output
+    assert len(server.requests) == 3
+
+
+def test_entry_status_of_an_unknown_entry_is_one_line_suggesting_wait(server: Server) -> None:
+    server.answer(404, {"message": "no entry 'e1' in namespace 'orders' (never written, not yet consumed, ...)"})
+    line = one_line_error(run(["--url", server.url, "entry", "status", "orders", "e1"]))
+    assert "answered 404 Not Found: no entry 'e1' in namespace 'orders'" in line and line.endswith("add --wait 5")
+
+
+def test_entry_cancel_sends_the_key_and_prints_the_state(server: Server) -> None:
+    server.respond = routes({("DELETE", "/v1/log/orders/e1"): (200, {**STATUS, "id": "e1", "state": "CANCELLED"})})
+    result = run(["--url", server.url, "entry", "cancel", "orders", "e1", "--key", "k/1"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("e1\tCANCELLED\t")
+    assert server.requests == [("DELETE", "/v1/log/orders/e1?key=k%2F1")]
+    json_out = run(["--url", server.url, "entry", "cancel", "orders", "e1", "-o", "json"])
+    assert json.loads(json_out.stdout)["state"] == "CANCELLED"
+
+
+def test_cancelling_a_delivered_entry_is_one_line(server: Server) -> None:
+    server.answer(409, {**STATUS, "state": "DELIVERED", "message": "entry is already DELIVERED"})
+    line = one_line_error(run(["--url", server.url, "entry", "cancel", "orders", "e1"]))
+    assert line == (
+        f"Error: DELETE /v1/log/orders/e1 failed: the worker at {server.url} answered 409 Conflict: "
+        "entry is already DELIVERED"
+    )
+
+
+# -- namespace validate, apply --dry-run ---------------------------------------------------
+
+LIVE = {"name": "orders", "shard": "default", "targets": [{"type": "noop"}],
+        "retry": {"initial_delay_ms": 100, "multiplier": 2.0, "max_delay_ms": 30000, "max_attempts": 8,
+                  "jitter": 0.2},
+        "ordering": "key", "description": "", "version": 4}
+
+
+def test_validate_says_ok_without_a_worker(ns_file: Path) -> None:
+    result = run(["--url", f"http://127.0.0.1:{free_port()}", "namespace", "validate", str(ns_file)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{ns_file}: OK (namespace orders, 1 target(s))\n"
+
+
+def test_validate_names_every_problem_on_one_line(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text("name: Bad\ntargets:\n  - type: carrier-pigeon\nretry: {max_attempts: 0}\nordering: yes\n")
+    line = one_line_error(run(["namespace", "validate", str(f)]))
+    assert line.startswith(f"Error: {f}: name: ")
+    for problem in ("targets.0: unknown target type 'carrier-pigeon'",
+                    "retry.max_attempts: Input should be greater than or equal to 1", "ordering: "):
+        assert problem in line
+
+
+def test_validate_reads_files_as_apply_does(tmp_path: Path) -> None:
+    # YAML 1.2 core schema, as the worker: `010` is refused
+    f = tmp_path / "octal.yaml"
+    f.write_text("name: orders\ntargets: [{type: noop}]\nretry: {max_attempts: 010}\n")
+    validated, applied = (one_line_error(run(["namespace", c, str(f)])) for c in ("validate", "apply"))
+    assert validated == applied and "010" in validated
+
+
+def test_dry_run_shows_the_difference_and_writes_nothing(tmp_path: Path, server: Server) -> None:
+    # Given a live namespace, and a file that changes its retries
+    server.respond = routes({("GET", "/v1/namespaces/orders"): (200, LIVE)})
+    f = tmp_path / "orders.yaml"
+    f.write_text("name: orders\ntargets: [{type: noop}]\nretry: {max_attempts: 3}\n")
+    # When it is applied with --dry-run
+    result = run(["--url", server.url, "namespace", "apply", str(f), "--dry-run"])
+    # Then the diff shows the change, and only a GET was sent
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "namespace orders would change (dry run: nothing written):"
+    assert lines[1:3] == ["--- orders (live, version 4)", f"+++ {f}"]
+    assert [ln for ln in lines[3:] if ln[:1] in "+-"] == ["-  max_attempts: 8", "+  max_attempts: 3"]
+    assert server.requests == [("GET", "/v1/namespaces/orders")]
+
+
+def test_dry_run_of_the_live_config_says_no_changes(ns_file: Path, server: Server) -> None:
+    server.respond = routes({("GET", "/v1/namespaces/orders"): (200, LIVE)})
+    result = run(["--url", server.url, "namespace", "apply", str(ns_file), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"no changes: {ns_file} matches namespace orders (version 4)\n"
+
+
+def test_dry_run_of_a_new_namespace_says_so(ns_file: Path, server: Server) -> None:
+    server.answer(404, {"message": "unknown namespace 'orders'"})
+    result = run(["--url", server.url, "namespace", "apply", str(ns_file), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"new namespace orders: applying {ns_file} would create it (dry run: nothing written)"
+    assert "+name: orders" in lines and "+- type: noop" in lines
+    assert server.requests == [("GET", "/v1/namespaces/orders")]
+
+
+def test_dry_run_of_an_invalid_file_asks_nothing(tmp_path: Path, server: Server) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text("name: orders\ntargets: []\n")
+    line = one_line_error(run(["--url", server.url, "namespace", "apply", str(f), "--dry-run"]))
+    assert "targets: List should have at least 1 item" in line
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("answer", [(500, {"message": "disk on fire"}), (200, ["not", "a", "namespace"])])
+def test_dry_run_failures_are_one_line(answer: tuple[int, Any], ns_file: Path, server: Server) -> None:
+    server.answer(*answer)
+    line = one_line_error(run(["--url", server.url, "namespace", "apply", str(ns_file), "--dry-run"]))
+    assert line.startswith(("Error: GET /v1/namespaces/orders failed: ", f"Error: {server.url} answered GET"))
+    assert [m for m, _ in server.requests] == ["GET"]
+
+
+def test_dry_run_against_no_worker_is_one_line(ns_file: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    line = one_line_error(run(["--url", url, "namespace", "apply", str(ns_file), "--dry-run"]))
+    assert line.startswith(f"Error: no walstream worker answers at {url}: connection refused.")
+
+
+# -- --output on every read command --------------------------------------------------------
+
+
+def test_namespace_list_and_show_output_json(server: Server) -> None:
+    server.respond = routes({("GET", "/v1/namespaces"): (200, {"namespaces": [LIVE]}),
+                             ("GET", "/v1/namespaces/orders"): (200, LIVE)})
+    listed = run(["--url", server.url, "namespace", "list", "-o", "json"])
+    shown = run(["--url", server.url, "namespace", "show", "orders", "--output", "json"])
+    assert json.loads(listed.stdout) == {"namespaces": [LIVE]}
+    assert json.loads(shown.stdout) == LIVE
+    text = run(["--url", server.url, "namespace", "show", "orders"])
+    assert yaml.safe_load(text.stdout) == LIVE  # text: YAML, as a namespace file
+
+
+def test_dlq_list_and_show_output_json(server: Server) -> None:
+    server.respond = routes({("GET", "/v1/dlq/orders"): (200, {"dead_letters": [dead_letter("a")]})})
+    for command in (["dlq", "list", "orders"], ["dlq", "show", "orders", "a"]):
+        result = run(["--url", server.url, *command, "-o", "json"])
+        assert result.exit_code == 0, result.output
+        [row] = json.loads(result.stdout)["dead_letters"]
+        assert row["id"] == "a" and row["target_id"] == "t1" and row["source"]["offset"] == 7
+        assert row["first_failure_at"].startswith("2030-01-01T00:00:00")
+    listed = run(["--url", server.url, "dlq", "list", "orders"])
+    assert listed.stdout.startswith("a\tnoop\tpermanent\tattempts=1\t2030-01-01T00:00:01+00:00\trefused by the target")
+    assert server.requests[0] == ("GET", "/v1/dlq/orders?limit=1000")
+    assert server.requests[1] == ("GET", "/v1/dlq/orders?id=a")
+
+
+def test_redrive_dry_run_output_json(server: Server) -> None:
+    server.respond = routes({("POST", "/v1/dlq/orders/redrive"): (200, {"dry_run": True,
+                                                                          "would_redrive": [dead_letter("a")]})})
+    result = run(["--url", server.url, "dlq", "redrive", "orders", "-o", "json", "--error-class", "permanent"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["dry_run"] is True and [d["id"] for d in doc["would_redrive"]] == ["a"]
+    [(_, _, body, _)] = server.received
+    assert body["dry_run"] is True and body["error_class"] == "permanent"
+
+
+def redriving(server: Server, updated_after: list[str], state_after: str) -> None:
+    """A worker with dead letter 'a' (target t1), DEAD since 00:00:01; its status answers
+    ``updated_after`` in turn after the redrive (the last one again), with t1 in ``state_after``."""
+    before = {**STATUS, "id": "a", "state": "DEAD", "updated_at": "2030-01-01T00:00:01.000+00:00",
+              "targets": [{**STATUS["targets"][0], "state": "DEAD", "last_error": "refused"}]}
+    redriven: list[bool] = []
+
+    def respond(method: str, path: str, body: Any) -> tuple[int, str, bytes]:
+        if method == "POST" and body["dry_run"]:
+            doc: Any = {"dry_run": True, "would_redrive": [dead_letter("a")]}
+        elif method == "POST":
+            redriven.append(True)
+            doc = {"dry_run": False, "redriven": 1, "pending": 1}
+        elif not redriven:
+            doc = before
+        else:
+            at = updated_after.pop(0) if len(updated_after) > 1 else updated_after[0]
+            target = {**before["targets"][0], "state": state_after, "last_error": "refused again"}
+            doc = {**before, "state": state_after, "updated_at": at, "targets": [target]}
+        return 200, "application/json", json.dumps(doc).encode()
+
+    server.respond = respond
+
+
+def test_redrive_reports_each_outcome_written_after_it(server: Server) -> None:
+    redriving(server, ["2030-01-01T00:00:01.000+00:00", "2030-01-01T00:05:00.000+00:00"], "DELIVERED")
+    result = run(["--url", server.url, "dlq", "redrive", "orders", "--execute", "--rate", "1000", "--wait", "10"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["a (noop): DELIVERED", "redrove 1 dead letter(s): all delivered"]
+    # and -o json prints what the API answers an executed redrive (the summary goes to stderr)
+    redriving(server, ["2030-01-01T00:05:00.000+00:00"], "DELIVERED")
+    as_json = run(["--url", server.url, "dlq", "redrive", "orders", "--execute", "-o", "json", "--wait", "10"])
+    assert as_json.stderr.splitlines()[-1] == "redrove 1 dead letter(s): all delivered"
+    doc = json.loads(as_json.stdout)
+    assert (doc["dry_run"], doc["redriven"], doc["delivered"]) == (False, 1, 1)
+    assert doc["results"] == [{"id": "a", "target_id": "t1", "outcome": "DELIVERED", "message": None}]
+
+
+def test_redrive_does_not_take_the_state_before_it_for_its_outcome(server: Server) -> None:
+    # Given the entry's status is never written again after the redrive (it still says DEAD)
+    redriving(server, ["2030-01-01T00:00:01.000+00:00"], "DEAD")
+    result = run(["--url", server.url, "dlq", "redrive", "orders", "--execute", "--wait", "1"])
+    # Then its outcome is PENDING, not the DEAD of before
+    assert result.exit_code == 1
+    assert result.stdout.startswith("a (noop): PENDING: not settled within 1 s")
+    assert result.stderr.splitlines()[-1] == (
+        "Error: redrove 1 dead letter(s): 0 delivered, 0 dead-lettered again, 1 not settled within 1 s")
+
+
+def test_redrive_reports_a_new_death_with_its_reason(server: Server) -> None:
+    redriving(server, ["2030-01-01T00:05:00.000+00:00"], "DEAD")
+    result = run(["--url", server.url, "dlq", "redrive", "orders", "--execute", "--wait", "10"])
+    assert result.exit_code == 1
+    assert result.stdout.startswith("a (noop): DEAD: refused again")
+    assert "0 delivered, 1 dead-lettered again, 0 not settled" in result.stderr
+
+
+# -- the token -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["--token", "WALSTREAM_TOKEN"])
+def test_the_token_is_sent_as_a_bearer_token(how: str, server: Server) -> None:
+    server.respond = routes({("GET", "/v1/namespaces"): (200, {"namespaces": []}),
+                             ("POST", "/v1/log"): (200, WRITTEN)})
+    args, env = (["--token", "s3cret"], None) if how == "--token" else ([], {"WALSTREAM_TOKEN": "s3cret"})
+    assert run([*args, "--url", server.url, "namespace", "list"], env=env).exit_code == 0
+    assert run([*args, "--url", server.url, "write", "orders", "1"], env=env).exit_code == 0
+    assert [h.get("Authorization") for _, _, _, h in server.received] == ["Bearer s3cret"] * 2
+
+
+def test_without_a_token_no_authorization_is_sent(server: Server) -> None:
+    server.answer(200, {"namespaces": []})
+    assert run(["--url", server.url, "namespace", "list"], env={"WALSTREAM_TOKEN": ""}).exit_code == 0
+    [(_, _, _, headers)] = server.received
+    assert "Authorization" not in headers
+
+
+# -- shell completion ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shell", "expected"),
+    [
+        ("bash", "complete -o nosort -F _walstream_completion walstream"),
+        ("zsh", "#compdef walstream"),
+        ("fish", "complete --no-files --command walstream"),
+    ],
+)
+def test_the_completion_script_is_produced(shell: str, expected: str) -> None:
+    # what the README tells to run: _WALSTREAM_COMPLETE=<shell>_source walstream
+    result = CliRunner().invoke(main, [], prog_name="walstream", env={"_WALSTREAM_COMPLETE": f"{shell}_source"})
+    assert result.exit_code == 0, result.output
+    assert expected in result.stdout
+
+
+def test_completion_offers_the_commands() -> None:
+    env = {"_WALSTREAM_COMPLETE": "bash_complete", "COMP_WORDS": "walstream entry s", "COMP_CWORD": "2"}
+    result = CliRunner().invoke(main, [], prog_name="walstream", env=env)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == ["plain,status"]

@@ -517,7 +517,14 @@ def namespace_apply(ctx: click.Context, file: Path, dry_run: bool, url: str | No
         old_text, old_name = "", "/dev/null"
     else:
         version = current.get("version")
-        old_text = _yaml({k: v for k, v in current.items() if k != "version"})
+        live_doc = {k: v for k, v in current.items() if k != "version"}
+        try:
+            # through the same model, so fields a worker of another version leaves out (their
+            # defaults) do not show as changes
+            live_doc = parse_namespace(live_doc).model_dump(mode="json", exclude={"version"})
+        except NamespaceError:
+            pass  # a field this CLI does not know: compare as the worker holds it
+        old_text = _yaml(live_doc)
         old_name = f"{cfg.name} (live, version {version})"
         if old_text == new_text:
             click.echo(f"no changes: {file} matches namespace {cfg.name} (version {version})")

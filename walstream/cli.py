@@ -177,9 +177,13 @@ def _settings() -> Settings:
     try:
         return Settings()
     except pydantic.ValidationError as exc:
+        def given(e: Any) -> str:
+            field = Settings.model_fields.get(str(e["loc"][0])) if e["loc"] else None
+            secret = field is not None and field.annotation is pydantic.SecretStr
+            return "=<hidden>" if secret else f"={e.get('input')!r}"
+
         problems = "; ".join(
-            f"WALSTREAM_{'_'.join(str(p) for p in e['loc']).upper()}={e.get('input')!r}: {e['msg']}"
-            for e in exc.errors()
+            f"WALSTREAM_{'_'.join(str(p) for p in e['loc']).upper()}{given(e)}: {e['msg']}" for e in exc.errors()
         )
         raise click.ClickException(f"invalid setting: {problems}") from exc
 

@@ -20,7 +20,10 @@ class Settings(BaseSettings):
     """Configuration of one walstream worker."""
 
     # inf and nan are no durations or sizes (``WALSTREAM_ENTRY_RETENTION_S=inf`` crashed)
-    model_config = SettingsConfigDict(env_prefix="WALSTREAM_", frozen=True, extra="ignore", allow_inf_nan=False)
+    # errors never carry the value given (it may be a token); the CLI names it where it may
+    model_config = SettingsConfigDict(
+        env_prefix="WALSTREAM_", frozen=True, extra="ignore", allow_inf_nan=False, hide_input_in_errors=True
+    )
 
     #: ``WALSTREAM_BROKER``: Kafka bootstrap servers, comma separated.
     broker: str = "127.0.0.1:9092"

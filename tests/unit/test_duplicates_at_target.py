@@ -80,7 +80,9 @@ async def test_the_same_id_twice_while_the_first_is_retrying_is_applied_once(har
 async def test_the_same_delayed_id_twice_is_applied_once_never_early(harness: Harness) -> None:
     wal, target, _ = harness
     async with agent(wal).test_context() as ctx:
-        due_ms = int(time.time() * 1000) + 150
+        # due well after the three records are processed, even on a loaded machine (150 ms
+        # was once not enough under a parallel test run: "applied == []" read it due already)
+        due_ms = int(time.time() * 1000) + 1000
         e = entry(1, WriteClock(), "A", due_at_ms=due_ms)
         # Given a delayed entry, When its record comes again (with and without its due time)
         undelayed = Entry(id=e.id, namespace="orders", key="A", payload=e.payload, written_at_us=e.written_at_us)

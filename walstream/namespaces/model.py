@@ -119,7 +119,9 @@ MUTATION_TARGET_TYPES = frozenset({"cassandra", "elasticsearch"})
 class NamespaceConfig(_Strict):
     """One namespace. ``version`` is assigned by walstream on every accepted change."""
 
-    name: str
+    # the pattern is checked by _name_ok (with a message that says it in words) and shown in the
+    # API's description
+    name: str = Field(json_schema_extra={"pattern": NAME_RE.pattern})
     shard: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     targets: list[TargetConfig] = Field(min_length=1, max_length=16)
     retry: RetryPolicy = RetryPolicy()
@@ -132,7 +134,8 @@ class NamespaceConfig(_Strict):
     #: entry may not override the namespace's targets (a client must not make workers call
     #: arbitrary hosts)
     allowed_target_overrides: list[TargetConfig] = Field(default_factory=list, max_length=64)
-    version: int = Field(default=0, ge=0)
+    #: assigned by walstream on every accepted change; a client does not send it
+    version: int = Field(default=0, ge=0, json_schema_extra={"readOnly": True})
 
     @field_validator("write_tokens")
     @classmethod

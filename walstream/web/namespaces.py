@@ -12,14 +12,14 @@ from walstream.api import NamespaceBusy, NamespaceDeleted, NamespaceList, Pendin
 from walstream.context import WebContext
 from walstream.delivery import commands
 from walstream.kafka_admin import unconsumed
-from walstream.namespaces.model import NamespaceConfig, NamespaceError, parse_namespace, wal_topic
+from walstream.namespaces.model import NAME_RE, NamespaceConfig, NamespaceError, parse_namespace, wal_topic
 from walstream.status import FleetIncomplete
 from walstream.web.common import respond
-from walstream.web.openapi import NAMESPACE, Operation, Param, path_param
+from walstream.web.openapi import NAMESPACE, Operation, Param
 
 log = logging.getLogger(__name__)
 
-NAME = path_param("name", "the namespace's name")
+NAME = Param("name", "path", "the namespace's name", {"type": "string", "pattern": NAME_RE.pattern}, required=True)
 
 OPERATIONS = (
     Operation("get", "/v1/namespaces", "Every namespace's config", "namespaces", answers={200: NamespaceList}),

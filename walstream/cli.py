@@ -60,6 +60,7 @@ DEBUG_HINT = "run with --debug for the traceback"
 WRITE_RETRIES = 3
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -701,18 +702,23 @@ def _echo_status(st: EntryStatus, output: str) -> None:
         click.echo(f"  {st.message}")
 
 
+def wait_option(default_s: float, help: str) -> Callable[[F], F]:
+    """``--wait S`` (seconds, 0 to 3600, finite)."""
+    return click.option(
+        "--wait",
+        "wait_s",
+        type=click.FloatRange(min=0, max=3600),
+        callback=lambda ctx, param, value: _finite(param, value),
+        default=default_s,
+        show_default=True,
+        help=help,
+    )
+
+
 @entry.command("status")
 @click.argument("namespace")
 @click.argument("entry_id", metavar="ID")
-@click.option(
-    "--wait",
-    "wait_s",
-    type=click.FloatRange(min=0, max=3600),
-    callback=lambda ctx, param, value: _finite(param, value),
-    default=0.0,
-    show_default=True,
-    help="Seconds to keep asking while the entry is not known yet (just written, not consumed).",
-)
+@wait_option(0.0, "Seconds to keep asking while the entry is not known yet (just written, not consumed).")
 @output_option
 @url_option
 @click.pass_context
@@ -841,15 +847,7 @@ def dlq_show(ctx: click.Context, namespace: str, entry_id: str, output: str, url
     help="Redrives per second (0.02 to a million).",
 )
 @click.option("--execute", is_flag=True, help="Really redrive (the default is a dry run).")
-@click.option(
-    "--wait",
-    "wait_s",
-    type=click.FloatRange(min=0, max=3600),
-    callback=lambda ctx, param, value: _finite(param, value),
-    default=30.0,
-    show_default=True,
-    help="Seconds to wait for the redriven entries' outcomes.",
-)
+@wait_option(30.0, "Seconds to wait for the redriven entries' outcomes.")
 @output_option
 @url_option
 @click.pass_context

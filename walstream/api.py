@@ -156,7 +156,7 @@ class RedriveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # strict where lax parsing would change the request's meaning ("false" is not false)
-    ids: list[StrictStr] | None = None
+    ids: list[Annotated[StrictStr, Field(min_length=1)]] | None = None
     error_class: ErrorClass | None = None
     since: Annotated[AwareDatetime, BeforeValidator(time_text)] | None = Field(
         default=None, description="last failure at or after")

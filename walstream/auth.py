@@ -23,13 +23,33 @@ from dataclasses import dataclass
 
 #: how a stored token looks: its SHA-256, hex
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+#: what a token given in a configuration may be made of: RFC 6750's b64token (what a client
+#: can send after ``Bearer `` unchanged), so no space, no control character, no non-ASCII
+TOKEN_RE = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
 #: the shortest token accepted (a token is a secret, not a password: generate it)
 MIN_TOKEN_CHARS = 16
 
 
 def token_digest(token: str) -> str:
-    """``sha256:<64 hex>`` of ``token`` (UTF-8)."""
-    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+    """``sha256:<64 hex>`` of ``token`` (UTF-8; bytes a header carried that are not UTF-8
+    are hashed as they came, so such a token is merely wrong, never an error)."""
+    return "sha256:" + hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def stored_token(token: str, what: str) -> str:
+    """A configured token as kept: its digest. A digest given (``sha256:`` and 64 hex digits,
+    either case) is kept as such, lower-cased. Raises ValueError (naming ``what``, never the
+    token) for one that is too short, not a b64token, or looks like a digest but is not one
+    (it would otherwise be kept as a working token itself)."""
+    if token.lower().startswith("sha256:"):
+        if not DIGEST_RE.match(token.lower()):
+            raise ValueError(f"{what} starts with 'sha256:' but is not a digest (64 hex digits after it)")
+        return token.lower()
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"{what} is shorter than {MIN_TOKEN_CHARS} characters")
+    if not TOKEN_RE.match(token):
+        raise ValueError(f"{what} may hold only letters, digits and -._~+/ (then '=' at the end)")
+    return token_digest(token)
 
 
 def bearer(headers: Mapping[str, str]) -> str | None:

@@ -875,6 +875,13 @@ def dlq_redrive(
     async def redrive(wal: WalstreamClient) -> tuple[list[DeadLetter], RedriveResult]:
         listed = await wal.redrive(namespace, ids=list(ids) or None, dry_run=True, **filters)
         rows = listed.would_redrive
+        missing = sorted(set(ids) - {r.id for r in rows})
+        if missing:
+            # an id asked for by name that matches nothing is a mistake to hear of, not a success
+            raise click.ClickException(
+                f"no dead letter matches id(s) {', '.join(map(repr, missing))} in namespace {namespace!r} "
+                "(with the filters given); nothing was redriven: check the ids with `walstream dlq list`"
+            )
         if not execute:
             return rows, listed
         interval = 1.0 / rate

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from walstream.entry import Entry, WriteClock
+from walstream.entry import MIN_DUE_MS, Entry, WriteClock
 from walstream.mutations import MutationError, parse_mutations
 from walstream.namespaces.model import (
     MUTATION_TARGET_TYPES,
@@ -190,6 +190,9 @@ def parse_log_request(
                 raise RequestError(
                     400, f"lifecycle.deliver_at: must be before {LATEST_DELIVER_AT} (the latest schedulable time)"
                 )
+            # before 0001-01-01T00:00Z (+14:00 reaches there): due long ago is due now, and the
+            # envelope holds no earlier time (Entry.from_doc would refuse the record at delivery)
+            due_at_ms = max(due_at_ms, MIN_DUE_MS)
 
     entry_id = req.id or str(uuid.uuid4())
     key = req.key or entry_id

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from walstream.auth import MIN_TOKEN_CHARS
+from walstream.auth import stored_token
 
 
 class Settings(BaseSettings):
@@ -138,11 +138,12 @@ class Settings(BaseSettings):
     @field_validator("admin_tokens")
     @classmethod
     def _tokens_long_enough(cls, v: SecretStr) -> SecretStr:
-        tokens = [t.strip() for t in v.get_secret_value().split(",")]
-        short = [n for n, t in enumerate(tokens, 1) if t and len(t) < MIN_TOKEN_CHARS]
-        if short:
-            # the message says which ones, never what they are
-            raise ValueError(f"token(s) number {short} are shorter than {MIN_TOKEN_CHARS} characters")
+        # the message says which one, never what it is
+        for n, t in enumerate((t.strip() for t in v.get_secret_value().split(",")), 1):
+            if t.lower().startswith("sha256:"):
+                raise ValueError(f"token number {n}: give the token itself, not a digest")
+            if t:
+                stored_token(t, f"token number {n}")
         return v
 
     @property

@@ -206,3 +206,20 @@ def test_a_surrogate_key_or_a_lossy_float_fails_alone_in_a_batch(worker_ns: tupl
         r = c.post(f"/v1/dlq/{ns}/redrive", content=b'{"ids": ["x"], "\\ud800": true}')
         assert r.status_code == 400 and "key is not valid Unicode" in r.json()["message"], r.text
     assert end_offsets(f"wal.{ns}") == before + 1
+
+
+@pytest.mark.timeout(120)
+def test_a_body_that_cannot_be_read_as_sent_is_a_400_and_writes_nothing(worker_ns: tuple[Worker, str]) -> None:
+    """A ``Content-Encoding`` the body is not in (aiohttp's decoder fails while reading):
+    every endpoint that reads a body answers 400 JSON naming it, never a 500."""
+    w, ns = worker_ns
+    before = end_offsets(f"wal.{ns}")
+    with w.client() as c:
+        for path, method in [("/v1/log", "POST"), ("/v1/log/batch", "POST"), (f"/v1/dlq/{ns}/redrive", "POST"),
+                             ("/v1/namespaces/enc-test", "PUT")]:
+            for encoding in ("gzip", "deflate"):
+                r = c.request(method, path, content=b'{"namespace": "x"}', headers={"content-encoding": encoding})
+                assert r.status_code == 400, (path, encoding, r.text)
+                assert "cannot be read as sent" in r.json()["message"], (path, r.text)
+        assert c.get("/v1/namespaces/enc-test").status_code == 404
+    assert end_offsets(f"wal.{ns}") == before

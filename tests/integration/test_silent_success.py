@@ -43,6 +43,16 @@ def test_redrive_reports_each_outcome(start_worker: Callable[..., Worker], uniqu
         assert {x["durable"] for x in r.json()["results"]} == {"SUCCESS"}
         wait_until(lambda: len(c.get(f"/v1/dlq/{unique}").json()["dead_letters"]) == 2, timeout_s=60,
                    what="both entries dead-lettered")
+    # ids asked for by name are found whatever the listing's limit: with limit 1 the oldest
+    # letter alone would be listed, and filtering that by the ids found nothing
+    with w.client() as c:
+        listed = [d["id"] for d in c.get(f"/v1/dlq/{unique}").json()["dead_letters"]]
+        newest = listed[-1]
+        body = c.post(f"/v1/dlq/{unique}/redrive", json={"ids": [newest, "no-such-id"], "limit": 1}).json()
+        assert [d["id"] for d in body["would_redrive"]] == [newest], body
+    # an id that matches nothing is an error on the command line, and nothing is redriven
+    nothing = cli(w, "dlq", "redrive", unique, "--id", "no-such-id", "--execute")
+    assert nothing.returncode == 1 and "no dead letter matches id(s) 'no-such-id'" in nothing.stderr, nothing
     # When the mapping is fixed for titles only and both are redriven
     es.indices.delete(index=index)
     es.indices.create(index=index, mappings={"properties": {"title": {"type": "keyword"}, "year": {"type": "integer"}}})

@@ -52,7 +52,7 @@ def test_settings_keep_admin_tokens_secret_and_refuse_short_ones(monkeypatch: py
     assert s.admin_token_list == [ADMIN, "other-token-0123456789"]
     assert ADMIN not in repr(s) and ADMIN not in str(s.model_dump())
     monkeypatch.setenv("WALSTREAM_ADMIN_TOKENS", f"{ADMIN},short")
-    with pytest.raises(ValidationError, match="number \\[2\\] are shorter") as exc:
+    with pytest.raises(ValidationError, match="token number 2 is shorter") as exc:
         Settings()
     assert "short'" not in str(exc.value) and ADMIN not in str(exc.value)
 
@@ -77,3 +77,35 @@ def test_the_command_line_never_prints_a_bad_admin_token(monkeypatch: pytest.Mon
         assert result.exit_code == 1
         assert "WALSTREAM_ADMIN_TOKENS=<hidden>" in result.output
         assert ADMIN not in result.output and "short'" not in result.output
+
+
+def test_a_token_that_is_not_utf8_is_merely_wrong() -> None:
+    # aiohttp hands header bytes that are not UTF-8 over as surrogate escapes
+    auth = Auth([ADMIN])
+    denied = auth.admin({"Authorization": "Bearer caf\udce9-token-1234567890"}, "x")
+    assert denied is not None and denied.status == 403
+    denied = auth.writer("ns", [token_digest(WRITER)], "caf\udce9-token-1234567890")
+    assert denied is not None and denied.status == 403
+
+
+@pytest.mark.parametrize(
+    ("given", "problem"),
+    [
+        ("sha256:" + "A" * 64, None),  # a digest in upper case: kept as that digest
+        ("SHA256:" + "ab" * 32, None),
+        ("sha256:" + "g" * 64, "starts with 'sha256:' but is not a digest"),
+        ("sha256:abc", "starts with 'sha256:' but is not a digest"),
+        ("space-at-the-end-token ", "may hold only"),
+        ("  leading-space-token-2", "may hold only"),
+        ("caf\u00e9-token-1234567890", "may hold only"),
+        ("tab\tinside-the-token-xx", "may hold only"),
+    ],
+)
+def test_write_tokens_as_given(given: str, problem: str | None) -> None:
+    doc = {"name": "ns", "targets": [{"type": "noop"}], "write_tokens": [given]}
+    if problem is None:
+        assert parse_namespace(doc).write_tokens == [given.lower()]
+    else:
+        with pytest.raises(NamespaceError, match=problem) as exc:
+            parse_namespace(doc)
+        assert given.strip() not in str(exc.value)  # the message never carries the token

@@ -22,7 +22,7 @@ from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, ScalarNode
 
 from walstream import strict_json
-from walstream.auth import DIGEST_RE, MIN_TOKEN_CHARS, token_digest
+from walstream.auth import stored_token
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 #: CQL identifiers: walstream quotes nothing, so only plain lower-case names are accepted.
@@ -140,15 +140,7 @@ class NamespaceConfig(_Strict):
     @field_validator("write_tokens")
     @classmethod
     def _tokens_as_digests(cls, v: list[str]) -> list[str]:
-        out = []
-        for n, token in enumerate(v):
-            if DIGEST_RE.match(token):
-                out.append(token)
-            elif len(token) < MIN_TOKEN_CHARS:
-                raise ValueError(f"write token {n} is shorter than {MIN_TOKEN_CHARS} characters")
-            else:
-                out.append(token_digest(token))
-        return sorted(set(out))
+        return sorted({stored_token(token, f"write token {n}") for n, token in enumerate(v)})
 
     @field_validator("name")
     @classmethod

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 from aiohttp.web_exceptions import HTTPRequestEntityTooLarge
+from aiohttp.web_protocol import RequestPayloadError
 from faust.web import Request, Response, View
 
 from walstream import strict_json
@@ -15,16 +16,34 @@ from walstream.writer import Durable
 
 
 class BodyError(Exception):
-    """A request the view refuses: ``status`` (4xx, or 503) and a message naming the problem."""
+    """A request the view refuses: ``status`` (4xx, or 503) and a message naming the problem.
+    ``close``: the rest of the body cannot be read, so the connection is not kept alive."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.close = close
 
 
-def respond(view: View, status: int, doc: Any) -> Response:
-    return view.bytes(orjson.dumps(doc), content_type="application/json", status=status)
+def respond(view: View, status: int, doc: Any, *, close: bool = False) -> Response:
+    """``doc`` as JSON with ``status``; ``close``: tell the client not to reuse the connection."""
+    headers = {"Connection": "close"} if close else None
+    return view.bytes(orjson.dumps(doc), content_type="application/json", status=status, headers=headers)
+
+
+async def read_body(request: Request, server_limit: int) -> bytes:
+    """The body's bytes; :class:`BodyError` 413 past the web server's limit, 400 for a body
+    that cannot be read as sent (a ``Content-Encoding`` it is not in, a broken chunk)."""
+    try:
+        return await request.read()
+    except HTTPRequestEntityTooLarge:
+        raise BodyError(413, f"request body is larger than {server_limit} bytes") from None
+    except RequestPayloadError as exc:
+        reason = str(exc).replace("\n", " ").strip()
+        # aiohttp drops the connection after the answer (it cannot read past the bad part)
+        raise BodyError(400, f"request body cannot be read as sent ({reason}); send it as plain JSON",
+                        close=True) from None
 
 
 async def read_json(request: Request, limit: int, *, server_limit: int, batch_of: str | None = None) -> Any:
@@ -34,10 +53,7 @@ async def read_json(request: Request, limit: int, *, server_limit: int, batch_of
     own (``WALSTREAM_MAX_REQUEST_BYTES``). ``batch_of``: the body is ``{batch_of: [item,
     ...]}`` whose items are answered one by one, so an item's problem does not refuse the
     body (the item becomes a ``Refused``)."""
-    try:
-        body = await request.read()
-    except HTTPRequestEntityTooLarge:
-        raise BodyError(413, f"request body is larger than {server_limit} bytes") from None
+    body = await read_body(request, server_limit)
     if len(body) > limit:
         raise BodyError(413, f"request body is {len(body)} bytes; the limit is {limit} bytes")
     if not body:

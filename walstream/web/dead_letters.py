@@ -82,7 +82,7 @@ def register(ctx: WebContext) -> None:
             raise BodyError(400, "local: expected 1 (fleet-internal) or leave it out")
         since, until = parse_time(query.get("since"), "since"), parse_time(query.get("until"), "until")
         raw_limit = query.get("limit") or "1000"
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100_000:
+        if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 100_000:
             raise BodyError(400, f"limit: expected a whole number from 1 to 100000, not {raw_limit!r}")
         limit = int(raw_limit)
         classes = {c.value for c in ErrorClass}
@@ -150,14 +150,19 @@ def register(ctx: WebContext) -> None:
                                  ("limit", req.limit))
                     if v is not None
                 }
-                if ids is not None and len(ids) == 1:
-                    query["id"] = ids[0]
-                rows = await dead_letter_rows(namespace, query, local_only=False)
+                if ids is None:
+                    rows = await dead_letter_rows(namespace, query, local_only=False)
+                else:
+                    # each id asked for on its own: the listing's limit (oldest first) applies
+                    # to what matches, never hides an id asked for by name
+                    rows = []
+                    for entry_id in sorted(set(ids)):
+                        rows += await dead_letter_rows(namespace, {**query, "id": entry_id}, local_only=False)
+                    rows.sort(key=lambda r: (r["last_failure_s"], r["id"]))
+                    rows = rows[: req.limit or 1000]
             except (BodyError, ValueError) as exc:
-                return respond(self, getattr(exc, "status", 400), {"message": str(exc)})
-            if ids is not None:
-                wanted = set(ids)
-                rows = [r for r in rows if r["id"] in wanted]
+                return respond(self, getattr(exc, "status", 400), {"message": str(exc)},
+                               close=getattr(exc, "close", False))
             if dry_run:
                 return respond(self, 200, {"dry_run": True, "would_redrive": [dlq_row(r) for r in rows]})
             sent = 0

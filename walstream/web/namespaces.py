@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 
-from aiohttp.web_exceptions import HTTPRequestEntityTooLarge
 from faust.web import Request, Response, View
 
 from walstream.api import NamespaceBusy, NamespaceDeleted, NamespaceList, PendingIds
@@ -14,7 +13,7 @@ from walstream.delivery import commands
 from walstream.kafka_admin import unconsumed
 from walstream.namespaces.model import NAME_RE, NamespaceConfig, NamespaceError, parse_namespace, wal_topic
 from walstream.status import FleetIncomplete
-from walstream.web.common import respond
+from walstream.web.common import BodyError, read_body, respond
 from walstream.web.openapi import NAMESPACE, Operation, Param
 
 log = logging.getLogger(__name__)
@@ -66,9 +65,9 @@ def register(ctx: WebContext) -> None:
             if (denied := ctx.auth.admin(request.headers, "changing a namespace")) is not None:
                 return respond(self, denied.status, {"message": denied.message})
             try:
-                body = await request.read()
-            except HTTPRequestEntityTooLarge:
-                return respond(self, 413, {"message": "namespace document too large"})
+                body = await read_body(request, settings.max_request_bytes)
+            except BodyError as exc:
+                return respond(self, exc.status, {"message": exc.message}, close=exc.close)
             try:
                 cfg = parse_namespace(body, name=name)
             except NamespaceError as exc:

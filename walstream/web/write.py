@@ -207,7 +207,7 @@ def register(ctx: WebContext) -> None:
                     request, settings.max_entry_bytes + 64 * 1024, server_limit=settings.max_request_bytes
                 )
             except BodyError as exc:
-                return respond(self, exc.status, failed(None, exc.message))
+                return respond(self, exc.status, failed(None, exc.message), close=exc.close)
             [result] = await write_all([doc], bearer(request.headers))
             status = result.pop("status")
             return respond(self, status, result)
@@ -220,7 +220,7 @@ def register(ctx: WebContext) -> None:
                     request, settings.max_request_bytes, server_limit=settings.max_request_bytes, batch_of="entries"
                 )
             except BodyError as exc:
-                return respond(self, exc.status, {"message": exc.message})
+                return respond(self, exc.status, {"message": exc.message}, close=exc.close)
             if not isinstance(doc, dict) or set(doc) != {"entries"} or not isinstance(doc["entries"], list):
                 return respond(self, 400, {"message": 'expected {"entries": [ ... ]}'})
             items = doc["entries"]

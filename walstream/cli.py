@@ -402,9 +402,13 @@ class Remote:
                 "is --url / WALSTREAM_URL a walstream worker's HTTP API?"
             )
         if resp is not None:
+            fix = {
+                401: "; give a token with --token or WALSTREAM_TOKEN",
+                403: "; the token given (--token / WALSTREAM_TOKEN) is not allowed to do this: use another",
+            }.get(resp.status_code, "")
             return (
                 f"{_request_of(resp)} failed: the worker at {self.url} answered {resp.status_code} "
-                f"{resp.reason_phrase}: {_answer_message(resp)}"
+                f"{resp.reason_phrase}: {_answer_message(resp)}{fix}"
             )
         status = exc.status or 0
         try:

@@ -229,17 +229,19 @@ class WalstreamClient:
 
     async def status(self, namespace: str, entry_id: str, *, wait_s: float = 0.0) -> EntryStatus:
         """The entry's state. An entry just written has none until its worker consumed it
-        (usually milliseconds): ``wait_s`` asks again every 0.1 s for that long while the
-        answer is 404. Raises :class:`NotFound` (404 after ``wait_s``: never written, not
-        consumed yet, or past retention) and :class:`Unavailable` (503: a worker that may
-        hold it cannot say now)."""
+        (milliseconds; seconds while the fleet rebalances, e.g. right after a namespace was
+        created): ``wait_s`` asks again every 0.1 s for that long while the answer is 404,
+        or 503 (a worker that may hold it is recovering its tables). Raises
+        :class:`NotFound` (404 after ``wait_s``: never written, not consumed yet, or past
+        retention) and :class:`Unavailable` (503 after ``wait_s``: a worker that may hold it
+        cannot say now)."""
         path = f"/v1/log/{_seg(namespace)}/{_seg(entry_id)}"
         deadline = asyncio.get_running_loop().time() + wait_s
         while True:
             try:
                 return EntryStatus.model_validate(await self._call("GET", path))
-            except NotFound:
-                if asyncio.get_running_loop().time() >= deadline:
+            except (NotFound, Unavailable) as exc:
+                if exc.status not in (404, 503) or asyncio.get_running_loop().time() >= deadline:
                     raise
                 await asyncio.sleep(0.1)
 

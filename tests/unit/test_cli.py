@@ -233,6 +233,13 @@ def test_a_404_answer_is_one_line_with_the_servers_message(command: list[str], n
     assert "answered 404 Not Found: unknown namespace 'orders'" in line
 
 
+@pytest.mark.parametrize(("status", "fix"), [(401, "--token or WALSTREAM_TOKEN"), (403, "use another")])
+def test_a_401_or_403_names_the_token_option(status: int, fix: str, ns_file: Path, server: Server) -> None:
+    server.answer(status, {"message": "changing a namespace needs an admin token"})
+    line = one_line_error(run(["--url", server.url, "namespace", "apply", str(ns_file)]))
+    assert "needs an admin token" in line and fix in line
+
+
 @pytest.mark.parametrize("command", CLIENT_COMMANDS, ids=CLIENT_IDS)
 def test_an_answer_that_is_not_json_is_one_line(command: list[str], ns_file: Path, server: Server) -> None:
     # Given something that is not a walstream worker answers 200 with HTML

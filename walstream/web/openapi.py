@@ -108,8 +108,11 @@ def spec(operations: Iterable[Operation]) -> dict[str, Any]:
             }
         for status, model in sorted(op.answers.items()):
             answer: dict[str, Any] = {"description": _reason(status)}
+            if model is None and status >= 400:
+                model = ErrorAnswer  # every refusal is {"message": ...}
             if model is not None:
-                answer["content"] = {op.content_type: {"schema": refs[(model, "serialization")]}}
+                ctype = "application/json" if status >= 400 else op.content_type
+                answer["content"] = {ctype: {"schema": refs[(model, "serialization")]}}
             elif op.content_type != "application/json":
                 answer["content"] = {op.content_type: {"schema": {"type": "string"}}}
             doc["responses"][str(status)] = answer

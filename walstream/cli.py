@@ -37,7 +37,7 @@ import orjson
 import pydantic
 import yaml
 
-from walstream import strict_json
+from walstream import log_redaction, strict_json
 from walstream.client import (
     DeadLetter,
     EntryStatus,
@@ -280,6 +280,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     asyncio.set_event_loop(loop)
     wal = build_app(settings)
     logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] [%(levelname)s] %(name)s: %(message)s")
+    log_redaction.install()  # aiohttp logs headers it cannot parse, tokens included
     # aiokafka logs each failed bootstrap as an ERROR line; the exception below says the same
     # thing once, with the fix, so those lines are held back while starting.
     aiokafka_log = logging.getLogger("aiokafka")

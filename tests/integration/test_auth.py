@@ -5,6 +5,8 @@ writes nothing (counted at the WAL topic and at the target); no token ever reach
 
 from __future__ import annotations
 
+import re
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -92,6 +94,15 @@ def test_tokens_guard_what_the_contract_says(start_worker: Callable[..., Worker]
     delivered = read_deliveries(out, expect=4, timeout_s=60)
     assert set(delivered) == {"w0", "w1", "w2", "w-admin"}
     c.close()
+
+    # requests aiohttp cannot parse are logged by it with their headers: the token must not be
+    for header in (f"Authorization: Bearer {WRITER}\x01", f"Authorization : Bearer {ADMIN}",
+                   f"Authorization: Bearer {OTHER_ADMIN}" + "x" * 9000):
+        with socket.create_connection(("127.0.0.1", worker.port), timeout=10) as s:
+            s.sendall(b"POST /v1/log HTTP/1.1\r\nHost: x\r\n" + header.encode() + b"\r\nContent-Length: 2\r\n\r\n{}")
+            status_line = s.recv(65536).split(b"\r\n")[0]
+            assert re.match(rb"HTTP/1\.[01] 4\d\d ", status_line), status_line  # refused, not a 5xx
+    assert httpx.get(f"{worker.url}/v1/health", timeout=10).status_code == 200
 
     worker.stop()
     log = worker.log_path.read_text(errors="replace")

@@ -568,8 +568,6 @@ class Deliverer:
         """Apply ``items`` (all for one target) honouring key order, retries and the breaker."""
         first = items[0]
         breaker = self.breakers.get(first.target_id, first.target.label)
-        # a target where a key's entries commute gets them in one call; else one per call
-        together = first.target.commutes
         blocked: set[tuple[str, str]] = set()  # keys that became blocked during this call
         waves: list[list[Item]] = [[]]
         wave_of: dict[tuple[str, str], int] = {}
@@ -578,7 +576,7 @@ class Deliverer:
                 if it.order_key in blocked or self.order.blocker(it.entry.namespace, it.target_id, it.entry.key):
                     self._hold(it, out)
                     continue
-            if it.ordered and not together:
+            if it.ordered:
                 # one entry per key per wave: a later entry of a key goes out only after the
                 # earlier one succeeded
                 w = wave_of.get(it.order_key, -1) + 1
@@ -602,31 +600,16 @@ class Deliverer:
                 continue
             outcomes = await self._call(breaker, pending)
             now_s = time.time()
-            failed_now: set[tuple[str, str]] = set()  # keys with an entry that failed in this call
             for it, err in zip(pending, outcomes, strict=True):
-                if together and it.ordered and it.order_key in failed_now:
-                    # an earlier entry of this key failed in this same call and blocks the key:
-                    # one blocker per key, so a later one that may be retried waits behind it
-                    # (held, in write order) rather than retrying on its own; one delivered or
-                    # failed for good is settled, and releases nothing
-                    if isinstance(err, TransientError):
-                        self._hold(it, out)
-                    else:
-                        self._settle(partition, it, err, breaker, now_s, out, release=False)
-                    continue
                 became_blocked = self._settle(partition, it, err, breaker, now_s, out)
                 if became_blocked:
                     blocked.add(it.order_key)
-                    if err is not None:
-                        failed_now.add(it.order_key)
-            # held entries released by this wave's blockers: each run in the next wave when
-            # its entries commute, else one per later wave, in order
+            # held entries released by this wave's blockers: one per later wave, in order
             for run in out.chains.pop(first.target_id, []):
                 for j, it in enumerate(run):
-                    at = w if together else w + j
-                    while len(waves) <= at:
+                    while len(waves) <= w + j:
                         waves.append([])
-                    waves[at].append(it)
+                    waves[w + j].append(it)
 
     async def close(self) -> None:
         """Cancel target calls still running in the background (a stopping worker)."""
@@ -678,19 +661,9 @@ class Deliverer:
         return outcomes
 
     def _settle(
-        self,
-        partition: int,
-        it: Item,
-        err: TargetError | None,
-        breaker: Breaker,
-        now_s: float,
-        out: _Outcome,
-        *,
-        release: bool = True,
+        self, partition: int, it: Item, err: TargetError | None, breaker: Breaker, now_s: float, out: _Outcome
     ) -> bool:
-        """Record the outcome of one item. Returns True when its key is now blocked.
-        ``release``: a delivered blocker releases its key's held entries (False: another
-        entry of the key failed in the same call and blocks it now)."""
+        """Record the outcome of one item. Returns True when its key is now blocked."""
         ns_name = it.entry.namespace
         label = it.target_cfg["type"]
         t = self._target_state(out, it)
@@ -701,7 +674,7 @@ class Deliverer:
                 self.dlq_index.delete(ns_name, it.entry.id, it.target_id)
             # counted per batch (_count_deliveries): a labelled metric per entry cost ~5 µs
             out.lags.setdefault((ns_name, label), []).append(max(0.0, now_s - _ready_at_s(it.entry)))
-            if release and self._blocks_its_key(it):
+            if self._blocks_its_key(it):
                 return self._release(partition, it, breaker, now_s, out)
             return False
         if isinstance(err, TargetDownError):
@@ -725,7 +698,7 @@ class Deliverer:
             _letter(it.source, it.doc, it.target_cfg, err.error_class, err.message, attempt, first, now_s)
         )
         t.update(state=EntryState.DEAD.value, attempts=attempt, last_error=err.message, next_attempt_ms=None)
-        if release and self._blocks_its_key(it):
+        if self._blocks_its_key(it):
             return self._release(partition, it, breaker, now_s, out)
         return False
 

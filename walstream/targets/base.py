@@ -76,12 +76,6 @@ class Target(ABC):
 
     #: short, stable description for logs and DLQ records, e.g. ``cassandra:catalog``
     label: str
-    #: True when applying several entries of one key in one call, in any order, leaves the
-    #: target as applying them one by one in write order would (last writer wins by write
-    #: time: Cassandra's ``USING TIMESTAMP``, Elasticsearch's merge by write time). Such a
-    #: target gets a key's entries together (catch-up after an outage in one call per run,
-    #: not one call per entry); others get one entry per key per call, in write order.
-    commutes: bool = False
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect. May raise :class:`TransientError` (it is retried before first use)."""

@@ -165,8 +165,6 @@ class _Statement:
 class CassandraTarget(Target):
     """Applies mutation payloads to one keyspace of one Cassandra cluster."""
 
-    commutes = True  # last writer wins by write time: see Target.commutes
-
     def __init__(self, cfg: CassandraTargetConfig, hosts: list[str], port: int, timeout_s: float) -> None:
         self.cfg = cfg
         self.hosts = hosts

@@ -409,8 +409,6 @@ def _delete_op(index: str, doc_id: str, read: _Read) -> Op:
 class ElasticsearchTarget(Target):
     """Applies mutation payloads to indices ``<index_prefix><table>`` with merge semantics."""
 
-    commutes = True  # last writer wins by write time: see Target.commutes
-
     def __init__(self, cfg: ElasticsearchTargetConfig, url: str, timeout_s: float) -> None:
         self.cfg = cfg
         self.url = url

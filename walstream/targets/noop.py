@@ -9,8 +9,6 @@ from walstream.targets.base import Outcomes, Target
 
 
 class NoopTarget(Target):
-
-    commutes = True  # last writer wins by write time: see Target.commutes
     label = "noop"
 
     def __init__(self) -> None:

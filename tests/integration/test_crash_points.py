@@ -22,6 +22,11 @@ from tests.integration.conftest import Worker, create_topic, kafka_target, put_n
 pytestmark = pytest.mark.timeout(300)
 
 N = 60
+#: the entries' delay: the failpoints are in the scheduler's tick, so the worker must take the
+#: entries in as timers before they fall due (an entry already due when it is read is delivered
+#: at once, and no tick would reach the failpoint). Up to 6 s from a write to its intake was
+#: seen on this 2-core machine right after the namespace's WAL topic was created.
+DELAY_MS = 12_000
 
 
 @pytest.mark.parametrize(
@@ -37,10 +42,13 @@ def test_killed_at_a_chosen_moment_of_a_tick(
     put_namespace(doomed, unique, [kafka_target(out)])
     with doomed.client() as c:
         r = c.post("/v1/log/batch", json={"entries": [
-            {"namespace": unique, "id": f"d{i}", "key": f"k{i}", "payload": i, "lifecycle": {"delay_ms": 2500}}
+            {"namespace": unique, "id": f"d{i}", "key": f"k{i}", "payload": i, "lifecycle": {"delay_ms": DELAY_MS}}
             for i in range(N)
         ]})
-    assert {x["durable"] for x in r.json()["results"]} == {"SUCCESS"}, r.text
+        assert {x["durable"] for x in r.json()["results"]} == {"SUCCESS"}, r.text
+        # the premise: every entry waits in the schedule before any falls due
+        wait_until(lambda: len(c.get(f"/v1/internal/pending/{unique}").json().get("ids", [])) == N,
+                   timeout_s=DELAY_MS / 1000 - 1, what="the worker to take every entry in as a timer")
     # the first tick that reaches the failpoint kills the worker
     assert doomed.proc is not None
     doomed.proc.wait(timeout=120)

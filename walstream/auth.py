@@ -58,9 +58,10 @@ def bearer(headers: Mapping[str, str]) -> str | None:
     value = headers.get("Authorization") or headers.get("authorization")
     if not value:
         return None
-    scheme, _, token = value.strip().partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
+    parts = value.split(None, 1)  # any whitespace between the scheme and the token
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        return None
+    return parts[1].strip() or None
 
 
 def _matches(token: str, digests: Iterable[str]) -> bool:
@@ -111,7 +112,10 @@ class Auth:
         if not digests:
             return None
         if token is None:
-            return Denied(401, f"namespace {namespace!r} needs Authorization: Bearer <write token> to write")
+            return Denied(
+                401, f"writing to (or cancelling entries of) namespace {namespace!r} needs Authorization: "
+                "Bearer <one of its write tokens>"
+            )
         if not (_matches(token, digests) or _matches(token, self._admin)):
             return Denied(403, f"the token given is not a write token of namespace {namespace!r}")
         return None

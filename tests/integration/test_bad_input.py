@@ -223,3 +223,14 @@ def test_a_body_that_cannot_be_read_as_sent_is_a_400_and_writes_nothing(worker_n
                 assert "cannot be read as sent" in r.json()["message"], (path, r.text)
         assert c.get("/v1/namespaces/enc-test").status_code == 404
     assert end_offsets(f"wal.{ns}") == before
+
+
+@pytest.mark.timeout(120)
+def test_unknown_routes_and_methods_are_answered_in_json(worker_ns: tuple[Worker, str]) -> None:
+    w, _ = worker_ns
+    with w.client() as c:
+        r = c.get("/v1/no-such-thing")
+        assert r.status_code == 404 and "no such endpoint: GET /v1/no-such-thing" in r.json()["message"]
+        r = c.put("/v1/log", json={})
+        assert r.status_code == 405 and "PUT is not allowed on /v1/log" in r.json()["message"]
+        assert "POST" in r.headers["allow"]

@@ -18,7 +18,8 @@ WRITER = "writer-token-0123456789"
 
 @pytest.mark.parametrize(
     ("header", "token"),
-    [("Bearer abc", "abc"), ("bearer  abc ", "abc"), ("Basic abc", None), ("Bearer", None), ("", None)],
+    [("Bearer abc", "abc"), ("bearer  abc ", "abc"), ("Bearer\tabc", "abc"), ("Basic abc", None), ("Bearer", None),
+     ("Bearer   ", None), ("", None)],
 )
 def test_bearer(header: str, token: str | None) -> None:
     assert bearer({"Authorization": header}) == token

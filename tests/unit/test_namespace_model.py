@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from walstream.namespaces.model import ElasticsearchTargetConfig, NamespaceError, parse_namespace
@@ -187,3 +189,27 @@ def test_numbers_are_not_coerced(retry: dict[str, object], field: str) -> None:
 
 def test_an_int_is_a_valid_float() -> None:
     assert parse_namespace({**VALID, "retry": {"multiplier": 3, "jitter": 0}}).retry.multiplier == 3.0
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        {"type": "elasticsearch", "url": "file:///etc/passwd"},
+        {"type": "elasticsearch", "url": "gopher://127.0.0.1:70/"},
+        {"type": "elasticsearch", "url": "http://"},
+        {"type": "cassandra", "keyspace": "ks", "hosts": [""]},
+        {"type": "cassandra", "keyspace": "ks", "hosts": []},
+        {"type": "cassandra", "keyspace": "ks", "hosts": ["a b"]},
+    ],
+)
+def test_target_addresses_are_hosts_and_http_urls(target: dict[str, Any]) -> None:
+    with pytest.raises(NamespaceError):
+        parse_namespace({"name": "ns", "targets": [target]})
+
+
+def test_ordinary_target_addresses_are_accepted() -> None:
+    cfg = parse_namespace({"name": "ns", "targets": [
+        {"type": "elasticsearch", "url": "https://es.internal:9200/prefix"},
+        {"type": "cassandra", "keyspace": "ks", "hosts": ["10.0.0.1", "cass-2.internal"]},
+    ]})
+    assert len(cfg.targets) == 2

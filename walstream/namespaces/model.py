@@ -62,7 +62,9 @@ class CassandraTargetConfig(_Strict):
     type: Literal["cassandra"]
     keyspace: str
     #: overrides the worker's default cluster (``WALSTREAM_CASSANDRA_HOSTS``), e.g. ``["10.0.0.1"]``
-    hosts: list[str] | None = None
+    hosts: list[Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[^\s/,]+$")]] | None = Field(
+        default=None, min_length=1, max_length=64
+    )
     port: int | None = Field(default=None, ge=1, le=65535)
     consistency: Literal["ONE", "LOCAL_ONE", "QUORUM", "LOCAL_QUORUM", "ALL"] = "LOCAL_QUORUM"
     #: native protocol version (5 for Cassandra 4.0+, 4 for 3.x)
@@ -81,8 +83,8 @@ class ElasticsearchTargetConfig(_Strict):
 
     type: Literal["elasticsearch"]
     index_prefix: str = ""
-    #: overrides the worker's default cluster (``WALSTREAM_ELASTICSEARCH_URL``)
-    url: str | None = None
+    #: overrides the worker's default cluster (``WALSTREAM_ELASTICSEARCH_URL``); http(s) only
+    url: str | None = Field(default=None, pattern=r"^https?://[^\s/?#]+(:\d+)?(/[^\s]*)?$", max_length=2000)
     refresh: bool = False
 
     @field_validator("index_prefix")

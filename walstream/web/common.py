@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from aiohttp import web
 from aiohttp.web_exceptions import HTTPRequestEntityTooLarge
 from aiohttp.web_protocol import RequestPayloadError
 from faust.web import Request, Response, View
@@ -83,3 +84,19 @@ def parse_time(value: str | None, name: str) -> float | None:
     if dt.tzinfo is None:
         raise BodyError(400, f"{name}: needs a timezone (e.g. 2026-11-26T12:00:00Z)")
     return dt.timestamp()
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Unknown routes (404) and methods (405) answered as every other refusal is: JSON with a
+    ``message`` (aiohttp's own are plain text), the ``Allow`` header of a 405 kept."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPNotFound:
+        message = f"no such endpoint: {request.method} {request.path}; GET /openapi.json lists them"
+        return web.json_response({"message": message}, status=404)
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
+        return web.json_response({"message": message}, status=405, headers={"Allow": allowed})

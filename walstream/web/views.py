@@ -14,8 +14,11 @@ Views get a :class:`walstream.context.WebContext`, never the worker itself.
 
 from __future__ import annotations
 
+from faust.web.drivers.aiohttp import Web as AiohttpWeb
+
 from walstream.context import WebContext
 from walstream.web import dead_letters, docs, entries, namespaces, ops, write
+from walstream.web.common import json_errors
 from walstream.web.openapi import Operation
 from walstream.web.write import repeat_answer
 
@@ -28,6 +31,10 @@ OPERATIONS: tuple[Operation, ...] = (*(op for m in RESOURCES for op in m.OPERATI
 
 
 def register_views(ctx: WebContext) -> None:
+    driver = ctx.faust.web
+    if not isinstance(driver, AiohttpWeb):  # the only web driver walstream configures
+        raise TypeError(f"walstream's views need Faust's aiohttp web driver, not {type(driver).__name__}")
+    driver.web_app.middlewares.append(json_errors)
     for module in RESOURCES:
         module.register(ctx)
     docs.register(ctx, OPERATIONS)

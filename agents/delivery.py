@@ -31,6 +31,7 @@ from walstream.delivery.commands import COMMAND_KEY, SWEEP, TICK
 from walstream.delivery.dead_letters import SourceRecord
 from walstream.delivery.event_context import bound_event
 from walstream.faust_consumer import records_of
+from walstream.health import DELIVERY, SCHEDULER
 
 if TYPE_CHECKING:
     from walstream.context import AgentContext
@@ -101,6 +102,7 @@ def register(ctx: AgentContext) -> None:
                     if not batch or (size < settings.delivery_batch and not queue.empty()):
                         continue
                 state["busy"] = True
+                ctx.liveness.busy(DELIVERY)
                 try:
                     await _handle(batch)
                 except Exception:
@@ -112,6 +114,7 @@ def register(ctx: AgentContext) -> None:
                     _settle(batch, processed=True)
                 finally:
                     state["busy"] = False
+                    ctx.liveness.done(DELIVERY)
                 yield size
                 batch = []
                 size = 0
@@ -180,6 +183,7 @@ def register(ctx: AgentContext) -> None:
     @ctx.faust.timer(interval=settings.scheduler_interval_s)  # type: ignore[untyped-decorator]
     async def scheduler() -> None:
         # an exception escaping a Faust timer kills the worker: contain everything
+        ctx.liveness.beat(SCHEDULER)
         try:
             now_s = time.time()
             partitions = ctx.active_partitions()

@@ -233,6 +233,13 @@ class Health(Answer):
     circuits: dict[str, Circuit]
 
 
+class Probe(Answer):
+    """A readiness or liveness probe's answer (200 or 503); see walstream.health."""
+
+    status: Literal["ready", "not ready", "live", "stuck"]
+    reasons: list[str] = Field(description="why not ready, or which loop is stuck; empty when 200")
+
+
 class PendingIds(Answer):
     """Fleet-internal: the ids of a namespace's pending entries one worker holds."""
 

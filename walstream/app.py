@@ -28,6 +28,7 @@ from walstream.failpoints import Failpoints
 from walstream.faust_consumer import FaustConsumerPort, RebalanceSafeConsumer
 from walstream.faust_tables import BatchedTable, Changelogs
 from walstream.fleet import Fleet
+from walstream.health import Liveness
 from walstream.kafka_admin import (
     DERIVED_MAX_MESSAGE_BYTES,
     WAL_MAX_MESSAGE_BYTES,
@@ -149,6 +150,7 @@ class WalApp:
             retention_s=s.entry_retention_s,
         )
         self.dlq_index = DeadLetterIndex(self._table(DLQ_INDEX_TABLE, "dead letters by namespace and entry"))
+        self.liveness = Liveness(s.stuck_after_s)
         self.breakers = Breakers(s.breaker_threshold, s.breaker_cooldown_s, s.breaker_cooldown_max_s)
         self.auth = Auth(s.admin_token_list)
         self.deliverer = Deliverer(
@@ -235,6 +237,16 @@ class WalApp:
         """This worker's tables may be incomplete: a rebalance or a changelog recovery is under way."""
         recovery = getattr(self.faust.tables, "recovery", None)
         return bool(self.faust.rebalancing or getattr(recovery, "in_recovery", False))
+
+    def not_ready(self) -> list[str]:
+        """Why this worker should not take traffic yet (empty: ready); see walstream.health."""
+        reasons = []
+        recovery = getattr(self.faust.tables, "recovery", None)
+        if recovery is None or not recovery.completed.is_set():
+            reasons.append("tables not recovered and partitions not sought yet")
+        if self.faust.should_stop:
+            reasons.append("stopping")
+        return reasons
 
     def active_partitions(self) -> list[int]:
         """Partitions this worker consumes actively (same numbers for every WAL topic)."""
@@ -390,6 +402,8 @@ class WalApp:
             partition_for=self.partition_for,
             active_partitions=self.active_partitions,
             settling=self.settling,
+            not_ready=self.not_ready,
+            liveness=self.liveness,
             consumed_topics=lambda: self.consumed_topics,
             entry_limit_bytes=lambda: self.entry_limit_bytes,
         )
@@ -407,6 +421,7 @@ class WalApp:
             states=self.states,
             active_partitions=self.active_partitions,
             settling=self.settling,
+            liveness=self.liveness,
         )
 
 

@@ -22,6 +22,7 @@ from walstream.delivery.offsets import OffsetLedger
 from walstream.entry import WriteClock
 from walstream.faust_tables import Changelogs
 from walstream.fleet import Fleet
+from walstream.health import Liveness
 from walstream.metrics import Metrics
 from walstream.namespaces.registry import NamespaceRegistry
 from walstream.settings import Settings
@@ -56,6 +57,10 @@ class WebContext:
     active_partitions: Callable[[], list[int]]
     #: true while a rebalance or a table recovery is under way (tables may lag)
     settling: Callable[[], bool]
+    #: why the worker should not take traffic yet (empty: ready; walstream.health)
+    not_ready: Callable[[], list[str]]
+    #: progress marks of the agents' loops (walstream.health)
+    liveness: Liveness
     #: the topics the delivery agent consumes
     consumed_topics: Callable[[], list[str]]
     #: the largest encoded entry the write API accepts, in bytes (known once started)
@@ -79,3 +84,5 @@ class AgentContext:
     states: EntryStates
     active_partitions: Callable[[], list[int]]
     settling: Callable[[], bool]
+    #: the agents mark their loops' progress here (walstream.health)
+    liveness: Liveness

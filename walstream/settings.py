@@ -87,6 +87,9 @@ class Settings(BaseSettings):
 
     #: ``WALSTREAM_SCHEDULER_INTERVAL_S``: how often each worker looks for due delays/retries.
     scheduler_interval_s: float = Field(default=0.02, gt=0, le=10)
+    #: ``WALSTREAM_STUCK_AFTER_S``: a delivery batch held, or a scheduler silent, this long makes
+    #: ``GET /v1/health/live`` answer 503 (walstream.health).
+    stuck_after_s: float = Field(default=300.0, gt=0)
     #: ``WALSTREAM_TICK_RESEND_S``: a tick not handled within this is sent again.
     tick_resend_s: float = Field(default=2.0, gt=0)
     #: ``WALSTREAM_BREAKER_THRESHOLD``: consecutive all-transient calls that open a target's circuit.

@@ -1,11 +1,12 @@
-"""Operations: ``GET /v1/health`` and ``GET /metrics`` (Prometheus)."""
+"""Operations: ``GET /v1/health``, the probes ``GET /v1/health/ready`` and ``/v1/health/live``
+(walstream.health), and ``GET /metrics`` (Prometheus)."""
 
 from __future__ import annotations
 
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from walstream.api import Health
+from walstream.api import Health, Probe
 from walstream.context import WebContext
 from walstream.web.common import respond
 from walstream.web.openapi import Operation
@@ -13,6 +14,10 @@ from walstream.web.openapi import Operation
 OPERATIONS = (
     Operation("get", "/v1/health", "This worker's assignment, namespaces and circuit breakers", "operations",
               answers={200: Health}),
+    Operation("get", "/v1/health/ready", "Readiness: tables recovered and partitions sought once, not stopping",
+              "operations", answers={200: Probe, 503: Probe}),
+    Operation("get", "/v1/health/live", "Liveness: the delivery agent and the scheduler make progress",
+              "operations", answers={200: Probe, 503: Probe}),
     Operation("get", "/metrics", "Prometheus metrics", "operations", answers={200: None},
               content_type="text/plain"),
 )
@@ -49,6 +54,19 @@ def register(ctx: WebContext) -> None:
                     },
                 },
             )
+
+    @app.page("/v1/health/ready")
+    class ReadyView(View):
+        async def get(self, request: Request) -> Response:
+            reasons = ctx.not_ready()
+            return respond(self, 503 if reasons else 200, {"status": "not ready" if reasons else "ready",
+                                                             "reasons": reasons})
+
+    @app.page("/v1/health/live")
+    class LiveView(View):
+        async def get(self, request: Request) -> Response:
+            stuck = ctx.liveness.stuck()
+            return respond(self, 503 if stuck else 200, {"status": "stuck" if stuck else "live", "reasons": stuck})
 
     @app.page("/metrics")
     class MetricsView(View):

@@ -111,7 +111,7 @@ class WalApp:
             consumer_group_instance_id=s.group_instance_id,
             broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
             web_enabled=True,
-            web_bind=s.web_host,
+            web_bind=s.web_bind or s.web_host,
             web_host=s.web_host,
             web_port=s.web_port,
             canonical_url=s.web_url,

@@ -271,10 +271,10 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         ) from exc
     # Faust would find out only after joining the group, with a 60-line traceback in its log
     _check_port_free(
-        settings.web_host,
+        settings.web_bind or settings.web_host,
         settings.web_port,
         "cannot start the worker's HTTP API",
-        "stop what uses it or set WALSTREAM_WEB_PORT (and WALSTREAM_WEB_HOST) to a free address",
+        "stop what uses it or set WALSTREAM_WEB_PORT (and WALSTREAM_WEB_BIND) to a free address",
     )
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -1176,7 +1176,7 @@ def demo(ctx: click.Context) -> None:
     assert opts is not None, "commands run under main()"
     settings = _settings()
     _check_port_free(
-        settings.web_host,
+        settings.web_bind or settings.web_host,
         settings.web_port,
         "cannot start the demo's worker",
         "stop what uses it (another worker?) or set WALSTREAM_WEB_PORT to a free port",

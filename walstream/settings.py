@@ -31,9 +31,13 @@ class Settings(BaseSettings):
     app_id: str = "walstream"
     #: ``WALSTREAM_SHARD``: the worker consumes namespaces whose ``shard`` equals this.
     shard: str = "default"
-    #: ``WALSTREAM_WEB_HOST`` / ``WALSTREAM_WEB_PORT``: where the write API listens.
+    #: ``WALSTREAM_WEB_HOST`` / ``WALSTREAM_WEB_PORT``: where the write API listens, and the
+    #: address other workers of the fleet use to reach this one (so it must resolve for them).
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)
+    #: ``WALSTREAM_WEB_BIND``: the address to listen on when it differs from ``web_host``
+    #: (in a container: ``0.0.0.0``, with ``web_host`` the pod's DNS name). Default: ``web_host``.
+    web_bind: str | None = None
     #: ``WALSTREAM_DATADIR``: this worker's own state (RocksDB tables). Never share it.
     datadir: Path = Path("var/worker")
     #: ``WALSTREAM_STORE``: Faust table store, ``rocksdb://`` or ``memory://``.

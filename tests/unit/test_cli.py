@@ -437,7 +437,7 @@ def test_worker_on_a_taken_port_is_one_line(tmp_path: Path, taken_port: int) -> 
     assert out.returncode == 1
     assert out.stderr.splitlines() == [
         f"Error: cannot start the worker's HTTP API: port {taken_port} on 127.0.0.1 is already in use by another "
-        "process; stop what uses it or set WALSTREAM_WEB_PORT (and WALSTREAM_WEB_HOST) to a free address"
+        "process; stop what uses it or set WALSTREAM_WEB_PORT (and WALSTREAM_WEB_BIND) to a free address"
     ]
 
 

@@ -10,7 +10,8 @@
       [project.entry-points."walstream.agents"]
       audit = "acme_audit.agent"          # a module defining register(ctx)
 
-A name found in both places is registered once.
+An agent found in both places, or listed twice (as a module and as its ``register``), is
+registered once: what counts is the ``register`` callable itself.
 """
 
 from __future__ import annotations
@@ -63,20 +64,24 @@ def register_agents(ctx: AgentContext) -> list[str]:
     Raises :class:`AgentLoadError` for an entry point that is not an agent (a worker must
     not start without an agent its deployment lists)."""
     registered: list[str] = []
+    called: set[Callable[[AgentContext], None]] = set()
     for name in agent_modules():
         module = importlib.import_module(name)
         register = getattr(module, "register", None)
         if callable(register):
             register(ctx)
+            called.add(register)
             registered.append(name)
     for ep in agent_entry_points():
-        if ep.value in registered or (ep.module in registered and ep.attr is None):
-            continue  # the folder's own module, also listed as an entry point
         origin = f"entry point {ep.name!r} ({ep.value}) of group {ENTRY_POINT_GROUP!r}"
         try:
             obj = ep.load()
         except Exception as exc:
             raise AgentLoadError(f"{origin}: cannot be loaded: {exc}") from exc
-        _register_of(obj, origin)(ctx)
+        register = _register_of(obj, origin)
+        if register in called:
+            continue  # registered already: the folder's own module, or another name for it
+        register(ctx)
+        called.add(register)
         registered.append(f"entry point {ep.name} ({ep.value})")
     return registered

@@ -68,3 +68,17 @@ def test_an_entry_point_that_is_not_an_agent_stops_the_worker_with_its_name(
     _install_plugin(tmp_path, monkeypatch, "acme_audit_agent", "X = 1\n")
     with pytest.raises(plugins.AgentLoadError, match=r"entry point 'audit' .*register"):
         plugins.register_agents(object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["acme_audit_agent", "acme_audit_agent:register"])
+def test_an_agent_in_the_folder_and_listed_as_an_entry_point_is_registered_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    _install_plugin(tmp_path, monkeypatch, value, AGENT)
+    # the same module found in the folder too (a plugin that lists walstream's own agent)
+    monkeypatch.setattr(plugins, "agent_modules", lambda: ["acme_audit_agent"])
+    ctx: Any = object()
+    assert plugins.register_agents(ctx) == ["acme_audit_agent"]
+    import acme_audit_agent  # type: ignore[import-not-found]
+
+    assert acme_audit_agent.SEEN == [ctx]

@@ -234,3 +234,35 @@ def test_unknown_routes_and_methods_are_answered_in_json(worker_ns: tuple[Worker
         r = c.put("/v1/log", json={})
         assert r.status_code == 405 and "PUT is not allowed on /v1/log" in r.json()["message"]
         assert "POST" in r.headers["allow"]
+
+
+@pytest.mark.timeout(120)
+def test_query_parameters_a_route_does_not_take_are_refused_on_every_route(worker_ns: tuple[Worker, str]) -> None:
+    """Every route checks its query against what it declares (walstream.web.query): an
+    unknown name (``lcoal`` was ignored, and a fleet-wide read made), a repeat, an empty
+    value, a value outside the declared set; a write so refused writes nothing."""
+    w, ns = worker_ns
+    before = end_offsets(f"wal.{ns}")
+    cases = [
+        ("GET", f"/v1/log/{ns}/some-id?lcoal=1", "unknown query parameter 'lcoal'"),
+        ("GET", f"/v1/log/{ns}/some-id?local=2", "local: expected one of 1"),
+        ("GET", f"/v1/dlq/{ns}?limit=1&limit=2", "'limit' is given 2 times"),
+        ("GET", f"/v1/dlq/{ns}?since=", "since: empty"),
+        ("GET", f"/v1/dlq/{ns}?limit=0", "limit: expected a whole number from 1 to 100000"),
+        ("DELETE", f"/v1/namespaces/{ns}?force=yes", "force: expected one of true, false"),
+        ("DELETE", f"/v1/namespaces/{ns}?forse=true", "unknown query parameter 'forse'"),
+        ("GET", "/v1/namespaces?verbose=1", "it takes none"),
+        ("GET", "/v1/health/ready?x=1", "unknown query parameter 'x'"),
+    ]
+    with w.client() as c:
+        for method, url, said in cases:
+            r = c.request(method, url)
+            assert r.status_code == 400 and said in r.json()["message"], (method, url, r.status_code, r.text)
+        r = c.post("/v1/log?sync=1", json={"namespace": ns, "payload": 1})
+        assert r.status_code == 400 and r.json()["durable"] == "FAILED", r.text
+        assert "unknown query parameter 'sync'" in r.json()["message"]
+        r = c.post("/v1/log/batch?sync=1", json={"entries": [{"namespace": ns, "payload": 1}]})
+        assert r.status_code == 400 and "unknown query parameter 'sync'" in r.json()["message"], r.text
+        assert c.get(f"/v1/namespaces/{ns}").status_code == 200  # the refused DELETEs deleted nothing
+        assert c.get(f"/v1/dlq/{ns}?limit=5&local=1").status_code == 200
+    assert end_offsets(f"wal.{ns}") == before

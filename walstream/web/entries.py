@@ -78,8 +78,6 @@ def register(ctx: WebContext) -> None:
     @app.page("/v1/log/{namespace}/{entry_id}")
     class EntryView(View):
         async def get(self, request: Request, namespace: str, entry_id: str) -> Response:
-            if request.query.get("local", "1") != "1":
-                return respond(self, 400, {"message": "local: expected 1 (fleet-internal) or leave it out"})
             local_only = request.query.get("local") == "1"
             if local_only:  # a peer asks what this worker's active partitions hold
                 doc, known = status.local_answer(namespace, entry_id)

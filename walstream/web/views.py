@@ -20,6 +20,7 @@ from walstream.context import WebContext
 from walstream.web import dead_letters, docs, entries, namespaces, ops, write
 from walstream.web.common import json_errors
 from walstream.web.openapi import Operation
+from walstream.web.query import checked_queries
 from walstream.web.write import repeat_answer
 
 __all__ = ["OPERATIONS", "register_views", "repeat_answer"]
@@ -35,6 +36,7 @@ def register_views(ctx: WebContext) -> None:
     if not isinstance(driver, AiohttpWeb):  # the only web driver walstream configures
         raise TypeError(f"walstream's views need Faust's aiohttp web driver, not {type(driver).__name__}")
     driver.web_app.middlewares.append(json_errors)
+    driver.web_app.middlewares.append(checked_queries(OPERATIONS))
     for module in RESOURCES:
         module.register(ctx)
     docs.register(ctx, OPERATIONS)

@@ -67,6 +67,13 @@ def test_tokens_guard_what_the_contract_says(start_worker: Callable[..., Worker]
     batch = c.post("/v1/log/batch", json={"entries": [{"namespace": unique, "payload": i} for i in range(5)]},
                    headers=bearer(WRONG)).json()["results"]
     assert [b["status"] for b in batch] == [403] * 5
+    # the verdict is per namespace: in one batch without a token, an open namespace's item passes
+    open_ns = f"{unique}open"
+    r = c.put(f"/v1/namespaces/{open_ns}", json={"name": open_ns, "targets": [{"type": "noop"}]}, headers=bearer(ADMIN))
+    assert r.status_code == 200, r.text
+    mixed = c.post("/v1/log/batch", json={"entries": [{"namespace": unique, "payload": 1},
+                                                      {"namespace": open_ns, "payload": 2}]}).json()["results"]
+    assert mixed[0]["status"] == 401 and mixed[1]["status"] not in (401, 403), mixed
     # a target override only as listed: another topic is refused even with the right token
     r = write(WRITER, target={"type": "kafka", "topic": "somewhere-else"})
     assert r.status_code == 403 and "allowed_target_overrides" in r.json()["message"]

@@ -12,7 +12,7 @@ from faust.web import Request, Response, View
 
 from walstream import strict_json
 from walstream.api import ErrorAnswer, LogBatchAnswer, LogBatchRequest, LogRequest, WriteResult
-from walstream.auth import bearer
+from walstream.auth import Denied, bearer
 from walstream.context import WebContext
 from walstream.entry import Entry
 from walstream.requests import RequestError, parse_log_request
@@ -126,6 +126,7 @@ def register(ctx: WebContext) -> None:
         candidates: list[tuple[int, Entry, bytes, bool]] = []  # position, entry, value, client id?
         first_of: dict[tuple[str, str], tuple[int, str | None]] = {}  # position and digest of an id's first item
         repeats: list[tuple[int, int]] = []
+        verdicts: dict[str, Denied | None] = {}  # namespace -> may this token write to it
         for i, item in enumerate(items):
             try:
                 entry, value = validate(item)
@@ -133,8 +134,10 @@ def register(ctx: WebContext) -> None:
                 item_id = item.get("id") if isinstance(item, dict) else None
                 results[i] = {**failed(item_id, exc.message), "status": exc.status}
                 continue
-            ns = ctx.registry.get(entry.namespace)
-            denied = ctx.auth.writer(entry.namespace, ns.write_tokens if ns is not None else (), token)
+            if entry.namespace not in verdicts:  # once per namespace, not per entry
+                ns = ctx.registry.get(entry.namespace)
+                verdicts[entry.namespace] = ctx.auth.writer(entry.namespace, ns.write_tokens if ns else (), token)
+            denied = verdicts[entry.namespace]
             if denied is not None:
                 results[i] = {**failed(item.get("id"), denied.message), "status": denied.status}
                 continue

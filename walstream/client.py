@@ -13,9 +13,10 @@ once. After the last retry the result stays UNKNOWN: the caller knows the entry 
 not be in the log, and can ask :meth:`WalstreamClient.status`.
 
 Refusals are exceptions: :class:`Refused` (a 4xx: ``status`` and the worker's ``message``
-naming the problem; nothing was written), :class:`Unavailable` (a 503, or no answer after
-the retries). A FAILED item of a batch is a result, not an exception (the others may have
-been written). Two kinds of :class:`Unavailable` say more: :class:`NoAnswer` (no answer came:
+naming the problem; nothing was written), :class:`Unavailable` (a 5xx, or no answer, to a
+call other than a write; such calls are not retried). A write that got a 5xx or no answer is
+no exception but an UNKNOWN result after the retries, and a FAILED item of a batch is a
+result too (the others may have been written). Two kinds of :class:`Unavailable` say more: :class:`NoAnswer` (no answer came:
 ``reason`` says why, e.g. ``refused`` when nothing listens at the address) and
 :class:`UnexpectedAnswer` (a 2xx that is not a walstream answer: something else listens
 there). An error that came with an answer keeps it in ``response``.
@@ -177,8 +178,9 @@ class WalstreamClient:
 
     async def write(self, namespace: str, payload: Any, **options: Any) -> WriteResult:
         """Write one entry (options as :meth:`entry`). Returns SUCCESS (maybe ``duplicate``)
-        or UNKNOWN after every retry; raises :class:`Refused` for a 4xx (FAILED, nothing
-        written) and :class:`Unavailable` for another 5xx."""
+        or UNKNOWN (a 5xx or no answer, after every retry); raises :class:`Refused` (or
+        :class:`NotFound`) for a 4xx (FAILED, nothing written) and :class:`UnexpectedAnswer`
+        for an answer that is not walstream's."""
         [result] = await self.write_batch([self.entry(namespace, payload, **options)], single=True)
         if result.durable == "FAILED":
             error = NotFound if result.status == 404 else Refused

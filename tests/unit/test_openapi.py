@@ -53,3 +53,12 @@ def test_the_document_loads_as_openapi_3_1_with_every_model() -> None:
     write = doc["paths"]["/v1/log"]["post"]
     assert write["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/LogRequest"}
     assert set(write["responses"]) >= {"200", "400", "404", "409", "413", "503", "default"}
+
+
+def test_auth_refusals_are_described_where_they_are_answered() -> None:
+    doc = spec(OPERATIONS)
+    assert {"401", "403"} <= set(doc["paths"]["/v1/log"]["post"]["responses"])
+    assert {"401", "403"} <= set(doc["paths"]["/v1/namespaces/{name}"]["put"]["responses"])
+    # a batch answers every refusal inside its 200, item by item
+    batch = doc["paths"]["/v1/log/batch"]["post"]
+    assert not {"401", "403"} & set(batch["responses"]) and batch["security"] == [{"bearer": []}, {}]

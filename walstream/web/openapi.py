@@ -53,7 +53,10 @@ class Operation:
     internal: bool = False
     #: the token it needs (walstream.auth): "admin" when WALSTREAM_ADMIN_TOKENS is set,
     #: "write" when the namespace has write tokens; 401 and 403 are added to its answers
+    #: unless ``refused_per_item``
     auth: Literal["admin", "write"] | None = None
+    #: refusals (401, 403 among them) are answered per item inside a 200, never as the status
+    refused_per_item: bool = False
 
 
 def path_param(name: str, description: str) -> Param:
@@ -123,7 +126,7 @@ def spec(operations: Iterable[Operation]) -> dict[str, Any]:
         if op.auth is not None:
             # a token is needed only when configured (admin tokens, a namespace's write tokens)
             doc["security"] = [{"bearer": []}, {}]
-            for status in (401, 403):
+            for status in () if op.refused_per_item else (401, 403):
                 doc["responses"].setdefault(str(status), {
                     "description": _reason(status),
                     "content": {"application/json": {"schema": refs[(ErrorAnswer, "serialization")]}},

@@ -79,6 +79,7 @@ OPERATIONS = (
     ),
     Operation(
         "post", "/v1/log/batch", "Write entries, each answered on its own", "log", body=LogBatchRequest, auth="write",
+        refused_per_item=True,
         answers={200: LogBatchAnswer, 400: ErrorAnswer, 413: ErrorAnswer},
         description="One result per entry, in order, each with its own `status`; a refused entry "
         "refuses only itself.",

@@ -16,10 +16,10 @@ Refusals are exceptions: :class:`Refused` (a 4xx: ``status`` and the worker's ``
 naming the problem; nothing was written), :class:`Unavailable` (a 5xx, or no answer, to a
 call other than a write; such calls are not retried). A write that got a 5xx or no answer is
 no exception but an UNKNOWN result after the retries, and a FAILED item of a batch is a
-result too (the others may have been written). Two kinds of :class:`Unavailable` say more: :class:`NoAnswer` (no answer came:
-``reason`` says why, e.g. ``refused`` when nothing listens at the address) and
-:class:`UnexpectedAnswer` (a 2xx that is not a walstream answer: something else listens
-there). An error that came with an answer keeps it in ``response``.
+result too (the others may have been written). Two kinds of :class:`Unavailable` say
+more: :class:`NoAnswer` (no answer came: ``reason`` says why, e.g. ``refused`` when
+nothing listens at the address) and :class:`UnexpectedAnswer` (a 2xx that is not a
+walstream answer: something else listens there). An error that came with an answer keeps it in ``response``.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import Any
 
 import faust
 from aiokafka.partitioner import murmur2
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 
 from walstream.auth import Auth
 from walstream.context import AgentContext, WebContext
@@ -25,9 +26,10 @@ from walstream.delivery.deliverer import Deliverer
 from walstream.delivery.offsets import ConsumerPort, OffsetLedger
 from walstream.entry import DERIVED_OVERHEAD_BYTES, WriteClock
 from walstream.failpoints import Failpoints
-from walstream.faust_consumer import FaustConsumerPort, RebalanceSafeConsumer
+from walstream.faust_consumer import FaustConsumerPort, RebalanceSafeConsumer, assignment_of
 from walstream.faust_tables import BatchedTable, Changelogs
 from walstream.fleet import Fleet
+from walstream.gauges import WorkerGauges
 from walstream.health import Liveness
 from walstream.kafka_admin import (
     DERIVED_MAX_MESSAGE_BYTES,
@@ -192,6 +194,17 @@ class WalApp:
         self.offsets_port = FaustConsumerPort(self.faust, self._wal_topic_names)
         self.offsets_port.changelogs = self.changelogs
         self.offsets = OffsetLedger(offsets_port or self.offsets_port, metrics=self.metrics)
+        self.metrics.registry.register(WorkerGauges(
+            progress=self.offsets.progress,
+            highwater=self.offsets_port.highwater,
+            tables=self.faust.tables,
+            active_partitions=self.active_partitions,
+            next_due_ms=self.schedule.next_due_ms,
+            circuits=lambda: [(tid, b.label, b.is_open) for tid, b in self.breakers.all().items()],
+        ))
+        # Faust's own sensors (messages, events, commits, table operations, rebalances) on
+        # the same registry, named faust_*
+        self.faust.monitor = PrometheusMonitor(metrics=FaustMetrics.create(self.metrics.registry, "faust"))
         self.faust.ledger_topics = self._wal_topic_names
         self.faust.ledger_commit = self.offsets.commit
         self.faust.on_producer = self.offsets_port.watch_producer
@@ -250,8 +263,7 @@ class WalApp:
 
     def active_partitions(self) -> list[int]:
         """Partitions this worker consumes actively (same numbers for every WAL topic)."""
-        consumer = self.faust.consumer
-        return sorted({tp.partition for tp in consumer.assignment() if tp.topic == self.command_topic})
+        return sorted({tp.partition for tp in assignment_of(self.faust) if tp.topic == self.command_topic})
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from aiokafka import TopicPartition as AIOKafkaTP
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.protocol.group import LeaveGroupRequest
 from aiokafka.structs import OffsetAndMetadata
+from faust.exceptions import ConsumerNotStarted
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
@@ -256,6 +257,15 @@ async def _in_loop_of(thread: Any, fn: Callable[..., Coroutine[Any, Any, Any]], 
     return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(fn(*args), thread.thread_loop))
 
 
+def assignment_of(app: Any) -> set[Any]:
+    """The partitions assigned to ``app``'s consumer; empty before the consumer has started
+    (the web server answers first: a view or a metrics scrape must not fail then)."""
+    try:
+        return set(app.consumer.assignment())
+    except ConsumerNotStarted:
+        return set()
+
+
 class FaustConsumerPort:
     """The offset ledger's view of a worker's Faust consumer (see walstream.delivery.offsets).
 
@@ -276,22 +286,32 @@ class FaustConsumerPort:
         return not self._app.rebalancing and bool(self._app.flow_control.is_active())
 
     def assignment(self) -> set[Any]:
-        return {tp for tp in self._app.consumer.assignment() if tp.topic in self._topics}
+        return {tp for tp in assignment_of(self._app) if tp.topic in self._topics}
 
     def _kafka(self) -> Any:
         return self._app.consumer._thread._ensure_consumer()
 
-    def position(self, tp: Any) -> int | None:
-        # aiokafka's consumed position: past every record it has handed to Faust. Read without
-        # a trip to the consumer thread; a stale value only delays the check by a second.
+    def _state(self, tp: Any) -> Any:
+        """aiokafka's fetch state of ``tp`` (None when not assigned), read without a trip to the
+        consumer thread: a value a moment stale is fine for what reads it (checks, gauges)."""
         try:
             assignment = self._kafka()._subscription.subscription.assignment
-            state = assignment.state_value(AIOKafkaTP(tp.topic, tp.partition)) if assignment else None
+            return assignment.state_value(AIOKafkaTP(tp.topic, tp.partition)) if assignment else None
         except Exception:
             return None
+
+    def position(self, tp: Any) -> int | None:
+        # aiokafka's consumed position: past every record it has handed to Faust (a stale
+        # value only delays the idle check by a second)
+        state = self._state(tp)
         if state is None or not state.has_valid_position:
             return None
         return int(state.position)
+
+    def highwater(self, tp: Any) -> int | None:
+        """The offset the next record produced to ``tp`` will get, as of the last fetch."""
+        state = self._state(tp)
+        return None if state is None or state.highwater is None else int(state.highwater)
 
     async def committed(self, tp: Any) -> int | None:
         thread = self._app.consumer._thread

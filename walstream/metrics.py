@@ -40,12 +40,29 @@ class Metrics:
             ["namespace", "target", "error_class"],
             registry=self.registry,
         )
-        self.delivery_lag = Histogram(
-            "walstream_delivery_lag_seconds",
-            "From an entry's due time (or write time) to its delivery to a target.",
+        delivery_buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+        self.delivery_latency = Histogram(
+            "walstream_delivery_latency_seconds",
+            "From an entry's write time to its application to a target, for entries without a "
+            "delay (retries and held time included).",
             ["namespace", "target"],
             registry=self.registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            buckets=delivery_buckets,
+        )
+        self.delay_lateness = Histogram(
+            "walstream_delay_lateness_seconds",
+            "From a delayed entry's due time to its application to a target (never negative: "
+            "nothing is applied early).",
+            ["namespace", "target"],
+            registry=self.registry,
+            buckets=delivery_buckets,
+        )
+        self.writes_refused = Counter(
+            "walstream_writes_refused_total",
+            "Entries refused by the write API (nothing written), by the HTTP status of their "
+            "answer: 400 invalid, 401/403 auth, 404 unknown namespace, 409 id conflict, 413 too large.",
+            ["status"],
+            registry=self.registry,
         )
         self.refetches = Counter(
             "walstream_offset_refetches_total",

@@ -131,7 +131,8 @@ class _Outcome:
     #: how many held entries this batch may still release that way
     release_budget: int = 0
     #: (namespace, target type) → delivery lag (s) of each entry delivered, for the metrics
-    lags: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    #: (namespace, target type, delayed?) -> seconds from write (or due) time to application
+    lags: dict[tuple[str, str, bool], list[float]] = field(default_factory=dict)
 
 
 class Deliverer:
@@ -673,7 +674,8 @@ class Deliverer:
             if it.redrive:
                 self.dlq_index.delete(ns_name, it.entry.id, it.target_id)
             # counted per batch (_count_deliveries): a labelled metric per entry cost ~5 µs
-            out.lags.setdefault((ns_name, label), []).append(max(0.0, now_s - _ready_at_s(it.entry)))
+            delayed = it.entry.due_at_ms is not None  # lateness after the due time, else latency
+            out.lags.setdefault((ns_name, label, delayed), []).append(max(0.0, now_s - _ready_at_s(it.entry)))
             if self._blocks_its_key(it):
                 return self._release(partition, it, breaker, now_s, out)
             return False
@@ -703,9 +705,10 @@ class Deliverer:
         return False
 
     def _count_deliveries(self, out: _Outcome) -> None:
-        for (ns_name, label), lags in out.lags.items():
+        for (ns_name, label, delayed), lags in out.lags.items():
             self.metrics.delivered.labels(ns_name, label).inc(len(lags))
-            histogram = self.metrics.delivery_lag.labels(ns_name, label)
+            family = self.metrics.delay_lateness if delayed else self.metrics.delivery_latency
+            histogram = family.labels(ns_name, label)
             for lag in lags:
                 histogram.observe(lag)
         out.lags.clear()

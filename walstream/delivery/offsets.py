@@ -132,6 +132,11 @@ class OffsetLedger:
             self._opening.clear()
         return gen
 
+    def progress(self) -> dict[Any, int]:
+        """For each partition of the current generation: the offset below which every record
+        has been processed."""
+        return {tp: p.done for tp, p in self._partitions.items()}
+
     async def _partition(self, tp: Any) -> _Partition | None:
         part = self._partitions.get(tp)
         if part is not None:

@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from walstream.api import Health, Probe
 from walstream.context import WebContext
+from walstream.faust_consumer import assignment_of
 from walstream.web.common import respond
 from walstream.web.openapi import Operation
 
@@ -30,11 +31,7 @@ def register(ctx: WebContext) -> None:
     @app.page("/v1/health")
     class HealthView(View):
         async def get(self, request: Request) -> Response:
-            assignment = (
-                sorted(f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment())
-                if app.consumer is not None
-                else []
-            )
+            assignment = sorted(f"{tp.topic}:{tp.partition}" for tp in assignment_of(app))
             return respond(
                 self,
                 200,

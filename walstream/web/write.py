@@ -184,6 +184,8 @@ def register(ctx: WebContext) -> None:
                 answer["duplicate"] = True
             results[i] = answer
         answers = [r or {} for r in results]
+        refused = Counter(a["status"] for a in answers if a.get("durable") == Durable.FAILED.value)
+        count_refused(refused)
         try:
             orjson.dumps(answers)
         except orjson.JSONEncodeError:
@@ -203,6 +205,15 @@ def register(ctx: WebContext) -> None:
             return [sendable(x) for x in v]
         return v
 
+    def count_refused(statuses: Counter[int]) -> None:
+        for status, n in statuses.items():
+            ctx.metrics.writes_refused.labels(str(status)).inc(n)
+
+    def refuse(view: View, status: int, doc: dict[str, Any], close: bool = False) -> Response:
+        """A whole write request refused (nothing of it written), counted once."""
+        count_refused(Counter([status]))
+        return respond(view, status, doc, close=close)
+
     @app.page("/v1/log")
     class LogView(View):
         async def post(self, request: Request) -> Response:
@@ -211,7 +222,7 @@ def register(ctx: WebContext) -> None:
                     request, settings.max_entry_bytes + 64 * 1024, server_limit=settings.max_request_bytes
                 )
             except BodyError as exc:
-                return respond(self, exc.status, failed(None, exc.message), close=exc.close)
+                return refuse(self, exc.status, failed(None, exc.message), close=exc.close)
             [result] = await write_all([doc], bearer(request.headers))
             status = result.pop("status")
             return respond(self, status, result)
@@ -224,12 +235,12 @@ def register(ctx: WebContext) -> None:
                     request, settings.max_request_bytes, server_limit=settings.max_request_bytes, batch_of="entries"
                 )
             except BodyError as exc:
-                return respond(self, exc.status, {"message": exc.message}, close=exc.close)
+                return refuse(self, exc.status, {"message": exc.message}, close=exc.close)
             if not isinstance(doc, dict) or set(doc) != {"entries"} or not isinstance(doc["entries"], list):
-                return respond(self, 400, {"message": 'expected {"entries": [ ... ]}'})
+                return refuse(self, 400, {"message": 'expected {"entries": [ ... ]}'})
             items = doc["entries"]
             if len(items) > settings.max_batch_entries:
-                return respond(
+                return refuse(
                     self, 413, {"message": f"{len(items)} entries; at most {settings.max_batch_entries} per batch"}
                 )
             return respond(self, 200, {"results": await write_all(items, bearer(request.headers))})

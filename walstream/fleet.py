@@ -107,7 +107,7 @@ class Fleet:
         return self._client
 
     async def ask(
-        self, peer: str, path: str, params: Mapping[str, str] | None = None, timeout_s: float | None = None
+        self, peer: str, path: str, params: Mapping[str, str | list[str]] | None = None, timeout_s: float | None = None
     ) -> PeerAnswer:
         """``GET peer + path`` within ``timeout_s`` (default :attr:`timeout_s`); never raises
         for a peer that does not answer (the answer says so)."""
@@ -128,7 +128,7 @@ class Fleet:
             return PeerAnswer(peer, r.status_code, error=f"answered {r.status_code} without a JSON body")
 
     async def ask_peers(
-        self, path: str, params: Mapping[str, str] | None = None, timeout_s: float | None = None
+        self, path: str, params: Mapping[str, str | list[str]] | None = None, timeout_s: float | None = None
     ) -> list[PeerAnswer]:
         """:meth:`ask` every peer at once; one answer per peer, in :meth:`peers` order."""
         peers = self.peers()

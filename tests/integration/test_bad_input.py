@@ -265,4 +265,5 @@ def test_query_parameters_a_route_does_not_take_are_refused_on_every_route(worke
         assert r.status_code == 400 and "unknown query parameter 'sync'" in r.json()["message"], r.text
         assert c.get(f"/v1/namespaces/{ns}").status_code == 200  # the refused DELETEs deleted nothing
         assert c.get(f"/v1/dlq/{ns}?limit=5&local=1").status_code == 200
+        assert c.get(f"/v1/dlq/{ns}?id=a&id=b").json() == {"dead_letters": []}  # id is a list
     assert end_offsets(f"wal.{ns}") == before

@@ -14,14 +14,17 @@ OP = Operation(
             Param("mode", "query", "", {"type": "string", "enum": ["a", "b"]}),
             Param("limit", "query", "", {"type": "integer", "minimum": 1, "maximum": 10}),
             Param("tag", "query", "", {"type": "string", "pattern": "^[a-z]+$"}),
-            Param("free", "query", "")),
+            Param("free", "query", ""),
+            Param("id", "query", "", {"type": "array", "items": {"type": "string", "minLength": 1}})),
 )
 
 
 @pytest.mark.parametrize(("query", "problem"), [
     ([], None),
     ([("mode", "a"), ("limit", "10"), ("tag", "abc"), ("free", "anything at all")], None),
-    ([("mdoe", "a")], "unknown query parameter 'mdoe' for GET /v1/things/{name}; it takes free, limit, mode, tag"),
+    ([("mdoe", "a")], "unknown query parameter 'mdoe' for GET /v1/things/{name}; it takes free, id, limit, mode, tag"),
+    ([("id", "a"), ("id", "b"), ("mode", "b")], None),  # an array parameter repeats
+    ([("id", "a"), ("id", "")], "id: empty"),
     ([("name", "x")], "unknown query parameter 'name'"),
     ([("mode", "a"), ("mode", "a")], "query parameter 'mode' is given 2 times; give it once"),
     ([("free", "")], "free: empty; leave it out, or give a value"),

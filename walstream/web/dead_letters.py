@@ -24,7 +24,8 @@ from walstream.web.common import BodyError, parse_time, read_json, respond
 from walstream.web.openapi import LOCAL, NAMESPACE, Operation, Param
 
 _FILTERS = (
-    Param("id", "query", "only this entry's letters"),
+    Param("id", "query", "only these entries' letters (repeat it for several)",
+          {"type": "array", "items": {"type": "string", "minLength": 1}}),
     Param("error_class", "query", "only letters of this class",
           {"type": "string", "enum": [c.value for c in ErrorClass]}),
     Param("since", "query", "last failure at or after (ISO-8601 with a timezone)",
@@ -68,16 +69,23 @@ def register(ctx: WebContext) -> None:
             "source": {"topic": row["source"][0], "partition": row["source"][1], "offset": row["source"][2]},
         }
 
-    async def dead_letter_rows(ns: str, query: dict[str, str], local_only: bool) -> list[dict[str, Any]]:
-        """Index rows of ``ns`` matching ``query`` (id, error_class, since, until, limit),
-        from this worker's active partitions and, unless ``local_only``, the fleet's."""
+    async def dead_letter_rows(
+        ns: str, query: dict[str, str], ids: list[str] | None, local_only: bool
+    ) -> list[dict[str, Any]]:
+        """Index rows of ``ns`` matching ``query`` (error_class, since, until, limit) and, when
+        given, of the entries ``ids`` only; from this worker's active partitions and, unless
+        ``local_only``, the fleet's (one request per worker). Oldest failure first; ``limit``
+        applies to what matches."""
         # names, repeats, emptiness, limit's bounds and error_class's values are checked
         # before the view runs (walstream.web.query), or by RedriveRequest's model
         since, until = parse_time(query.get("since"), "since"), parse_time(query.get("until"), "until")
         limit = int(query.get("limit") or 1000)
         actives = set(ctx.active_partitions())
         rows = []
-        for row in ctx.dlq_index.rows(ns, ordered.partitions(ctx.dlq_index.table, actives), query.get("id")):
+        partitions = ordered.partitions(ctx.dlq_index.table, actives)
+        wanted: list[str | None] = list(ids) if ids else [None]  # None: every entry
+        found = (row for entry_id in wanted for row in ctx.dlq_index.rows(ns, partitions, entry_id))
+        for row in found:
             if query.get("error_class") and row["error_class"] != query["error_class"]:
                 continue
             if since is not None and row["last_failure_s"] < since:
@@ -86,7 +94,9 @@ def register(ctx: WebContext) -> None:
                 continue
             rows.append(row)
         if not local_only:
-            params = {k: v for k, v in query.items() if v} | {"local": "1"}
+            params: dict[str, Any] = {k: v for k, v in query.items() if v} | {"local": "1"}
+            if ids:
+                params["id"] = ids  # repeated in the query string
             for a in await ctx.fleet.ask_peers(f"/v1/dlq/{quote(ns, safe='')}", params, timeout_s=10.0):
                 if not a.ok:
                     raise BodyError(503, f"worker {a.peer} did not answer; the list would be incomplete")
@@ -99,7 +109,9 @@ def register(ctx: WebContext) -> None:
         async def get(self, request: Request, namespace: str) -> Response:
             local_only = request.query.get("local") == "1"
             try:
-                rows = await dead_letter_rows(namespace, dict(request.query), local_only)
+                query = {k: v for k, v in request.query.items() if k != "id"}
+                ids = request.query.getall("id", None)  # type: ignore[attr-defined]  # a MultiDict
+                rows = await dead_letter_rows(namespace, query, ids, local_only)
             except (BodyError, ValueError) as exc:
                 return respond(self, getattr(exc, "status", 400), {"message": str(exc)})
             body: dict[str, Any] = {"dead_letters": [dlq_row(r) for r in rows]}
@@ -137,16 +149,8 @@ def register(ctx: WebContext) -> None:
                                  ("limit", req.limit))
                     if v is not None
                 }
-                if ids is None:
-                    rows = await dead_letter_rows(namespace, query, local_only=False)
-                else:
-                    # each id asked for on its own: the listing's limit (oldest first) applies
-                    # to what matches, never hides an id asked for by name
-                    rows = []
-                    for entry_id in sorted(set(ids)):
-                        rows += await dead_letter_rows(namespace, {**query, "id": entry_id}, local_only=False)
-                    rows.sort(key=lambda r: (r["last_failure_s"], r["id"]))
-                    rows = rows[: req.limit or 1000]
+                # ids asked for by name: the limit (oldest first) applies to what matches
+                rows = await dead_letter_rows(namespace, query, sorted(set(ids)) if ids else None, local_only=False)
             except (BodyError, ValueError) as exc:
                 return respond(self, getattr(exc, "status", 400), {"message": str(exc)},
                                close=getattr(exc, "close", False))
@@ -171,7 +175,7 @@ def register(ctx: WebContext) -> None:
         PENDING when ``wait_s`` runs out."""
         results: dict[int, dict[str, Any]] = {}
         deadline = time.monotonic() + wait_s
-        while True:
+        while wait_s > 0:  # not waiting: every letter is PENDING, no status asked for
             for n, row in enumerate(rows):
                 if n in results:
                     continue

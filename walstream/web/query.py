@@ -1,13 +1,13 @@
 """Query strings checked against what each route declares (its :class:`Operation`'s query
-:class:`Param`\\ s), for every route at once, before its view runs.
+:class:`~walstream.web.openapi.Param`\\ s), for every route at once, before its view runs.
 
 Refused with 400, naming the parameter: a name the route does not take (``?lcoal=1`` was
 ignored, and the request asked the whole fleet instead of this worker), a parameter given
-twice, an empty value (an empty filter is not "no filter": a client that meant one must hear
-of it), and a value outside the declared ``enum``, ``pattern`` or integer bounds. Values that
-need parsing beyond that (times) are the views' to check. A route whose 400 is a
-:class:`~walstream.api.WriteResult` answers in the shape of a failed write (``durable:
-FAILED``), as every refusal of a write does.
+twice (unless it is declared an array: ``?id=a&id=b``), an empty value (an empty filter is
+not "no filter": a client that meant one must hear of it), and a value outside the declared
+``enum``, ``pattern`` or integer bounds. Values that need parsing beyond that (times) are
+the views' to check. A route whose 400 is a :class:`~walstream.api.WriteResult` answers in
+the shape of a failed write (``durable: FAILED``), as every refusal of a write does.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from multidict import MultiMapping
 
 from walstream.api import WriteResult
 from walstream.web.common import failed
-from walstream.web.openapi import Operation, Param
+from walstream.web.openapi import Operation
 
 
 def query_problem(op: Operation, query: MultiMapping[str]) -> str | None:
@@ -33,18 +33,19 @@ def query_problem(op: Operation, query: MultiMapping[str]) -> str | None:
             takes = f"it takes {', '.join(sorted(declared))}" if declared else "it takes none"
             return f"unknown query parameter {name!r} for {op.method.upper()} {op.path}; {takes}"
         values = query.getall(name)
-        if len(values) > 1:
+        listed = param.schema.get("type") == "array"  # repeated: ?id=a&id=b
+        if len(values) > 1 and not listed:
             return f"query parameter {name!r} is given {len(values)} times; give it once"
-        problem = _value_problem(param, values[0])
-        if problem is not None:
-            return f"{name}: {problem}"
+        for value in values:
+            problem = _value_problem(param.schema["items"] if listed else param.schema, value)
+            if problem is not None:
+                return f"{name}: {problem}"
     return None
 
 
-def _value_problem(param: Param, value: str) -> str | None:
+def _value_problem(schema: Mapping[str, Any], value: str) -> str | None:
     if value == "":
         return "empty; leave it out, or give a value"
-    schema = param.schema
     if "enum" in schema and value not in schema["enum"]:
         return f"expected one of {', '.join(map(str, schema['enum']))}, not {value!r}"
     if schema.get("type") == "integer":

@@ -51,6 +51,7 @@ from walstream.client import (
 )
 from walstream.namespaces.model import NamespaceConfig, NamespaceError, parse_namespace
 from walstream.settings import Settings
+from walstream.targets.base import ErrorClass
 
 DEFAULT_URL = "http://127.0.0.1:6066"
 #: seconds to wait for a TCP connection to a worker (the whole answer waits ``--timeout``)
@@ -770,7 +771,7 @@ def dlq() -> None:
 filter_options = [
     click.option(
         "--error-class",
-        type=click.Choice(["transient", "permanent", "undecodable", "no_namespace"]),
+        type=click.Choice([c.value for c in ErrorClass]),
         help="Only dead letters of this class.",
     ),
     click.option("--since", help="Last failure at or after this ISO-8601 time."),

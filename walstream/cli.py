@@ -37,7 +37,7 @@ import orjson
 import pydantic
 import yaml
 
-from walstream import log_redaction, strict_json
+from walstream import log_format, log_redaction, strict_json
 from walstream.client import (
     DeadLetter,
     EntryStatus,
@@ -280,7 +280,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     wal = build_app(settings)
-    logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] [%(levelname)s] %(name)s: %(message)s")
+    log_format.configure(settings.log_format, loglevel)
     log_redaction.install()  # aiohttp logs headers it cannot parse, tokens included
     # aiokafka logs each failed bootstrap as an ERROR line; the exception below says the same
     # thing once, with the fix, so those lines are held back while starting.
@@ -307,7 +307,9 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         deadline.daemon = True
         deadline.start()
 
-    runner = faust.Worker(wal.faust, loop=loop, loglevel=loglevel)
+    as_json = log_format.logging_config(settings.log_format, loglevel)
+    # quiet: Faust's start-up banner is printed, not logged, and would break a JSON log
+    runner = faust.Worker(wal.faust, loop=loop, loglevel=loglevel, logging_config=as_json, quiet=as_json is not None)
     # Faust's start-up spinner sets the root logger to DEBUG (to show every record while it
     # spins) whenever the level is WARNING or above: every debug call in aiokafka and Faust
     # then built a log record, ~9 % of a busy worker's CPU (py-spy). No spinner, no DEBUG.

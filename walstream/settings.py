@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -129,6 +130,11 @@ class Settings(BaseSettings):
     #: ``WALSTREAM_SHUTDOWN_TIMEOUT_S``: a stopping worker that has not exited after this long
     #: (aiokafka can hang when stopped mid-rebalance) exits anyway; finished work is committed.
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
+
+    #: ``WALSTREAM_LOG_FORMAT``: ``text`` (the default) or ``json``: one JSON object per line
+    #: and event (``time``, ``level``, ``logger``, ``message``, and an event's own fields, e.g.
+    #: a dead letter's ``namespace``, ``entry_id``, ``error_class``), for log collectors.
+    log_format: Literal["text", "json"] = "text"
 
     #: ``WALSTREAM_FAILPOINTS``: for crash tests only: failpoints (walstream.failpoints) at
     #: which the worker kills itself once. Empty (the default) in production.

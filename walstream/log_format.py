@@ -49,3 +49,4 @@ def configure(log_format: str, loglevel: str) -> None:
         logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] [%(levelname)s] %(name)s: %(message)s")
     else:
         logging.config.dictConfig(config)
+        logging.captureWarnings(True)  # a Python warning is a log event too, not a bare stderr line

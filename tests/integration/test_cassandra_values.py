@@ -4,6 +4,7 @@ on its first attempt without holding back later entries of its key."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import date, datetime
@@ -144,7 +145,7 @@ def test_a_bad_value_is_dead_lettered_at_once_and_its_key_moves_on(
 ) -> None:
     # Given a namespace whose retries are a minute apart: were a bad value retried, it would
     # hold its key for minutes
-    w = start_worker()
+    w = start_worker(WALSTREAM_LOG_FORMAT="json")
     put_namespace(w, unique, [{"type": "cassandra", "keyspace": typed_keyspace, "consistency": "ONE"}],
                   retry={"initial_delay_ms": 60_000, "max_delay_ms": 60_000, "max_attempts": 8})
     # When an entry with a decimal written "12,50" is followed by a good entry of the same key
@@ -167,3 +168,11 @@ def test_a_bad_value_is_dead_lettered_at_once_and_its_key_moves_on(
     with w.client() as c:
         status = c.get(f"/v1/log/{unique}/bad").json()
     assert status["state"] == "DEAD" and [t["attempts"] for t in status["targets"]] == [1]
+    # ...and the worker's JSON log has one line for it, without the payload's values
+    w.stop()
+    text = w.log_path.read_text(errors="replace")
+    events = [json.loads(line) for line in text.splitlines() if line.strip()]  # every line is JSON
+    [line] = [e for e in events if e.get("event") == "dead_letter"]
+    assert (line["namespace"], line["entry_id"], line["error_class"], line["attempts"]) == (
+        unique, "bad", "permanent", 1)
+    assert "12,50" not in text

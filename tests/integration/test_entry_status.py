@@ -8,6 +8,8 @@ from typing import Any
 
 from tests.integration.conftest import Worker, create_topic, kafka_target, put_namespace, read_deliveries, wait_until
 
+DELAY_MS = 20_000
+
 
 def status(w: Worker, ns: str, entry_id: str) -> dict[str, Any]:
     with w.client() as c:
@@ -40,8 +42,12 @@ def test_status_cancel_and_duplicate_ids(start_worker: Callable[..., Worker], un
         assert batch[0]["offset"] == batch[1]["offset"] and batch[1]["duplicate"] is True
 
         # a delayed entry is DELAYED with its due time, and can be cancelled
+        # the delay leaves room for the intake (an entry read after its due time is delivered
+        # at once: up to 8 s from a write to its intake was seen on a loaded 2-core machine
+        # right after its namespace was created)
+        written_at = time.time()
         delayed = c.post("/v1/log", json={"namespace": unique, "id": "later-1", "key": "k-later",
-                                          "lifecycle": {"delay_ms": 8000}, "payload": {"n": 2}}).json()
+                                          "lifecycle": {"delay_ms": DELAY_MS}, "payload": {"n": 2}}).json()
         assert delayed["durable"] == "SUCCESS"
         s = wait_until(lambda: (x := status(w, unique, "later-1"))["http"] == 200 and x, what="later-1 visible")
         assert s["state"] == "DELAYED" and s["due_at"]
@@ -63,7 +69,7 @@ def test_status_cancel_and_duplicate_ids(start_worker: Callable[..., Worker], un
         c.post("/v1/log", json={"namespace": unique, "id": "after", "payload": 4})
 
     # the cancelled delayed entry never reaches the target, even after its due time
-    time.sleep(9)
+    time.sleep(max(0.0, written_at + DELAY_MS / 1000 + 1.0 - time.time()))
     delivered = read_deliveries(out, expect=10, timeout_s=5)
     assert set(delivered) == {"now-1", "b-1", "after"}
     assert status(w, unique, "later-1")["state"] == "CANCELLED"

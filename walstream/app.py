@@ -378,14 +378,21 @@ class WalApp:
 
         Faust drops a subscription change that arrives while the app is rebalancing, so a
         namespace created during a rebalance would otherwise never be consumed.
+
+        Not while the conductor rebuilds its topic index (under its ``_tp_to_callback_lock``):
+        the index is cleared first and refilled while topics are declared, which takes a
+        second or more, so every topic looks missing then. Flagging there made every new
+        namespace cost two rebalances of the whole fleet instead of one.
         """
         try:
             conductor: Any = self.faust.topics
             subscribed = set(getattr(conductor, "_topic_name_index", {}) or {})
             changed = getattr(conductor, "_subscription_changed", None)
             pending = changed is not None and changed.is_set()
+            rebuilding = conductor._tp_to_callback_lock.locked()
             missing = set(self._wal_topic_names) - subscribed
-            if self._services_started and missing and not pending and not self.faust.rebalancing:
+            if (self._services_started and missing and not pending and not rebuilding
+                    and not self.faust.rebalancing):
                 log.info("re-subscribing for %s", sorted(missing))
                 conductor._flag_changes()
         except Exception:  # a timer that raises kills the worker

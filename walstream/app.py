@@ -28,6 +28,7 @@ from walstream.entry import DERIVED_OVERHEAD_BYTES, WriteClock
 from walstream.failpoints import Failpoints
 from walstream.faust_consumer import FaustConsumerPort, RebalanceSafeConsumer, assignment_of
 from walstream.faust_tables import BatchedTable, Changelogs
+from walstream.faust_topics import OnceDeclaredTopic
 from walstream.fleet import Fleet
 from walstream.gauges import WorkerGauges
 from walstream.health import Liveness
@@ -118,6 +119,10 @@ class WalApp:
             web_port=s.web_port,
             canonical_url=s.web_url,
             web_tables_enabled=False,
+            # copies of other workers' table partitions, kept up to date from the changelogs:
+            # a worker taking a partition over starts from its copy instead of the whole changelog
+            table_standby_replicas=s.standby_replicas,
+            Topic=OnceDeclaredTopic,
             web_application_options={"client_max_size": s.max_request_bytes},
             # table rows embed whole entries (timers, held rows, dead-letter index rows)
             producer_max_request_size=DERIVED_MAX_MESSAGE_BYTES + 64 * 1024,

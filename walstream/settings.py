@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     #: more to read is swept again after a second).
     sweep_interval_s: float = Field(default=60.0, gt=0, le=3600)
 
+    #: ``WALSTREAM_STANDBY_REPLICAS``: how many other workers keep a standby copy of each table
+    #: partition (Faust's ``table_standby_replicas``); 0 keeps none, and a worker taking a
+    #: partition over then reads its whole changelog.
+    standby_replicas: int = Field(default=1, ge=0, le=8)
     #: ``WALSTREAM_SESSION_TIMEOUT_S``: a worker that stops heartbeating (crash, SIGKILL) loses
     #: its partitions after this long; lower means faster take-over, higher tolerates pauses.
     session_timeout_s: float = Field(default=10.0, ge=6.0, le=300.0)

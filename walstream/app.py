@@ -196,7 +196,7 @@ class WalApp:
         )
         self.wal_channel.topics = self._wal_topic_names
         #: the delivery agent's offsets: strict order per partition, committed by walstream
-        self.offsets_port = FaustConsumerPort(self.faust, self._wal_topic_names)
+        self.offsets_port = FaustConsumerPort(self.faust, self._wal_topic_names, bootstrap=s.broker)
         self.offsets_port.changelogs = self.changelogs
         self.offsets = OffsetLedger(offsets_port or self.offsets_port, metrics=self.metrics)
         self.metrics.registry.register(WorkerGauges(
@@ -353,6 +353,7 @@ class WalApp:
         await self.targets.close()
         await self.producer.stop()
         await self.fleet.close()
+        await self.offsets_port.close()
         self._services_started = False
 
     # -- live subscription ---------------------------------------------------------------

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coro
 from contextlib import contextmanager
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer as AIOKafkaConsumerClient
 from aiokafka import TopicPartition as AIOKafkaTP
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.protocol.group import LeaveGroupRequest
@@ -270,11 +271,15 @@ class FaustConsumerPort:
     """The offset ledger's view of a worker's Faust consumer (see walstream.delivery.offsets).
 
     ``topics`` names the topics the ledger owns; only their partitions are reported.
+    ``bootstrap``: Kafka's address, for :meth:`earliest`'s own client.
     """
 
-    def __init__(self, app: Any, topics: Collection[str]) -> None:
+    def __init__(self, app: Any, topics: Collection[str], bootstrap: str | None = None) -> None:
         self._app = app
         self._topics = topics
+        self._bootstrap = bootstrap
+        self._offsets_client: AIOKafkaConsumerClient | None = None
+        self._offsets_client_lock = asyncio.Lock()
         self._last_write: Any = None
         #: the batched table writes (walstream.faust_tables), flushed with Faust's own
         self.changelogs: Changelogs | None = None
@@ -319,8 +324,30 @@ class FaustConsumerPort:
         return None if offset is None or offset < 0 else int(offset)
 
     async def earliest(self, tp: Any) -> int:
-        offsets = await self._app.consumer.earliest_offsets(tp)
-        return int(offsets[tp])
+        # Asked on a connection of its own: on the Faust consumer's, a ListOffsets request
+        # waits behind the fetch long-polls to the same broker, ~1.5 s each and one after the
+        # other, so opening a new namespace's partitions took up to 18 s (and timed out).
+        if self._bootstrap is None:
+            offsets = await self._app.consumer.earliest_offsets(tp)
+            return int(offsets[tp])
+        client = await self._client()
+        key = AIOKafkaTP(tp.topic, tp.partition)
+        found = await client.beginning_offsets([key])
+        return int(found[key])
+
+    async def _client(self) -> AIOKafkaConsumerClient:
+        async with self._offsets_client_lock:
+            if self._offsets_client is None:
+                client = AIOKafkaConsumerClient(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+                await client.start()  # no group, no subscription: it only answers offset questions
+                self._offsets_client = client
+            return self._offsets_client
+
+    async def close(self) -> None:
+        """Stop :meth:`earliest`'s client (when one was started)."""
+        client, self._offsets_client = self._offsets_client, None
+        if client is not None:
+            await client.stop()
 
     async def seek(self, tp: Any, offset: int) -> None:
         await self._app.consumer.seek_wait({tp: offset})

@@ -274,7 +274,7 @@ class FaustConsumerPort:
     ``bootstrap``: Kafka's address, for :meth:`earliest`'s own client.
     """
 
-    def __init__(self, app: Any, topics: Collection[str], bootstrap: str | None = None) -> None:
+    def __init__(self, app: Any, topics: Collection[str], bootstrap: str) -> None:
         self._app = app
         self._topics = topics
         self._bootstrap = bootstrap
@@ -327,9 +327,6 @@ class FaustConsumerPort:
         # Asked on a connection of its own: on the Faust consumer's, a ListOffsets request
         # waits behind the fetch long-polls to the same broker, ~1.5 s each and one after the
         # other, so opening a new namespace's partitions took up to 18 s (and timed out).
-        if self._bootstrap is None:
-            offsets = await self._app.consumer.earliest_offsets(tp)
-            return int(offsets[tp])
         client = await self._client()
         key = AIOKafkaTP(tp.topic, tp.partition)
         found = await client.beginning_offsets([key])

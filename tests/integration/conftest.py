@@ -135,6 +135,12 @@ class Worker:
     def tail(self, n: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
+    def notable(self, n: int = 40) -> str:
+        """The log's last ``n`` warnings and errors (a tail alone misses what went wrong
+        minutes before the test gave up)."""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join([line for line in lines if "[WARNING]" in line or "[ERROR]" in line][-n:])
+
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60)
 
@@ -158,6 +164,7 @@ def start_worker(tmp_path: Path, unique: str) -> Iterator[Callable[..., Worker]]
     for w in workers:
         w.stop()
         # pytest shows captured output only for failing tests: the worker's last words
+        print(f"--- {w.log_path} (last warnings and errors)\n{w.notable()}")
         print(f"--- {w.log_path} (last lines)\n{w.tail(40)}")
 
 

@@ -148,8 +148,9 @@ def read_target(
     """Consume ``topic`` from its start until ``done(counts, records read)`` or the timeout:
     records per entry id (``walstream-id`` header) and each id's earliest record timestamp
     (ms, CreateTime: when the kafka target produced it). With ``quiet_after_ms`` (epoch ms),
-    also stop once that time has passed and nothing arrived for ``QUIET_S``: what has not
-    arrived by then is lost, and the test fails without waiting for the whole timeout."""
+    also stop once nothing arrived for ``QUIET_S`` since that time and since the last arrival:
+    what has not arrived by then is lost, and the test fails without waiting for the whole
+    timeout."""
 
     async def run() -> tuple[Counter[str], dict[str, int]]:
         c = AIOKafkaConsumer(topic, bootstrap_servers=KAFKA, auto_offset_reset="earliest", group_id=None)
@@ -158,11 +159,15 @@ def read_target(
         first: dict[str, int] = {}
         total = 0
         deadline = time.monotonic() + timeout_s
+        # the quiet time counts from the last arrival, or from ``quiet_after_ms`` when that is
+        # later (counted from the start of the read, a due time shortly before the end of the
+        # quiet time left the worker seconds to deliver: a correct worker failed the test)
+        last_arrival = time.monotonic()
+        if quiet_after_ms is not None:
+            last_arrival += max(0.0, quiet_after_ms / 1000 - time.time())
         try:
-            last_arrival = time.monotonic()
             while not done(counts, total) and time.monotonic() < deadline:
-                if (quiet_after_ms is not None and time.time() * 1000 > quiet_after_ms
-                        and time.monotonic() - last_arrival > QUIET_S):
+                if quiet_after_ms is not None and time.monotonic() - last_arrival > QUIET_S:
                     break
                 fetched = await c.getmany(timeout_ms=500, max_records=10_000)
                 if fetched:
@@ -212,6 +217,19 @@ def cancel(w: Worker, ns: str, ids: list[str]) -> None:
 
     bad = asyncio.run(run())
     assert not bad, bad[:3]
+
+
+def diagnosis(w: Worker, ns: str) -> str:
+    """What a worker that did not deliver says about itself: its readiness, its pending
+    count and its walstream metrics (the scheduler's, the ledger's, the deliveries')."""
+    with w.client() as c:
+        ready = c.get("/v1/health/ready")
+        held = c.get(f"/v1/internal/pending/{ns}")
+        metrics = c.get("/metrics").text.splitlines()
+    pending = len(held.json()["ids"]) if held.status_code == 200 else held.text
+    lines = [line for line in metrics if line.startswith("walstream_") and not line.startswith("walstream_write")
+             and "_bucket" not in line]
+    return f"ready: {ready.status_code} {ready.text}\npending: {pending}\n" + "\n".join(lines)
 
 
 def caught_up(group: str, topic: str) -> bool:
@@ -298,7 +316,8 @@ def test_100k_delayed_entries_recover_from_own_datadir_and_from_changelogs(
     counts, first = read_target(out, lambda c, _: len(c) >= len(wanted), timeout_s=DUE_AFTER_S + 240,
                                 quiet_after_ms=due_ms)
     lost = wanted - set(counts)
-    assert not lost, f"{len(lost)} entries never delivered, e.g. {sorted(lost)[:5]}"
+    assert not lost, (f"{len(lost)} entries never delivered, e.g. {sorted(lost)[:5]}; T was "
+                      f"{time.time() - due_ms / 1000:.1f} s ago\n{diagnosis(heir, unique)}")
     assert not cancelled & set(counts), f"cancelled yet delivered: {sorted(cancelled & set(counts))[:5]}"
     early = [i for i, ts in first.items() if ts < due_ms]
     assert not early, f"{len(early)} delivered before their due time, e.g. {early[:5]}"

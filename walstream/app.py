@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Collection
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import faust
@@ -55,12 +56,22 @@ from walstream.tables.held import BLOCKED_TABLE, HELD_TABLE, KeyOrder
 from walstream.tables.schedule import TABLE_NAME as SCHEDULE_TABLE
 from walstream.tables.schedule import Schedule
 from walstream.targets.pool import TargetPool
+from walstream.worker_report import WorkerReport
 from walstream.writer import LogWriter
 
 log = logging.getLogger(__name__)
 
 #: How many chunks (walstream.faust_consumer.ChunkMessage) wait for the delivery agent at most.
 CHUNK_QUEUE_SIZE = 16
+#: how often the write and delivery totals are sampled for the pages' rates (walstream.worker_report)
+REPORT_SAMPLE_S = 5.0
+
+
+def _version() -> str:
+    try:
+        return version("walstream")
+    except PackageNotFoundError:  # a checkout that is not installed
+        return "0"
 
 
 class _FaustApp(faust.App):
@@ -207,6 +218,26 @@ class WalApp:
             next_due_ms=self.schedule.next_due_ms,
             circuits=lambda: [(tid, b.label, b.is_open) for tid, b in self.breakers.all().items()],
         ))
+        self.report = WorkerReport(
+            url=s.web_url,
+            version=_version(),
+            shard=s.shard,
+            registry=self.registry,
+            states=self.states,
+            schedule=self.schedule,
+            key_order=self.key_order,
+            dlq_index=self.dlq_index,
+            breakers=self.breakers,
+            liveness=self.liveness,
+            metrics=self.metrics,
+            active_partitions=self.active_partitions,
+            progress=self.offsets.progress,
+            highwater=self.offsets_port.highwater,
+            actives=lambda: {(tp.topic, tp.partition) for tp in self.faust.assignor.assigned_actives()},
+            standbys=lambda: {(tp.topic, tp.partition) for tp in self.faust.assignor.assigned_standbys()},
+            not_ready=self.not_ready,
+        )
+        self.faust.timer(interval=REPORT_SAMPLE_S)(self._sample_rates)
         # Faust's own sensors (messages, events, commits, table operations, rebalances) on
         # the same registry, named faust_*
         self.faust.monitor = PrometheusMonitor(metrics=FaustMetrics.create(self.metrics.registry, "faust"))
@@ -217,6 +248,9 @@ class WalApp:
         self.registry.add_listener(self._on_namespace_change)
         self.faust.timer(interval=max(1.0, s.resubscribe_s))(self._check_subscription)
         self._services_started = False
+
+    async def _sample_rates(self) -> None:
+        self.report.sample()
 
     async def _flush_tables(self) -> None:
         await self.offsets.flush_tables()
@@ -431,6 +465,9 @@ class WalApp:
             liveness=self.liveness,
             consumed_topics=lambda: self.consumed_topics,
             entry_limit_bytes=lambda: self.entry_limit_bytes,
+            report=self.report,
+            tables={t.name: t for t in (self.schedule.table, self.key_order.blocked, self.key_order.held,
+                                        self.states.table, self.dlq_index.table)},
         )
 
     def agent_context(self) -> AgentContext:

@@ -89,9 +89,13 @@ class Auth:
 
     def admin(self, headers: Mapping[str, str], what: str) -> Denied | None:
         """None when ``what`` (e.g. "changing a namespace") may be done with these headers."""
+        return self.admin_token(bearer(headers), what)
+
+    def admin_token(self, token: str | None, what: str) -> Denied | None:
+        """None when ``what`` may be done with ``token`` (given however: a header, or the
+        operator's pages' cookie)."""
         if not self._admin:
             return None
-        token = bearer(headers)
         if token is None:
             return Denied(401, f"{what} needs Authorization: Bearer <admin token> (WALSTREAM_ADMIN_TOKENS is set)")
         if not _matches(token, self._admin):

@@ -8,7 +8,7 @@ rather than reaching into the worker.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from walstream.status import EntryStatus
 from walstream.tables.dead_letter_index import DeadLetterIndex
 from walstream.tables.entry_state import EntryStates
 from walstream.tables.schedule import Schedule
+from walstream.worker_report import WorkerReport
 from walstream.writer import LogWriter
 
 
@@ -65,6 +66,10 @@ class WebContext:
     consumed_topics: Callable[[], list[str]]
     #: the largest encoded entry the write API accepts, in bytes (known once started)
     entry_limit_bytes: Callable[[], int]
+    #: what this worker says about itself to the operator's pages
+    report: WorkerReport
+    #: the walstream tables by name, for the table browser
+    tables: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

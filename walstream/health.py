@@ -44,6 +44,15 @@ class Liveness:
     def beat(self, loop: str) -> None:
         self._last_beat[loop] = self._clock()
 
+    def ages_s(self) -> dict[str, float]:
+        """Per loop, seconds since its last beat (the scheduler), or how long it has held its
+        batch in hand (the delivery agent; absent while it holds none)."""
+        now = self._clock()
+        ages = {loop: now - at for loop, at in self._last_beat.items()}
+        for loop, since in self._busy_since.items():
+            ages[loop] = now - since
+        return dict(sorted(ages.items()))
+
     def stuck(self) -> list[str]:
         """One line per stuck loop, naming it and for how long (empty: all make progress)."""
         now = self._clock()

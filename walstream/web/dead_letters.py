@@ -50,32 +50,39 @@ OPERATIONS = (
 )
 
 
-def register(ctx: WebContext) -> None:
-    app = ctx.faust
-    settings = ctx.settings
+def dlq_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An index row as ``GET /v1/dlq/{ns}`` shows it (walstream.api.DeadLetter)."""
+    return {
+        "id": row["id"],
+        "namespace": row["ns"],
+        "key": row.get("key"),
+        "target": row.get("target"),
+        "target_id": row["target_id"],
+        "error_class": row["error_class"],
+        "message": row["message"],
+        "attempts": row["attempts"],
+        "first_failure_at": iso(row["first_failure_s"]),
+        "last_failure_at": iso(row["last_failure_s"]),
+        "source": {"topic": row["source"][0], "partition": row["source"][1], "offset": row["source"][2]},
+    }
 
-    def dlq_row(row: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "id": row["id"],
-            "namespace": row["ns"],
-            "key": row.get("key"),
-            "target": row.get("target"),
-            "target_id": row["target_id"],
-            "error_class": row["error_class"],
-            "message": row["message"],
-            "attempts": row["attempts"],
-            "first_failure_at": iso(row["first_failure_s"]),
-            "last_failure_at": iso(row["last_failure_s"]),
-            "source": {"topic": row["source"][0], "partition": row["source"][1], "offset": row["source"][2]},
-        }
 
-    async def dead_letter_rows(
-        ns: str, query: dict[str, str], ids: list[str] | None, local_only: bool
+class DeadLetterQueue:
+    """Listing and redriving a namespace's dead letters across the fleet; the API views
+    here and the operator's pages (walstream.web.pages) share it."""
+
+    def __init__(self, ctx: WebContext) -> None:
+        self._ctx = ctx
+
+    async def rows(
+        self, ns: str, query: dict[str, str], ids: list[str] | None, local_only: bool
     ) -> list[dict[str, Any]]:
         """Index rows of ``ns`` matching ``query`` (error_class, since, until, limit) and, when
         given, of the entries ``ids`` only; from this worker's active partitions and, unless
         ``local_only``, the fleet's (one request per worker). Oldest failure first; ``limit``
-        applies to what matches."""
+        applies to what matches. Raises :class:`BodyError` (400 for a bad time, 503 when a
+        worker does not answer: the list would be incomplete)."""
+        ctx = self._ctx
         # names, repeats, emptiness, limit's bounds and error_class's values are checked
         # before the view runs (walstream.web.query), or by RedriveRequest's model
         since, until = parse_time(query.get("since"), "since"), parse_time(query.get("until"), "until")
@@ -104,6 +111,81 @@ def register(ctx: WebContext) -> None:
         rows.sort(key=lambda r: (r["last_failure_s"], r["id"]))
         return rows[:limit]
 
+    async def redrive(self, ns: str, req: RedriveRequest) -> dict[str, Any]:
+        """What ``POST /v1/dlq/{ns}/redrive`` answers for ``req`` (walstream.api.RedriveResult):
+        a dry run lists the letters; else each is sent to its record's partition, at most
+        ``req.rate`` per second, and its outcome awaited for ``req.wait_s``."""
+        query = {
+            k: (v.isoformat() if isinstance(v, datetime) else str(v))
+            for k, v in (("error_class", req.error_class), ("since", req.since), ("until", req.until),
+                         ("limit", req.limit))
+            if v is not None
+        }
+        # ids asked for by name: the limit (oldest first) applies to what matches
+        rows = await self.rows(ns, query, sorted(set(req.ids)) if req.ids else None, local_only=False)
+        if req.dry_run:
+            return {"dry_run": True, "would_redrive": [dlq_row(r) for r in rows]}
+        sent = 0
+        sent_ms = int(time.time() * 1000)
+        for row in rows:
+            # to the partition the entry's record is in, where its state and timers live
+            await self._ctx.commands.send(commands.redrive(row["ns"], row["id"], row["target_id"]), [row["source"][1]])
+            sent += 1
+            if req.rate and sent < len(rows):
+                await asyncio.sleep(1.0 / float(req.rate))
+        results = await self._outcomes(rows, sent_ms, float(req.wait_s))
+        counts = {o: sum(1 for r in results if r["outcome"] == o) for o in ("DELIVERED", "DEAD", "PENDING")}
+        return {"dry_run": False, "redriven": sent, "sent_at_ms": sent_ms,
+                **{k.lower(): v for k, v in counts.items()}, "results": results}
+
+    async def _outcomes(self, rows: list[dict[str, Any]], sent_ms: int, wait_s: float) -> list[dict[str, Any]]:
+        """What became of each redriven dead letter: its target's state (the whole entry's for a
+        letter without a target) once it was updated after ``sent_ms`` and is final, else
+        PENDING when ``wait_s`` runs out."""
+        results: dict[int, dict[str, Any]] = {}
+        deadline = time.monotonic() + wait_s
+        while wait_s > 0:  # not waiting: every letter is PENDING, no status asked for
+            for n, row in enumerate(rows):
+                if n in results:
+                    continue
+                doc, _ = await self._ctx.status.find(row["ns"], row["id"])
+                if doc is None or (doc.get("updated_ms") or 0) < sent_ms:
+                    continue
+                # a target the namespace no longer has is redriven whole: the entry's state tells
+                whole = row["target_id"] == "*" or row["target_id"] not in doc.get("targets", {})
+                t = doc["state"] if whole else doc["targets"][row["target_id"]].get("state")
+                if t in (EntryState.DELIVERED, EntryState.DEAD, EntryState.CANCELLED):
+                    last_error = doc.get("targets", {}).get(row["target_id"], {}).get("last_error") or doc.get(
+                        "last_error")
+                    results[n] = {"id": row["id"], "target_id": row["target_id"], "outcome": t,
+                                  "message": last_error if t == EntryState.DEAD else None}
+            if len(results) == len(rows) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.25)
+        return [
+            results.get(n) or {"id": r["id"], "target_id": r["target_id"], "outcome": "PENDING",
+                               "message": f"not settled within {wait_s:g} s; see GET /v1/log/{r['ns']}/{r['id']}"}
+            for n, r in enumerate(rows)
+        ]
+
+
+def parse_redrive(body: Any) -> RedriveRequest:
+    """A redrive request's body as :class:`RedriveRequest`; :class:`BodyError` 400 naming
+    the problem. Unknown fields are refused: a misspelt filter ("id" for "ids") must not
+    widen a redrive to every letter."""
+    if not isinstance(body, dict):
+        raise BodyError(400, "expected a JSON object")
+    try:
+        return RedriveRequest.model_validate(body)
+    except ValidationError as exc:
+        raise BodyError(400, format_validation_error(exc)) from None
+
+
+def register(ctx: WebContext) -> None:
+    app = ctx.faust
+    settings = ctx.settings
+    queue = DeadLetterQueue(ctx)
+
     @app.page("/v1/dlq/{namespace}")
     class DeadLettersView(View):
         async def get(self, request: Request, namespace: str) -> Response:
@@ -111,7 +193,7 @@ def register(ctx: WebContext) -> None:
             try:
                 query = {k: v for k, v in request.query.items() if k != "id"}
                 ids = request.query.getall("id", None)  # type: ignore[attr-defined]  # a MultiDict
-                rows = await dead_letter_rows(namespace, query, ids, local_only)
+                rows = await queue.rows(namespace, query, ids, local_only)
             except (BodyError, ValueError) as exc:
                 return respond(self, getattr(exc, "status", 400), {"message": str(exc)})
             body: dict[str, Any] = {"dead_letters": [dlq_row(r) for r in rows]}
@@ -134,67 +216,8 @@ def register(ctx: WebContext) -> None:
                 return respond(self, denied.status, {"message": denied.message})
             try:
                 body = await read_json(request, settings.max_request_bytes, server_limit=settings.max_request_bytes)
-                if not isinstance(body, dict):
-                    raise BodyError(400, "expected a JSON object")
-                try:
-                    # unknown fields are refused: a misspelt filter ("id" for "ids") must not
-                    # widen a redrive to every letter
-                    req = RedriveRequest.model_validate(body)
-                except ValidationError as exc:
-                    raise BodyError(400, format_validation_error(exc)) from None
-                ids, dry_run, rate, wait_s = req.ids, req.dry_run, req.rate, req.wait_s
-                query = {
-                    k: (v.isoformat() if isinstance(v, datetime) else str(v))
-                    for k, v in (("error_class", req.error_class), ("since", req.since), ("until", req.until),
-                                 ("limit", req.limit))
-                    if v is not None
-                }
-                # ids asked for by name: the limit (oldest first) applies to what matches
-                rows = await dead_letter_rows(namespace, query, sorted(set(ids)) if ids else None, local_only=False)
+                result = await queue.redrive(namespace, parse_redrive(body))
             except (BodyError, ValueError) as exc:
                 return respond(self, getattr(exc, "status", 400), {"message": str(exc)},
                                close=getattr(exc, "close", False))
-            if dry_run:
-                return respond(self, 200, {"dry_run": True, "would_redrive": [dlq_row(r) for r in rows]})
-            sent = 0
-            sent_ms = int(time.time() * 1000)
-            for row in rows:
-                # to the partition the entry's record is in, where its state and timers live
-                await ctx.commands.send(commands.redrive(row["ns"], row["id"], row["target_id"]), [row["source"][1]])
-                sent += 1
-                if rate and sent < len(rows):
-                    await asyncio.sleep(1.0 / float(rate))
-            results = await redrive_outcomes(rows, sent_ms, float(wait_s))
-            counts = {o: sum(1 for r in results if r["outcome"] == o) for o in ("DELIVERED", "DEAD", "PENDING")}
-            return respond(self, 200, {"dry_run": False, "redriven": sent, "sent_at_ms": sent_ms,
-                                       **{k.lower(): v for k, v in counts.items()}, "results": results})
-
-    async def redrive_outcomes(rows: list[dict[str, Any]], sent_ms: int, wait_s: float) -> list[dict[str, Any]]:
-        """What became of each redriven dead letter: its target's state (the whole entry's for a
-        letter without a target) once it was updated after ``sent_ms`` and is final, else
-        PENDING when ``wait_s`` runs out."""
-        results: dict[int, dict[str, Any]] = {}
-        deadline = time.monotonic() + wait_s
-        while wait_s > 0:  # not waiting: every letter is PENDING, no status asked for
-            for n, row in enumerate(rows):
-                if n in results:
-                    continue
-                doc, _ = await ctx.status.find(row["ns"], row["id"])
-                if doc is None or (doc.get("updated_ms") or 0) < sent_ms:
-                    continue
-                # a target the namespace no longer has is redriven whole: the entry's state tells
-                whole = row["target_id"] == "*" or row["target_id"] not in doc.get("targets", {})
-                t = doc["state"] if whole else doc["targets"][row["target_id"]].get("state")
-                if t in (EntryState.DELIVERED, EntryState.DEAD, EntryState.CANCELLED):
-                    last_error = doc.get("targets", {}).get(row["target_id"], {}).get("last_error") or doc.get(
-                        "last_error")
-                    results[n] = {"id": row["id"], "target_id": row["target_id"], "outcome": t,
-                                  "message": last_error if t == EntryState.DEAD else None}
-            if len(results) == len(rows) or time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.25)
-        return [
-            results.get(n) or {"id": r["id"], "target_id": r["target_id"], "outcome": "PENDING",
-                               "message": f"not settled within {wait_s:g} s; see GET /v1/log/{r['ns']}/{r['id']}"}
-            for n, r in enumerate(rows)
-        ]
+            return respond(self, 200, result)

@@ -5,6 +5,7 @@
 - walstream.web.dead_letters — ``GET /v1/dlq/{ns}``, ``POST /v1/dlq/{ns}/redrive``;
 - walstream.web.namespaces — ``/v1/namespaces[/{name}]``, ``/v1/internal/pending/{ns}``;
 - walstream.web.ops — ``GET /v1/health``, ``GET /metrics``;
+- walstream.web.pages.views — the operator's pages under ``/ui`` (HTML, and JSON);
 - walstream.web.docs — ``GET /openapi.json`` (from every module's ``OPERATIONS``), ``GET /docs``.
 
 Every error is JSON with a ``message`` naming the problem; a failed write answers
@@ -20,13 +21,14 @@ from walstream.context import WebContext
 from walstream.web import dead_letters, docs, entries, namespaces, ops, write
 from walstream.web.common import json_errors
 from walstream.web.openapi import Operation
+from walstream.web.pages import views as pages
 from walstream.web.query import checked_queries
 from walstream.web.write import repeat_answer
 
 __all__ = ["OPERATIONS", "register_views", "repeat_answer"]
 
 #: the resources, each a module with ``OPERATIONS`` and ``register(ctx)``
-RESOURCES = (write, entries, dead_letters, namespaces, ops)
+RESOURCES = (write, entries, dead_letters, namespaces, ops, pages)
 #: every operation of the API, as ``GET /openapi.json`` describes it
 OPERATIONS: tuple[Operation, ...] = (*(op for m in RESOURCES for op in m.OPERATIONS), *docs.OPERATIONS)
 

@@ -1,0 +1,61 @@
+"""How a page answers: HTML from its template, or the same data as JSON.
+
+A page's data is one JSON document; ``GET /ui/<page>.json``, or the page's own URL asked
+with ``Accept: application/json`` (and not ``text/html``), answers it as is, and the HTML
+page is its template rendered over it (Jinja2, autoescaped: table keys, payloads and error
+messages are user data).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import orjson
+from aiohttp import web
+from faust.web import Request, Response, View
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from walstream.web.common import respond
+
+_ENV = Environment(
+    loader=PackageLoader("walstream.web.pages", "templates"),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    undefined=StrictUndefined,  # a field a template misspells fails its test, not silently
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_ENV.filters["json"] = lambda value: orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+
+
+def aio(request: Request) -> web.Request:
+    """The request as aiohttp's (the only web driver walstream configures: walstream.web.views)."""
+    return cast(web.Request, request)
+
+
+def wants_json(request: Request) -> bool:
+    """``.json`` at the end of the path, or an Accept header that asks for JSON, not HTML."""
+    if aio(request).path.endswith(".json"):
+        return True
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def page(
+    view: View, request: Request, template: str, data: dict[str, Any], status: int = 200, *, json_link: bool = True
+) -> Response:
+    """``data`` as JSON or rendered by ``template`` (which also gets ``path``: the page's
+    own path without ``.json``, for its links; ``json_link``: the page has a JSON twin)."""
+    if wants_json(request):
+        return respond(view, status, data)
+    html = render_html(template, data, aio(request).path.removesuffix(".json"), json_link=json_link)
+    return view.bytes(html.encode(), content_type="text/html", status=status)
+
+
+def render_html(template: str, data: dict[str, Any], path: str, *, json_link: bool = True) -> str:
+    """``template`` rendered over ``data`` (see :func:`page`)."""
+    return _ENV.get_template(template).render(data=data, path=path, json_link=json_link)
+
+
+def error(view: View, request: Request, status: int, message: str) -> Response:
+    """A refusal: ``{"message": ...}`` as JSON, or a page saying it."""
+    return page(view, request, "error.html", {"message": message, "status": status}, status, json_link=False)

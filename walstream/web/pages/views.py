@@ -1,0 +1,245 @@
+"""The operator's pages, under ``/ui`` (each also as JSON: walstream.web.pages.render):
+
+- ``/ui`` — overview: namespaces with lag, delayed/pending/retrying/held counts, dead letters,
+  per target its entries not final and its circuit; writes and deliveries per second;
+- ``/ui/fleet`` — workers, their partitions (active and standby), loops, version;
+- ``/ui/tables`` — a walstream table's rows in one partition, paged and filtered, read on the
+  worker that holds the partition actively;
+- ``/ui/entry`` — an entry's state and per-target history, by namespace and id;
+- ``/ui/dlq`` — a namespace's dead letters with payload, error and attempts, and a redrive
+  form (``POST /ui/dlq/redrive``: dry run first, a rate);
+- ``/ui/login`` — with ``WALSTREAM_ADMIN_TOKENS`` set, every page needs an admin token: a
+  Bearer header, or the cookie this form sets (HttpOnly, SameSite=Strict, so another site's
+  form cannot redrive with it).
+
+``GET /v1/internal/report`` is each worker's own report (walstream.worker_report), which the
+overview and fleet pages add up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, unquote, urlencode
+
+from faust.web import Request, Response, View
+
+from walstream.auth import bearer
+from walstream.context import WebContext
+from walstream.namespaces.model import NAME_RE
+from walstream.targets.base import ErrorClass
+from walstream.web.common import BodyError, respond
+from walstream.web.dead_letters import DeadLetterQueue, dlq_row, parse_redrive
+from walstream.web.openapi import LOCAL, Operation, Param
+from walstream.web.pages import gather
+from walstream.web.pages.render import aio, error, page, wants_json
+from walstream.web.pages.table_rows import PAGE_LIMIT, browse
+
+#: the cookie the login form sets (the admin token itself: the worker keeps only digests)
+COOKIE = "walstream_admin"
+
+_NS = Param("namespace", "query", "the namespace's name", {"type": "string", "pattern": NAME_RE.pattern})
+_TABLE_PARAMS = (
+    Param("table", "query", "the table's name (leave out: the list of tables)",
+          {"type": "string", "minLength": 1}),
+    Param("partition", "query", "the partition (default 0)", {"type": "integer", "minimum": 0, "maximum": 100_000}),
+    Param("after", "query", "show rows after this key (hex, from the page's `next`)",
+          {"type": "string", "pattern": "^([0-9a-f]{2})+$"}),
+    Param("contains", "query", "only rows whose key contains this text", {"type": "string"}),
+    Param("limit", "query", f"rows per page (default 100, at most {PAGE_LIMIT})",
+          {"type": "integer", "minimum": 1, "maximum": PAGE_LIMIT}),
+    LOCAL,
+)
+_ENTRY_PARAMS = (_NS, Param("id", "query", "the entry's id", {"type": "string"}))
+_DLQ_PARAMS = (
+    _NS,
+    Param("error_class", "query", "only letters of this class",
+          {"type": "string", "enum": [c.value for c in ErrorClass]}),
+    Param("limit", "query", "at most this many (default 100)", {"type": "integer", "minimum": 1, "maximum": 10_000}),
+)
+
+
+def _both(path: str, summary: str, params: tuple[Param, ...] = ()) -> tuple[Operation, Operation]:
+    return (
+        Operation("get", path, summary, "pages", params=params, answers={200: None}, content_type="text/html",
+                  auth="admin"),
+        Operation("get", f"{path}.json", f"{summary} (as JSON)", "pages", params=params, answers={200: None},
+                  auth="admin"),
+    )
+
+
+OPERATIONS = (
+    *_both("/ui", "Overview: namespaces, backlog, dead letters, circuits, rates"),
+    *_both("/ui/fleet", "The fleet: workers and their partitions"),
+    *_both("/ui/tables", "A table's rows in one partition", _TABLE_PARAMS),
+    *_both("/ui/entry", "An entry's state and history", _ENTRY_PARAMS),
+    *_both("/ui/dlq", "A namespace's dead letters", _DLQ_PARAMS),
+    Operation("post", "/ui/dlq/redrive", "Redrive dead letters (a form: namespace, id..., dry_run, rate)",
+              "pages", answers={200: None, 400: None}, content_type="text/html", auth="admin"),
+    Operation("get", "/ui/login", "The admin token form", "pages", answers={200: None}, content_type="text/html",
+              params=(Param("next", "query", "the page to go to after", {"type": "string", "pattern": "^/ui"}),)),
+    Operation("post", "/ui/login", "Keep the admin token in a cookie for the pages", "pages",
+              answers={200: None}, content_type="text/html"),
+    Operation("get", gather.REPORT_PATH, "This worker's report (for the overview and fleet pages)", "internal",
+              answers={200: None}, internal=True),
+)
+
+
+def register(ctx: WebContext) -> None:
+    app = ctx.faust
+    queue = DeadLetterQueue(ctx)
+    tables = ctx.tables
+
+    def token_of(request: Request) -> str | None:
+        return bearer(request.headers) or unquote(request.cookies.get(COOKIE, "")) or None
+
+    def denied(view: View, request: Request) -> Response | None:
+        """None when the request may see the pages; else a 401/403 (JSON) or, for a page,
+        the way to the login form."""
+        refused = ctx.auth.admin_token(token_of(request), "the operator's pages")
+        if refused is None:
+            return None
+        if wants_json(request) or request.method != "GET":
+            return error(view, request, refused.status, refused.message)
+        target = aio(request).path_qs
+        return view.bytes(b"", status=303, headers={"Location": f"/ui/login?{urlencode({'next': target})}"})
+
+    def pages(path: str) -> Any:
+        """Declare a page at ``path`` and at ``path.json``."""
+        def wrap(cls: type[View]) -> type[View]:
+            app.page(path)(cls)
+            app.page(f"{path}.json")(type(f"{cls.__name__}Json", (cls,), {}))
+            return cls
+        return wrap
+
+    @pages("/ui")
+    class OverviewPage(View):
+        async def get(self, request: Request) -> Response:
+            if (refusal := denied(self, request)) is not None:
+                return refusal
+            return page(self, request, "overview.html", await gather.overview(ctx))
+
+    @pages("/ui/fleet")
+    class FleetPage(View):
+        async def get(self, request: Request) -> Response:
+            if (refusal := denied(self, request)) is not None:
+                return refusal
+            return page(self, request, "fleet.html", await gather.fleet(ctx))
+
+    @pages("/ui/tables")
+    class TablesPage(View):
+        async def get(self, request: Request) -> Response:
+            if (refusal := denied(self, request)) is not None:
+                return refusal
+            q = request.query
+            name = q.get("table")
+            if name is None:
+                listing = {t: [{"partition": p, "owner": ctx.fleet.owner(tables[t].changelog_name, p)}
+                               for p in range(ctx.settings.partitions)] for t in sorted(tables)}
+                return page(self, request, "tables.html", {"tables": listing})
+            if name not in tables:
+                return error(self, request, 404, f"no table {name!r}; the tables are {', '.join(sorted(tables))}")
+            partition = int(q.get("partition", "0"))
+            if partition >= ctx.settings.partitions:
+                return error(self, request, 404, f"table {name!r} has partitions 0 to {ctx.settings.partitions - 1}")
+            limit = int(q.get("limit", "100"))
+            if partition not in ctx.active_partitions():
+                if q.get("local") == "1":
+                    return error(self, request, 409, f"this worker does not hold partition {partition} actively")
+                owner = ctx.fleet.owner(tables[name].changelog_name, partition)
+                if owner is None or owner == ctx.fleet.self_url:
+                    return error(self, request, 503, f"no worker holds partition {partition} actively yet "
+                                 "(a rebalance is under way); retry shortly")
+                token = token_of(request)
+                a = await ctx.fleet.ask(owner, "/ui/tables.json", {**q, "local": "1"}, timeout_s=10.0,
+                                        headers={"Authorization": f"Bearer {token}"} if token else None)
+                if not a.ok:
+                    message = a.body.get("message") if isinstance(a.body, dict) else a.error
+                    return error(self, request, 503 if a.status is None else a.status,
+                                 f"worker {owner} holds partition {partition}: {message}")
+                return page(self, request, "table.html", a.body)
+            rows = browse(tables[name], partition, after=bytes.fromhex(q.get("after", "")),
+                          contains=q.get("contains"), limit=limit)
+            return page(self, request, "table.html", {
+                "table": name, "partition": partition, "worker": ctx.fleet.self_url,
+                "contains": q.get("contains"), "limit": limit, **rows,
+            })
+
+    @pages("/ui/entry")
+    class EntryPage(View):
+        async def get(self, request: Request) -> Response:
+            if (refusal := denied(self, request)) is not None:
+                return refusal
+            ns, entry_id = request.query.get("namespace"), request.query.get("id")
+            data: dict[str, Any] = {"namespace": ns, "id": entry_id, "entry": None, "unknown": []}
+            if ns and entry_id:
+                doc, unknown = await ctx.status.find(ns, entry_id)
+                data |= {"entry": doc, "unknown": unknown}
+                if doc is None and not unknown:
+                    data["message"] = f"no entry {entry_id!r} in namespace {ns!r}" + (
+                        "" if ctx.registry.get(ns) is not None else f" (there is no namespace {ns!r})")
+            return page(self, request, "entry.html", data)
+
+    @pages("/ui/dlq")
+    class DeadLettersPage(View):
+        async def get(self, request: Request) -> Response:
+            if (refusal := denied(self, request)) is not None:
+                return refusal
+            ns = request.query.get("namespace")
+            namespaces = sorted(c.name for c in ctx.registry.all())
+            data: dict[str, Any] = {"namespace": ns, "namespaces": namespaces, "dead_letters": []}
+            if ns:
+                query = {k: v for k, v in request.query.items() if k in ("error_class", "limit")}
+                query.setdefault("limit", "100")
+                try:
+                    rows = await queue.rows(ns, query, None, local_only=False)
+                except BodyError as exc:
+                    return error(self, request, exc.status, exc.message)
+                # the payload comes with the letter: the index row keeps the entry
+                data["dead_letters"] = [dlq_row(r) | {"entry": r.get("entry")} for r in rows]
+            return page(self, request, "dlq.html", data)
+
+    @app.page("/ui/dlq/redrive")
+    class RedrivePage(View):
+        async def post(self, request: Request) -> Response:
+            if (refusal := denied(self, request)) is not None:
+                return refusal
+            form = await aio(request).post()
+            ns = str(form.get("namespace", ""))
+            if NAME_RE.fullmatch(ns) is None:
+                return error(self, request, 400, "namespace: give the namespace's name")
+            ids = [str(i) for i in form.getall("id", [])]
+            if not ids:
+                return error(self, request, 400, "choose at least one dead letter to redrive")
+            body: dict[str, Any] = {"ids": ids, "dry_run": form.get("dry_run") == "on"}
+            if form.get("rate"):
+                try:
+                    body["rate"] = float(str(form["rate"]))
+                except ValueError:
+                    return error(self, request, 400, f"rate: not a number of redrives per second: {form['rate']!r}")
+            try:
+                result = await queue.redrive(ns, parse_redrive(body))
+            except BodyError as exc:
+                return error(self, request, exc.status, exc.message)
+            return page(self, request, "redrive.html", {"namespace": ns, **result}, json_link=False)
+
+    @app.page("/ui/login")
+    class LoginPage(View):
+        async def get(self, request: Request) -> Response:
+            return page(self, request, "login.html", {"next": request.query.get("next", "/ui"), "message": None},
+                        json_link=False)
+
+        async def post(self, request: Request) -> Response:
+            form = await aio(request).post()
+            token, target = str(form.get("token", "")), str(form.get("next", "/ui"))
+            if not target.startswith("/ui"):
+                target = "/ui"  # never a redirect off the worker's pages
+            if ctx.auth.admin_token(token or None, "the operator's pages") is not None:
+                return page(self, request, "login.html", {"next": target, "message": "that is not an admin token"},
+                        status=403, json_link=False)
+            cookie = f"{COOKIE}={quote(token, safe='')}; Path=/ui; HttpOnly; SameSite=Strict"
+            return self.bytes(b"", status=303, headers={"Location": target, "Set-Cookie": cookie})
+
+    @app.page(gather.REPORT_PATH)
+    class ReportView(View):
+        async def get(self, request: Request) -> Response:
+            return respond(self, 200, ctx.report.report())

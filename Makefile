@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test unit integration lint bench stack-up stack-down stack-status venv clean
+.PHONY: run test unit integration lint bench stack-up stack-down stack-status venv clean browser
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,8 +31,13 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) browser
 	$(BIN)/pytest -q tests/integration
+
+## Debian's Chromium (and ChromeDriver) for the pages' browser tests (tests/integration/test_pages.py)
+browser:
+	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -q --no-install-recommends chromium chromium-driver fonts-dejavu-core; }
 
 ## make bench: benchmarks against raw baselines, same services, one run
 bench: $(STAMP) stack-up

@@ -5,15 +5,17 @@ namespace what waits in its tables and how far its delivery agent lags.
 Every figure is of this worker's own active partitions; the pages ask every worker of the
 fleet (``GET /v1/internal/report``) and add the answers up. Counting reads the tables, so a
 namespace's counts stop at :data:`COUNT_LIMIT` rows per table and partition (the answer says
-when a count was cut short): a page view must not hold the event loop for long.
+when a count was cut short), and hands the event loop back every :data:`YIELD_EVERY` rows:
+a page view must not hold up deliveries.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from walstream.delivery.breaker import Breakers
 from walstream.health import Liveness
@@ -26,10 +28,14 @@ from walstream.tables.entry_state import FINAL, EntryStates
 from walstream.tables.held import KeyOrder
 from walstream.tables.schedule import Schedule
 
+T = TypeVar("T")
+
 #: most rows one count reads from one table partition
 COUNT_LIMIT = 20_000
 #: the window writes and deliveries per second are averaged over
 RATE_WINDOW_S = 60.0
+#: a count hands the event loop back to the worker's other tasks every this many rows
+YIELD_EVERY = 1_000
 
 
 def counter_total(metrics: Metrics, name: str) -> float:
@@ -108,7 +114,7 @@ class WorkerReport:
         (t0, w0, d0), (t1, w1, d1) = self._samples[0], self._samples[-1]
         return {"writes_per_s": (w1 - w0) / (t1 - t0), "delivered_per_s": (d1 - d0) / (t1 - t0)}
 
-    def report(self) -> dict[str, Any]:
+    async def report(self) -> dict[str, Any]:
         """This worker's report, a JSON document:
 
         - ``worker``, ``version``, ``shard``, ``started_at_s``, ``now_s`` (epoch s);
@@ -139,10 +145,10 @@ class WorkerReport:
                 "dead_lettered": counter_total(self._metrics, "walstream_dead_lettered"),
             },
             "breakers": {tid: {"target": b.label, "open": b.is_open} for tid, b in self._breakers.all().items()},
-            "namespaces": {cfg.name: self._namespace(cfg.name) for cfg in self._registry.all()},
+            "namespaces": {cfg.name: await self._namespace(cfg.name) for cfg in self._registry.all()},
         }
 
-    def _namespace(self, ns: str) -> dict[str, Any]:
+    async def _namespace(self, ns: str) -> dict[str, Any]:
         actives = set(self._active_partitions())
         topic = wal_topic(ns)
         lag: dict[str, int] = {}
@@ -152,12 +158,9 @@ class WorkerReport:
                 lag[str(tp.partition)] = max(0, end - done)
         states: Counter[str] = Counter()
         per_target: Counter[str] = Counter()
-        cut_short = False
+        rows = _Bounded(COUNT_LIMIT)
         for p in ordered.partitions(self._states.table, actives):
-            for n, doc in enumerate(self._states.of_namespace(p, ns)):
-                if n >= COUNT_LIMIT:
-                    cut_short = True
-                    break
+            async for doc in rows.of(self._states.of_namespace(p, ns)):
                 if doc["state"] not in FINAL:
                     states[doc["state"]] += 1
                 for tid, t in (doc.get("targets") or {}).items():
@@ -165,16 +168,12 @@ class WorkerReport:
                         per_target[tid] += 1
         held = 0
         for p in ordered.partitions(self._key_order.held, actives):
-            for n, _ in enumerate(self._key_order.of_namespace(p, ns)):
-                if n >= COUNT_LIMIT:
-                    cut_short = True
-                    break
+            async for _ in rows.of(self._key_order.of_namespace(p, ns)):
                 held += 1
         dead = 0
-        for dead, _ in enumerate(self._dlq_index.rows(ns, ordered.partitions(self._dlq_index.table, actives)), 1):
-            if dead >= COUNT_LIMIT * max(1, len(actives)):
-                cut_short = True
-                break
+        for p in ordered.partitions(self._dlq_index.table, actives):
+            async for _ in rows.of(self._dlq_index.rows(ns, [p])):
+                dead += 1
         return {
             "lag": lag,
             "delayed": states["DELAYED"],
@@ -183,8 +182,26 @@ class WorkerReport:
             "held": held,
             "dead_letters": dead,
             "targets_pending": dict(per_target),
-            "cut_short": cut_short,
+            "cut_short": rows.cut_short,
         }
+
+
+class _Bounded:
+    """Rows of one table partition at a time, at most ``limit`` of each (:attr:`cut_short`
+    says whether some were left), handing the event loop back every :data:`YIELD_EVERY`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.cut_short = False
+
+    async def of(self, rows: Iterable[T]) -> AsyncIterator[T]:
+        for n, row in enumerate(rows):
+            if n >= self.limit:
+                self.cut_short = True
+                return
+            if n % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # the delivery agent shares this loop
+            yield row
 
 
 def _partitions(pairs: set[tuple[str, int]]) -> list[int]:

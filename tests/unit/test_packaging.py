@@ -29,6 +29,8 @@ def test_the_wheel_installs_nothing_top_level_but_walstream(tmp_path: Path) -> N
     # the folders are in, under walstream's name (PyTables is ``tables``)
     assert "walstream/tables/schedule.py" in names
     assert "walstream/agents/delivery.py" in names
+    # the operator's pages' templates, which are not Python files
+    assert "walstream/web/pages/templates/overview.html" in names
 
 
 def test_the_agents_folder_is_discovered() -> None:

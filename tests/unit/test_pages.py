@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from tests.unit.conftest import add_namespace, build_wal
+from walstream import worker_report
 from walstream.app import WalApp
 from walstream.tables.entry_state import state_key
 from walstream.web.pages.render import render_html
@@ -31,7 +32,7 @@ def run(tmp_path: Path, check: Callable[[WalApp, TestClient[Any, Any]], Awaitabl
     async def main() -> None:
         wal = build_wal("memory://", tmp_path, **settings)
         add_namespace(wal, {"name": "orders", "targets": [{"type": "noop"}]})
-        async with TestClient(TestServer(wal.faust.web.web_app)) as client:
+        async with TestClient(TestServer(cast(Any, wal.faust.web).web_app)) as client:
             await check(wal, client)
 
     asyncio.run(main())
@@ -139,3 +140,17 @@ def test_user_data_is_escaped(tmp_path: Path) -> None:
                                       "rows": [{"key": evil, "value": {"x": evil}, "key_hex": "00"}]}, "/ui/tables")
     assert evil not in html and "&lt;script&gt;" in html
 
+
+
+def test_a_count_stops_at_its_limit_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_report, "COUNT_LIMIT", 2)
+
+    async def check(wal: WalApp, c: TestClient[Any, Any]) -> None:
+        for n in range(3):
+            put_state(wal, f"d{n}", "DELAYED")
+        mine = (await (await c.get("/v1/internal/report")).json())["namespaces"]["orders"]
+        assert (mine["delayed"], mine["cut_short"]) == (2, True)
+        overview = await (await c.get("/ui")).text()
+        assert "counts cut short" in overview
+
+    run(tmp_path, check)

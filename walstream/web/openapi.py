@@ -113,15 +113,16 @@ def spec(operations: Iterable[Operation]) -> dict[str, Any]:
             answer: dict[str, Any] = {"description": _reason(status)}
             if model is None and status >= 400:
                 model = ErrorAnswer  # every refusal is {"message": ...}
-            if model is not None:
-                ctype = "application/json" if status >= 400 else op.content_type
-                answer["content"] = {ctype: {"schema": refs[(model, "serialization")]}}
+            if model is not None and status >= 400:
+                answer["content"] = _error_content(op, refs[(model, "serialization")])
+            elif model is not None:
+                answer["content"] = {op.content_type: {"schema": refs[(model, "serialization")]}}
             elif op.content_type != "application/json":
                 answer["content"] = {op.content_type: {"schema": {"type": "string"}}}
             doc["responses"][str(status)] = answer
         doc["responses"]["default"] = {
             "description": "an error: the message names the problem",
-            "content": {"application/json": {"schema": refs[(ErrorAnswer, "serialization")]}},
+            "content": _error_content(op, refs[(ErrorAnswer, "serialization")]),
         }
         if op.auth is not None:
             # a token is needed only when configured (admin tokens, a namespace's write tokens)
@@ -129,7 +130,7 @@ def spec(operations: Iterable[Operation]) -> dict[str, Any]:
             for status in () if op.refused_per_item else (401, 403):
                 doc["responses"].setdefault(str(status), {
                     "description": _reason(status),
-                    "content": {"application/json": {"schema": refs[(ErrorAnswer, "serialization")]}},
+                    "content": _error_content(op, refs[(ErrorAnswer, "serialization")]),
                 })
         if op.internal:
             doc["x-internal"] = True
@@ -153,8 +154,18 @@ def spec(operations: Iterable[Operation]) -> dict[str, Any]:
     }
 
 
+def _error_content(op: Operation, error_schema: Any) -> dict[str, Any]:
+    """A refusal's content: ``{"message": ...}`` as JSON; an HTML page's own refusals are a
+    page saying the same (a refusal before the view runs, e.g. a bad query, is JSON)."""
+    content: dict[str, Any] = {"application/json": {"schema": error_schema}}
+    if op.content_type == "text/html":
+        content["text/html"] = {"schema": {"type": "string"}}
+    return content
+
+
 _REASONS = {
-    200: "OK", 202: "accepted, not applied yet", 400: "refused: the message names the problem",
+    200: "OK", 202: "accepted, not applied yet", 303: "see other: the sign-in form, or the page signed in to",
+    400: "refused: the message names the problem",
     401: "a token is needed (Authorization: Bearer)", 403: "the token given is not allowed to do this",
     404: "not found", 409: "conflict", 413: "too large", 503: "not available now; retry",
 }

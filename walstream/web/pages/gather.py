@@ -17,7 +17,7 @@ REPORT_PATH = "/v1/internal/report"
 async def reports(ctx: WebContext) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """This worker's report and every peer's that answered, and ``{"worker", "error"}`` for
     each that did not."""
-    got = [ctx.report.report()]
+    got = [await ctx.report.report()]
     missing = []
     for a in await ctx.fleet.ask_peers(REPORT_PATH, timeout_s=5.0):
         if a.ok:

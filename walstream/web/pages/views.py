@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 from faust.web import Request, Response, View
+from pydantic import BaseModel
 
 from walstream.auth import bearer
 from walstream.context import WebContext
@@ -58,27 +59,32 @@ _DLQ_PARAMS = (
 )
 
 
-def _both(path: str, summary: str, params: tuple[Param, ...] = ()) -> tuple[Operation, Operation]:
+def _both(
+    path: str, summary: str, params: tuple[Param, ...] = (), refusals: tuple[int, ...] = ()
+) -> tuple[Operation, Operation]:
+    """A page and its JSON twin. ``refusals``: the statuses it may refuse with besides the
+    admin guard's (a page without a token is sent to the sign-in form: 303)."""
+    errors: dict[int, type[BaseModel] | None] = {status: None for status in refusals}
     return (
-        Operation("get", path, summary, "pages", params=params, answers={200: None}, content_type="text/html",
-                  auth="admin"),
-        Operation("get", f"{path}.json", f"{summary} (as JSON)", "pages", params=params, answers={200: None},
-                  auth="admin"),
+        Operation("get", path, summary, "pages", params=params, answers={200: None, 303: None, **errors},
+                  content_type="text/html", auth="admin"),
+        Operation("get", f"{path}.json", f"{summary} (as JSON)", "pages", params=params,
+                  answers={200: None, **errors}, auth="admin"),
     )
 
 
 OPERATIONS = (
     *_both("/ui", "Overview: namespaces, backlog, dead letters, circuits, rates"),
     *_both("/ui/fleet", "The fleet: workers and their partitions"),
-    *_both("/ui/tables", "A table's rows in one partition", _TABLE_PARAMS),
-    *_both("/ui/entry", "An entry's state and history", _ENTRY_PARAMS),
-    *_both("/ui/dlq", "A namespace's dead letters", _DLQ_PARAMS),
+    *_both("/ui/tables", "A table's rows in one partition", _TABLE_PARAMS, (400, 404, 409, 503)),
+    *_both("/ui/entry", "An entry's state and history", _ENTRY_PARAMS, (400,)),
+    *_both("/ui/dlq", "A namespace's dead letters", _DLQ_PARAMS, (400, 503)),
     Operation("post", "/ui/dlq/redrive", "Redrive dead letters (a form: namespace, id..., dry_run, rate)",
-              "pages", answers={200: None, 400: None}, content_type="text/html", auth="admin"),
+              "pages", answers={200: None, 400: None, 503: None}, content_type="text/html", auth="admin"),
     Operation("get", "/ui/login", "The admin token form", "pages", answers={200: None}, content_type="text/html",
               params=(Param("next", "query", "the page to go to after", {"type": "string", "pattern": "^/ui"}),)),
-    Operation("post", "/ui/login", "Keep the admin token in a cookie for the pages", "pages",
-              answers={200: None}, content_type="text/html"),
+    Operation("post", "/ui/login", "Keep the admin token in a cookie for the pages (a form: token, next)",
+              "pages", answers={303: None, 403: None}, content_type="text/html"),
     Operation("get", gather.REPORT_PATH, "This worker's report (for the overview and fleet pages)", "internal",
               answers={200: None}, internal=True),
 )
@@ -101,7 +107,8 @@ def register(ctx: WebContext) -> None:
         if wants_json(request) or request.method != "GET":
             return error(view, request, refused.status, refused.message)
         target = aio(request).path_qs
-        return view.bytes(b"", status=303, headers={"Location": f"/ui/login?{urlencode({'next': target})}"})
+        return view.bytes(b"", content_type="text/html", status=303,
+                          headers={"Location": f"/ui/login?{urlencode({'next': target})}"})
 
     def pages(path: str) -> Any:
         """Declare a page at ``path`` and at ``path.json``."""
@@ -237,9 +244,10 @@ def register(ctx: WebContext) -> None:
                 return page(self, request, "login.html", {"next": target, "message": "that is not an admin token"},
                         status=403, json_link=False)
             cookie = f"{COOKIE}={quote(token, safe='')}; Path=/ui; HttpOnly; SameSite=Strict"
-            return self.bytes(b"", status=303, headers={"Location": target, "Set-Cookie": cookie})
+            return self.bytes(b"", content_type="text/html", status=303,
+                              headers={"Location": target, "Set-Cookie": cookie})
 
     @app.page(gather.REPORT_PATH)
     class ReportView(View):
         async def get(self, request: Request) -> Response:
-            return respond(self, 200, ctx.report.report())
+            return respond(self, 200, await ctx.report.report())

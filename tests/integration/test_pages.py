@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -161,3 +162,58 @@ def test_an_operator_reads_the_pages_and_redrives_a_dead_letter(
         doc = c.get("/ui.json", headers=admin).json()
     [ns] = [n for n in doc["namespaces"] if n["name"] == unique]
     assert ns["delayed"] == 1
+
+
+def test_a_fleet_page_shows_both_workers_and_the_table_browser_reads_each_partition_on_its_owner(
+    start_worker: Callable[..., Worker], unique: str
+) -> None:
+    """Two workers of one app, admin tokens set: the fleet page lists both, every partition
+    active on one and standby on the other; a partition's rows asked of either worker are
+    read on the worker holding it (the token passed on), and hold the entry written there."""
+    env = {"WALSTREAM_ADMIN_TOKENS": ADMIN}
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    a = start_worker(**env)
+    b = start_worker(**env)
+    with a.client() as c:
+        r = c.put(f"/v1/namespaces/{unique}", headers=admin,
+                  json={"name": unique, "targets": [{"type": "noop"}]})
+        assert r.status_code == 200, r.text
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+
+    def settled() -> dict[str, Any] | None:
+        with a.client() as c:
+            fleet = c.get("/ui/fleet.json", headers=admin).json()
+        held = fleet["partitions"]
+        owners = {p: h["active"] for p, h in held.items()}
+        if (len(fleet["workers"]) != 2 or sorted(owners) != ["0", "1", "2", "3"]
+                or set(owners.values()) != {a.url, b.url}):
+            return None
+        return fleet if all(h["standby"] and h["standby"] != [h["active"]] for h in held.values()) else None
+
+    fleet = wait_until(settled, timeout_s=120, what="both workers to hold partitions, each with a standby")
+    with a.client() as c:
+        r = c.post("/v1/log/batch", json={"entries": [
+            {"namespace": unique, "id": f"e{n}", "key": f"k{n}", "payload": {"n": n},
+             "lifecycle": {"deliver_at": later}}
+            for n in range(40)]})
+        assert {x["durable"] for x in r.json()["results"]} == {"SUCCESS"}, r.text
+
+    def rows_everywhere() -> dict[str, set[str]] | None:
+        found: dict[str, set[str]] = {}
+        for w in (a, b):
+            with w.client() as c:
+                for p, held in fleet["partitions"].items():
+                    page = c.get("/ui/tables.json", headers=admin,
+                                 params={"table": "walstream-schedule", "partition": p, "limit": "1000"})
+                    assert page.status_code == 200, page.text
+                    doc = page.json()
+                    assert doc["worker"] == held["active"], (w.url, p, doc["worker"])  # read on the owner
+                    found.setdefault(p, set()).update(r["value"]["entry"]["id"] for r in doc["rows"])
+        every = set().union(*found.values())
+        return found if every == {f"e{n}" for n in range(40)} else None
+
+    found = wait_until(rows_everywhere, timeout_s=60, what="every entry's timer in the schedule table")
+    assert sum(len(ids) for ids in found.values()) == 40  # each in one partition only
+    # without the token the pages refuse, and pass nothing on
+    with b.client() as c:
+        assert c.get("/ui/tables.json", params={"table": "walstream-schedule", "partition": "0"}).status_code == 401

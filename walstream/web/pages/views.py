@@ -101,7 +101,7 @@ def register(ctx: WebContext) -> None:
     def denied(view: View, request: Request) -> Response | None:
         """None when the request may see the pages; else a 401/403 (JSON) or, for a page,
         the way to the login form."""
-        refused = ctx.auth.admin_token(token_of(request), "the operator's pages")
+        refused = ctx.auth.admin_token(token_of(request), "reading the operator's pages")
         if refused is None:
             return None
         if wants_json(request) or request.method != "GET":
@@ -240,7 +240,7 @@ def register(ctx: WebContext) -> None:
             token, target = str(form.get("token", "")), str(form.get("next", "/ui"))
             if not target.startswith("/ui"):
                 target = "/ui"  # never a redirect off the worker's pages
-            if ctx.auth.admin_token(token or None, "the operator's pages") is not None:
+            if ctx.auth.admin_token(token or None, "reading the operator's pages") is not None:
                 return page(self, request, "login.html", {"next": target, "message": "that is not an admin token"},
                         status=403, json_link=False)
             cookie = f"{COOKIE}={quote(token, safe='')}; Path=/ui; HttpOnly; SameSite=Strict"

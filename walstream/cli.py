@@ -49,7 +49,7 @@ from walstream.client import (
     WalstreamClient,
     WalstreamError,
 )
-from walstream.namespaces.model import NamespaceConfig, NamespaceError, parse_namespace
+from walstream.namespaces.model import NamespaceConfig, NamespaceError, parse_namespace, validation_message
 from walstream.settings import Settings
 from walstream.targets.base import ErrorClass
 
@@ -185,7 +185,8 @@ def _settings() -> Settings:
             return "=<hidden>" if secret else f"={e.get('input')!r}"
 
         problems = "; ".join(
-            f"WALSTREAM_{'_'.join(str(p) for p in e['loc']).upper()}{given(e)}: {e['msg']}" for e in exc.errors()
+            f"WALSTREAM_{'_'.join(str(p) for p in e['loc']).upper()}{given(e)}: {validation_message(e)}"
+            for e in exc.errors()
         )
         raise click.ClickException(f"invalid setting: {problems}") from exc
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from walstream.namespaces.model import ElasticsearchTargetConfig, NamespaceError, parse_namespace
 
@@ -213,3 +214,22 @@ def test_ordinary_target_addresses_are_accepted() -> None:
         {"type": "cassandra", "keyspace": "ks", "hosts": ["10.0.0.1", "cass-2.internal"]},
     ]})
     assert len(cfg.targets) == 2
+
+
+def test_a_validators_message_is_given_without_pydantics_prefix() -> None:
+    with pytest.raises(NamespaceError) as exc:
+        parse_namespace({"name": "Bad!", "targets": [{"type": "noop"}]})
+    assert str(exc.value).startswith("name: name must start with a lower-case letter"), str(exc.value)
+    assert "Value error" not in str(exc.value)
+
+
+def test_the_put_body_may_leave_the_name_out() -> None:
+    """The description of ``PUT /v1/namespaces/{name}`` says what the view takes: a document
+    without ``name`` (the path names it), so a fuzzer does not call accepting it a bug."""
+    from walstream.namespaces.model import NamespaceDocument
+
+    schema = NamespaceDocument.model_json_schema(mode="validation")
+    assert "name" not in schema.get("required", []) and "targets" in schema["required"]
+    assert parse_namespace({"targets": [{"type": "noop"}]}, name="orders").name == "orders"
+    with pytest.raises(ValidationError):
+        NamespaceDocument.model_validate({"name": "Bad!", "targets": [{"type": "noop"}]})

@@ -170,6 +170,19 @@ class NamespaceConfig(_Strict):
         return orjson.dumps(self.model_dump(mode="json"))
 
 
+class NamespaceDocument(NamespaceConfig):
+    """What ``PUT /v1/namespaces/{name}`` takes (its description's body; :func:`parse_namespace`
+    reads it): a namespace's config whose ``name`` may be left out, since the path names it
+    (given, it must equal the path's)."""
+
+    name: str | None = Field(default=None, json_schema_extra={"pattern": NAME_RE.pattern})  # type: ignore[assignment]
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str | None) -> str | None:  # type: ignore[override]
+        return None if v is None else NamespaceConfig._name_ok(v)
+
+
 def wal_topic(namespace: str) -> str:
     return f"wal.{namespace}"
 
@@ -178,12 +191,19 @@ def dlq_topic(namespace: str) -> str:
     return f"wal.{namespace}.dlq"
 
 
+def validation_message(err: Any) -> str:
+    """One pydantic error's message, without the "Value error, " pydantic puts before a
+    validator's own message (which says it all)."""
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ") if err.get("type") == "value_error" else msg
+
+
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     """One line per problem, each naming the field: ``retry.max_attempts: ...``."""
     lines = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
-        msg = err["msg"]
+        msg = validation_message(err)
         if err["type"] == "union_tag_invalid":
             ctx = err.get("ctx") or {}
             msg = f"unknown target type {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"

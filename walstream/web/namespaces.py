@@ -11,7 +11,14 @@ from walstream.api import NamespaceBusy, NamespaceDeleted, NamespaceList, Pendin
 from walstream.context import WebContext
 from walstream.delivery import commands
 from walstream.kafka_admin import unconsumed
-from walstream.namespaces.model import NAME_RE, NamespaceConfig, NamespaceError, parse_namespace, wal_topic
+from walstream.namespaces.model import (
+    NAME_RE,
+    NamespaceConfig,
+    NamespaceDocument,
+    NamespaceError,
+    parse_namespace,
+    wal_topic,
+)
 from walstream.status import FleetIncomplete
 from walstream.web.common import BodyError, read_body, respond
 from walstream.web.openapi import NAMESPACE, Operation, Param
@@ -26,7 +33,7 @@ OPERATIONS = (
               answers={200: NamespaceConfig, 404: None}),
     Operation(
         "put", "/v1/namespaces/{name}", "Create or change a namespace", "namespaces", params=(NAME,),
-        body=NamespaceConfig, answers={200: NamespaceConfig, 400: None, 413: None, 503: None}, auth="admin",
+        body=NamespaceDocument, answers={200: NamespaceConfig, 400: None, 413: None, 503: None}, auth="admin",
         description="The body is the namespace document as JSON (YAML is read too); `name` may be "
         "left out, else it must equal the path's. Its WAL topic is created.",
     ),

@@ -52,6 +52,7 @@ from walstream.client import (
 from walstream.namespaces.model import NamespaceConfig, NamespaceError, parse_namespace, validation_message
 from walstream.settings import Settings
 from walstream.targets.base import ErrorClass
+from walstream.wording import counted
 
 DEFAULT_URL = "http://127.0.0.1:6066"
 #: seconds to wait for a TCP connection to a worker (the whole answer waits ``--timeout``)
@@ -589,7 +590,8 @@ def namespace_delete(ctx: click.Context, name: str, force: bool, url: str | None
     pending (delayed, retrying, held) unless --force, which dead-letters them."""
     doc = _remote(ctx, url).run(lambda wal: wal.delete_namespace(name, force=force))
     dead = doc.get("dead_lettered", 0)
-    click.echo(f"namespace {name} deleted" + (f"; {dead} pending entries dead-lettered" if dead else ""))
+    click.echo(f"namespace {name} deleted"
+               + (f"; {counted(dead, 'pending entry', 'pending entries')} dead-lettered" if dead else ""))
 
 
 # -- entries -----------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def test_deleting_a_namespace_with_pending_entries_needs_force(
     assert httpx.delete(f"{w.url}/v1/namespaces/{unique}", params={"forse": "true"}).status_code == 400
     # With force: deleted, and the entry dead-lettered now (not in ten minutes)
     forced = cli(w, "namespace", "delete", unique, "--force")
-    assert forced.returncode == 0 and "1 pending entries dead-lettered" in forced.stdout, forced
+    assert forced.returncode == 0 and "1 pending entry dead-lettered" in forced.stdout, forced
     letters = wait_until(lambda: dead_letters(f"wal.{unique}.dlq"), timeout_s=30, what="the dead letter")
     assert [(dl["entry"]["id"], dl["error_class"]) for dl in letters] == [("later", "no_namespace")]  # type: ignore[index]
     with w.client() as c:

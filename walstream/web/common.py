@@ -3,6 +3,7 @@ the problem (``{"message": ...}``; a failed write ``{"durable": "FAILED", "id", 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -92,11 +93,23 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     ``message`` (aiohttp's own are plain text), the ``Allow`` header of a 405 kept."""
     try:
         response: web.StreamResponse = await handler(request)
-        return response
     except web.HTTPNotFound:
         message = f"no such endpoint: {request.method} {request.path}; GET /openapi.json lists them"
         return web.json_response({"message": message}, status=404)
     except web.HTTPMethodNotAllowed as exc:
-        allowed = ", ".join(sorted(exc.allowed_methods))
+        allowed = _allow(exc.allowed_methods)
         message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
         return web.json_response({"message": message}, status=405, headers={"Allow": allowed})
+    if response.status == 405 and request.method == "HEAD":
+        # Faust routes HEAD to every view and answers it 405 where there is no GET, without
+        # an Allow header: say what the route takes
+        resource = request.match_info.route.resource
+        methods = {route.method for route in resource} if resource is not None else set()
+        return web.Response(status=405, headers={"Allow": _allow(methods)})
+    return response
+
+
+def _allow(methods: Iterable[str]) -> str:
+    """An Allow header's value: HEAD only where GET is allowed (Faust lists HEAD everywhere)."""
+    given = set(methods)
+    return ", ".join(sorted(m for m in given if m != "HEAD" or "GET" in given))

@@ -38,7 +38,7 @@ _FILTERS = (
 OPERATIONS = (
     Operation(
         "get", "/v1/dlq/{namespace}", "The namespace's dead letters, across the fleet", "dead letters",
-        params=(NAMESPACE, *_FILTERS, LOCAL), answers={200: DeadLetterList, 400: None, 503: None},
+        params=(NAMESPACE, *_FILTERS, LOCAL), answers={200: DeadLetterList, 400: None, 404: None, 503: None},
     ),
     Operation(
         "post", "/v1/dlq/{namespace}/redrive", "Deliver dead letters again (a dry run by default)",
@@ -196,6 +196,9 @@ def register(ctx: WebContext) -> None:
                 rows = await queue.rows(namespace, query, ids, local_only)
             except (BodyError, ValueError) as exc:
                 return respond(self, getattr(exc, "status", 400), {"message": str(exc)})
+            if not rows and not local_only and ctx.registry.get(namespace) is None:
+                # a deleted namespace's letters stay listed; a name never created is a mistake
+                return respond(self, 404, {"message": f"there is no namespace {namespace!r} (nor dead letters of it)"})
             body: dict[str, Any] = {"dead_letters": [dlq_row(r) for r in rows]}
             if local_only:
                 body["_rows"] = rows

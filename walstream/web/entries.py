@@ -91,14 +91,9 @@ def register(ctx: WebContext) -> None:
                 # the worker holding the entry may be the one that did not answer
                 return respond(self, 503, unknown_for_now(entry_id, namespace, unknown))
             if doc is None:
-                return respond(
-                    self,
-                    404,
-                    {
-                        "message": f"no entry {entry_id!r} in namespace {namespace!r} "
-                        "(never written, not yet consumed, or past retention)"
-                    },
-                )
+                why = ("there is no such namespace" if ctx.registry.get(namespace) is None
+                       else "never written, not yet consumed, or past retention")
+                return respond(self, 404, {"message": f"no entry {entry_id!r} in namespace {namespace!r} ({why})"})
             body = public(doc)
             if local_only:
                 body["_doc"] = doc

@@ -22,6 +22,7 @@ from walstream.namespaces.model import (
 from walstream.status import FleetIncomplete
 from walstream.web.common import BodyError, read_body, respond
 from walstream.web.openapi import NAMESPACE, Operation, Param
+from walstream.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +106,10 @@ def register(ctx: WebContext) -> None:
                 return respond(self, 503, {"message": f"cannot count the namespace's pending entries: {exc}"})
             if (pending or backlog) and force != "true":
                 return respond(self, 409, {
-                    "message": f"namespace {name!r} has {len(pending)} pending entries (delayed, retrying or "
-                    f"held) and {backlog} not yet consumed; deleting with force (?force=true, CLI --force) "
-                    "dead-letters the pending "
-                    "ones (the unconsumed ones stay in its WAL topic, delivered if it is created again)",
+                    "message": f"namespace {name!r} has {counted(len(pending), 'pending entry', 'pending entries')} "
+                    f"(delayed, retrying or held) and {backlog} not yet consumed; deleting with force "
+                    "(?force=true, CLI --force) dead-letters the pending ones (the unconsumed ones stay in "
+                    "its WAL topic, delivered if it is created again)",
                     "pending": len(pending),
                     "unconsumed": backlog,
                 })

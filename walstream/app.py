@@ -236,6 +236,7 @@ class WalApp:
             actives=lambda: {(tp.topic, tp.partition) for tp in self.faust.assignor.assigned_actives()},
             standbys=lambda: {(tp.topic, tp.partition) for tp in self.faust.assignor.assigned_standbys()},
             not_ready=self.not_ready,
+            settling=self.settling,
         )
         self.faust.timer(interval=REPORT_SAMPLE_S)(self._sample_rates)
         # Faust's own sensors (messages, events, commits, table operations, rebalances) on

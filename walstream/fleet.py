@@ -95,6 +95,13 @@ class Fleet:
                 return url
         return None
 
+    def unheld(self, topic: str, partitions: int) -> list[int]:
+        """The partitions of ``topic`` (numbered below ``partitions``) that no worker holds
+        actively as of the last rebalance: while there are any, no answer from the fleet
+        covers them (a worker that just started knows no assignment yet)."""
+        held = {p for worker in self.workers().values() for t, p in worker if t == topic}
+        return [p for p in range(partitions) if p not in held]
+
     # -- asking --------------------------------------------------------------------------
 
     def _http(self) -> httpx.AsyncClient:

@@ -46,6 +46,9 @@ class EntryStatus:
         self.active_partitions = active_partitions
         self.settling = settling
 
+    def _unheld(self) -> list[int]:
+        return self.fleet.unheld(self.states.table.changelog_name, self.states.table.partitions)
+
     def local(self, namespace: str, entry_id: str) -> list[dict[str, Any]]:
         """The entry's documents in this worker's active partitions (outside an event)."""
         actives = ordered.partitions(self.states.table, set(self.active_partitions()))
@@ -71,6 +74,9 @@ class EntryStatus:
         # before a restart answered DELAYED from the worker's own RocksDB while it recovered):
         # meanwhile only final states are taken from it
         unknown = [self.fleet.self_url] if self.settling() else []
+        unheld = self._unheld()
+        if unheld:
+            unknown.append(f"partitions {unheld} (held by no worker yet)")
         docs = [d for d in self.local(namespace, entry_id) if not unknown or d.get("state") in FINAL]
         path = f"/v1/log/{quote(namespace, safe='')}/{quote(entry_id, safe='')}"
         for a in await self.fleet.ask_peers(path, {"local": "1"}):
@@ -98,6 +104,8 @@ class EntryStatus:
         :class:`FleetIncomplete` while this worker settles or a peer cannot say."""
         if self.settling():
             raise FleetIncomplete("this worker is recovering its tables; retry shortly")
+        if unheld := self._unheld():
+            raise FleetIncomplete(f"partitions {unheld} are held by no worker yet; retry shortly")
         ids = self.local_pending(namespace)
         for a in await self.fleet.ask_peers(f"/v1/internal/pending/{quote(namespace, safe='')}", timeout_s=10.0):
             if not a.ok:

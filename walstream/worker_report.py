@@ -76,6 +76,7 @@ class WorkerReport:
         actives: Callable[[], set[tuple[str, int]]],
         standbys: Callable[[], set[tuple[str, int]]],
         not_ready: Callable[[], list[str]],
+        settling: Callable[[], bool],
     ) -> None:
         self.url = url
         self.version = version
@@ -95,6 +96,7 @@ class WorkerReport:
         self._actives = actives
         self._standbys = standbys
         self._not_ready = not_ready
+        self._settling = settling
         #: (monotonic s, writes total, delivered total), oldest first
         self._samples: deque[tuple[float, float, float]] = deque()
 
@@ -118,7 +120,8 @@ class WorkerReport:
         """This worker's report, a JSON document:
 
         - ``worker``, ``version``, ``shard``, ``started_at_s``, ``now_s`` (epoch s);
-        - ``not_ready``: why it should not take traffic (empty: ready); ``loops``: per loop,
+        - ``not_ready``: why it should not take traffic (empty: ready); ``settling``: a
+          rebalance or a table recovery is under way (its counts may be incomplete); ``loops``: per loop,
           seconds since its last sign of progress (walstream.health);
         - ``active``, ``standby``: the partitions it holds so; ``rates``: ``writes_per_s``
           and ``delivered_per_s``; ``totals``: ``writes``, ``delivered``, ``dead_lettered``;
@@ -135,6 +138,7 @@ class WorkerReport:
             "started_at_s": self.started_at_s,
             "now_s": time.time(),
             "not_ready": self._not_ready(),
+            "settling": self._settling(),
             "loops": self._liveness.ages_s(),
             "active": _partitions(self._actives()),
             "standby": _partitions(self._standbys()),

@@ -197,3 +197,13 @@ def random_float_literals(seed: int, n: int = 3000) -> list[str]:
             literal = (digits if rng.random() < 0.5 else literal) + f"e{rng.randint(-330, 310)}"
         out.append(literal)
     return out
+
+
+def hold_every_partition(wal: WalApp) -> None:
+    """Make the worker's fleet router see this worker holding every partition of every table
+    actively, as the first rebalance would (the unit harness has no consumer group): until
+    then fleet-wide answers are incomplete and say so."""
+    url = wal.fleet.self_url
+    tables = (wal.schedule.table, wal.key_order.blocked, wal.key_order.held, wal.states.table, wal.dlq_index.table)
+    held = {t.changelog_name: list(range(wal.settings.partitions)) for t in tables}
+    wal.fleet._distribution = lambda: {url: held}

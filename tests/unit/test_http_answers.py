@@ -12,15 +12,17 @@ from typing import Any, cast
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from tests.unit.conftest import add_namespace, build_wal
+from tests.unit.conftest import add_namespace, build_wal, hold_every_partition
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def run(tmp_path: Path, check: Callable[[TestClient[Any, Any]], Awaitable[None]]) -> None:
+def run(tmp_path: Path, check: Callable[[TestClient[Any, Any]], Awaitable[None]], held: bool = True) -> None:
     async def main() -> None:
         wal = build_wal("memory://", tmp_path)
         add_namespace(wal, {"name": "orders", "targets": [{"type": "noop"}]})
+        if held:
+            hold_every_partition(wal)
         async with TestClient(TestServer(cast(Any, wal.faust.web).web_app)) as client:
             await check(client)
 
@@ -51,3 +53,19 @@ def test_a_404_says_when_the_namespace_does_not_exist(tmp_path: Path) -> None:
         assert r.status == 200 and (await r.json()) == {"dead_letters": []}
 
     run(tmp_path, check)
+
+
+def test_before_every_partition_is_held_fleet_wide_answers_say_they_are_incomplete(tmp_path: Path) -> None:
+    """A worker that knows no assignment yet (it just started) must not answer "no such
+    entry" or "no dead letters" for partitions another worker may hold."""
+    async def check(c: TestClient[Any, Any]) -> None:
+        r = await c.get("/v1/log/orders/x")
+        assert r.status == 503 and "held by no worker yet" in (await r.json())["message"]
+        r = await c.get("/v1/dlq/orders")
+        assert r.status == 503 and "held by no worker yet" in (await r.json())["message"]
+        r = await c.get("/ui/dlq.json?namespace=orders")
+        assert r.status == 503
+        r = await c.delete("/v1/namespaces/orders")
+        assert r.status == 503 and "held by no worker yet" in (await r.json())["message"]
+
+    run(tmp_path, check, held=False)

@@ -14,9 +14,10 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from tests.unit.conftest import add_namespace, build_wal
+from tests.unit.conftest import add_namespace, build_wal, hold_every_partition
 from walstream import worker_report
 from walstream.app import WalApp
+from walstream.tables.dead_letter_index import index_key
 from walstream.tables.entry_state import state_key
 from walstream.web.pages.render import render_html
 from walstream.web.pages.table_rows import browse
@@ -32,6 +33,7 @@ def run(tmp_path: Path, check: Callable[[WalApp, TestClient[Any, Any]], Awaitabl
     async def main() -> None:
         wal = build_wal("memory://", tmp_path, **settings)
         add_namespace(wal, {"name": "orders", "targets": [{"type": "noop"}]})
+        hold_every_partition(wal)
         async with TestClient(TestServer(cast(Any, wal.faust.web).web_app)) as client:
             await check(wal, client)
 
@@ -83,9 +85,11 @@ def test_the_pages_need_an_admin_token_when_tokens_are_set(tmp_path: Path) -> No
         cookie = good.headers["Set-Cookie"]
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
         assert (await c.get("/ui/fleet", allow_redirects=False)).status == 200  # the cookie is sent back
-        # never a redirect off the worker's pages
-        away = await c.post("/ui/login", data={"token": ADMIN, "next": "//elsewhere.example/"}, allow_redirects=False)
-        assert away.headers["Location"] == "/ui"
+        assert (await c.get("/ui.json")).status == 200  # the cookie covers the JSON twins too
+        # never a redirect off the worker's pages, nor a header broken by a line break
+        for away in ("//elsewhere.example/", "/uievil", "/ui\r\nX-Evil: 1", "https://elsewhere.example/ui"):
+            r = await c.post("/ui/login", data={"token": ADMIN, "next": away}, allow_redirects=False)
+            assert (r.status, r.headers["Location"]) == (303, "/ui"), away
 
     run(tmp_path, check, admin_tokens=ADMIN)
 
@@ -152,5 +156,97 @@ def test_a_count_stops_at_its_limit_and_says_so(tmp_path: Path, monkeypatch: pyt
         assert (mine["delayed"], mine["cut_short"]) == (2, True)
         overview = await (await c.get("/ui")).text()
         assert "counts cut short" in overview
+
+    run(tmp_path, check)
+
+
+def test_the_overview_names_the_partitions_it_could_not_count(tmp_path: Path) -> None:
+    """A worker that holds no partition yet (the harness has no consumer group) counts none:
+    the overview says which partitions are missing from its sums rather than show them as
+    the whole."""
+    async def check(wal: WalApp, c: TestClient[Any, Any]) -> None:
+        overview = await (await c.get("/ui.json")).json()
+        every = list(range(wal.settings.partitions))
+        assert overview["uncounted_partitions"] == every
+        assert f"Partitions {', '.join(map(str, every))} are not counted" in await (await c.get("/ui")).text()
+
+    run(tmp_path, check)
+
+
+def test_pages_are_not_cached_and_link_their_json_with_the_same_query(tmp_path: Path) -> None:
+    async def check(wal: WalApp, c: TestClient[Any, Any]) -> None:
+        for path in ("/ui/dlq?namespace=orders", "/ui/dlq.json?namespace=orders"):
+            assert (await c.get(path)).headers["Cache-Control"] == "no-store"
+        html = await (await c.get("/ui/dlq?namespace=orders")).text()
+        assert 'href="/ui/dlq.json?namespace=orders" id="json-link"' in html
+
+    run(tmp_path, check)
+
+
+def test_the_entry_page_shows_the_status_as_the_api_answers_it(tmp_path: Path) -> None:
+    async def check(wal: WalApp, c: TestClient[Any, Any]) -> None:
+        doc = {"ns": "orders", "id": "o1", "state": "DELAYED", "offset": 3, "updated_ms": 1,
+               "due_ms": 1_800_000_000_000, "targets": {"t1": {"state": "DELAYED", "type": "noop"}}}
+        wal.states.table.data.data[state_key("orders", "o1")] = orjson.dumps(doc)
+        api = await (await c.get("/v1/log/orders/o1")).json()
+        page = await (await c.get("/ui/entry.json?namespace=orders&id=o1")).json()
+        assert page["entry"] == api and api["due_at"].startswith("2027-01-15")
+        assert "2027-01-15" in await (await c.get("/ui/entry?namespace=orders&id=o1")).text()
+
+    run(tmp_path, check)
+
+
+def letter(entry_id: str) -> dict[str, Any]:
+    return {"ns": "orders", "id": entry_id, "key": "k", "target": {"type": "noop"}, "target_id": "t1",
+            "error_class": "permanent", "message": "no", "attempts": 1, "first_failure_s": 1.0,
+            "last_failure_s": 2.0, "source": ["wal.orders", 0, 1], "entry": {"payload": {"x": 1}}}
+
+
+def test_a_redrive_that_would_hold_the_request_too_long_is_refused_and_sends_nothing(tmp_path: Path) -> None:
+    async def check(wal: WalApp, c: TestClient[Any, Any]) -> None:
+        ids = [f"d{n:02d}" for n in range(20)]  # 19 gaps at 0.02 per second: 950 s
+        for entry_id in ids:
+            wal.dlq_index.table.data.data[index_key("orders", entry_id, "t1")] = orjson.dumps(letter(entry_id))
+        sent: list[Any] = []
+
+        async def send(*args: Any) -> None:
+            sent.append(args)
+
+        wal.commands.send = send  # type: ignore[method-assign]
+        r = await c.post("/v1/dlq/orders/redrive", json={"dry_run": False, "rate": 0.02})
+        assert r.status == 400 and "raise the rate or redrive fewer" in (await r.json())["message"]
+        r = await c.post("/ui/dlq/redrive", data=[("namespace", "orders"), ("rate", "0.02"), *(("id", i) for i in ids)])
+        assert r.status == 400 and "raise the rate" in await r.text()
+        assert sent == []
+        listed = await (await c.get("/ui/dlq.json?namespace=orders")).json()
+        assert [d["id"] for d in listed["dead_letters"]] == ids
+        assert listed["dead_letters"][0]["entry"] == {"payload": {"x": 1}}
+
+    run(tmp_path, check)
+
+
+def test_many_ids_are_not_named_in_the_question_to_other_workers(tmp_path: Path) -> None:
+    """A peer refuses a request line over 8 KiB: past IDS_IN_QUERY ids, the other workers are
+    asked for every letter and the ids picked here; up to it, they are named."""
+    from walstream.fleet import PeerAnswer
+    from walstream.web.dead_letters import IDS_IN_QUERY
+
+    async def check(wal: WalApp, c: TestClient[Any, Any]) -> None:
+        asked: list[dict[str, Any]] = []
+        theirs = [letter(f"p{n:03d}") for n in range(200)]
+
+        async def ask_peers(path: str, params: Any = None, timeout_s: float | None = None) -> list[PeerAnswer]:
+            asked.append(dict(params))
+            named = params.get("id")
+            rows = [r for r in theirs if named is None or r["id"] in named]
+            return [PeerAnswer("http://peer:1", 200, {"_rows": rows})]
+
+        wal.fleet.ask_peers = ask_peers  # type: ignore[method-assign]
+        few = [f"p{n:03d}" for n in range(3)]
+        many = [f"p{n:03d}" for n in range(0, 2 * IDS_IN_QUERY + 20, 2)]
+        for ids in (few, many):
+            r = await c.post("/v1/dlq/orders/redrive", json={"ids": ids})
+            assert sorted(d["id"] for d in (await r.json())["would_redrive"]) == ids
+        assert asked[0]["id"] == few and "id" not in asked[1] and asked[1]["limit"] == "100000"
 
     run(tmp_path, check)

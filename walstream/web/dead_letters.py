@@ -23,6 +23,15 @@ from walstream.targets.base import ErrorClass
 from walstream.web.common import BodyError, parse_time, read_json, respond
 from walstream.web.openapi import LOCAL, NAMESPACE, Operation, Param
 
+#: most ids a listing names in its questions to the other workers; past it, they are asked
+#: for every letter and the ids are picked from their answers
+IDS_IN_QUERY = 50
+#: most letters one listing returns
+MAX_LISTED = 100_000
+#: the longest a redrive's commands may take to send at its rate, in seconds (the request is
+#: held open meanwhile)
+MAX_SEND_S = 600.0
+
 _FILTERS = (
     Param("id", "query", "only these entries' letters (repeat it for several)",
           {"type": "array", "items": {"type": "string", "minLength": 1}}),
@@ -83,6 +92,12 @@ class DeadLetterQueue:
         applies to what matches. Raises :class:`BodyError` (400 for a bad time, 503 when a
         worker does not answer: the list would be incomplete)."""
         ctx = self._ctx
+        if ctx.settling():
+            raise BodyError(503, "this worker is recovering its tables; the list would be incomplete; retry shortly")
+        table = ctx.dlq_index.table
+        if not local_only and (unheld := ctx.fleet.unheld(table.changelog_name, table.partitions)):
+            raise BodyError(503, f"partitions {unheld} are held by no worker yet; the list would be incomplete; "
+                            "retry shortly")
         # names, repeats, emptiness, limit's bounds and error_class's values are checked
         # before the view runs (walstream.web.query), or by RedriveRequest's model
         since, until = parse_time(query.get("since"), "since"), parse_time(query.get("until"), "until")
@@ -102,12 +117,20 @@ class DeadLetterQueue:
             rows.append(row)
         if not local_only:
             params: dict[str, Any] = {k: v for k, v in query.items() if v} | {"local": "1"}
-            if ids:
+            by_name = bool(ids) and len(ids or ()) <= IDS_IN_QUERY
+            if by_name:
                 params["id"] = ids  # repeated in the query string
+            elif ids:
+                # too many to name in a URL (a peer refuses a request line over 8 KiB): every
+                # matching letter is asked for, and the ids picked here
+                params["limit"] = str(MAX_LISTED)
             for a in await ctx.fleet.ask_peers(f"/v1/dlq/{quote(ns, safe='')}", params, timeout_s=10.0):
                 if not a.ok:
-                    raise BodyError(503, f"worker {a.peer} did not answer; the list would be incomplete")
-                rows.extend(a.body["_rows"])
+                    said = a.body.get("message") if isinstance(a.body, dict) else a.error
+                    raise BodyError(503, f"worker {a.peer} did not list its letters ({a.status or 'no answer'}: "
+                                    f"{said}); the list would be incomplete")
+                wanted_ids = None if by_name or not ids else set(ids)
+                rows.extend(r for r in a.body["_rows"] if wanted_ids is None or r["id"] in wanted_ids)
         rows.sort(key=lambda r: (r["last_failure_s"], r["id"]))
         return rows[:limit]
 
@@ -123,6 +146,10 @@ class DeadLetterQueue:
         }
         # ids asked for by name: the limit (oldest first) applies to what matches
         rows = await self.rows(ns, query, sorted(set(req.ids)) if req.ids else None, local_only=False)
+        if not req.dry_run and req.rate and len(rows) > 1 and (len(rows) - 1) / req.rate > MAX_SEND_S:
+            raise BodyError(400, f"at {req.rate:g} per second, {len(rows)} letters take "
+                            f"{(len(rows) - 1) / req.rate:.0f} s to send, and the request stays open meanwhile; "
+                            f"the most is {MAX_SEND_S:.0f} s: raise the rate or redrive fewer at a time")
         if req.dry_run:
             return {"dry_run": True, "would_redrive": [dlq_row(r) for r in rows]}
         sent = 0

@@ -34,6 +34,38 @@ OPERATIONS = (
 )
 
 
+def public_status(doc: dict[str, Any]) -> dict[str, Any]:
+    """An entry's state document as ``GET /v1/log/{ns}/{id}`` answers it (walstream.api):
+    times as ISO-8601, one item per target."""
+    def at(ms: int | None) -> str | None:
+        return None if ms is None else iso(ms / 1000)
+
+    return {
+        "id": doc["id"],
+        "namespace": doc["ns"],
+        "key": doc.get("key"),
+        "state": doc["state"],
+        "partition": doc.get("partition"),
+        "offset": doc.get("offset"),
+        "written_at": at(doc["written_at_us"] // 1000) if doc.get("written_at_us") else None,
+        "due_at": at(doc.get("due_ms")),
+        "updated_at": at(doc.get("updated_ms")),
+        "last_error": doc.get("last_error"),
+        "targets": [
+            {
+                "target": tid,
+                "type": t.get("type"),
+                "state": t["state"],
+                "attempts": t.get("attempts", 0),
+                "last_error": t.get("last_error"),
+                "next_attempt_at": at(t.get("next_attempt_ms")),
+                "held_behind": t.get("held_behind"),
+            }
+            for tid, t in sorted(doc.get("targets", {}).items())
+        ],
+    }
+
+
 def register(ctx: WebContext) -> None:
     app = ctx.faust
     status = ctx.status
@@ -44,35 +76,6 @@ def register(ctx: WebContext) -> None:
             "state": "UNKNOWN",
             "message": f"the state of {entry_id!r} in namespace {namespace!r} is not known now: "
             f"{', '.join(unknown)} did not answer or is recovering its tables; retry shortly",
-        }
-
-    def public(doc: dict[str, Any]) -> dict[str, Any]:
-        def at(ms: int | None) -> str | None:
-            return None if ms is None else iso(ms / 1000)
-
-        return {
-            "id": doc["id"],
-            "namespace": doc["ns"],
-            "key": doc.get("key"),
-            "state": doc["state"],
-            "partition": doc.get("partition"),
-            "offset": doc.get("offset"),
-            "written_at": at(doc["written_at_us"] // 1000) if doc.get("written_at_us") else None,
-            "due_at": at(doc.get("due_ms")),
-            "updated_at": at(doc.get("updated_ms")),
-            "last_error": doc.get("last_error"),
-            "targets": [
-                {
-                    "target": tid,
-                    "type": t.get("type"),
-                    "state": t["state"],
-                    "attempts": t.get("attempts", 0),
-                    "last_error": t.get("last_error"),
-                    "next_attempt_at": at(t.get("next_attempt_ms")),
-                    "held_behind": t.get("held_behind"),
-                }
-                for tid, t in sorted(doc.get("targets", {}).items())
-            ],
         }
 
     @app.page("/v1/log/{namespace}/{entry_id}")
@@ -94,7 +97,7 @@ def register(ctx: WebContext) -> None:
                 why = ("there is no such namespace" if ctx.registry.get(namespace) is None
                        else "never written, not yet consumed, or past retention")
                 return respond(self, 404, {"message": f"no entry {entry_id!r} in namespace {namespace!r} ({why})"})
-            body = public(doc)
+            body = public_status(doc)
             if local_only:
                 body["_doc"] = doc
             return respond(self, 200, body)
@@ -110,7 +113,7 @@ def register(ctx: WebContext) -> None:
             if known is not None and known.get("offset") is not None:
                 # a written entry: its own partition decides (nothing else is touched)
                 if known["state"] in FINAL:
-                    body = public(known)
+                    body = public_status(known)
                     if known["state"] == EntryState.CANCELLED:
                         return respond(self, 200, body)
                     return respond(self, 409, {**body, "message": f"entry is already {known['state']}"})
@@ -144,7 +147,7 @@ def register(ctx: WebContext) -> None:
                     202,
                     {"id": entry_id, "state": "CANCELLING", "message": "cancellation sent; state not visible yet"},
                 )
-            body = public(doc)
+            body = public_status(doc)
             if doc["state"] == EntryState.CANCELLED:
                 return respond(self, 200, body)
             if doc["state"] in FINAL:

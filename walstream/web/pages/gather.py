@@ -46,18 +46,24 @@ async def fleet(ctx: WebContext) -> dict[str, Any]:
 
 
 async def overview(ctx: WebContext) -> dict[str, Any]:
-    """Per namespace, the fleet's sums: ``lag`` (records not processed yet, per partition),
+    """Per namespace, the sums over the workers that answered and are not settling (a
+    rebalance or a recovery under way): ``lag`` (records not processed yet, per partition),
     ``delayed``/``pending``/``retrying``/``held``/``dead_letters`` entries, per target its
     entries not final there and whether its circuit is open on some worker; and the fleet's
-    writes and deliveries per second."""
+    writes and deliveries per second; ``uncounted_partitions``: those no such worker holds
+    (their entries are missing from every count)."""
     got, missing = await reports(ctx)
+    # only settled workers' counts are added up; the partitions none of them holds are named
+    counted = [r for r in got if not r["settling"]]
+    covered = {p for r in counted for p in r["active"]}
+    uncounted = [p for p in range(ctx.settings.partitions) if p not in covered]
     namespaces = []
     for cfg in ctx.registry.all():
         sums: dict[str, Any] = {"delayed": 0, "pending": 0, "retrying": 0, "held": 0, "dead_letters": 0}
         lag: dict[str, int] = {}
         per_target: dict[str, int] = defaultdict(int)
         cut_short = False
-        for r in got:
+        for r in counted:
             mine = r["namespaces"].get(cfg.name)
             if mine is None:  # the worker has not seen the namespace yet
                 continue
@@ -90,4 +96,5 @@ async def overview(ctx: WebContext) -> dict[str, Any]:
         "delivered_per_s": rate("delivered_per_s"),
         "workers": len(got),
         "missing": missing,
+        "uncounted_partitions": uncounted,
     }

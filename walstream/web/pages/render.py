@@ -46,14 +46,19 @@ def page(
     """``data`` as JSON or rendered by ``template`` (which also gets ``path``: the page's
     own path without ``.json``, for its links; ``json_link``: the page has a JSON twin)."""
     if wants_json(request):
-        return respond(view, status, data)
-    html = render_html(template, data, aio(request).path.removesuffix(".json"), json_link=json_link)
-    return view.bytes(html.encode(), content_type="text/html", status=status)
+        response = respond(view, status, data)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    req = aio(request)
+    html = render_html(template, data, req.path.removesuffix(".json"), json_link=json_link, query=req.query_string)
+    # the pages show payloads and tokens' effects: never kept by a browser or a proxy
+    return view.bytes(html.encode(), content_type="text/html", status=status, headers={"Cache-Control": "no-store"})
 
 
-def render_html(template: str, data: dict[str, Any], path: str, *, json_link: bool = True) -> str:
-    """``template`` rendered over ``data`` (see :func:`page`)."""
-    return _ENV.get_template(template).render(data=data, path=path, json_link=json_link)
+def render_html(template: str, data: dict[str, Any], path: str, *, json_link: bool = True, query: str = "") -> str:
+    """``template`` rendered over ``data`` (see :func:`page`; ``query``: the page's query
+    string, kept in its JSON link)."""
+    return _ENV.get_template(template).render(data=data, path=path, json_link=json_link, query=query)
 
 
 def error(view: View, request: Request, status: int, message: str) -> Response:

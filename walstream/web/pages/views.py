@@ -18,6 +18,7 @@ overview and fleet pages add up.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
@@ -30,6 +31,7 @@ from walstream.namespaces.model import NAME_RE
 from walstream.targets.base import ErrorClass
 from walstream.web.common import BodyError, respond
 from walstream.web.dead_letters import DeadLetterQueue, dlq_row, parse_redrive
+from walstream.web.entries import public_status
 from walstream.web.openapi import LOCAL, Operation, Param
 from walstream.web.pages import gather
 from walstream.web.pages.render import aio, error, page, wants_json
@@ -37,6 +39,8 @@ from walstream.web.pages.table_rows import PAGE_LIMIT, browse
 
 #: the cookie the login form sets (the admin token itself: the worker keeps only digests)
 COOKIE = "walstream_admin"
+#: where the login form may send the browser on: a page of the worker's (visible ASCII only)
+_NEXT = re.compile(r"/ui(?:[/.?][\x21-\x7e]*)?")
 
 _NS = Param("namespace", "query", "the namespace's name", {"type": "string", "pattern": NAME_RE.pattern})
 _TABLE_PARAMS = (
@@ -55,7 +59,8 @@ _DLQ_PARAMS = (
     _NS,
     Param("error_class", "query", "only letters of this class",
           {"type": "string", "enum": [c.value for c in ErrorClass]}),
-    Param("limit", "query", "at most this many (default 100)", {"type": "integer", "minimum": 1, "maximum": 10_000}),
+    # at most 500: each is a field of the redrive form, and a form takes at most 1,000
+    Param("limit", "query", "at most this many (default 100)", {"type": "integer", "minimum": 1, "maximum": 500}),
 )
 
 
@@ -180,7 +185,7 @@ def register(ctx: WebContext) -> None:
             data: dict[str, Any] = {"namespace": ns, "id": entry_id, "entry": None, "unknown": []}
             if ns and entry_id:
                 doc, unknown = await ctx.status.find(ns, entry_id)
-                data |= {"entry": doc, "unknown": unknown}
+                data |= {"entry": None if doc is None else public_status(doc), "unknown": unknown}
                 if doc is None and not unknown:
                     data["message"] = f"no entry {entry_id!r} in namespace {ns!r}" + (
                         "" if ctx.registry.get(ns) is not None else f" (there is no namespace {ns!r})")
@@ -238,12 +243,13 @@ def register(ctx: WebContext) -> None:
         async def post(self, request: Request) -> Response:
             form = await aio(request).post()
             token, target = str(form.get("token", "")), str(form.get("next", "/ui"))
-            if not target.startswith("/ui"):
-                target = "/ui"  # never a redirect off the worker's pages
+            if _NEXT.fullmatch(target) is None:
+                target = "/ui"  # never a redirect off the worker's pages, nor a broken header
             if ctx.auth.admin_token(token or None, "reading the operator's pages") is not None:
                 return page(self, request, "login.html", {"next": target, "message": "that is not an admin token"},
                         status=403, json_link=False)
-            cookie = f"{COOKIE}={quote(token, safe='')}; Path=/ui; HttpOnly; SameSite=Strict"
+            # Path=/ so that it covers /ui.json too; only the pages read it
+            cookie = f"{COOKIE}={quote(token, safe='')}; Path=/; HttpOnly; SameSite=Strict"
             return self.bytes(b"", content_type="text/html", status=303,
                               headers={"Location": target, "Set-Cookie": cookie})
 

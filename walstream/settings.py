@@ -119,7 +119,9 @@ class Settings(BaseSettings):
 
     #: ``WALSTREAM_STANDBY_REPLICAS``: how many other workers keep a standby copy of each table
     #: partition (Faust's ``table_standby_replicas``); 0 keeps none, and a worker taking a
-    #: partition over then reads its whole changelog.
+    #: partition over then reads its whole changelog. Faust's assignor hands a partition to a
+    #: worker with a copy only within that worker's share of partitions: workers - 1 makes every
+    #: take-over start from a copy (README, "Running a fleet").
     standby_replicas: int = Field(default=1, ge=0, le=8)
     #: ``WALSTREAM_SESSION_TIMEOUT_S``: a worker that stops heartbeating (crash, SIGKILL) loses
     #: its partitions after this long; lower means faster take-over, higher tolerates pauses.

@@ -260,9 +260,12 @@ def create_topic(topic: str, partitions: int = 4) -> None:
     asyncio.run(ensure_topics(KAFKA, [TopicSpec(topic, partitions, 1)]))
 
 
-def read_deliveries(topic: str, expect: int, timeout_s: float) -> dict[str, int]:
-    """Consume ``topic`` until ``expect`` distinct entry ids arrived (or the timeout);
-    returns entry id → earliest record timestamp (ms): when the kafka target produced it."""
+def read_deliveries(topic: str, expect: int, timeout_s: float, wanted: set[str] | None = None) -> dict[str, int]:
+    """Consume ``topic`` until ``expect`` distinct entry ids arrived, or with ``wanted`` until
+    every one of those ids did (or the timeout); returns entry id → earliest record timestamp
+    (ms): when the kafka target produced it. Give ``wanted`` when entries may be delivered
+    that were not acknowledged (a write whose answer was lost): they would fill the count
+    while an acknowledged one is still on its way."""
     import asyncio
 
     from aiokafka import AIOKafkaConsumer
@@ -273,7 +276,7 @@ def read_deliveries(topic: str, expect: int, timeout_s: float) -> dict[str, int]
         seen: dict[str, int] = {}
         deadline = time.monotonic() + timeout_s
         try:
-            while len(seen) < expect and time.monotonic() < deadline:
+            while (len(seen) < expect if wanted is None else not wanted <= seen.keys()) and time.monotonic() < deadline:
                 batch = await c.getmany(timeout_ms=500)
                 for records in batch.values():
                     for r in records:

@@ -83,7 +83,7 @@ def test_entries_written_across_rebalances_are_all_delivered(
         writer.join()
     acknowledged = set(writer.acknowledged)
     # Then every acknowledged entry is delivered
-    delivered = read_deliveries(out, expect=len(acknowledged), timeout_s=120)
+    delivered = read_deliveries(out, expect=len(acknowledged), timeout_s=120, wanted=acknowledged)
     missing = acknowledged - set(delivered)
     print(f"{len(acknowledged)} acknowledged, {len(delivered)} delivered, {len(missing)} missing")
     assert not missing, f"{len(missing)} acknowledged entries never delivered, e.g. {sorted(missing)[:5]}"

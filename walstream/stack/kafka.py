@@ -133,7 +133,9 @@ class KafkaService(Service):
         name: str = "kafka",
         port: int = 9092,
         controller_port: int = 9093,
-        heap_mb: int = 512,
+        # 1 GiB: a broker holding ~19,000 partitions (a day of test runs: each test's app has
+        # its own topics) died of OutOfMemoryError at 512 MiB under the fleet tests
+        heap_mb: int = 1024,
     ) -> None:
         super().__init__(paths)
         self.name = name
@@ -242,7 +244,7 @@ class KafkaService(Service):
             "log.retention.bytes": 1024 * 1024 * 1024,
             "log.segment.bytes": 64 * 1024 * 1024,
             "log.retention.check.interval.ms": 60_000,
-            # The cleaner's dedupe buffer is on-heap (default 128 MiB): too much of 512 MiB.
+            # The cleaner's dedupe buffer is on-heap (default 128 MiB): too much of a small heap.
             "log.cleaner.dedupe.buffer.size": 32 * 1024 * 1024,
             "log.cleaner.threads": 1,
             # After a SIGKILL the restarted controller keeps the old broker incarnation

@@ -201,6 +201,9 @@ class ElasticsearchService(Service):
             "cluster.routing.allocation.disk.threshold_enabled": False,
             # a test stack should let tests drop ``walstream-*`` indices with a wildcard
             "action.destructive_requires_name": False,
+            # the default 1,000 shards per node filled up with a day of test runs' indices on
+            # one machine (each test makes its own), and index creation was refused
+            "cluster.max_shards_per_node": 20_000,
         }
         # JSON scalars are valid YAML and quote paths safely
         return "".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items())

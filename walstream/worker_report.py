@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, deque
+from collections import Counter as Tally
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, TypeVar
+
+from prometheus_client import Counter
 
 from walstream.delivery.breaker import Breakers
 from walstream.health import Liveness
@@ -38,13 +41,10 @@ RATE_WINDOW_S = 60.0
 YIELD_EVERY = 1_000
 
 
-def counter_total(metrics: Metrics, name: str) -> float:
-    """The sum of a counter's samples over all its labels (0 when it has none yet)."""
-    total = 0.0
-    for family in metrics.registry.collect():
-        if family.name == name:
-            total += sum(s.value for s in family.samples if s.name == f"{name}_total")
-    return total
+def counter_total(counter: Counter) -> float:
+    """The sum of a counter's samples over all its labels (0 when it has none yet). Reads this
+    counter alone: collecting the whole registry would run every gauge's table reads too."""
+    return sum(s.value for family in counter.collect() for s in family.samples if s.name.endswith("_total"))
 
 
 class WorkerReport:
@@ -104,8 +104,8 @@ class WorkerReport:
         """Remember the write and delivery totals now (a timer calls it every few seconds):
         :meth:`rates` are taken over the last :data:`RATE_WINDOW_S` of samples."""
         now = time.monotonic()
-        self._samples.append((now, counter_total(self._metrics, "walstream_writes"),
-                              counter_total(self._metrics, "walstream_delivered")))
+        self._samples.append((now, counter_total(self._metrics.writes),
+                              counter_total(self._metrics.delivered)))
         while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW_S:
             self._samples.popleft()
 
@@ -144,9 +144,9 @@ class WorkerReport:
             "standby": _partitions(self._standbys()),
             "rates": self.rates(),
             "totals": {
-                "writes": counter_total(self._metrics, "walstream_writes"),
-                "delivered": counter_total(self._metrics, "walstream_delivered"),
-                "dead_lettered": counter_total(self._metrics, "walstream_dead_lettered"),
+                "writes": counter_total(self._metrics.writes),
+                "delivered": counter_total(self._metrics.delivered),
+                "dead_lettered": counter_total(self._metrics.dead_lettered),
             },
             "breakers": {tid: {"target": b.label, "open": b.is_open} for tid, b in self._breakers.all().items()},
             "namespaces": {cfg.name: await self._namespace(cfg.name) for cfg in self._registry.all()},
@@ -160,8 +160,8 @@ class WorkerReport:
             end = self._highwater(tp)
             if tp.topic == topic and end is not None:
                 lag[str(tp.partition)] = max(0, end - done)
-        states: Counter[str] = Counter()
-        per_target: Counter[str] = Counter()
+        states: Tally[str] = Tally()
+        per_target: Tally[str] = Tally()
         rows = _Bounded(COUNT_LIMIT)
         for p in ordered.partitions(self._states.table, actives):
             async for doc in rows.of(self._states.of_namespace(p, ns)):

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Collection
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import faust
 from aiokafka.partitioner import murmur2
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 
+from walstream import installed_version
 from walstream.auth import Auth
 from walstream.context import AgentContext, WebContext
 from walstream.delivery.breaker import Breakers
@@ -65,13 +65,6 @@ log = logging.getLogger(__name__)
 CHUNK_QUEUE_SIZE = 16
 #: how often the write and delivery totals are sampled for the pages' rates (walstream.worker_report)
 REPORT_SAMPLE_S = 5.0
-
-
-def _version() -> str:
-    try:
-        return version("walstream")
-    except PackageNotFoundError:  # a checkout that is not installed
-        return "0"
 
 
 class _FaustApp(faust.App):
@@ -220,7 +213,7 @@ class WalApp:
         ))
         self.report = WorkerReport(
             url=s.web_url,
-            version=_version(),
+            version=installed_version(),
             shard=s.shard,
             registry=self.registry,
             states=self.states,

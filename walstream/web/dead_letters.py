@@ -124,12 +124,12 @@ class DeadLetterQueue:
                 # too many to name in a URL (a peer refuses a request line over 8 KiB): every
                 # matching letter is asked for, and the ids picked here
                 params["limit"] = str(MAX_LISTED)
+            wanted_ids = None if by_name or not ids else set(ids)
             for a in await ctx.fleet.ask_peers(f"/v1/dlq/{quote(ns, safe='')}", params, timeout_s=10.0):
                 if not a.ok:
                     said = a.body.get("message") if isinstance(a.body, dict) else a.error
                     raise BodyError(503, f"worker {a.peer} did not list its letters ({a.status or 'no answer'}: "
                                     f"{said}); the list would be incomplete")
-                wanted_ids = None if by_name or not ids else set(ids)
                 rows.extend(r for r in a.body["_rows"] if wanted_ids is None or r["id"] in wanted_ids)
         rows.sort(key=lambda r: (r["last_failure_s"], r["id"]))
         return rows[:limit]

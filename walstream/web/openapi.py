@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from walstream import installed_version
 from walstream.api import ErrorAnswer
 
 #: the OpenAPI version written
@@ -69,13 +69,6 @@ LOCAL = Param(
     "local", "query", "fleet-internal: `1` answers from this worker's own partitions only",
     {"type": "string", "enum": ["1"]},
 )
-
-
-def _api_version() -> str:
-    try:
-        return version("walstream")
-    except PackageNotFoundError:  # run from a checkout that is not installed
-        return "0"
 
 
 def spec(operations: Iterable[Operation]) -> dict[str, Any]:
@@ -139,7 +132,7 @@ def spec(operations: Iterable[Operation]) -> dict[str, Any]:
         "openapi": OPENAPI_VERSION,
         "info": {
             "title": "walstream",
-            "version": _api_version(),
+            "version": installed_version(),
             "description": "A write-ahead log service: durable writes, delivery to each namespace's "
             "targets with retries, delays and a dead-letter queue.",
         },

@@ -149,6 +149,12 @@ class DeadLetterList(Answer):
     dead_letters: list[DeadLetter] = Field(description="oldest last failure first")
 
 
+#: the longest a redrive's commands may take to send at its rate, in seconds (the request is
+#: held open meanwhile, and then for up to ``wait_s``, at most MAX_REDRIVE_WAIT_S)
+MAX_SEND_S = 600.0
+MAX_REDRIVE_WAIT_S = 120.0
+
+
 class RedriveRequest(BaseModel):
     """``POST /v1/dlq/{namespace}/redrive``: which dead letters (``ids`` and/or the
     filters; none: all of them, up to ``limit``), and how."""
@@ -166,7 +172,8 @@ class RedriveRequest(BaseModel):
     dry_run: bool = Field(default=True, strict=True, description="only list what would be redriven")
     #: the slowest pace accepted is one per 50 s: below, a request would sleep for hours
     rate: float | None = Field(default=None, ge=0.02, le=1e6, strict=True, description="redrives per second")
-    wait_s: float = Field(default=10, ge=0, le=120, strict=True, description="seconds to wait for the outcomes")
+    wait_s: float = Field(default=10, ge=0, le=MAX_REDRIVE_WAIT_S, strict=True,
+                          description="seconds to wait for the outcomes")
 
 
 class RedriveOutcome(Answer):

@@ -56,6 +56,7 @@ from walstream.tables.held import BLOCKED_TABLE, HELD_TABLE, KeyOrder
 from walstream.tables.schedule import TABLE_NAME as SCHEDULE_TABLE
 from walstream.tables.schedule import Schedule
 from walstream.targets.pool import TargetPool
+from walstream.web.shard_routing import ShardRouter
 from walstream.worker_report import WorkerReport
 from walstream.writer import LogWriter
 
@@ -101,7 +102,8 @@ class WalApp:
         self.settings = settings
         s = settings
         self.faust = _FaustApp(
-            s.app_id,
+            # each shard its own consumer group and tables (walstream.shards)
+            s.group_id,
             broker=[f"kafka://{b.strip()}" for b in s.broker.split(",") if b.strip()],
             store=s.store,
             datadir=str(s.datadir),
@@ -150,6 +152,8 @@ class WalApp:
         self.writer = LogWriter(self.producer, s.produce_timeout_s, s.entry_retention_s)
         #: the other workers: who holds which partition (Faust's assignor), asked over HTTP
         self.fleet = Fleet(s.web_url, lambda: self.faust.assignor.tables_metadata())
+        #: the other shards, asked about their namespaces (walstream.shards)
+        self.shard_router = ShardRouter(s.shard, s.shard_url_map, self.registry)
         self.dead_letters = DeadLetterWriter(self.producer)
         self.schedule = Schedule(self._table(SCHEDULE_TABLE, "delayed entries and pending retries, by due time"))
         self.key_order = KeyOrder(
@@ -182,7 +186,7 @@ class WalApp:
         #: topic and the clones its agents iterate, so appending a name and flagging the
         #: conductor re-subscribes live (Faust's pattern subscription does not work).
         #: The command topic keeps the list non-empty and later carries table commands.
-        self.command_topic = f"{s.app_id}.commands"
+        self.command_topic = f"{s.group_id}.commands"
         self.commands = CommandSender(self.producer, self.command_topic, s.produce_timeout_s)
         self.status = EntryStatus(
             self.states, self.schedule, self.key_order, self.fleet, self.active_partitions, self.settling
@@ -381,6 +385,7 @@ class WalApp:
         await self.targets.close()
         await self.producer.stop()
         await self.fleet.close()
+        await self.shard_router.close()
         await self.offsets_port.close()
         self._services_started = False
 
@@ -462,6 +467,7 @@ class WalApp:
             report=self.report,
             tables={t.name: t for t in (self.schedule.table, self.key_order.blocked, self.key_order.held,
                                         self.states.table, self.dlq_index.table)},
+            shard_router=self.shard_router,
         )
 
     def agent_context(self) -> AgentContext:

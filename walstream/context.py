@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 
@@ -32,6 +32,9 @@ from walstream.tables.entry_state import EntryStates
 from walstream.tables.schedule import Schedule
 from walstream.worker_report import WorkerReport
 from walstream.writer import LogWriter
+
+if TYPE_CHECKING:  # walstream.web modules import this one
+    from walstream.web.shard_routing import ShardRouter
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,8 @@ class WebContext:
     report: WorkerReport
     #: the walstream tables by name, for the table browser
     tables: Mapping[str, Any]
+    #: forwards requests about other shards' namespaces to them
+    shard_router: ShardRouter
 
 
 @dataclass(frozen=True, slots=True)

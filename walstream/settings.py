@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from walstream.auth import stored_token
+from walstream.shards import DEFAULT_SHARD, SHARD_PATTERN, group_id, parse_shard_urls
 
 
 class Settings(BaseSettings):
@@ -28,10 +29,17 @@ class Settings(BaseSettings):
 
     #: ``WALSTREAM_BROKER``: Kafka bootstrap servers, comma separated.
     broker: str = "127.0.0.1:9092"
-    #: ``WALSTREAM_APP_ID``: Faust app id = consumer group; one per fleet.
-    app_id: str = "walstream"
-    #: ``WALSTREAM_SHARD``: the worker consumes namespaces whose ``shard`` equals this.
-    shard: str = "default"
+    #: ``WALSTREAM_APP_ID``: names one walstream deployment: its namespace registry
+    #: (``<app_id>.namespaces``) and, for the default shard, its consumer group and tables.
+    app_id: str = Field(default="walstream", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    #: ``WALSTREAM_SHARD``: the worker delivers the namespaces whose ``shard`` equals this. Each
+    #: shard is its own consumer group with its own tables (walstream.shards, ``group_id``).
+    shard: str = Field(default=DEFAULT_SHARD, pattern=SHARD_PATTERN)
+    #: ``WALSTREAM_SHARD_URLS``: where the other shards answer, ``b=http://host:6066,c=...``
+    #: (a worker or load balancer of each): requests about a namespace of another shard
+    #: (status, cancel, dead letters, its pages) are forwarded there. Without an URL such a
+    #: request is answered 503 naming the shard.
+    shard_urls: str = ""
     #: ``WALSTREAM_WEB_HOST`` / ``WALSTREAM_WEB_PORT``: where the write API listens, and the
     #: address other workers of the fleet use to reach this one (so it must resolve for them).
     web_host: str = "127.0.0.1"
@@ -152,7 +160,23 @@ class Settings(BaseSettings):
         if self.instance_id is not None:
             return None if self.instance_id.lower() == "none" else self.instance_id
         where = f"{socket.gethostname()}:{self.datadir.resolve()}"
-        return f"{self.app_id}-{socket.gethostname()}-{hashlib.sha256(where.encode()).hexdigest()[:12]}"
+        return f"{self.group_id}-{socket.gethostname()}-{hashlib.sha256(where.encode()).hexdigest()[:12]}"
+
+    @property
+    def group_id(self) -> str:
+        """This worker's consumer group, Faust app id and table-topic prefix (walstream.shards)."""
+        return group_id(self.app_id, self.shard)
+
+    @field_validator("shard_urls")
+    @classmethod
+    def _shard_urls_parse(cls, v: str) -> str:
+        parse_shard_urls(v)
+        return v
+
+    @property
+    def shard_url_map(self) -> dict[str, str]:
+        """``shard_urls`` as {shard: base URL}."""
+        return parse_shard_urls(self.shard_urls)
 
     @field_validator("admin_tokens")
     @classmethod

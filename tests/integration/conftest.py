@@ -78,7 +78,8 @@ class Worker:
     def __init__(self, app_id: str, datadir: Path, log_path: Path, **env: str) -> None:
         self.app_id = app_id
         self.datadir = datadir
-        self.port = free_port()
+        # a port given (WALSTREAM_WEB_PORT) lets workers be told each other's URL before they start
+        self.port = int(env.get("WALSTREAM_WEB_PORT") or free_port())
         self.log_path = log_path
         self.env = {
             **os.environ,

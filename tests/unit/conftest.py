@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -197,6 +198,13 @@ def random_float_literals(seed: int, n: int = 3000) -> list[str]:
             literal = (digits if rng.random() < 0.5 else literal) + f"e{rng.randint(-330, 310)}"
         out.append(literal)
     return out
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, read, released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def hold_every_partition(wal: WalApp) -> None:

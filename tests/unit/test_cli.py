@@ -25,6 +25,7 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
+from tests.unit.conftest import free_port
 from walstream.cli import main
 
 # every wait below is bounded on its own (HTTP timeouts, subprocess timeouts); this only turns
@@ -59,13 +60,6 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("WALSTREAM_STACK_DIR", str(tmp_path / "stack-state"))
     monkeypatch.setenv("WALSTREAM_CACHE_DIR", str(tmp_path / "stack-cache"))
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, read, released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -5,22 +5,16 @@ that did not answer is skipped, not asked again, for a while."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aiohttp import web
 
+from tests.unit.conftest import free_port
 from walstream.fleet import Distribution, Fleet
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Peers:

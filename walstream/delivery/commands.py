@@ -1,5 +1,6 @@
-"""Commands on the fleet's command topic (``<app_id>.commands``), co-partitioned with the
-WAL topics so that a command for partition P is handled with P's tables.
+"""Commands on the shard's command topic (``<group_id>.commands``: walstream.shards),
+co-partitioned with the WAL topics so that a command for partition P is handled with P's
+tables.
 
 ``{"op": "tick"}`` — timers of this partition are due; ``{"op": "cancel", "ns", "id",
 "partition"}`` — cancel an entry (``partition``: where its key maps, which marks a

@@ -23,6 +23,7 @@ from yaml.nodes import MappingNode, ScalarNode
 
 from walstream import strict_json
 from walstream.auth import stored_token
+from walstream.shards import DEFAULT_SHARD, SHARD_PATTERN
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 #: CQL identifiers: walstream quotes nothing, so only plain lower-case names are accepted.
@@ -124,7 +125,7 @@ class NamespaceConfig(_Strict):
     # the pattern is checked by _name_ok (with a message that says it in words) and shown in the
     # API's description
     name: str = Field(json_schema_extra={"pattern": NAME_RE.pattern})
-    shard: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    shard: str = Field(default=DEFAULT_SHARD, pattern=SHARD_PATTERN)
     targets: list[TargetConfig] = Field(min_length=1, max_length=16)
     retry: RetryPolicy = RetryPolicy()
     ordering: Literal["key", "none"] = "key"

@@ -12,7 +12,7 @@ from urllib.parse import quote
 from faust.web import Request, Response, View
 from pydantic import ValidationError
 
-from walstream.api import DeadLetterList, RedriveRequest, RedriveResult
+from walstream.api import MAX_SEND_S, DeadLetterList, RedriveRequest, RedriveResult
 from walstream.context import WebContext
 from walstream.delivery import commands
 from walstream.delivery.dead_letters import iso
@@ -28,9 +28,6 @@ from walstream.web.openapi import LOCAL, NAMESPACE, Operation, Param
 IDS_IN_QUERY = 50
 #: most letters one listing returns
 MAX_LISTED = 100_000
-#: the longest a redrive's commands may take to send at its rate, in seconds (the request is
-#: held open meanwhile)
-MAX_SEND_S = 600.0
 
 _FILTERS = (
     Param("id", "query", "only these entries' letters (repeat it for several)",

@@ -19,6 +19,7 @@ from walstream.namespaces.model import (
     parse_namespace,
     wal_topic,
 )
+from walstream.shards import group_id
 from walstream.status import FleetIncomplete
 from walstream.web.common import BodyError, read_body, respond
 from walstream.web.openapi import NAMESPACE, Operation, Param
@@ -95,11 +96,11 @@ def register(ctx: WebContext) -> None:
             if (denied := ctx.auth.admin(request.headers, "deleting a namespace")) is not None:
                 return respond(self, denied.status, {"message": denied.message})
             force = request.query.get("force", "false")  # checked: walstream.web.query
-            if registry.get(name) is None:
+            if (cfg := registry.get(name)) is None:
                 return respond(self, 404, {"message": f"unknown namespace {name!r}"})
             try:
                 pending = await ctx.status.pending(name)
-                backlog = await unconsumed(settings.broker, settings.app_id, wal_topic(name))
+                backlog = await unconsumed(settings.broker, group_id(settings.app_id, cfg.shard), wal_topic(name))
             except FleetIncomplete as exc:
                 return respond(self, 503, {"message": str(exc)})
             except Exception as exc:

@@ -39,6 +39,8 @@ def register_views(ctx: WebContext) -> None:
         raise TypeError(f"walstream's views need Faust's aiohttp web driver, not {type(driver).__name__}")
     driver.web_app.middlewares.append(json_errors)
     driver.web_app.middlewares.append(checked_queries(OPERATIONS))
+    # after the query check: a request with a bad query is refused here, not forwarded
+    driver.web_app.middlewares.append(ctx.shard_router.middleware())
     for module in RESOURCES:
         module.register(ctx)
     docs.register(ctx, OPERATIONS)

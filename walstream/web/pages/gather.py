@@ -51,14 +51,19 @@ async def overview(ctx: WebContext) -> dict[str, Any]:
     ``delayed``/``pending``/``retrying``/``held``/``dead_letters`` entries, per target its
     entries not final there and whether its circuit is open on some worker; and the fleet's
     writes and deliveries per second; ``uncounted_partitions``: those no such worker holds
-    (their entries are missing from every count)."""
+    (their entries are missing from every count). Only this worker's shard is counted:
+    ``other_shards`` names the other shards' namespaces, with each shard's configured URL."""
     got, missing = await reports(ctx)
     # only settled workers' counts are added up; the partitions none of them holds are named
     counted = [r for r in got if not r["settling"]]
     covered = {p for r in counted for p in r["active"]}
     uncounted = [p for p in range(ctx.settings.partitions) if p not in covered]
     namespaces = []
+    others: dict[str, list[str]] = defaultdict(list)
     for cfg in ctx.registry.all():
+        if cfg.shard != ctx.settings.shard:  # delivered, and counted, by another fleet
+            others[cfg.shard].append(cfg.name)
+            continue
         sums: dict[str, Any] = {"delayed": 0, "pending": 0, "retrying": 0, "held": 0, "dead_letters": 0}
         lag: dict[str, int] = {}
         per_target: dict[str, int] = defaultdict(int)
@@ -97,4 +102,7 @@ async def overview(ctx: WebContext) -> dict[str, Any]:
         "workers": len(got),
         "missing": missing,
         "uncounted_partitions": uncounted,
+        "shard": ctx.settings.shard,
+        "other_shards": [{"shard": shard, "namespaces": sorted(names), "url": ctx.settings.shard_url_map.get(shard)}
+                         for shard, names in sorted(others.items())],
     }

@@ -1,0 +1,194 @@
+"""Shards (walstream.shards, walstream.web.shard_routing): each shard its own consumer group,
+tables and command topic; requests about another shard's namespace forwarded to it, answered
+503 naming the shard when it cannot be, and never forwarded twice. Two workers' web apps
+(shards ``a`` and ``b``) talk over real loopback HTTP; their tables are in memory. The fleet
+test against Kafka is tests/integration/test_shards.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from pydantic import ValidationError
+
+from tests.unit.conftest import FakeChangelog, MemoryConsumer, add_namespace, free_port, hold_every_partition
+from walstream.app import WalApp, build_app
+from walstream.settings import Settings
+from walstream.shards import group_id, parse_shard_urls
+from walstream.tables.entry_state import state_key
+from walstream.web.shard_routing import ANSWERED_BY, FORWARDED_BY
+
+pytestmark = pytest.mark.timeout(60)
+
+ADMIN = "admin-token-0123456789"
+Check = Callable[[WalApp, TestClient[Any, Any], WalApp, TestClient[Any, Any]], Awaitable[None]]
+
+
+def worker(tmp_path: Path, shard: str, **settings: Any) -> WalApp:
+    s = Settings(store="memory://", datadir=tmp_path / shard, app_id="unit-shards", shard=shard, **settings)
+    wal = build_app(s, offsets_port=MemoryConsumer())
+    wal.changelogs.send = FakeChangelog().send  # type: ignore[method-assign]
+    for name, of in (("na", "a"), ("nb", "b")):
+        add_namespace(wal, {"name": name, "shard": of, "targets": [{"type": "noop"}]})
+    hold_every_partition(wal)
+    return wal
+
+
+def put_state(wal: WalApp, ns: str, entry_id: str, state: str) -> None:
+    doc = {"ns": ns, "id": entry_id, "state": state, "offset": 7, "partition": 0, "updated_ms": 1, "targets": {}}
+    wal.states.table.data.data[state_key(ns, entry_id)] = orjson.dumps(doc)
+
+
+def run(tmp_path: Path, check: Check, **settings: Any) -> None:
+    """Worker ``a`` (its router pointing shard ``b`` at worker ``b``'s server) and worker ``b``."""
+
+    async def main() -> None:
+        a, b = worker(tmp_path, "a", **settings), worker(tmp_path, "b", **settings)
+        server_b = TestServer(cast(Any, b.faust.web).web_app)
+        async with TestClient(server_b) as cb, TestClient(TestServer(cast(Any, a.faust.web).web_app)) as ca:
+            a.shard_router.urls = {"b": str(server_b.make_url("")).rstrip("/")}
+            try:
+                await check(a, ca, b, cb)
+            finally:
+                await a.shard_router.close()
+
+    asyncio.run(main())
+
+
+def test_each_shard_is_its_own_consumer_group_with_its_own_tables_and_commands(tmp_path: Path) -> None:
+    a, default = worker(tmp_path, "a"), Settings(app_id="unit-shards")
+    assert a.faust.conf.id == "unit-shards.shard-a" == group_id("unit-shards", "a")
+    assert a.command_topic == "unit-shards.shard-a.commands"
+    assert str(a.schedule.table.changelog_topic.get_topic_name()).startswith("unit-shards.shard-a-")
+    assert a.settings.group_instance_id is not None and a.settings.group_instance_id.startswith("unit-shards.shard-a-")
+    # the default shard keeps the app id (existing deployments' groups and tables)
+    assert default.group_id == "unit-shards"
+    # every shard shares the registry
+    assert a.settings.namespaces_topic == default.namespaces_topic == "unit-shards.namespaces"
+
+
+def test_a_request_about_another_shards_namespace_is_answered_by_that_shard(tmp_path: Path) -> None:
+    async def check(a: WalApp, ca: TestClient[Any, Any], b: WalApp, cb: TestClient[Any, Any]) -> None:
+        put_state(b, "nb", "e1", "DELIVERED")
+        put_state(a, "na", "e2", "DELAYED")
+        direct = await cb.get("/v1/log/nb/e1")
+        forwarded = await ca.get("/v1/log/nb/e1")
+        assert forwarded.status == direct.status == 200
+        assert forwarded.headers[ANSWERED_BY] == "b"
+        assert await forwarded.json() == await direct.json()
+        # the worker's own shard is answered from its own tables, not forwarded
+        own = await ca.get("/v1/log/na/e2")
+        assert own.status == 200 and ANSWERED_BY not in own.headers and (await own.json())["state"] == "DELAYED"
+        # an unknown namespace is this worker's 404, not a guess at a shard
+        unknown = await ca.get("/v1/log/nx/e1")
+        assert unknown.status == 404 and "no such namespace" in (await unknown.json())["message"]
+        # the pages too: an entry, dead letters (HTML and JSON)
+        page = await ca.get("/ui/entry", params={"namespace": "nb", "id": "e1"})
+        assert page.status == 200 and page.headers[ANSWERED_BY] == "b" and page.content_type == "text/html"
+        assert "DELIVERED" in await page.text()
+        letters = await ca.get("/ui/dlq.json", params={"namespace": "nb"})
+        assert letters.status == 200 and letters.headers[ANSWERED_BY] == "b"
+        assert (await ca.get("/v1/dlq/nb")).headers[ANSWERED_BY] == "b"
+
+    run(tmp_path, check)
+
+
+def test_the_answering_shard_checks_the_callers_token(tmp_path: Path) -> None:
+    """The caller's Authorization and cookie go along: the shard holding the data decides."""
+
+    async def check(a: WalApp, ca: TestClient[Any, Any], b: WalApp, cb: TestClient[Any, Any]) -> None:
+        put_state(b, "nb", "e1", "DELIVERED")
+        refused = await ca.get("/ui/entry.json", params={"namespace": "nb", "id": "e1"})
+        assert refused.status == 401 and refused.headers[ANSWERED_BY] == "b"
+        bearer = await ca.get("/ui/entry.json", params={"namespace": "nb", "id": "e1"},
+                              headers={"Authorization": f"Bearer {ADMIN}"})
+        assert bearer.status == 200 and (await bearer.json())["entry"]["state"] == "DELIVERED"
+        cookie = await ca.get("/ui/entry.json", params={"namespace": "nb", "id": "e1"},
+                              headers={"Cookie": f"walstream_admin={ADMIN}"})
+        assert cookie.status == 200
+        # a form post (the redrive button) goes along with its body
+        redrive = await ca.post("/ui/dlq/redrive", data={"namespace": "nb", "id": "e1", "dry_run": "on"},
+                                headers={"Authorization": f"Bearer {ADMIN}", "Accept": "application/json"})
+        assert redrive.headers[ANSWERED_BY] == "b" and redrive.status == 200, await redrive.text()
+        assert redrive.status == 200 and (await redrive.json())["dry_run"] is True
+
+    run(tmp_path, check, admin_tokens=ADMIN)
+
+
+def test_a_shard_without_an_url_is_named_with_the_setting(tmp_path: Path) -> None:
+    async def check(a: WalApp, ca: TestClient[Any, Any], b: WalApp, cb: TestClient[Any, Any]) -> None:
+        a.shard_router.urls = {}
+        r = await ca.get("/v1/log/nb/e1")
+        body = await r.json()
+        assert r.status == 503 and body["state"] == "UNKNOWN" and body["id"] == "e1"
+        assert "shard 'b'" in body["message"] and "WALSTREAM_SHARD_URLS=b=" in body["message"]
+        r = await ca.get("/v1/dlq/nb")
+        assert r.status == 503 and "WALSTREAM_SHARD_URLS" in (await r.json())["message"]
+
+    run(tmp_path, check)
+
+
+def test_a_shard_that_does_not_answer_is_a_503_and_a_write_may_have_happened(tmp_path: Path) -> None:
+    async def check(a: WalApp, ca: TestClient[Any, Any], b: WalApp, cb: TestClient[Any, Any]) -> None:
+        a.shard_router.urls = {"b": f"http://127.0.0.1:{free_port()}"}  # nothing listens
+        r = await ca.get("/v1/log/nb/e1")
+        body = await r.json()
+        assert r.status == 503 and body["state"] == "UNKNOWN" and "did not answer" in body["message"]
+        r = await ca.delete("/v1/log/nb/e1")
+        assert r.status == 503 and "may have been applied" in (await r.json())["message"]
+
+    run(tmp_path, check)
+
+
+def test_a_forwarded_request_is_never_forwarded_again(tmp_path: Path) -> None:
+    """A wrong URL (shard b's pointing at shard a's workers) ends in a 503, not a loop."""
+
+    async def check(a: WalApp, ca: TestClient[Any, Any], b: WalApp, cb: TestClient[Any, Any]) -> None:
+        b.shard_router.urls = {"a": str(cb.make_url("")).rstrip("/")}  # b's "shard a" is b itself
+        r = await cb.get("/v1/log/na/e1")
+        message = (await r.json())["message"]
+        assert r.status == 503 and "forwarded here by shard 'b'" in message, message
+        r = await cb.get("/v1/log/na/e1", headers={FORWARDED_BY: "c"})
+        assert r.status == 503 and "shard 'c'" in (await r.json())["message"]
+
+    run(tmp_path, check)
+
+
+def test_the_overview_counts_its_own_shard_and_names_the_others(tmp_path: Path) -> None:
+    async def check(a: WalApp, ca: TestClient[Any, Any], b: WalApp, cb: TestClient[Any, Any]) -> None:
+        overview = await (await ca.get("/ui.json")).json()
+        assert [ns["name"] for ns in overview["namespaces"]] == ["na"]
+        assert overview["shard"] == "a"
+        assert overview["other_shards"] == [{"shard": "b", "namespaces": ["nb"], "url": None}]
+        assert 'data-shard="b"' in await (await ca.get("/ui")).text()
+
+    run(tmp_path, check)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("b", "give shard=URL"),
+        ("B=http://x:1", "give shard=URL"),
+        ("b=ftp://x", "must be http(s)://host[:port]"),
+        ("b=http://x:1/path", "must be http(s)://host[:port]"),
+        ("b=http://x:1,b=http://y:1", "given twice"),
+    ],
+)
+def test_shard_urls_that_cannot_be_used_are_refused_at_start(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        parse_shard_urls(text)
+    with pytest.raises(ValidationError):
+        Settings(shard_urls=text)
+
+
+def test_shard_names_are_checked_like_a_namespaces(tmp_path: Path) -> None:
+    assert parse_shard_urls(" b=http://h:1/ , c=https://h ") == {"b": "http://h:1", "c": "https://h"}
+    for bad in ("Shard A", "-a", "a.b", ""):
+        with pytest.raises(ValidationError):
+            Settings(shard=bad)

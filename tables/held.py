@@ -8,13 +8,14 @@ returns them in write order. Other keys and other targets are never held.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
 
 from walstream.tables import ordered
-from walstream.tables.keys import part
+from walstream.tables.keys import part, read_part
 
 BLOCKED_TABLE = "walstream-blocked"
 HELD_TABLE = "walstream-held"
@@ -68,3 +69,19 @@ class KeyOrder:
 
     def release(self, held_key: bytes) -> None:
         self.held.pop(held_key, None)
+
+    def backlog(self, partitions: Iterable[int], limit: int) -> tuple[Counter[tuple[str, str, str]], bool]:
+        """Per (namespace, target id, ``"blocked"`` or ``"held"``): the keys waiting for a
+        retry at the target, and the entries held behind them, in ``partitions``; reads keys
+        only, at most ``limit`` rows per table and partition (the bool: some were left)."""
+        counts: Counter[tuple[str, str, str]] = Counter()
+        cut_short = False
+        for kind, table in (("blocked", self.blocked), ("held", self.held)):
+            for p in ordered.partitions(table, set(partitions)):
+                for n, (key, _) in enumerate(ordered.scan(table, p)):
+                    if n == limit:
+                        cut_short = True
+                        break
+                    ns, at = read_part(key, 0)
+                    counts[(ns, key[at + 1 : key.index(b"|", at + 1)].decode(), kind)] += 1
+        return counts, cut_short

@@ -31,7 +31,7 @@ from walstream.faust_consumer import FaustConsumerPort, RebalanceSafeConsumer, a
 from walstream.faust_tables import BatchedTable, Changelogs
 from walstream.faust_topics import OnceDeclaredTopic
 from walstream.fleet import Fleet
-from walstream.gauges import WorkerGauges
+from walstream.gauges import TARGET_BACKLOG_LIMIT, WorkerGauges
 from walstream.health import Liveness
 from walstream.kafka_admin import (
     DERIVED_MAX_MESSAGE_BYTES,
@@ -214,6 +214,7 @@ class WalApp:
             active_partitions=self.active_partitions,
             next_due_ms=self.schedule.next_due_ms,
             circuits=lambda: [(tid, b.label, b.is_open) for tid, b in self.breakers.all().items()],
+            target_backlog=lambda partitions: self.key_order.backlog(partitions, TARGET_BACKLOG_LIMIT),
         ))
         self.report = WorkerReport(
             url=s.web_url,

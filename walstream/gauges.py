@@ -17,6 +17,9 @@ from walstream.tables import ordered
 #: RocksDB's estimate of a database's keys (live keys, approximately: deletions not yet
 #: compacted away may still count)
 _ESTIMATE = "rocksdb.estimate-num-keys"
+#: most rows a scrape reads of one table partition for the target backlog gauges (keys only,
+#: some ms): the tables are empty while targets are healthy
+TARGET_BACKLOG_LIMIT = 20_000
 
 
 class WorkerGauges(Collector):
@@ -28,7 +31,10 @@ class WorkerGauges(Collector):
     - ``tables``: the walstream tables by name (Faust tables, either store);
     - ``active_partitions``: the partitions this worker consumes actively;
     - ``next_due_ms``: a partition's earliest timer (epoch ms), None when it has none;
-    - ``circuits``: target id → (label, open?).
+    - ``circuits``: target id → (label, open?);
+    - ``target_backlog``: per (namespace, target id, ``blocked``/``held``) the keys waiting
+      for a retry at the target and the entries held behind them, and whether a count was
+      cut short (walstream.tables.held ``KeyOrder.backlog``).
     """
 
     def __init__(
@@ -40,6 +46,7 @@ class WorkerGauges(Collector):
         active_partitions: Callable[[], list[int]],
         next_due_ms: Callable[[int], int | None],
         circuits: Callable[[], Iterable[tuple[str, str, bool]]],
+        target_backlog: Callable[[list[int]], tuple[Mapping[tuple[str, str, str], int], bool]],
     ) -> None:
         self._progress = progress
         self._highwater = highwater
@@ -47,6 +54,7 @@ class WorkerGauges(Collector):
         self._active_partitions = active_partitions
         self._next_due_ms = next_due_ms
         self._circuits = circuits
+        self._target_backlog = target_backlog
 
     def describe(self) -> Iterable[Any]:
         return []  # read at scrape time only: nothing to check when registering
@@ -100,6 +108,33 @@ class WorkerGauges(Collector):
         for target_id, label, is_open in sorted(self._circuits()):
             circuit.add_metric([target_id, label], 1.0 if is_open else 0.0)
         yield circuit
+
+        # one agent feeds every target of a namespace, so the consumer lag above is the
+        # namespace's; what one target is behind by is what waits for it alone
+        counts, cut_short = self._target_backlog(partitions)
+        blocked = GaugeMetricFamily(
+            "walstream_target_blocked_keys",
+            "Keys of a namespace waiting for a retry at one target (the entry that failed "
+            "there), in this worker's active partitions.",
+            labels=["namespace", "target_id"],
+        )
+        held = GaugeMetricFamily(
+            "walstream_target_held_entries",
+            "Entries of a namespace held behind a blocked key of theirs at one target, in this "
+            "worker's active partitions: what the target will get once its retries succeed.",
+            labels=["namespace", "target_id"],
+        )
+        for (ns, target_id, kind), n in sorted(counts.items()):
+            (blocked if kind == "blocked" else held).add_metric([ns, target_id], n)
+        yield blocked
+        yield held
+        partial = GaugeMetricFamily(
+            "walstream_target_backlog_cut_short",
+            f"1 when the two target backlog gauges stopped counting at {TARGET_BACKLOG_LIMIT} rows "
+            "of some table partition (the figures are lower bounds), else 0.",
+        )
+        partial.add_metric([], 1.0 if cut_short else 0.0)
+        yield partial
 
 
 def _rows_estimate(table: Any, partition: int) -> int | None:

@@ -48,8 +48,8 @@ OPERATIONS = (
     ),
     Operation(
         "post", "/v1/dlq/{namespace}/redrive", "Deliver dead letters again (a dry run by default)",
-        "dead letters", params=(NAMESPACE,), body=RedriveRequest, answers={200: RedriveResult, 400: None, 503: None},
-        auth="admin",
+        "dead letters", params=(NAMESPACE,), body=RedriveRequest,
+        answers={200: RedriveResult, 400: None, 404: None, 503: None}, auth="admin",
         description="Executed, each letter's outcome: DELIVERED, DEAD (failed again; back in the "
         "dead-letter queue) or PENDING (not settled within `wait_s`).",
     ),
@@ -86,8 +86,9 @@ class DeadLetterQueue:
         """Index rows of ``ns`` matching ``query`` (error_class, since, until, limit) and, when
         given, of the entries ``ids`` only; from this worker's active partitions and, unless
         ``local_only``, the fleet's (one request per worker). Oldest failure first; ``limit``
-        applies to what matches. Raises :class:`BodyError` (400 for a bad time, 503 when a
-        worker does not answer: the list would be incomplete)."""
+        applies to what matches. Raises :class:`BodyError` (400 for a bad time, 404 when there
+        is neither such a namespace nor letters of it, 503 when a worker does not answer: the
+        list would be incomplete)."""
         ctx = self._ctx
         if ctx.settling():
             raise BodyError(503, "this worker is recovering its tables; the list would be incomplete; retry shortly")
@@ -128,6 +129,10 @@ class DeadLetterQueue:
                     raise BodyError(503, f"worker {a.peer} did not list its letters ({a.status or 'no answer'}: "
                                     f"{said}); the list would be incomplete")
                 rows.extend(r for r in a.body["_rows"] if wanted_ids is None or r["id"] in wanted_ids)
+        if not rows and not local_only and ctx.registry.get(ns) is None:
+            # a deleted namespace's letters stay listed (and redrivable); a name never created
+            # is a mistake, not an empty list or an empty redrive
+            raise BodyError(404, f"there is no namespace {ns!r} (nor dead letters of it)")
         rows.sort(key=lambda r: (r["last_failure_s"], r["id"]))
         return rows[:limit]
 
@@ -220,9 +225,6 @@ def register(ctx: WebContext) -> None:
                 rows = await queue.rows(namespace, query, ids, local_only)
             except (BodyError, ValueError) as exc:
                 return respond(self, getattr(exc, "status", 400), {"message": str(exc)})
-            if not rows and not local_only and ctx.registry.get(namespace) is None:
-                # a deleted namespace's letters stay listed; a name never created is a mistake
-                return respond(self, 404, {"message": f"there is no namespace {namespace!r} (nor dead letters of it)"})
             body: dict[str, Any] = {"dead_letters": [dlq_row(r) for r in rows]}
             if local_only:
                 body["_rows"] = rows

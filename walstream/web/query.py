@@ -13,7 +13,7 @@ the shape of a failed write (``durable: FAILED``), as every refusal of a write d
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -59,8 +59,12 @@ def _value_problem(schema: Mapping[str, Any], value: str) -> str | None:
     return None
 
 
-def checked_queries(operations: Iterable[Operation]) -> Any:
-    """An aiohttp middleware refusing requests whose query ``operations`` do not declare."""
+def checked_queries(
+    operations: Iterable[Operation],
+    refusal: Callable[[web.Request, int, str], web.StreamResponse | None] = lambda request, status, message: None,
+) -> Any:
+    """An aiohttp middleware refusing requests whose query ``operations`` do not declare:
+    400 with JSON naming the problem, or what ``refusal`` answers instead (None: the JSON)."""
     by_route: Mapping[tuple[str, str], Operation] = {(op.method.upper(), op.path): op for op in operations}
 
     @web.middleware
@@ -71,7 +75,7 @@ def checked_queries(operations: Iterable[Operation]) -> Any:
             problem = query_problem(op, request.query)
             if problem is not None:
                 doc = failed(None, problem) if op.answers.get(400) is WriteResult else {"message": problem}
-                return web.json_response(doc, status=400)
+                return refusal(request, 400, problem) or web.json_response(doc, status=400)
         response: web.StreamResponse = await handler(request)
         return response
 

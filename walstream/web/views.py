@@ -15,6 +15,7 @@ Views get a :class:`walstream.context.WebContext`, never the worker itself.
 
 from __future__ import annotations
 
+from aiohttp.web import normalize_path_middleware
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
 from walstream.context import WebContext
@@ -22,6 +23,7 @@ from walstream.web import dead_letters, docs, entries, namespaces, ops, write
 from walstream.web.common import json_errors
 from walstream.web.openapi import Operation
 from walstream.web.pages import views as pages
+from walstream.web.pages.render import query_refusal
 from walstream.web.query import checked_queries
 from walstream.web.write import repeat_answer
 
@@ -38,7 +40,10 @@ def register_views(ctx: WebContext) -> None:
     if not isinstance(driver, AiohttpWeb):  # the only web driver walstream configures
         raise TypeError(f"walstream's views need Faust's aiohttp web driver, not {type(driver).__name__}")
     driver.web_app.middlewares.append(json_errors)
-    driver.web_app.middlewares.append(checked_queries(OPERATIONS))
+    # /ui/ and /v1/namespaces/ are /ui and /v1/namespaces (308: the method and body are kept)
+    driver.web_app.middlewares.append(normalize_path_middleware(append_slash=False, remove_slash=True,
+                                                                merge_slashes=False))
+    driver.web_app.middlewares.append(checked_queries(OPERATIONS, refusal=query_refusal))
     # after the query check: a request with a bad query is refused here, not forwarded
     driver.web_app.middlewares.append(ctx.shard_router.middleware())
     for module in RESOURCES:

@@ -17,6 +17,9 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from walstream.web.common import respond
 
+#: the cookie the login form sets (the admin token itself: the worker keeps only digests)
+COOKIE = "walstream_admin"
+
 _ENV = Environment(
     loader=PackageLoader("walstream.web.pages", "templates"),
     autoescape=select_autoescape(default=True, default_for_string=True),
@@ -49,18 +52,40 @@ def page(
         response = respond(view, status, data)
         response.headers["Cache-Control"] = "no-store"
         return response
-    req = aio(request)
-    html = render_html(template, data, req.path.removesuffix(".json"), json_link=json_link, query=req.query_string)
+    # Faust's Response type is its own protocol; under its aiohttp driver answers are aiohttp's
+    return cast(Response, html_page(aio(request), template, data, status, json_link=json_link))
+
+
+def html_page(
+    request: web.Request, template: str, data: dict[str, Any], status: int = 200, *, json_link: bool = True
+) -> web.Response:
+    """``template`` rendered over ``data`` as an HTML answer (see :func:`page`)."""
+    html = render_html(template, data, request.path.removesuffix(".json"), json_link=json_link,
+                       query=request.query_string, signed_in=COOKIE in request.cookies)
     # the pages show payloads and tokens' effects: never kept by a browser or a proxy
-    return view.bytes(html.encode(), content_type="text/html", status=status, headers={"Cache-Control": "no-store"})
+    return web.Response(body=html.encode(), content_type="text/html", status=status,
+                        headers={"Cache-Control": "no-store"})
 
 
-def render_html(template: str, data: dict[str, Any], path: str, *, json_link: bool = True, query: str = "") -> str:
+def render_html(
+    template: str, data: dict[str, Any], path: str, *, json_link: bool = True, query: str = "", signed_in: bool = False
+) -> str:
     """``template`` rendered over ``data`` (see :func:`page`; ``query``: the page's query
-    string, kept in its JSON link)."""
-    return _ENV.get_template(template).render(data=data, path=path, json_link=json_link, query=query)
+    string, kept in its JSON link; ``signed_in``: the browser has the login cookie, so the
+    page offers to sign out)."""
+    return _ENV.get_template(template).render(data=data, path=path, json_link=json_link, query=query,
+                                              signed_in=signed_in)
 
 
 def error(view: View, request: Request, status: int, message: str) -> Response:
     """A refusal: ``{"message": ...}`` as JSON, or a page saying it."""
     return page(view, request, "error.html", {"message": message, "status": status}, status, json_link=False)
+
+
+def query_refusal(request: web.Request, status: int, message: str) -> web.Response | None:
+    """How a page refuses a request before its view runs (a bad query: walstream.web.query):
+    a page saying so, for a browser asking for one; None (the API's JSON) otherwise."""
+    path = request.path
+    if not (path == "/ui" or path.startswith("/ui/")) or wants_json(cast(Request, request)):
+        return None
+    return html_page(request, "error.html", {"message": message, "status": status}, status, json_link=False)

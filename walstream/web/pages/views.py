@@ -10,7 +10,7 @@
   form (``POST /ui/dlq/redrive``: dry run first, a rate);
 - ``/ui/login`` — with ``WALSTREAM_ADMIN_TOKENS`` set, every page needs an admin token: a
   Bearer header, or the cookie this form sets (HttpOnly, SameSite=Strict, so another site's
-  form cannot redrive with it).
+  form cannot redrive with it); ``POST /ui/logout`` clears it.
 
 ``GET /v1/internal/report`` is each worker's own report (walstream.worker_report), which the
 overview and fleet pages add up.
@@ -18,7 +18,10 @@ overview and fleet pages add up.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import secrets
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
@@ -34,11 +37,11 @@ from walstream.web.dead_letters import DeadLetterQueue, dlq_row, parse_redrive
 from walstream.web.entries import public_status
 from walstream.web.openapi import LOCAL, Operation, Param
 from walstream.web.pages import gather
-from walstream.web.pages.render import aio, error, page, wants_json
+from walstream.web.pages.render import COOKIE, aio, error, page, wants_json
 from walstream.web.pages.table_rows import PAGE_LIMIT, browse
 
-#: the cookie the login form sets (the admin token itself: the worker keeps only digests)
-COOKIE = "walstream_admin"
+#: executed redrives a worker remembers by the form they came from (see RedrivePage)
+FORMS_KEPT = 1_000
 #: where the login form may send the browser on: a page of the worker's (visible ASCII only)
 _NEXT = re.compile(r"/ui(?:[/.?][\x21-\x7e]*)?")
 
@@ -83,13 +86,17 @@ OPERATIONS = (
     *_both("/ui/fleet", "The fleet: workers and their partitions"),
     *_both("/ui/tables", "A table's rows in one partition", _TABLE_PARAMS, (400, 404, 409, 503)),
     *_both("/ui/entry", "An entry's state and history", _ENTRY_PARAMS, (400,)),
-    *_both("/ui/dlq", "A namespace's dead letters", _DLQ_PARAMS, (400, 503)),
-    Operation("post", "/ui/dlq/redrive", "Redrive dead letters (a form: namespace, id..., dry_run, rate)",
-              "pages", answers={200: None, 400: None, 503: None}, content_type="text/html", auth="admin"),
+    *_both("/ui/dlq", "A namespace's dead letters", _DLQ_PARAMS, (400, 404, 503)),
+    Operation("post", "/ui/dlq/redrive", "Redrive dead letters (a form: namespace, id..., dry_run, rate, "
+              "form_id: a form sent again is answered with its first redrive's outcome, not redriven twice)",
+              "pages", answers={200: None, 400: None, 404: None, 503: None}, content_type="text/html",
+              auth="admin"),
     Operation("get", "/ui/login", "The admin token form", "pages", answers={200: None}, content_type="text/html",
               params=(Param("next", "query", "the page to go to after", {"type": "string", "pattern": "^/ui"}),)),
     Operation("post", "/ui/login", "Keep the admin token in a cookie for the pages (a form: token, next)",
               "pages", answers={303: None, 403: None}, content_type="text/html"),
+    Operation("post", "/ui/logout", "Forget the admin token's cookie", "pages", answers={303: None},
+              content_type="text/html"),
     Operation("get", gather.REPORT_PATH, "This worker's report (for the overview and fleet pages)", "internal",
               answers={200: None}, internal=True),
 )
@@ -99,6 +106,8 @@ def register(ctx: WebContext) -> None:
     app = ctx.faust
     queue = DeadLetterQueue(ctx)
     tables = ctx.tables
+    #: executed redrives by form id, oldest first (see RedrivePage)
+    executed: OrderedDict[str, asyncio.Future[dict[str, Any]]] = OrderedDict()
 
     def token_of(request: Request) -> str | None:
         return bearer(request.headers) or unquote(request.cookies.get(COOKIE, "")) or None
@@ -198,7 +207,9 @@ def register(ctx: WebContext) -> None:
                 return refusal
             ns = request.query.get("namespace")
             namespaces = sorted(c.name for c in ctx.registry.all())
-            data: dict[str, Any] = {"namespace": ns, "namespaces": namespaces, "dead_letters": []}
+            # names this rendering of the redrive form (see RedrivePage)
+            data: dict[str, Any] = {"namespace": ns, "namespaces": namespaces, "dead_letters": [],
+                                    "form_id": secrets.token_urlsafe(16)}
             if ns:
                 query = {k: v for k, v in request.query.items() if k in ("error_class", "limit")}
                 query.setdefault("limit", "100")
@@ -229,10 +240,29 @@ def register(ctx: WebContext) -> None:
                 except ValueError:
                     return error(self, request, 400, f"rate: not a number of redrives per second: {form['rate']!r}")
             try:
-                result = await queue.redrive(ns, parse_redrive(body))
+                req = parse_redrive(body)
             except BodyError as exc:
                 return error(self, request, exc.status, exc.message)
-            return page(self, request, "redrive.html", {"namespace": ns, **result}, json_link=False)
+            form_id = str(form.get("form_id", ""))[:64]
+            run: asyncio.Future[dict[str, Any]]
+            if req.dry_run or not form_id:
+                run, repeated = asyncio.ensure_future(queue.redrive(ns, req)), False
+            else:
+                # a form sent twice (a double click, a reload, a retry after a lost answer)
+                # waits for and shows its first redrive rather than sending every letter again
+                prior = executed.get(form_id)
+                run, repeated = prior or asyncio.ensure_future(queue.redrive(ns, req)), prior is not None
+                executed[form_id] = run
+                while len(executed) > FORMS_KEPT:
+                    executed.popitem(last=False)
+            try:
+                # shielded: a browser that goes away does not stop a redrive half sent
+                result = await asyncio.shield(run)
+            except BodyError as exc:
+                executed.pop(form_id, None)  # refused before anything was sent: it may be sent again
+                return error(self, request, exc.status, exc.message)
+            return page(self, request, "redrive.html", {"namespace": ns, "repeated": repeated, **result},
+                        json_link=False)
 
     @app.page("/ui/login")
     class LoginPage(View):
@@ -252,6 +282,13 @@ def register(ctx: WebContext) -> None:
             cookie = f"{COOKIE}={quote(token, safe='')}; Path=/; HttpOnly; SameSite=Strict"
             return self.bytes(b"", content_type="text/html", status=303,
                               headers={"Location": target, "Set-Cookie": cookie})
+
+    @app.page("/ui/logout")
+    class LogoutPage(View):
+        async def post(self, request: Request) -> Response:
+            cookie = f"{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"
+            return self.bytes(b"", content_type="text/html", status=303,
+                              headers={"Location": "/ui/login", "Set-Cookie": cookie})
 
     @app.page(gather.REPORT_PATH)
     class ReportView(View):

@@ -334,6 +334,15 @@ def _answer_message(resp: httpx.Response) -> str:
     return _one_line(orjson.dumps(doc).decode())[:200]
 
 
+def _walstreams(resp: httpx.Response) -> bool:
+    """An error answer as a walstream worker gives one: a JSON object with a ``message``."""
+    try:
+        doc = resp.json()
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("message"), str)
+
+
 def _request_of(resp: httpx.Response) -> str:
     """``GET /v1/namespaces/a%2Fb``: the request an answer answers, as sent, without its query."""
     return f"{resp.request.method} {resp.request.url.raw_path.split(b'?')[0].decode()}"
@@ -406,6 +415,13 @@ class Remote:
             return (
                 f"{self.url} answered {_request_of(resp)} with {what} ({kind}: {_answer_message(resp)}); "
                 "is --url / WALSTREAM_URL a walstream worker's HTTP API?"
+            )
+        if resp is not None and not _walstreams(resp):
+            kind = resp.headers.get("content-type", "no content-type")
+            return (
+                f"{_request_of(resp)} failed: {self.url} answered {resp.status_code} {resp.reason_phrase} with "
+                f"no walstream message ({kind}: {_answer_message(resp)}): a proxy or another server answered, not "
+                "a walstream worker; check --url / WALSTREAM_URL and that the worker behind it is up"
             )
         if resp is not None:
             fix = {

@@ -89,6 +89,8 @@ class Unavailable(WalstreamError):
 #: connected but no answer in time (``timeout``), the connection broke off or what answered
 #: does not speak HTTP (``broken``), another failure to connect (``connect``), or else (``other``)
 NoAnswerReason = Literal["refused", "unresolved", "connect_timeout", "timeout", "broken", "connect", "other"]
+#: the reasons for which no connection was made, so the request was not sent at all
+NOT_SENT: frozenset[NoAnswerReason] = frozenset({"refused", "unresolved", "connect_timeout", "connect"})
 
 
 class NoAnswer(Unavailable):
@@ -179,8 +181,9 @@ class WalstreamClient:
     async def write(self, namespace: str, payload: Any, **options: Any) -> WriteResult:
         """Write one entry (options as :meth:`entry`). Returns SUCCESS (maybe ``duplicate``)
         or UNKNOWN (a 5xx or no answer, after every retry); raises :class:`Refused` (or
-        :class:`NotFound`) for a 4xx (FAILED, nothing written) and :class:`UnexpectedAnswer`
-        for an answer that is not walstream's."""
+        :class:`NotFound`) for a 4xx (FAILED, nothing written), :class:`NoAnswer` when no
+        attempt connected (nothing written) and :class:`UnexpectedAnswer` for an answer that
+        is not walstream's."""
         [result] = await self.write_batch([self.entry(namespace, payload, **options)], single=True)
         if result.durable == "FAILED":
             error = NotFound if result.status == 404 else Refused
@@ -191,18 +194,29 @@ class WalstreamClient:
         """Write entries (each as :meth:`entry` makes them; one without an id gets one) in one
         request; one result per entry, in order. Items answered UNKNOWN are sent again, with
         their ids, until they are known or the retries are spent. ``single``: through
-        ``POST /v1/log`` (one entry)."""
+        ``POST /v1/log`` (one entry). Raises :class:`NoAnswer` when no attempt could even
+        connect (refused, unresolved, no connection in time): then nothing was written."""
         docs = [dict(e) if e.get("id") else {**e, "id": str(uuid.uuid4())} for e in entries]
         results: dict[int, WriteResult] = {}
         todo = list(range(len(docs)))
+        sent = False  # some attempt reached the worker (items still in todo were in it)
+        unsent: NoAnswer | None = None
         for attempt in range(self.retries + 1):
             if attempt:
                 await asyncio.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1) * (0.5 + random.random()))
-            answers = await self._send_writes([docs[i] for i in todo], single)
+            try:
+                answers = await self._send_writes([docs[i] for i in todo], single)
+                sent = True
+            except NoAnswer as exc:  # no connection: this attempt sent nothing
+                unsent = exc
+                answers = [WriteResult(durable="UNKNOWN", id=docs[i]["id"], message=exc.message, status=0)
+                           for i in todo]
             results.update(zip(todo, answers, strict=True))
             todo = [i for i in todo if results[i].durable == "UNKNOWN"]
             if not todo:
                 break
+        if not sent and unsent is not None:
+            raise unsent  # not one attempt connected: nothing was written
         return [results[i] for i in range(len(docs))]
 
     async def _send_writes(self, docs: list[dict[str, Any]], single: bool) -> list[WriteResult]:
@@ -213,8 +227,10 @@ class WalstreamClient:
             else:
                 r = await self._http.post("/v1/log/batch", json={"entries": docs})
         except httpx.HTTPError as exc:
-            why = NoAnswer(self._url, "POST /v1/log" + ("" if single else "/batch"), exc).message
-            return [WriteResult(durable="UNKNOWN", id=d["id"], message=why, status=0) for d in docs]
+            lost = NoAnswer(self._url, "POST /v1/log" + ("" if single else "/batch"), exc)
+            if lost.reason in NOT_SENT:
+                raise lost from exc
+            return [WriteResult(durable="UNKNOWN", id=d["id"], message=lost.message, status=0) for d in docs]
         body = _json(r)
         if single:
             if isinstance(body, dict) and "durable" in body:

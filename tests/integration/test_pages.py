@@ -85,10 +85,10 @@ def test_an_operator_reads_the_pages_and_redrives_a_dead_letter(
     page.goto(f"{w.url}/ui")
     assert "/ui/login" in page.url
     page.fill("input[name=token]", "a-wrong-token-0123456789")
-    page.click("button[type=submit]")
+    page.click("main button[type=submit]")
     assert "not an admin token" in page.inner_text("#message")
     page.fill("input[name=token]", ADMIN)
-    page.click("button[type=submit]")
+    page.click("main button[type=submit]")
     assert page.url.rstrip("/").endswith("/ui")
 
     # overview: the delayed entry and the dead letter are counted (the counts settle with the tables)
@@ -126,7 +126,7 @@ def test_an_operator_reads_the_pages_and_redrives_a_dead_letter(
     page.goto(f"{w.url}/ui/entry")
     page.fill("input[name=namespace]", unique)
     page.fill("input[name=id]", "later")
-    page.click("button[type=submit]")
+    page.click("main button[type=submit]")
     assert page.inner_text("#state") == "DELAYED"
     shot(page, "entry")
 
@@ -162,6 +162,13 @@ def test_an_operator_reads_the_pages_and_redrives_a_dead_letter(
         doc = c.get("/ui.json", headers=admin).json()
     [ns] = [n for n in doc["namespaces"] if n["name"] == unique]
     assert ns["delayed"] == 1
+
+    # signing out forgets the cookie: the pages send the browser to the form again
+    page.goto(f"{w.url}/ui")
+    page.click("#sign-out")
+    assert page.url.startswith(f"{w.url}/ui/login")
+    page.goto(f"{w.url}/ui/fleet")
+    assert page.url.startswith(f"{w.url}/ui/login?next=%2Fui%2Ffleet"), page.url
 
 
 def test_a_fleet_page_shows_both_workers_and_the_table_browser_reads_each_partition_on_its_owner(

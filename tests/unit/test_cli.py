@@ -246,7 +246,16 @@ def test_an_answer_that_is_not_json_is_one_line(command: list[str], ns_file: Pat
 def test_an_error_page_that_is_not_json_is_quoted_on_one_line(server: Server) -> None:
     server.answer(502, b"<html>\n<h1>502 Bad Gateway</h1>\n</html>", ctype="text/html")
     line = one_line_error(run(["--url", server.url, "namespace", "list"]))
-    assert "answered 502 Bad Gateway: <html> <h1>502 Bad Gateway</h1> </html>" in line
+    assert "answered 502 Bad Gateway with no walstream message (text/html: <html> <h1>502 Bad Gateway</h1> " \
+        "</html>): a proxy or another server answered, not a walstream worker" in line
+    assert "the worker at" not in line  # not said to be walstream's answer
+
+
+def test_a_4xx_that_is_not_walstreams_is_not_called_the_workers(server: Server) -> None:
+    server.answer(404, b"404 page not found", ctype="text/plain")
+    line = one_line_error(run(["--url", server.url, "entry", "status", "orders", "e1"]))
+    assert "answered 404 Not Found with no walstream message (text/plain: 404 page not found)" in line
+    assert "the worker at" not in line
 
 
 def test_json_that_is_not_an_object_is_one_line(server: Server) -> None:
@@ -603,11 +612,13 @@ def test_a_write_still_unknown_after_the_retries_is_one_line_saying_what_to_do(s
     assert [w["id"] for w in writes(server)] == ["e1"] * 4
 
 
-def test_a_write_to_no_worker_is_one_line() -> None:
+def test_a_write_to_no_worker_is_one_line_and_not_unknown() -> None:
+    """Refused on every attempt: the write was never sent, so it is certainly not written
+    (not UNKNOWN), and the line says how to get a worker."""
     url = f"http://127.0.0.1:{free_port()}"
     line = one_line_error(run(["--url", url, "write", "orders", "1", "--id", "e1"]))
-    assert f"is UNKNOWN after 4 attempt(s) (no answer from {url} to POST /v1/log: connection refused" in line
-    assert "--id e1" in line
+    assert line.startswith(f"Error: no walstream worker answers at {url}: connection refused. Start one"), line
+    assert "UNKNOWN" not in line
 
 
 def test_a_refused_write_is_one_line_with_the_workers_message(server: Server) -> None:

@@ -684,7 +684,8 @@ class Deliverer:
             # spending an attempt, so an outage of any length dead-letters nothing, whatever
             # max_attempts (with max_attempts below the breaker's threshold, the calls before
             # the circuit opened dead-lettered entries of a target that was merely down).
-            due_s = breaker.retry_at_s(now_s)
+            # never sooner than the target asked (Retry-After), circuit open or not
+            due_s = max(breaker.retry_at_s(now_s), now_s + (err.retry_after_s or 0.0))
             if not isinstance(err, _BreakerOpen):
                 due_s = max(due_s, now_s + backoff_ms(it.policy, max(1, breaker.consecutive_failures)) / 1000)
             self._retry_later(it, int(due_s * 1000), it.attempt, err, out)
@@ -694,7 +695,9 @@ class Deliverer:
         first = it.first_failure_s or now_s
         if isinstance(err, TransientError) and attempt < it.policy.max_attempts:
             it.first_failure_s = first
-            self._retry_later(it, int(now_s * 1000) + backoff_ms(it.policy, attempt), attempt, err, out)
+            # no sooner than the target asked (Retry-After)
+            wait_ms = max(backoff_ms(it.policy, attempt), int((err.retry_after_s or 0.0) * 1000))
+            self._retry_later(it, int(now_s * 1000) + wait_ms, attempt, err, out)
             return it.ordered
         out.letters.append(
             _letter(it.source, it.doc, it.target_cfg, err.error_class, err.message, attempt, first, now_s)
@@ -970,16 +973,19 @@ class _BreakerOpen(TargetDownError):
     """Not an attempt: the target was not called (open or stalled breaker), or failed
     because it is down while its circuit is open. The item waits for the breaker."""
 
-    def __init__(self, breaker: Breaker, why: str | None = None, *, message: str | None = None) -> None:
+    def __init__(
+        self, breaker: Breaker, why: str | None = None, *, message: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         circuit = f"circuit open for {breaker.label}"
         why = why or breaker.reason
-        super().__init__(message or (f"{circuit}: {why}" if why else circuit))
+        super().__init__(message or (f"{circuit}: {why}" if why else circuit), retry_after_s=retry_after_s)
 
 
 def _waits_for(breaker: Breaker, err: TargetError | None) -> TargetError | None:
     """With the circuit open, "the target is down" is no attempt: the item waits for it."""
     if isinstance(err, TargetDownError) and not isinstance(err, _BreakerOpen):
-        return _BreakerOpen(breaker, err.message)
+        return _BreakerOpen(breaker, err.message, retry_after_s=err.retry_after_s)
     return err
 
 

@@ -104,6 +104,41 @@ class KafkaTargetConfig(_Strict):
     bootstrap: str | None = None
 
 
+#: headers the http target sets itself, or that only the HTTP client may set
+_RESERVED_HEADERS = frozenset({
+    "walstream-id", "walstream-ts", "walstream-namespace", "content-type", "content-length", "host",
+    "transfer-encoding", "connection", "upgrade", "te", "trailer", "keep-alive", "proxy-connection",
+})
+
+
+class HttpTargetConfig(_Strict):
+    """Send each entry's payload as JSON to an upstream service (walstream.targets.http).
+
+    ``headers`` are sent with every request; they are part of the namespace config, which
+    ``GET /v1/namespaces`` shows, so they must not carry secrets."""
+
+    type: Literal["http"]
+    url: str = Field(pattern=r"^https?://[^\s/?#@]+(:\d+)?(/[^\s#]*)?$", max_length=2000)
+    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    headers: dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$")],
+        Annotated[str, Field(pattern=r"^[\x20-\x7e]{0,4000}$")],
+    ] = Field(default_factory=dict, max_length=32)
+    #: one request's deadline (connect, send, answer), in ms
+    timeout_ms: int = Field(default=10_000, ge=1, le=300_000)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers_not_reserved(cls, v: dict[str, str]) -> dict[str, str]:
+        taken = sorted(h for h in v if h.lower() in _RESERVED_HEADERS)
+        if taken:
+            which = f"headers {', '.join(taken)} are" if len(taken) > 1 else f"header {taken[0]} is"
+            raise ValueError(f"{which} set by walstream or the HTTP client, not the config")
+        if len({h.lower() for h in v}) < len(v):
+            raise ValueError("a header is given twice (names are case-insensitive)")
+        return v
+
+
 class NoopTargetConfig(_Strict):
     """Accepts every entry and does nothing: for benchmarks and pipeline tests."""
 
@@ -111,7 +146,7 @@ class NoopTargetConfig(_Strict):
 
 
 TargetConfig = Annotated[
-    CassandraTargetConfig | ElasticsearchTargetConfig | KafkaTargetConfig | NoopTargetConfig,
+    CassandraTargetConfig | ElasticsearchTargetConfig | KafkaTargetConfig | HttpTargetConfig | NoopTargetConfig,
     Field(discriminator="type"),
 ]
 

@@ -42,13 +42,21 @@ def shorten(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
+#: the longest wait a target may ask for before a retry (``Retry-After``), in seconds
+MAX_RETRY_AFTER_S = 3600.0
+
+
 class TargetError(Exception):
+    """``retry_after_s``: the target asked not to be tried again sooner (an HTTP
+    ``Retry-After``); the retry waits at least this long, at most :data:`MAX_RETRY_AFTER_S`."""
+
     error_class: ErrorClass = ErrorClass.PERMANENT
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         message = shorten(message)
         super().__init__(message)
         self.message = message
+        self.retry_after_s = None if retry_after_s is None else min(max(0.0, retry_after_s), MAX_RETRY_AFTER_S)
 
 
 class TransientError(TargetError):

@@ -11,6 +11,7 @@ from pydantic import TypeAdapter
 from walstream.namespaces.model import (
     CassandraTargetConfig,
     ElasticsearchTargetConfig,
+    HttpTargetConfig,
     KafkaTargetConfig,
     NoopTargetConfig,
     TargetConfig,
@@ -54,6 +55,10 @@ class TargetPool:
             from walstream.targets.kafka import KafkaTarget
 
             return KafkaTarget(cfg, cfg.bootstrap or s.broker, s.target_timeout_s)
+        if isinstance(cfg, HttpTargetConfig):
+            from walstream.targets.http import HttpTarget
+
+            return HttpTarget(cfg)
         if isinstance(cfg, NoopTargetConfig):
             from walstream.targets.noop import NoopTarget
 

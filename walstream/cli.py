@@ -1228,5 +1228,30 @@ def demo(ctx: click.Context) -> None:
     ctx.exit(code)
 
 
+
+# -- new-agent ---------------------------------------------------------------------------
+
+
+@main.command("new-agent")
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Where to write NAME.py and test_NAME.py (agents/ in this repository).")
+def new_agent_command(name: str, directory: Path) -> None:
+    """Create a use-case agent NAME and its passing unit test (docs/agents.md).
+
+    The agent consumes its own topic, keeps per-key state in a changelogged table and
+    applies each record once per key; put it in agents/ (found at start) or in a package
+    that lists it as a ``walstream.agents`` entry point."""
+    from walstream.scaffold import ScaffoldError, new_agent
+
+    try:
+        written = new_agent(name, directory)
+    except ScaffoldError as exc:
+        raise click.ClickException(str(exc)) from None
+    for path in written:
+        click.echo(f"created {path}")
+    click.echo(f"run its test: pytest {written[1]}")
+
+
 if __name__ == "__main__":
     main()

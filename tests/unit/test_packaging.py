@@ -31,6 +31,8 @@ def test_the_wheel_installs_nothing_top_level_but_walstream(tmp_path: Path) -> N
     assert "walstream/agents/delivery.py" in names
     # the operator's pages' templates, which are not Python files
     assert "walstream/web/pages/templates/overview.html" in names
+    # and walstream new-agent's
+    assert {"walstream/scaffold/agent.py.tmpl", "walstream/scaffold/test_agent.py.tmpl"} <= set(names)
 
 
 def test_the_agents_folder_is_discovered() -> None:

@@ -52,6 +52,8 @@ class Timer:
     source: list[Any] = field(default_factory=list)  # [topic, partition, offset]
     #: a redrive from the dead-letter queue: its success removes the dead-letter index row
     redrive: bool = False
+    #: waiting for its send slot (walstream.delivery.pacing): sent when due without taking another
+    paced: bool = False
 
     @property
     def key(self) -> bytes:

@@ -25,6 +25,7 @@ from walstream.delivery.commands import CommandSender
 from walstream.delivery.dead_letters import DeadLetterWriter
 from walstream.delivery.deliverer import Deliverer
 from walstream.delivery.offsets import ConsumerPort, OffsetLedger
+from walstream.delivery.pacing import Pacer
 from walstream.entry import DERIVED_OVERHEAD_BYTES, WriteClock
 from walstream.failpoints import Failpoints
 from walstream.faust_consumer import FaustConsumerPort, RebalanceSafeConsumer, assignment_of
@@ -180,6 +181,8 @@ class WalApp:
             self.dlq_index,
             flush=self._flush_tables,
             failpoints=Failpoints(s.failpoints, self._flush_tables),
+            # a paced target's rate is the fleet's: each worker sends its partitions' share
+            pacer=Pacer(lambda: max(1, len(self.active_partitions())) / s.partitions),
         )
 
         #: Topics the delivery agent consumes. Faust shares this list object between the

@@ -7,12 +7,14 @@ test against Kafka is tests/integration/test_shards.py."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
 import orjson
 import pytest
+from aiohttp import FormData, web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import ValidationError
 
@@ -21,6 +23,7 @@ from walstream.app import WalApp, build_app
 from walstream.settings import Settings
 from walstream.shards import group_id, parse_shard_urls
 from walstream.tables.entry_state import state_key
+from walstream.web import shard_routing
 from walstream.web.shard_routing import ANSWERED_BY, FORWARDED_BY
 
 pytestmark = pytest.mark.timeout(60)
@@ -44,11 +47,12 @@ def put_state(wal: WalApp, ns: str, entry_id: str, state: str) -> None:
     wal.states.table.data.data[state_key(ns, entry_id)] = orjson.dumps(doc)
 
 
-def run(tmp_path: Path, check: Check, **settings: Any) -> None:
-    """Worker ``a`` (its router pointing shard ``b`` at worker ``b``'s server) and worker ``b``."""
+def run(tmp_path: Path, check: Check, a_only: dict[str, Any] | None = None, **settings: Any) -> None:
+    """Worker ``a`` (its router pointing shard ``b`` at worker ``b``'s server) and worker ``b``;
+    ``a_only``: settings of worker ``a`` alone."""
 
     async def main() -> None:
-        a, b = worker(tmp_path, "a", **settings), worker(tmp_path, "b", **settings)
+        a, b = worker(tmp_path, "a", **settings, **(a_only or {})), worker(tmp_path, "b", **settings)
         server_b = TestServer(cast(Any, b.faust.web).web_app)
         async with TestClient(server_b) as cb, TestClient(TestServer(cast(Any, a.faust.web).web_app)) as ca:
             a.shard_router.urls = {"b": str(server_b.make_url("")).rstrip("/")}
@@ -99,12 +103,13 @@ def test_a_request_about_another_shards_namespace_is_answered_by_that_shard(tmp_
 
 
 def test_the_answering_shard_checks_the_callers_token(tmp_path: Path) -> None:
-    """The caller's Authorization and cookie go along: the shard holding the data decides."""
+    """The caller's Authorization and cookie go along: the shard holding the data checks
+    them too."""
 
     async def check(a: WalApp, ca: TestClient[Any, Any], b: WalApp, cb: TestClient[Any, Any]) -> None:
         put_state(b, "nb", "e1", "DELIVERED")
         refused = await ca.get("/ui/entry.json", params={"namespace": "nb", "id": "e1"})
-        assert refused.status == 401 and refused.headers[ANSWERED_BY] == "b"
+        assert refused.status == 401  # by a itself: it checks before forwarding (and b after)
         bearer = await ca.get("/ui/entry.json", params={"namespace": "nb", "id": "e1"},
                               headers={"Authorization": f"Bearer {ADMIN}"})
         assert bearer.status == 200 and (await bearer.json())["entry"]["state"] == "DELIVERED"
@@ -133,14 +138,112 @@ def test_a_shard_without_an_url_is_named_with_the_setting(tmp_path: Path) -> Non
     run(tmp_path, check)
 
 
-def test_a_shard_that_does_not_answer_is_a_503_and_a_write_may_have_happened(tmp_path: Path) -> None:
+def test_a_shard_that_does_not_answer_is_a_503_and_a_write_may_have_happened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shard_routing, "READ_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(shard_routing, "WRITE_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(shard_routing, "REDRIVE_TIMEOUT_S", 20.0)
+
     async def check(a: WalApp, ca: TestClient[Any, Any], b: WalApp, cb: TestClient[Any, Any]) -> None:
         a.shard_router.urls = {"b": f"http://127.0.0.1:{free_port()}"}  # nothing listens
         r = await ca.get("/v1/log/nb/e1")
         body = await r.json()
         assert r.status == 503 and body["state"] == "UNKNOWN" and "did not answer" in body["message"]
         r = await ca.delete("/v1/log/nb/e1")
-        assert r.status == 503 and "may have been applied" in (await r.json())["message"]
+        message = (await r.json())["message"]
+        assert r.status == 503 and "may have been applied" not in message, message  # refused: nothing sent
+        # a stalled shard: it took the request and never answers
+        stalled = web.Application()
+
+        async def hang(request: web.Request) -> web.Response:
+            await asyncio.sleep(60)
+            return web.Response()
+
+        stalled.router.add_route("*", "/{tail:.*}", hang)
+        async with TestServer(stalled) as server:
+            a.shard_router.urls = {"b": str(server.make_url("")).rstrip("/")}
+            r = await ca.delete("/v1/log/nb/e1")
+            assert r.status == 503 and "may have been applied" in (await r.json())["message"]
+            # a dry-run redrive is a read: bounded as one, not as a redrive's sending
+            started = time.monotonic()
+            r = await ca.post("/v1/dlq/nb/redrive", json={"ids": ["e1"]})
+            assert r.status == 503 and time.monotonic() - started < 5
+            r = await ca.post("/ui/dlq/redrive", data={"namespace": "nb", "id": "e1", "dry_run": "on"})
+            assert r.status == 503 and r.content_type == "text/html"  # a page says it as a page
+            assert time.monotonic() - started < 10
+
+    run(tmp_path, check)
+
+
+def test_a_worker_never_forwards_what_it_would_refuse_itself(tmp_path: Path) -> None:
+    """Worker a has admin tokens, worker b has none: a caller without a token gets through a
+    nothing it could not do to a's own namespaces."""
+
+    async def check(a: WalApp, ca: TestClient[Any, Any], b: WalApp, cb: TestClient[Any, Any]) -> None:
+        put_state(b, "nb", "e1", "DELIVERED")
+        for method, path, kwargs in (
+            ("DELETE", "/v1/namespaces/nb", {}),
+            ("POST", "/v1/dlq/nb/redrive", {"json": {"dry_run": True}}),
+            ("GET", "/ui/dlq.json?namespace=nb", {}),
+            ("GET", "/ui/entry.json?namespace=nb&id=e1", {}),
+        ):
+            r = await ca.request(method, path, allow_redirects=False, **kwargs)
+            assert r.status == 401 and ANSWERED_BY not in r.headers, (method, path, r.status)
+        page = await ca.get("/ui/dlq?namespace=nb", allow_redirects=False)
+        assert page.status == 303 and page.headers["Location"].startswith("/ui/login")
+        # with the token, the same requests go to shard b
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        r = await ca.post("/v1/dlq/nb/redrive", json={"dry_run": True}, headers=auth)
+        assert r.headers.get(ANSWERED_BY) == "b" and r.status in (200, 404)
+        assert (await ca.get("/ui/entry.json?namespace=nb&id=e1", headers=auth)).headers[ANSWERED_BY] == "b"
+
+    run(tmp_path, check, a_only={"admin_tokens": ADMIN})
+
+
+def test_head_goes_where_get_goes(tmp_path: Path) -> None:
+    async def check(a: WalApp, ca: TestClient[Any, Any], b: WalApp, cb: TestClient[Any, Any]) -> None:
+        put_state(b, "nb", "e1", "DELIVERED")
+        r = await ca.head("/v1/log/nb/e1")
+        assert r.status == 200 and r.headers[ANSWERED_BY] == "b"
+        assert (await ca.head("/v1/dlq/nb")).headers[ANSWERED_BY] == "b"
+
+    run(tmp_path, check)
+
+
+def test_a_form_a_page_cannot_read_is_refused_before_it_is_read_or_forwarded(tmp_path: Path) -> None:
+    async def check(a: WalApp, ca: TestClient[Any, Any], b: WalApp, cb: TestClient[Any, Any]) -> None:
+        form = FormData()
+        form.add_field("namespace", "nb")
+        form.add_field("id", "e1")
+        form.add_field("upload", b"x", filename="x.bin")  # makes it multipart
+        r = await ca.post("/ui/dlq/redrive", data=form)
+        assert r.status == 415 and ANSWERED_BY not in r.headers and "x-www-form-urlencoded" in await r.text()
+        for path in ("/ui/dlq/redrive", "/ui/login"):
+            r = await ca.post(path, data=b"namespace=n\xffb&id=e1&token=\xff",
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+            assert r.status == 400 and "not UTF-8" in await r.text(), path
+        r = await ca.post("/ui/dlq/redrive", data=b"namespace=nb&id=e1",
+                          headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-16le"})
+        assert r.status == 415 and "UTF-8" in await r.text()
+
+    run(tmp_path, check)
+
+
+def test_a_body_over_the_limit_is_refused_in_json(tmp_path: Path) -> None:
+    async def check(a: WalApp, ca: TestClient[Any, Any], b: WalApp, cb: TestClient[Any, Any]) -> None:
+        r = await ca.post("/v1/dlq/nb/redrive", data=b"x" * 4096, headers={"Content-Type": "application/json"})
+        assert r.status == 413 and "message" in await r.json()
+
+    run(tmp_path, check, max_request_bytes=1024)
+
+
+def test_a_namespace_cannot_move_to_another_shard(tmp_path: Path) -> None:
+    async def check(a: WalApp, ca: TestClient[Any, Any], b: WalApp, cb: TestClient[Any, Any]) -> None:
+        r = await ca.put("/v1/namespaces/na", json={"name": "na", "shard": "b", "targets": [{"type": "noop"}]})
+        message = (await r.json())["message"]
+        assert r.status == 409 and "cannot move to shard 'b'" in message and "Create another namespace" in message
+        assert a.registry.get("na") is not None and a.registry.get("na").shard == "a"  # type: ignore[union-attr]
 
     run(tmp_path, check)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,13 +33,14 @@ import orjson
 
 from walstream.delivery.breaker import Breaker, Breakers
 from walstream.delivery.dead_letters import DeadLetter, DeadLetterWriter, SourceRecord
+from walstream.delivery.pacing import TOLERANCE_S, Pacer
 from walstream.delivery.retry import backoff_ms
 from walstream.delivery.target_calls import TargetCalls
 from walstream.entry import Entry, EntryDecodeError, parse_record
 from walstream.failpoints import Failpoints
 from walstream.kafka_admin import DERIVED_MAX_MESSAGE_BYTES
 from walstream.metrics import Metrics
-from walstream.namespaces.model import NamespaceConfig, RetryPolicy
+from walstream.namespaces.model import NamespaceConfig, PacingConfig, RetryPolicy
 from walstream.namespaces.registry import NamespaceRegistry
 from walstream.tables.dead_letter_index import DeadLetterIndex
 from walstream.tables.entry_state import FINAL, EntryState, EntryStates, summarise
@@ -89,6 +91,8 @@ class Item:
     redrive: bool = False
     #: released from the held table in this batch (its row, removed once this is durable)
     held_key: bytes | None = None
+    #: its pacing slot has come (a paced timer fired): sent without taking another
+    paced: bool = False
 
     @property
     def seq(self) -> int:
@@ -150,6 +154,7 @@ class Deliverer:
         flush: Callable[[], Awaitable[None]] = _no_flush,
         failpoints: Failpoints | None = None,
         retry_pause_s: float = 1.0,
+        pacer: Pacer | None = None,
     ) -> None:
         self.registry = registry
         self.targets = targets
@@ -164,6 +169,9 @@ class Deliverer:
         self.flush = flush
         self.failpoints = failpoints or Failpoints("", flush)
         self.retry_pause_s = retry_pause_s
+        #: send slots of paced targets (walstream.delivery.pacing)
+        self.pacer = pacer or Pacer()
+        self._pacing: dict[str, PacingConfig | None] = {}
         #: the largest table row the changelog topics accept (set by the composition root)
         self.row_limit_bytes = DERIVED_MAX_MESSAGE_BYTES
         self._ns_targets: dict[tuple[str, int], list[tuple[dict[str, Any], str, Target]]] = {}
@@ -530,6 +538,7 @@ class Deliverer:
             attempt=timer.attempt,
             first_failure_s=timer.first_failure_s,
             redrive=timer.redrive,
+            paced=timer.paced,
         )
         item.is_blocker = (not item.ordered) or self.order.blocker(entry.namespace, timer.target_id, entry.key) in (
             None,
@@ -597,9 +606,16 @@ class Deliverer:
                 else:
                     pending.append(it)
             w += 1
+            pacing = self._pacing_of(first)
+            if pending and pacing is not None:
+                pending = self._pace(pending, pacing, blocked, out)
             if not pending:
                 continue
+            started_s = time.time()
             outcomes = await self._call(breaker, pending)
+            if pacing is not None:
+                overloaded = any(isinstance(o, TransientError) for o in outcomes)
+                self.pacer.feedback(first.target_id, pacing, overloaded=overloaded, took_s=time.time() - started_s)
             now_s = time.time()
             for it, err in zip(pending, outcomes, strict=True):
                 became_blocked = self._settle(partition, it, err, breaker, now_s, out)
@@ -611,6 +627,36 @@ class Deliverer:
                     while len(waves) <= w + j:
                         waves.append([])
                     waves[w + j].append(it)
+
+    def _pacing_of(self, it: Item) -> PacingConfig | None:
+        """The pacing of ``it``'s target (None: not paced), parsed once per target id."""
+        if it.target_id not in self._pacing:
+            given = it.target_cfg.get("pacing")
+            self._pacing[it.target_id] = None if given is None else PacingConfig.model_validate(given)
+        return self._pacing[it.target_id]
+
+    def _pace(
+        self, items: list[Item], pacing: PacingConfig, blocked: set[tuple[str, str]], out: _Outcome
+    ) -> list[Item]:
+        """The items of a wave that may go now; the others wait for their send slot as paced
+        timers (no attempt spent; a key of an ordered namespace waits with them)."""
+        now_s = time.time()
+        fresh = [it for it in items if not it.paced]
+        slots = iter(self.pacer.slots(items[0].target_id, pacing, len(fresh), now_s))
+        send = []
+        for it in items:
+            if it.paced:  # its slot was taken when it was scheduled
+                it.paced = False
+                send.append(it)
+                continue
+            slot_s = next(slots)
+            if slot_s <= now_s + TOLERANCE_S:
+                send.append(it)
+                continue
+            self._retry_later(it, math.ceil(slot_s * 1000), it.attempt, None, out, paced=True)
+            if it.ordered:
+                blocked.add(it.order_key)
+        return send
 
     async def close(self) -> None:
         """Cancel target calls still running in the background (a stopping worker)."""
@@ -730,11 +776,13 @@ class Deliverer:
         self.schedule.put(timer)
         out.timers_put.add(timer.key)
 
-    def _retry_later(self, it: Item, due_ms: int, attempt: int, err: TargetError | None, out: _Outcome) -> None:
-        """Schedule ``it`` for ``due_ms`` as attempt ``attempt`` (RETRYING); with per-key
-        order its key waits for it."""
+    def _retry_later(
+        self, it: Item, due_ms: int, attempt: int, err: TargetError | None, out: _Outcome, *, paced: bool = False
+    ) -> None:
+        """Schedule ``it`` for ``due_ms`` as attempt ``attempt`` (RETRYING; ``paced``: waiting
+        for its send slot, PENDING); with per-key order its key waits for it."""
         self._target_state(out, it).update(
-            state=EntryState.RETRYING.value,
+            state=(EntryState.PENDING if paced else EntryState.RETRYING).value,
             attempts=attempt,
             last_error=err.message if err else None,
             next_attempt_ms=due_ms,
@@ -754,6 +802,7 @@ class Deliverer:
                 error_class=err.error_class.value if err else None,
                 source=_src(it.source),
                 redrive=it.redrive,
+                paced=paced,
             ),
             out,
         )

@@ -57,10 +57,28 @@ class RetryPolicy(_Strict):
         return self
 
 
+class PacingConfig(_Strict):
+    """How fast one target may be fed (walstream.delivery.pacing): at most ``max_per_s``
+    entries per second from the whole fleet (each worker takes its share of partitions).
+    ``adaptive``: the rate halves when the target slows (a call over ``slow_ms``) or fails
+    for want of capacity, and grows back by a twentieth of ``max_per_s`` per good call."""
+
+    max_per_s: float = Field(gt=0, le=1_000_000)
+    adaptive: bool = False
+    slow_ms: int = Field(default=1000, ge=1, le=600_000)
+
+
+def _pacing_field() -> Any:
+    # left out of the config's JSON when not given: a target's id is a hash of that JSON, and
+    # the targets written before pacing existed keep theirs
+    return Field(default=None, exclude_if=lambda v: v is None)
+
+
 class CassandraTargetConfig(_Strict):
     """Apply mutation payloads to tables of ``keyspace`` with ``USING TIMESTAMP``."""
 
     type: Literal["cassandra"]
+    pacing: PacingConfig | None = _pacing_field()
     keyspace: str
     #: overrides the worker's default cluster (``WALSTREAM_CASSANDRA_HOSTS``), e.g. ``["10.0.0.1"]``
     hosts: list[Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[^\s/,]+$")]] | None = Field(
@@ -83,6 +101,7 @@ class ElasticsearchTargetConfig(_Strict):
     """Apply mutation payloads to indices ``<index_prefix><table>`` with external versions."""
 
     type: Literal["elasticsearch"]
+    pacing: PacingConfig | None = _pacing_field()
     index_prefix: str = ""
     #: overrides the worker's default cluster (``WALSTREAM_ELASTICSEARCH_URL``); http(s) only
     url: str | None = Field(default=None, pattern=r"^https?://[^\s/?#]+(:\d+)?(/[^\s]*)?$", max_length=2000)
@@ -100,6 +119,7 @@ class KafkaTargetConfig(_Strict):
     """Produce the payload as-is to ``topic`` (same cluster unless ``bootstrap`` is set)."""
 
     type: Literal["kafka"]
+    pacing: PacingConfig | None = _pacing_field()
     topic: str = Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")
     bootstrap: str | None = None
 
@@ -118,6 +138,7 @@ class HttpTargetConfig(_Strict):
     ``GET /v1/namespaces`` shows, so they must not carry secrets."""
 
     type: Literal["http"]
+    pacing: PacingConfig | None = _pacing_field()
     url: str = Field(pattern=r"^https?://[^\s/?#@]+(:\d+)?(/[^\s#]*)?$", max_length=2000)
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     headers: dict[
@@ -143,6 +164,7 @@ class NoopTargetConfig(_Strict):
     """Accepts every entry and does nothing: for benchmarks and pipeline tests."""
 
     type: Literal["noop"]
+    pacing: PacingConfig | None = _pacing_field()
 
 
 TargetConfig = Annotated[

@@ -89,8 +89,9 @@ def parse_time(value: str | None, name: str) -> float | None:
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Unknown routes (404) and methods (405) answered as every other refusal is: JSON with a
-    ``message`` (aiohttp's own are plain text), the ``Allow`` header of a 405 kept."""
+    """Unknown routes (404), methods (405) and aiohttp's other refusals (a body over the
+    limit: 413) answered as every other refusal is: JSON with a ``message`` (aiohttp's own
+    are plain text), the ``Allow`` header of a 405 kept."""
     try:
         response: web.StreamResponse = await handler(request)
     except web.HTTPNotFound:
@@ -100,6 +101,11 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         allowed = _allow(exc.allowed_methods)
         message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
         return web.json_response({"message": message}, status=405, headers={"Allow": allowed})
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise  # a redirect (a trailing slash) is an answer, not a refusal
+        # aiohttp's own refusals raised while a body is read (413) are plain text
+        return web.json_response({"message": exc.text or exc.reason}, status=exc.status)
     if response.status == 405 and request.method == "HEAD":
         # Faust routes HEAD to every view and answers it 405 where there is no GET, without
         # an Allow header: say what the route takes

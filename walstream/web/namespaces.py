@@ -35,9 +35,10 @@ OPERATIONS = (
               answers={200: NamespaceConfig, 404: None}),
     Operation(
         "put", "/v1/namespaces/{name}", "Create or change a namespace", "namespaces", params=(NAME,),
-        body=NamespaceDocument, answers={200: NamespaceConfig, 400: None, 413: None, 503: None}, auth="admin",
+        body=NamespaceDocument, answers={200: NamespaceConfig, 400: None, 409: None, 413: None, 503: None},
+        auth="admin",
         description="The body is the namespace document as JSON (YAML is read too); `name` may be "
-        "left out, else it must equal the path's. Its WAL topic is created.",
+        "left out, else it must equal the path's. Its WAL topic is created. 409: its shard cannot change.",
     ),
     Operation(
         "delete", "/v1/namespaces/{name}", "Delete a namespace", "namespaces",
@@ -81,6 +82,15 @@ def register(ctx: WebContext) -> None:
                 cfg = parse_namespace(body, name=name)
             except NamespaceError as exc:
                 return respond(self, 400, {"message": str(exc)})
+            existing = registry.get(name)
+            if existing is not None and existing.shard != cfg.shard:
+                # its pending entries, timers, states and dead letters are in the old shard's
+                # tables: status and cancellation would go to the new shard, which has none
+                return respond(self, 409, {"message": (
+                    f"namespace {name!r} is delivered by shard {existing.shard!r} and cannot move to shard "
+                    f"{cfg.shard!r}: its pending entries and dead letters live in shard {existing.shard!r}'s "
+                    f"tables. Create another namespace in shard {cfg.shard!r} for new entries, or delete this "
+                    "one once it has nothing pending and create it again")})
             try:
                 applied = await registry.apply(cfg)
             except TimeoutError:

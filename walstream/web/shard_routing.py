@@ -47,8 +47,8 @@ _PASSED = ("Authorization", "Cookie", "Accept", "Content-Type")
 _RELAYED = ("Content-Type", "Location", "Allow", "Retry-After", "Cache-Control")
 #: routes (aiohttp's canonical path) whose ``{namespace}`` is the shard's, with their methods
 _PATH_ROUTES = {
-    "/v1/log/{namespace}/{entry_id}": {"GET", "DELETE"},
-    "/v1/dlq/{namespace}": {"GET"},
+    "/v1/log/{namespace}/{entry_id}": {"GET", "HEAD", "DELETE"},
+    "/v1/dlq/{namespace}": {"GET", "HEAD"},
     "/v1/dlq/{namespace}/redrive": {"POST"},
     "/v1/namespaces/{name}": {"DELETE"},
 }
@@ -58,6 +58,14 @@ _FORM_ROUTES = {"/ui/dlq/redrive"}
 _FORM = "application/x-www-form-urlencoded"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: this worker's own refusal of a request about ``namespace`` (auth), or None
+Guard = Callable[[web.Request, str], web.StreamResponse | None]
+#: a page's answer for (request, status, message), or None for the JSON answer
+Refusal = Callable[[web.Request, int, str], web.StreamResponse | None]
+
+
+def _no_page(request: web.Request, status: int, message: str) -> web.StreamResponse | None:
+    return None
 
 
 class ShardRouter:
@@ -85,9 +93,10 @@ class ShardRouter:
             return info.get("namespace") or info.get("name")
         if canonical in _QUERY_ROUTES and request.method in ("GET", "HEAD"):
             return request.query.get("namespace") or None
-        if canonical in _FORM_ROUTES and request.method == "POST" and request.content_type == _FORM:
-            # read whole (aiohttp keeps it: the view or the forward reads it again); a
-            # multipart form is left to the view, which reads it as a stream
+        if canonical in _FORM_ROUTES and request.method == "POST":
+            # read whole (aiohttp keeps it: the view or the forward reads it again); the pages'
+            # form check (walstream.web.pages.render.checked_forms) let only UTF-8 url-encoded
+            # forms through
             fields = parse_qs((await request.read()).decode("utf-8", "replace"))
             return next(iter(fields.get("namespace", [])), None) or None
         return None
@@ -99,18 +108,27 @@ class ShardRouter:
             return None  # unknown namespaces are answered here (404)
         return cfg.shard
 
-    def middleware(self) -> Any:
+    def middleware(self, guard: Guard = lambda request, namespace: None, refusal: Refusal = _no_page) -> Any:
+        """The aiohttp middleware. ``guard``: this worker's own refusal of a request (its auth
+        checks) or None, applied before forwarding, so a shard with weaker tokens is never
+        reached through a stricter one; ``refusal``: how a page says a 503 (None: JSON)."""
+
         @web.middleware
         async def route_to_shard(request: web.Request, handler: Handler) -> web.StreamResponse:
             namespace = await self.namespace_of(request)
             shard = None if namespace is None else self.shard_of(namespace)
             if namespace is None or shard is None:
                 return await handler(request)
+            if (refused := guard(request, namespace)) is not None:
+                return refused
             answer = await self.forward(request, namespace, shard)
-            if answer.status == 503 and ANSWERED_BY not in answer.headers and "entry_id" in request.match_info:
-                # an entry's status or cancellation keeps its shape: its state is not known now
-                body = {"id": request.match_info["entry_id"], "state": "UNKNOWN", **_body(answer)}
-                return web.json_response(body, status=503, headers={"Retry-After": "1"})
+            if answer.status == 503 and ANSWERED_BY not in answer.headers:
+                message = _body(answer).get("message", "")
+                if "entry_id" in request.match_info:
+                    # an entry's status or cancellation keeps its shape: its state is not known now
+                    body = {"id": request.match_info["entry_id"], "state": "UNKNOWN", "message": message}
+                    return web.json_response(body, status=503, headers={"Retry-After": "1"})
+                return refusal(request, 503, message) or answer
             return answer
 
         return route_to_shard
@@ -130,8 +148,7 @@ class ShardRouter:
                 f"{self.own_shard!r}. Ask a worker of shard {shard!r}, or set WALSTREAM_SHARD_URLS="
                 f"{shard}=http://HOST:PORT on this one"
             )
-        timeout = (REDRIVE_TIMEOUT_S if request.path.endswith("/redrive")
-                   else READ_TIMEOUT_S if request.method in ("GET", "HEAD") else WRITE_TIMEOUT_S)
+        timeout = await self._timeout_s(request)
         headers = {h: request.headers[h] for h in _PASSED if h in request.headers}
         headers[FORWARDED_BY] = self.own_shard
         if self._client is None:
@@ -146,7 +163,9 @@ class ShardRouter:
             )
         except httpx.HTTPError as exc:
             reason = str(exc) or type(exc).__name__
-            maybe = "" if request.method in ("GET", "HEAD") else " (the request may have been applied there)"
+            sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))  # else nothing reached it
+            writes = request.method not in ("GET", "HEAD")
+            maybe = " (the request may have been applied there)" if sent and writes else ""
             log.warning("shard %s (%s) did not answer %s %s: %s", shard, url, request.method, request.path, reason)
             return _refuse(f"namespace {namespace!r} is delivered by shard {shard!r}, whose worker at {url} did "
                            f"not answer{maybe}: {reason}; retry shortly")
@@ -155,9 +174,29 @@ class ShardRouter:
         return web.Response(status=answer.status_code, body=answer.content, headers=relayed)
 
 
+    async def _timeout_s(self, request: web.Request) -> float:
+        """How long the forwarded request may take: a read, a change, or an executed redrive
+        (a dry run is a read)."""
+        if request.path.endswith("/redrive"):
+            raw = await request.read()
+            if request.content_type == _FORM:
+                dry = parse_qs(raw.decode("utf-8", "replace")).get("dry_run") == ["on"]
+            else:
+                try:
+                    doc = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    doc = None  # refused there at once
+                dry = not isinstance(doc, dict) or doc.get("dry_run", True) is not False
+            return READ_TIMEOUT_S if dry else REDRIVE_TIMEOUT_S
+        return READ_TIMEOUT_S if request.method in ("GET", "HEAD") else WRITE_TIMEOUT_S
+
+
 def _body(answer: web.Response) -> dict[str, Any]:
-    doc: dict[str, Any] = orjson.loads(answer.body) if isinstance(answer.body, bytes) else {}
-    return doc
+    try:
+        doc = orjson.loads(answer.body) if isinstance(answer.body, bytes) else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _refuse(message: str) -> web.Response:

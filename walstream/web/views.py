@@ -15,15 +15,20 @@ Views get a :class:`walstream.context.WebContext`, never the worker itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from aiohttp import web
 from aiohttp.web import normalize_path_middleware
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
+from walstream.auth import bearer
 from walstream.context import WebContext
 from walstream.web import dead_letters, docs, entries, namespaces, ops, write
 from walstream.web.common import json_errors
 from walstream.web.openapi import Operation
 from walstream.web.pages import views as pages
-from walstream.web.pages.render import query_refusal
+from walstream.web.pages.render import checked_forms, query_refusal
+from walstream.web.pages.views import page_refusal
 from walstream.web.query import checked_queries
 from walstream.web.write import repeat_answer
 
@@ -44,8 +49,34 @@ def register_views(ctx: WebContext) -> None:
     driver.web_app.middlewares.append(normalize_path_middleware(append_slash=False, remove_slash=True,
                                                                 merge_slashes=False))
     driver.web_app.middlewares.append(checked_queries(OPERATIONS, refusal=query_refusal))
+    # a form a page cannot read is refused before anything reads it (or forwards it)
+    driver.web_app.middlewares.append(checked_forms)
     # after the query check: a request with a bad query is refused here, not forwarded
-    driver.web_app.middlewares.append(ctx.shard_router.middleware())
+    driver.web_app.middlewares.append(ctx.shard_router.middleware(guard=_shard_guard(ctx), refusal=query_refusal))
     for module in RESOURCES:
         module.register(ctx)
     docs.register(ctx, OPERATIONS)
+
+
+def _shard_guard(ctx: WebContext) -> Callable[[web.Request, str], web.StreamResponse | None]:
+    """This worker's own auth checks of a request it would forward to another shard
+    (walstream.web.shard_routing): the same as its views make, so a caller gets through a
+    worker only what that worker would allow itself."""
+
+    def guard(request: web.Request, namespace: str) -> web.StreamResponse | None:
+        if request.path == "/ui" or request.path.startswith("/ui/"):
+            return page_refusal(ctx.auth, request)
+        resource = request.match_info.route.resource
+        canonical = resource.canonical if resource is not None else request.path
+        if request.method == "DELETE" and canonical == "/v1/namespaces/{name}":
+            denied = ctx.auth.admin(request.headers, "deleting a namespace")
+        elif request.method == "POST" and canonical.endswith("/redrive"):
+            denied = ctx.auth.admin(request.headers, "redriving dead letters")
+        elif request.method == "DELETE":  # cancelling an entry: the namespace's writers
+            cfg = ctx.registry.get(namespace)
+            denied = ctx.auth.writer(namespace, cfg.write_tokens if cfg else (), bearer(request.headers))
+        else:
+            return None
+        return None if denied is None else web.json_response({"message": denied.message}, status=denied.status)
+
+    return guard

@@ -89,3 +89,31 @@ def query_refusal(request: web.Request, status: int, message: str) -> web.Respon
     if not (path == "/ui" or path.startswith("/ui/")) or wants_json(cast(Request, request)):
         return None
     return html_page(request, "error.html", {"message": message, "status": status}, status, json_link=False)
+
+
+#: the pages' forms: url-encoded UTF-8, as a browser sends the pages' own forms
+_FORM_PATHS = frozenset({"/ui/login", "/ui/dlq/redrive"})
+_FORM = "application/x-www-form-urlencoded"
+
+
+@web.middleware
+async def checked_forms(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Refuse a form post to a page that is not url-encoded UTF-8 (415, 400), before a view
+    or the shard router reads it: the pages send nothing else, and a view reading another
+    kind would miss its fields (a multipart form's namespace) or fail on its bytes."""
+    if request.method == "POST" and request.path in _FORM_PATHS:
+        problem: tuple[int, str] | None = None
+        if request.content_type != _FORM:
+            problem = (415, f"send the form as {_FORM} (as the page's own form does), not {request.content_type}")
+        elif (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
+            problem = (415, f"send the form in UTF-8 (as the page's own form does), not {request.charset}")
+        else:
+            try:
+                (await request.read()).decode("utf-8")
+            except UnicodeDecodeError:
+                problem = (400, "the form is not UTF-8 text")
+        if problem is not None:
+            status, message = problem
+            return query_refusal(request, status, message) or web.json_response({"message": message}, status=status)
+    response: web.StreamResponse = await handler(request)
+    return response

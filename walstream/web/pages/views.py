@@ -22,13 +22,14 @@ import asyncio
 import re
 import secrets
 from collections import OrderedDict
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, unquote, urlencode
 
+from aiohttp import web
 from faust.web import Request, Response, View
 from pydantic import BaseModel
 
-from walstream.auth import bearer
+from walstream.auth import Auth, bearer
 from walstream.context import WebContext
 from walstream.namespaces.model import NAME_RE
 from walstream.targets.base import ErrorClass
@@ -37,7 +38,7 @@ from walstream.web.dead_letters import DeadLetterQueue, dlq_row, parse_redrive
 from walstream.web.entries import public_status
 from walstream.web.openapi import LOCAL, Operation, Param
 from walstream.web.pages import gather
-from walstream.web.pages.render import COOKIE, aio, error, page, wants_json
+from walstream.web.pages.render import COOKIE, aio, error, html_page, page, wants_json
 from walstream.web.pages.table_rows import PAGE_LIMIT, browse
 
 #: executed redrives a worker remembers by the form they came from (see RedrivePage)
@@ -102,6 +103,26 @@ OPERATIONS = (
 )
 
 
+def token_of(request: web.Request) -> str | None:
+    """The admin token a page request carries: a Bearer header, else the login cookie."""
+    return bearer(request.headers) or unquote(request.cookies.get(COOKIE, "")) or None
+
+
+def page_refusal(auth: Auth, request: web.Request) -> web.Response | None:
+    """None when ``request`` may see the pages; else a 401/403 (JSON, or a page for a form
+    post) or, for a page asked by a browser, the way to the login form (303)."""
+    refused = auth.admin_token(token_of(request), "reading the operator's pages")
+    if refused is None:
+        return None
+    if request.method != "GET" and not wants_json(cast(Request, request)):
+        return html_page(request, "error.html", {"message": refused.message, "status": refused.status},
+                         refused.status, json_link=False)
+    if wants_json(cast(Request, request)) or request.method != "GET":
+        return web.json_response({"message": refused.message}, status=refused.status)
+    return web.Response(status=303, content_type="text/html",
+                        headers={"Location": f"/ui/login?{urlencode({'next': request.path_qs})}"})
+
+
 def register(ctx: WebContext) -> None:
     app = ctx.faust
     queue = DeadLetterQueue(ctx)
@@ -109,20 +130,10 @@ def register(ctx: WebContext) -> None:
     #: executed redrives by form id, oldest first (see RedrivePage)
     executed: OrderedDict[str, asyncio.Future[dict[str, Any]]] = OrderedDict()
 
-    def token_of(request: Request) -> str | None:
-        return bearer(request.headers) or unquote(request.cookies.get(COOKIE, "")) or None
-
     def denied(view: View, request: Request) -> Response | None:
         """None when the request may see the pages; else a 401/403 (JSON) or, for a page,
         the way to the login form."""
-        refused = ctx.auth.admin_token(token_of(request), "reading the operator's pages")
-        if refused is None:
-            return None
-        if wants_json(request) or request.method != "GET":
-            return error(view, request, refused.status, refused.message)
-        target = aio(request).path_qs
-        return view.bytes(b"", content_type="text/html", status=303,
-                          headers={"Location": f"/ui/login?{urlencode({'next': target})}"})
+        return cast(Response, page_refusal(ctx.auth, aio(request)))
 
     def pages(path: str) -> Any:
         """Declare a page at ``path`` and at ``path.json``."""
@@ -170,7 +181,7 @@ def register(ctx: WebContext) -> None:
                 if owner is None or owner == ctx.fleet.self_url:
                     return error(self, request, 503, f"no worker holds partition {partition} actively yet "
                                  "(a rebalance is under way); retry shortly")
-                token = token_of(request)
+                token = token_of(aio(request))
                 a = await ctx.fleet.ask(owner, "/ui/tables.json", {**q, "local": "1"}, timeout_s=10.0,
                                         headers={"Authorization": f"Bearer {token}"} if token else None)
                 if not a.ok:
@@ -243,7 +254,11 @@ def register(ctx: WebContext) -> None:
                 req = parse_redrive(body)
             except BodyError as exc:
                 return error(self, request, exc.status, exc.message)
-            form_id = str(form.get("form_id", ""))[:64]
+            # the same form sent again asks for the same redrive: other letters or another
+            # namespace under a reused id are another redrive
+            form_id = "|".join([str(form.get("form_id", ""))[:64], ns, *sorted(ids), str(form.get("rate", ""))])
+            if not form.get("form_id"):
+                form_id = ""
             run: asyncio.Future[dict[str, Any]]
             if req.dry_run or not form_id:
                 run, repeated = asyncio.ensure_future(queue.redrive(ns, req)), False

@@ -33,7 +33,7 @@ import orjson
 
 from walstream.delivery.breaker import Breaker, Breakers
 from walstream.delivery.dead_letters import DeadLetter, DeadLetterWriter, SourceRecord
-from walstream.delivery.pacing import TOLERANCE_S, Pacer
+from walstream.delivery.pacing import ADAPTIVE_HORIZON_S, TOLERANCE_S, Pacer
 from walstream.delivery.retry import backoff_ms
 from walstream.delivery.target_calls import TargetCalls
 from walstream.entry import Entry, EntryDecodeError, parse_record
@@ -641,22 +641,35 @@ class Deliverer:
         """The items of a wave that may go now; the others wait for their send slot as paced
         timers (no attempt spent; a key of an ordered namespace waits with them)."""
         now_s = time.time()
+        tid = items[0].target_id
         fresh = [it for it in items if not it.paced]
-        slots = iter(self.pacer.slots(items[0].target_id, pacing, len(fresh), now_s))
-        send = []
-        for it in items:
-            if it.paced:  # its slot was taken when it was scheduled
-                it.paced = False
-                send.append(it)
-                continue
-            slot_s = next(slots)
-            if slot_s <= now_s + TOLERANCE_S:
-                send.append(it)
-                continue
-            self._retry_later(it, math.ceil(slot_s * 1000), it.attempt, None, out, paced=True)
-            if it.ordered:
-                blocked.add(it.order_key)
+        slots = iter(self.pacer.slots(tid, pacing, len(fresh), now_s))
+        due_now = [it for it in items if it.paced]  # their slot was taken when they were scheduled
+        for it in fresh:
+            slot_s = next(slots, None)
+            if slot_s is not None and slot_s <= now_s + TOLERANCE_S:
+                due_now.append(it)
+            elif slot_s is None:  # beyond an adaptive lane's horizon: try again then, unreserved
+                self._defer(it, now_s + ADAPTIVE_HORIZON_S, blocked, out, reserved=False)
+            else:
+                self._defer(it, slot_s, blocked, out)
+        # every send takes a token: slots that came due together still go at the rate
+        allowed = self.pacer.take(tid, pacing, len(due_now), now_s)
+        step_s = 1.0 / self.pacer.rate(tid, pacing)
+        for n, it in enumerate(due_now[allowed:], 1):
+            self._defer(it, now_s + n * step_s, blocked, out)
+        send = due_now[:allowed]
+        for it in send:
+            it.paced = False
         return send
+
+    def _defer(
+        self, it: Item, when_s: float, blocked: set[tuple[str, str]], out: _Outcome, *, reserved: bool = True
+    ) -> None:
+        """``it`` waits for its send slot at ``when_s`` (a paced timer; see :meth:`_pace`)."""
+        self._retry_later(it, math.ceil(when_s * 1000), it.attempt, None, out, paced=True, reserved=reserved)
+        if it.ordered:
+            blocked.add(it.order_key)
 
     async def close(self) -> None:
         """Cancel target calls still running in the background (a stopping worker)."""
@@ -777,10 +790,12 @@ class Deliverer:
         out.timers_put.add(timer.key)
 
     def _retry_later(
-        self, it: Item, due_ms: int, attempt: int, err: TargetError | None, out: _Outcome, *, paced: bool = False
+        self, it: Item, due_ms: int, attempt: int, err: TargetError | None, out: _Outcome, *, paced: bool = False,
+        reserved: bool = True,
     ) -> None:
         """Schedule ``it`` for ``due_ms`` as attempt ``attempt`` (RETRYING; ``paced``: waiting
-        for its send slot, PENDING); with per-key order its key waits for it."""
+        for its send slot, PENDING, and ``reserved``: the slot is its own, else it takes one
+        then); with per-key order its key waits for it."""
         self._target_state(out, it).update(
             state=(EntryState.PENDING if paced else EntryState.RETRYING).value,
             attempts=attempt,
@@ -802,7 +817,7 @@ class Deliverer:
                 error_class=err.error_class.value if err else None,
                 source=_src(it.source),
                 redrive=it.redrive,
-                paced=paced,
+                paced=paced and reserved,
             ),
             out,
         )

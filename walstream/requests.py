@@ -8,6 +8,7 @@ written for a request that fails here.
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 import uuid
 from collections.abc import Callable
@@ -82,6 +83,9 @@ class Lifecycle(BaseModel):
 
     delay_ms: int | None = Field(default=None, ge=0, le=MAX_DELAY_MS, strict=True)
     deliver_at: TimeText | None = None
+    #: a uniform extra delay from 0 to this many ms, drawn at write time, on top of
+    #: ``delay_ms`` or ``deliver_at`` (or of now): spreads a burst of entries due together
+    jitter_ms: int | None = Field(default=None, ge=0, le=MAX_DELAY_MS, strict=True)
 
     @model_validator(mode="after")
     def _one_of(self) -> Lifecycle:
@@ -193,6 +197,13 @@ def parse_log_request(
             # before 0001-01-01T00:00Z (+14:00 reaches there): due long ago is due now, and the
             # envelope holds no earlier time (Entry.from_doc would refuse the record at delivery)
             due_at_ms = max(due_at_ms, MIN_DUE_MS)
+        if req.lifecycle.jitter_ms:
+            base_ms = due_at_ms if due_at_ms is not None else _ceil_div(written_at_us, 1000)
+            # never earlier than asked: the jitter only adds
+            due_at_ms = max(base_ms, _ceil_div(written_at_us, 1000)) + random.randint(0, req.lifecycle.jitter_ms)
+            if due_at_ms > MAX_DUE_MS:
+                raise RequestError(400, f"lifecycle: with its jitter the entry could be due after {LATEST_DELIVER_AT} "
+                                   "(the latest schedulable time)")
 
     entry_id = req.id or str(uuid.uuid4())
     key = req.key or entry_id

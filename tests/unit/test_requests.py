@@ -226,3 +226,34 @@ def test_an_allowed_override_is_accepted_however_it_is_spelt() -> None:
     # defaults filled in: {"type": "kafka", "topic": "out"} and the same with bootstrap null match
     e = parse({"namespace": "catalog", "payload": 1, "target": [{**OUT, "bootstrap": None}, {"type": "noop"}]})
     assert e.targets is not None and len(e.targets) == 2
+
+
+def test_jitter_adds_a_uniform_delay_drawn_at_write_time_never_less() -> None:
+    """lifecycle.jitter_ms spreads a burst: each entry's due time gets 0..jitter_ms more, on
+    top of delay_ms, deliver_at, or now; never earlier than asked."""
+    extra = []
+    for _ in range(400):
+        e = parse({"namespace": "raw", "payload": 1, "lifecycle": {"delay_ms": 60_000, "jitter_ms": 30_000}})
+        assert e.due_at_ms is not None
+        extra.append(e.due_at_ms - (-(-e.written_at_us // 1000) + 60_000))
+    assert min(extra) >= 0 and max(extra) <= 30_000
+    assert max(extra) - min(extra) > 20_000  # spread over the range, not one value
+    alone = parse({"namespace": "raw", "payload": 1, "lifecycle": {"jitter_ms": 1000}})
+    assert alone.due_at_ms is not None and 0 <= alone.due_at_ms - -(-alone.written_at_us // 1000) <= 1000
+    at = parse({"namespace": "raw", "payload": 1, "lifecycle": {"deliver_at": "2030-01-01T00:00:00Z", "jitter_ms": 5}})
+    assert 1893456000000 <= (at.due_at_ms or 0) <= 1893456000005
+    none = parse({"namespace": "raw", "payload": 1, "lifecycle": {"jitter_ms": 0}})
+    assert none.due_at_ms is None
+
+
+@pytest.mark.parametrize("jitter", [-1, 1.5, True, "10"])
+def test_a_jitter_that_is_no_whole_number_of_ms_is_refused(jitter: Any) -> None:
+    with pytest.raises(RequestError) as refused:
+        parse({"namespace": "raw", "payload": 1, "lifecycle": {"jitter_ms": jitter}})
+    assert refused.value.status == 400 and "jitter_ms" in str(refused.value)
+
+
+def test_a_jitter_past_the_schedule_limit_is_refused() -> None:
+    with pytest.raises(RequestError, match="with its jitter"):
+        parse({"namespace": "raw", "payload": 1,
+               "lifecycle": {"deliver_at": "2286-11-20T17:46:39.999Z", "jitter_ms": 10_000}})

@@ -19,10 +19,12 @@ import difflib
 import errno
 import logging
 import os
+import re
 import socket
 import sys
 import threading
 import traceback
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -49,6 +51,7 @@ from walstream.client import (
     WalstreamClient,
     WalstreamError,
 )
+from walstream.mutations import MutationError, parse_mutations
 from walstream.namespaces.model import NamespaceConfig, NamespaceError, parse_namespace, validation_message
 from walstream.settings import Settings
 from walstream.targets.base import ErrorClass
@@ -1227,6 +1230,99 @@ def demo(ctx: click.Context) -> None:
         raise click.ClickException(f"demo: {type(exc).__name__} talking to the worker: {_one_line(str(exc))}") from exc
     ctx.exit(code)
 
+
+
+# -- bulk-delete -------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+
+
+def _duration_ms(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """``500ms``, ``90s``, ``10m``, ``1h`` as whole milliseconds."""
+    found = _DURATION.match(value.strip())
+    if found is None:
+        raise click.BadParameter(f"{value!r} is not a duration: give e.g. 90s, 10m or 1h")
+    return round(float(found.group(1)) * _UNIT_MS[found.group(2)])
+
+
+def _bulk_keys(lines: list[str], table: str, key_column: str | None) -> list[dict[str, Any]]:
+    """Each line's delete mutation payload, checked as the worker checks it (a one-line
+    error naming the first bad line, before anything is written)."""
+    payloads = []
+    for n, line in enumerate(lines, 1):
+        text = line.rstrip("\n")
+        if not text.strip():
+            continue
+        if key_column is not None:
+            key: Any = {key_column: text}
+        else:
+            try:
+                key = strict_json.loads(text.encode())
+            except strict_json.StrictJSONError as exc:
+                raise click.ClickException(
+                    f"keys file line {n}: not JSON ({_one_line(str(exc))}); give a JSON object of the key's "
+                    "columns, or --key-column NAME; nothing written"
+                ) from exc
+        payload = {"mutations": [{"table": table, "op": "delete", "key": key}]}
+        try:
+            parse_mutations(payload)
+        except MutationError as exc:
+            raise click.ClickException(f"keys file line {n}: {_one_line(str(exc))}; nothing written") from exc
+        payloads.append(payload)
+    return payloads
+
+
+@main.command("bulk-delete")
+@click.argument("namespace")
+@click.option("--table", required=True, help="The table (Cassandra) / index suffix (Elasticsearch) to delete from.")
+@click.option("--keys-file", required=True, type=click.File("r", encoding="utf-8"),
+              help="One key per line: a JSON object of the key's columns, e.g. {\"id\": \"42\"}; or, with "
+              "--key-column, the value of that one column. - reads stdin.")
+@click.option("--key-column", help="The key's one column: each line of the keys file is its value.")
+@click.option("--spread", default="0s", callback=_duration_ms, show_default=True,
+              help="Spread the deletes over this long (90s, 10m, 1h): each is due a uniform 0..spread later "
+              "(lifecycle.jitter_ms). Pace the target too (pacing.max_per_s) to bound its rate.")
+@click.option("--run-id", help="Entry ids are RUN-ID:LINE. Run again with the run id printed first, after an "
+              "interruption, and nothing is written twice. Default: a new one.")
+@click.option("--batch", type=click.IntRange(1, 5000), default=500, show_default=True, help="Entries per request.")
+@url_option
+@click.pass_context
+def bulk_delete(
+    ctx: click.Context, namespace: str, table: str, keys_file: Any, key_column: str | None, spread: int,
+    run_id: str | None, batch: int, url: str | None,
+) -> None:
+    """Delete many rows through the WAL (each delete an entry of NAMESPACE), with a progress
+    bar; exits 1 unless every delete was acknowledged."""
+    payloads = _bulk_keys(keys_file.readlines(), table, key_column)
+    if not payloads:
+        raise click.ClickException("the keys file has no keys; nothing written")
+    run = run_id or uuid.uuid4().hex[:12]
+    click.echo(f"run id {run}: {len(payloads)} deletes to {namespace!r}" + (f", spread over {spread} ms" if spread
+                                                                           else ""), err=True)
+    lifecycle = {"jitter_ms": spread} if spread else None
+    counts = {"written": 0, "duplicate": 0, "failed": 0, "unknown": 0}
+    first_problem: list[str] = []
+
+    async def send(wal: WalstreamClient) -> None:
+        with click.progressbar(length=len(payloads), label="deleting", file=sys.stderr) as bar:
+            for start in range(0, len(payloads), batch):
+                chunk = payloads[start:start + batch]
+                docs = [{"namespace": namespace, "id": f"{run}:{start + i + 1}", "payload": p,
+                         **({"lifecycle": lifecycle} if lifecycle else {})} for i, p in enumerate(chunk)]
+                for r in await wal.write_batch(docs):
+                    kind = ("duplicate" if r.duplicate else "written") if r.durable == "SUCCESS" else (
+                        "failed" if r.durable == "FAILED" else "unknown")
+                    counts[kind] += 1
+                    if kind in ("failed", "unknown") and not first_problem:
+                        first_problem.append(f"{r.id}: {r.durable} {r.message}")
+                bar.update(len(chunk))
+
+    _remote(ctx, url).run(send, request="POST /v1/log/batch")
+    click.echo(f"written {counts['written']}, written before {counts['duplicate']}, refused {counts['failed']}, "
+               f"unknown {counts['unknown']}" + (f"; first: {_one_line(first_problem[0])}" if first_problem else ""))
+    if counts["failed"] or counts["unknown"]:
+        ctx.exit(1)
 
 
 # -- new-agent ---------------------------------------------------------------------------

@@ -653,11 +653,20 @@ class Deliverer:
                 self._defer(it, now_s + ADAPTIVE_HORIZON_S, blocked, out, reserved=False)
             else:
                 self._defer(it, slot_s, blocked, out)
-        # every send takes a token: slots that came due together still go at the rate
+        # Every send takes a token: slots that came due together (the scheduler late) still
+        # go at the rate. Those without one take new slots at the end of the schedule (not
+        # the next free instants: those belong to entries already waiting, which would then
+        # find no token in turn, and the worker would spend itself rescheduling).
         allowed = self.pacer.take(tid, pacing, len(due_now), now_s)
-        step_s = 1.0 / self.pacer.rate(tid, pacing)
-        for n, it in enumerate(due_now[allowed:], 1):
-            self._defer(it, now_s + n * step_s, blocked, out)
+        rest = due_now[allowed:]
+        if rest:
+            step_s = 1.0 / self.pacer.rate(tid, pacing)
+            again = self.pacer.slots(tid, pacing, len(rest), now_s + step_s)
+            for n, it in enumerate(rest):
+                if n < len(again):
+                    self._defer(it, again[n], blocked, out)
+                else:
+                    self._defer(it, now_s + ADAPTIVE_HORIZON_S, blocked, out, reserved=False)
         send = due_now[:allowed]
         for it in send:
             it.paced = False

@@ -48,6 +48,7 @@ from walstream.namespaces.model import NamespaceConfig, wal_topic
 from walstream.namespaces.registry import NamespaceRegistry
 from walstream.producer import SharedProducer
 from walstream.settings import Settings
+from walstream.shard_router import ShardRouter
 from walstream.status import EntryStatus
 from walstream.tables.dead_letter_index import TABLE_NAME as DLQ_INDEX_TABLE
 from walstream.tables.dead_letter_index import DeadLetterIndex
@@ -57,7 +58,6 @@ from walstream.tables.held import BLOCKED_TABLE, HELD_TABLE, KeyOrder
 from walstream.tables.schedule import TABLE_NAME as SCHEDULE_TABLE
 from walstream.tables.schedule import Schedule
 from walstream.targets.pool import TargetPool
-from walstream.web.shard_routing import ShardRouter
 from walstream.worker_report import WorkerReport
 from walstream.writer import LogWriter
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faust
 
@@ -26,15 +26,13 @@ from walstream.health import Liveness
 from walstream.metrics import Metrics
 from walstream.namespaces.registry import NamespaceRegistry
 from walstream.settings import Settings
+from walstream.shard_router import ShardRouter
 from walstream.status import EntryStatus
 from walstream.tables.dead_letter_index import DeadLetterIndex
 from walstream.tables.entry_state import EntryStates
 from walstream.tables.schedule import Schedule
 from walstream.worker_report import WorkerReport
 from walstream.writer import LogWriter
-
-if TYPE_CHECKING:  # walstream.web modules import this one
-    from walstream.web.shard_routing import ShardRouter
 
 
 @dataclass(frozen=True, slots=True)

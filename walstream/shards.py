@@ -11,7 +11,7 @@ produced to the namespace's WAL topic.
 What reads a shard's tables (an entry's status, a cancellation, dead letters, a namespace's
 pending entries) is answered by that shard's workers: a worker of another shard forwards
 such a request to the URL configured for the shard (``WALSTREAM_SHARD_URLS``; see
-walstream.web.shard_routing).
+walstream.shard_router).
 """
 
 from __future__ import annotations

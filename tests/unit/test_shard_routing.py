@@ -1,4 +1,4 @@
-"""Shards (walstream.shards, walstream.web.shard_routing): each shard its own consumer group,
+"""Shards (walstream.shards, walstream.shard_router): each shard its own consumer group,
 tables and command topic; requests about another shard's namespace forwarded to it, answered
 503 naming the shard when it cannot be, and never forwarded twice. Two workers' web apps
 (shards ``a`` and ``b``) talk over real loopback HTTP; their tables are in memory. The fleet
@@ -19,12 +19,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import ValidationError
 
 from tests.unit.conftest import FakeChangelog, MemoryConsumer, add_namespace, free_port, hold_every_partition
+from walstream import shard_router
 from walstream.app import WalApp, build_app
 from walstream.settings import Settings
+from walstream.shard_router import ANSWERED_BY, FORWARDED_BY
 from walstream.shards import group_id, parse_shard_urls
 from walstream.tables.entry_state import state_key
-from walstream.web import shard_routing
-from walstream.web.shard_routing import ANSWERED_BY, FORWARDED_BY
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -141,9 +141,9 @@ def test_a_shard_without_an_url_is_named_with_the_setting(tmp_path: Path) -> Non
 def test_a_shard_that_does_not_answer_is_a_503_and_a_write_may_have_happened(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(shard_routing, "READ_TIMEOUT_S", 0.3)
-    monkeypatch.setattr(shard_routing, "WRITE_TIMEOUT_S", 0.3)
-    monkeypatch.setattr(shard_routing, "REDRIVE_TIMEOUT_S", 20.0)
+    monkeypatch.setattr(shard_router, "READ_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(shard_router, "WRITE_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(shard_router, "REDRIVE_TIMEOUT_S", 20.0)
 
     async def check(a: WalApp, ca: TestClient[Any, Any], b: WalApp, cb: TestClient[Any, Any]) -> None:
         a.shard_router.urls = {"b": f"http://127.0.0.1:{free_port()}"}  # nothing listens

@@ -60,7 +60,7 @@ def register_views(ctx: WebContext) -> None:
 
 def _shard_guard(ctx: WebContext) -> Callable[[web.Request, str], web.StreamResponse | None]:
     """This worker's own auth checks of a request it would forward to another shard
-    (walstream.web.shard_routing): the same as its views make, so a caller gets through a
+    (walstream.shard_router): the same as its views make, so a caller gets through a
     worker only what that worker would allow itself."""
 
     def guard(request: web.Request, namespace: str) -> web.StreamResponse | None:

@@ -131,12 +131,12 @@ async def test_delayed_entry_is_never_applied_early(harness: Harness) -> None:
         e = entry(1, clock, due_at_ms=due_ms)
         await send(ctx, e)
         await tick(ctx)
-        assert target.applied == []
-        assert [t["kind"] for t in timers(wal)] == ["delay"]
+        if time.time() * 1000 < due_ms:  # a loaded machine may only get here after the due time
+            assert target.applied == []
+            assert [t["kind"] for t in timers(wal)] == ["delay"]
         await tick(ctx, after_s=max(0.0, due_ms / 1000 - time.time()) + 0.01)
-        applied_at_ms = time.time() * 1000
     assert [x.id for x in target.applied] == ["e1"]
-    assert applied_at_ms >= due_ms
+    assert target.applied_at[0] * 1000 >= due_ms  # when the target got it: never early
     assert timers(wal) == []
 
 

@@ -416,10 +416,11 @@ async def test_a_redriven_delayed_entry_still_waits_for_its_due_time(harness: Ha
         cmd = {"op": "redrive", "ns": "orders", "id": "e1", "target_id": "*"}
         await ctx.put(key=COMMAND_KEY, value=orjson.dumps(cmd), wait=True)
         await tick(ctx)
-        assert target.applied == []  # not before its due time
+        if time.time() * 1000 < due_ms:  # a loaded machine may only get here after the due time
+            assert target.applied == []  # not before its due time
         await tick(ctx, after_s=max(0.0, due_ms / 1000 - time.time()) + 0.02)
-        applied_at_ms = time.time() * 1000
-    assert [x.id for x in target.applied] == ["e1"] and applied_at_ms >= due_ms
+    assert [x.id for x in target.applied] == ["e1"]
+    assert target.applied_at[0] * 1000 >= due_ms  # when the target got it: never early
     doc = _state(wal, "e1")
     assert doc["state"] == "DELIVERED" and "last_error" not in doc, doc
 

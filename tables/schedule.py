@@ -69,7 +69,10 @@ class Timer:
         )
 
     def encode(self) -> bytes:
-        return orjson.dumps(self.__dict__)
+        # ``paced`` only when set: a timer of an unpaced target reads the same to a worker of
+        # a version before pacing (a rolling upgrade moves partitions between versions)
+        doc = self.__dict__ if self.paced else {k: v for k, v in self.__dict__.items() if k != "paced"}
+        return orjson.dumps(doc)
 
     @classmethod
     def decode(cls, value: bytes) -> Timer:

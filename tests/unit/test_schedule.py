@@ -5,6 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
+
 from walstream.tables.schedule import Schedule, Timer
 
 
@@ -66,3 +68,13 @@ def test_timers_a_recovery_writes_before_the_bound_are_found_after_it() -> None:
     s.follow([0], settling=False)
     assert s.next_due_ms(0) == 50  # settled: the bound is kept again
     assert [t.due_ms for _, t in s.due(0, now_ms=600, limit=10)] == [50, 100, 500]
+
+
+def test_a_timer_says_paced_only_when_it_is() -> None:
+    """A worker of a version before pacing decodes every timer of an unpaced target (a
+    rolling upgrade moves partitions between versions)."""
+    plain = Timer(kind="retry", due_ms=1, seq=1, entry={"ns": "n", "id": "e"}, target={"type": "noop"}, target_id="t")
+    assert "paced" not in orjson.loads(plain.encode())
+    paced = Timer(kind="retry", due_ms=1, seq=1, entry={"ns": "n", "id": "e"}, target_id="t", paced=True)
+    assert orjson.loads(paced.encode())["paced"] is True
+    assert Timer.decode(plain.encode()) == plain and Timer.decode(paced.encode()) == paced

@@ -53,6 +53,7 @@ from walstream.client import (
 )
 from walstream.mutations import MutationError, parse_mutations
 from walstream.namespaces.model import NamespaceConfig, NamespaceError, parse_namespace, validation_message
+from walstream.requests import MAX_DELAY_MS
 from walstream.settings import Settings
 from walstream.targets.base import ErrorClass
 from walstream.wording import counted
@@ -1246,9 +1247,9 @@ def _duration_ms(ctx: click.Context, param: click.Parameter, value: str) -> int:
     return round(float(found.group(1)) * _UNIT_MS[found.group(2)])
 
 
-def _bulk_keys(lines: list[str], table: str, key_column: str | None) -> list[dict[str, Any]]:
-    """Each line's delete mutation payload, checked as the worker checks it (a one-line
-    error naming the first bad line, before anything is written)."""
+def _bulk_keys(lines: list[str], table: str, key_column: str | None) -> list[tuple[int, dict[str, Any]]]:
+    """Each non-blank line's number and delete mutation payload, checked as the worker checks
+    it (a one-line error naming the first bad line, before anything is written)."""
     payloads = []
     for n, line in enumerate(lines, 1):
         text = line.rstrip("\n")
@@ -1269,7 +1270,7 @@ def _bulk_keys(lines: list[str], table: str, key_column: str | None) -> list[dic
             parse_mutations(payload)
         except MutationError as exc:
             raise click.ClickException(f"keys file line {n}: {_one_line(str(exc))}; nothing written") from exc
-        payloads.append(payload)
+        payloads.append((n, payload))
     return payloads
 
 
@@ -1283,8 +1284,9 @@ def _bulk_keys(lines: list[str], table: str, key_column: str | None) -> list[dic
 @click.option("--spread", default="0s", callback=_duration_ms, show_default=True,
               help="Spread the deletes over this long (90s, 10m, 1h): each is due a uniform 0..spread later "
               "(lifecycle.jitter_ms). Pace the target too (pacing.max_per_s) to bound its rate.")
-@click.option("--run-id", help="Entry ids are RUN-ID:LINE. Run again with the run id printed first, after an "
-              "interruption, and nothing is written twice. Default: a new one.")
+@click.option("--run-id", help="Entry ids are RUN-ID:LINE (the key's line in the file). Run again with the run id "
+              "printed first, the same file and options, after an interruption, and nothing is written twice. "
+              "Default: a new one.")
 @click.option("--batch", type=click.IntRange(1, 5000), default=500, show_default=True, help="Entries per request.")
 @url_option
 @click.pass_context
@@ -1294,6 +1296,8 @@ def bulk_delete(
 ) -> None:
     """Delete many rows through the WAL (each delete an entry of NAMESPACE), with a progress
     bar; exits 1 unless every delete was acknowledged."""
+    if spread > MAX_DELAY_MS:
+        raise click.BadParameter(f"at most {MAX_DELAY_MS // 86_400_000} days", param_hint="'--spread'")
     payloads = _bulk_keys(keys_file.readlines(), table, key_column)
     if not payloads:
         raise click.ClickException("the keys file has no keys; nothing written")
@@ -1308,8 +1312,9 @@ def bulk_delete(
         with click.progressbar(length=len(payloads), label="deleting", file=sys.stderr) as bar:
             for start in range(0, len(payloads), batch):
                 chunk = payloads[start:start + batch]
-                docs = [{"namespace": namespace, "id": f"{run}:{start + i + 1}", "payload": p,
-                         **({"lifecycle": lifecycle} if lifecycle else {})} for i, p in enumerate(chunk)]
+                # the id names the key's line in the file: run again with the same file and options
+                docs = [{"namespace": namespace, "id": f"{run}:{line}", "payload": p,
+                         **({"lifecycle": lifecycle} if lifecycle else {})} for line, p in chunk]
                 for r in await wal.write_batch(docs):
                     kind = ("duplicate" if r.duplicate else "written") if r.durable == "SUCCESS" else (
                         "failed" if r.durable == "FAILED" else "unknown")

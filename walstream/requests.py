@@ -197,20 +197,22 @@ def parse_log_request(
             # before 0001-01-01T00:00Z (+14:00 reaches there): due long ago is due now, and the
             # envelope holds no earlier time (Entry.from_doc would refuse the record at delivery)
             due_at_ms = max(due_at_ms, MIN_DUE_MS)
-        if req.lifecycle.jitter_ms:
-            base_ms = due_at_ms if due_at_ms is not None else _ceil_div(written_at_us, 1000)
-            # never earlier than asked: the jitter only adds
-            due_at_ms = max(base_ms, _ceil_div(written_at_us, 1000)) + random.randint(0, req.lifecycle.jitter_ms)
-            if due_at_ms > MAX_DUE_MS:
-                raise RequestError(400, f"lifecycle: with its jitter the entry could be due after {LATEST_DELIVER_AT} "
-                                   "(the latest schedulable time)")
+    asked_due_ms = due_at_ms  # before the jitter: what the request asks for (its digest)
+    if req.lifecycle is not None and req.lifecycle.jitter_ms:
+        base_ms = due_at_ms if due_at_ms is not None else _ceil_div(written_at_us, 1000)
+        # never earlier than asked: the jitter only adds
+        base_ms = max(base_ms, _ceil_div(written_at_us, 1000))
+        if base_ms + req.lifecycle.jitter_ms > MAX_DUE_MS:  # refused whatever the draw
+            raise RequestError(400, f"lifecycle: with its jitter the entry could be due after {LATEST_DELIVER_AT} "
+                               "(the latest schedulable time)")
+        due_at_ms = base_ms + random.randint(0, req.lifecycle.jitter_ms)
 
     entry_id = req.id or str(uuid.uuid4())
     key = req.key or entry_id
     digest: str | None = None
     if req.id is not None:  # only a client-chosen id can be written again
         try:
-            digest = request_digest(req, key=key, due_at_ms=due_at_ms, targets=targets_override)
+            digest = request_digest(req, key=key, due_at_ms=asked_due_ms, targets=targets_override)
         except orjson.JSONEncodeError as exc:
             raise RequestError(400, f"entry cannot be encoded: {exc}") from None
     entry = Entry(

@@ -108,3 +108,19 @@ def test_a_spread_that_is_no_duration_is_refused(server: Server, tmp_path: Path,
                   "--key-column", "id", "--spread", spread])
     assert result.exit_code == 2 and "is not a duration" in result.stderr
     assert server.received == []
+
+
+def test_ids_name_the_keys_line_in_the_file_and_a_spread_past_the_limit_is_refused(
+    server: Server, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text('{"id": "160"}\n\n{"id": "161"}\n')
+    answering(server)
+    result = run(["--url", server.url, "bulk-delete", "catalog", "--table", "movies", "--keys-file", str(keys),
+                  "--run-id", "runB"])
+    assert result.exit_code == 0, result.output
+    assert [e["id"] for e in batches(server)[0]] == ["runB:1", "runB:3"]  # line 2 is blank
+    server.received.clear()
+    result = run(["--url", server.url, "bulk-delete", "catalog", "--table", "movies", "--keys-file", str(keys),
+                  "--spread", "9000h"])
+    assert result.exit_code == 2 and "at most 366 days" in result.stderr and server.received == []

@@ -103,6 +103,7 @@ async def test_each_answer_is_classed_as_the_contract_says(upstream: tuple[Upstr
         "gone": (404, {}, "no such hook", 0),
         "moved": (301, {"Location": "https://elsewhere/hook"}, "", 0),
         "forever": (429, {"Retry-After": "99999999"}, "", 0),
+        "huge": (400, {}, "x" * 5_000_000, 0),  # only the start is read
     }
     t = target(url)
     names = ["fine", *up.script]
@@ -128,6 +129,8 @@ async def test_each_answer_is_classed_as_the_contract_says(upstream: tuple[Upstr
     moved = outcomes["moved"]
     assert moved is not None and "https://elsewhere/hook" in moved.message and "set the target's url" in moved.message
     assert "NullPointerException" in str(outcomes["broken"])
+    huge = outcomes["huge"]
+    assert isinstance(huge, PermanentError) and len(huge.message) < 1000
 
 
 async def test_no_answer_means_the_target_is_down() -> None:
@@ -185,6 +188,8 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
         ({"url": "http://h/x", "headers": {"bad name": "v"}}, "headers.bad name"),
         ({"url": "http://h/x", "headers": {"x-a": "1", "X-A": "2"}}, "given twice"),
         ({"url": "http://h/x", "timeout_ms": 0}, "timeout_ms"),
+        ({"url": "http://127.0.0.1:99999/hook"}, "url"),
+        ({"url": "http://h/x", "pacing": {"max_per_s": 0.001}}, "max_per_s"),
     ],
 )
 def test_a_config_that_cannot_be_sent_is_refused(cfg: dict[str, Any], problem: str) -> None:

@@ -257,3 +257,24 @@ def test_a_jitter_past_the_schedule_limit_is_refused() -> None:
     with pytest.raises(RequestError, match="with its jitter"):
         parse({"namespace": "raw", "payload": 1,
                "lifecycle": {"deliver_at": "2286-11-20T17:46:39.999Z", "jitter_ms": 10_000}})
+
+
+def test_the_same_write_with_jitter_has_the_same_digest_whatever_was_drawn() -> None:
+    """A client retrying a write answered UNKNOWN sends the same request: it must be
+    recognised as the same entry, though each parse draws another jitter."""
+    for lifecycle in ({"deliver_at": "2030-01-01T00:00:00Z", "jitter_ms": 600_000},
+                      {"delay_ms": 1000, "jitter_ms": 600_000}, {"jitter_ms": 600_000}):
+        doc = {"namespace": "raw", "id": "idem1", "payload": {"a": 1}, "lifecycle": lifecycle}
+        first, again = parse(doc), parse(doc)
+        assert first.digest == again.digest, lifecycle
+    draws = {parse({"namespace": "raw", "payload": 1, "lifecycle": {"deliver_at": "2030-01-01T00:00:00Z",
+                                                                    "jitter_ms": 600_000}}).due_at_ms
+             for _ in range(20)}
+    assert len(draws) > 1  # while the due times differ
+
+
+def test_a_jitter_that_could_pass_the_schedule_limit_is_always_refused() -> None:
+    for _ in range(20):
+        with pytest.raises(RequestError, match="with its jitter"):
+            parse({"namespace": "raw", "payload": 1,
+                   "lifecycle": {"deliver_at": "2286-11-20T17:46:38Z", "jitter_ms": 5000}})

@@ -64,3 +64,10 @@ def test_nothing_is_overwritten_and_a_missing_directory_is_named(tmp_path: Path)
     assert (tmp_path / "test_audit.py").read_text() == "mine\n" and not (tmp_path / "audit.py").exists()
     line = one_line_error(run(["new-agent", "audit", "--dir", str(tmp_path / "nowhere")]))
     assert "is not a directory" in line
+
+
+@pytest.mark.parametrize("name", ["os", "json", "asyncio", "faust", "walstream", "orjson"])
+def test_a_name_that_would_shadow_a_module_is_refused(tmp_path: Path, name: str) -> None:
+    line = one_line_error(run(["new-agent", name, "--dir", str(tmp_path)]))
+    assert "would shadow it" in line and f"{name}_agent" in line
+    assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
 import yaml
@@ -63,7 +64,8 @@ class PacingConfig(_Strict):
     ``adaptive``: the rate halves when the target slows (a call over ``slow_ms``) or fails
     for want of capacity, and grows back by a twentieth of ``max_per_s`` per good call."""
 
-    max_per_s: float = Field(gt=0, le=1_000_000)
+    #: at least one entry per 100 s: below, an entry would wait for days for its turn
+    max_per_s: float = Field(ge=0.01, le=1_000_000)
     adaptive: bool = False
     slow_ms: int = Field(default=1000, ge=1, le=600_000)
 
@@ -139,7 +141,7 @@ class HttpTargetConfig(_Strict):
 
     type: Literal["http"]
     pacing: PacingConfig | None = _pacing_field()
-    url: str = Field(pattern=r"^https?://[^\s/?#@]+(:\d+)?(/[^\s#]*)?$", max_length=2000)
+    url: str = Field(pattern=r"^https?://[^\s/?#@:]+(:\d{1,5})?(/[^\s#]*)?$", max_length=2000)
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     headers: dict[
         Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$")],
@@ -147,6 +149,14 @@ class HttpTargetConfig(_Strict):
     ] = Field(default_factory=dict, max_length=32)
     #: one request's deadline (connect, send, answer), in ms
     timeout_ms: int = Field(default=10_000, ge=1, le=300_000)
+
+    @field_validator("url")
+    @classmethod
+    def _port_in_range(cls, v: str) -> str:
+        port = urlsplit(v).port if ":" in v.split("//", 1)[1].split("/", 1)[0] else None
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError(f"port {port} is not from 1 to 65535")
+        return v
 
     @field_validator("headers")
     @classmethod

@@ -41,8 +41,9 @@ from walstream.targets.base import Outcomes, PermanentError, Target, TargetDownE
 MAX_IN_FLIGHT = 32
 #: statuses saying the service as a whole cannot take requests now
 _UNAVAILABLE = frozenset({429, 502, 503, 504})
-#: how much of an error answer's body a dead letter keeps
+#: how much of an error answer's body a dead letter keeps, and how much of it is read
 _BODY_CHARS = 300
+_BODY_BYTES = 4096
 
 
 class HttpTarget(Target):
@@ -85,14 +86,22 @@ class HttpTarget(Target):
         }
         try:
             body = orjson.dumps(entry.payload)
-            r = await self._client.request(self.cfg.method, self.cfg.url, content=body, headers=headers)
+            request = self._client.build_request(self.cfg.method, self.cfg.url, content=body, headers=headers)
+            r = await self._client.send(request, stream=True)
+            try:
+                # an answer's body matters only to say why it refused: its start, never all of it
+                start = await _read_start(r) if not 200 <= r.status_code < 300 else b""
+            finally:
+                await r.aclose()
         except httpx.TimeoutException as exc:
             return TargetDownError(f"{self.label}: no answer within {self.cfg.timeout_ms} ms ({type(exc).__name__})")
         except httpx.HTTPError as exc:
             return TargetDownError(f"{self.label}: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # apply never raises: whatever else, this entry's outcome
+            return TransientError(f"{self.label}: {type(exc).__name__}: {exc}")
         if 200 <= r.status_code < 300:
             return None
-        said = f"{self.label} answered {r.status_code} {r.reason_phrase}: {_start_of(r)}"
+        said = f"{self.label} answered {r.status_code} {r.reason_phrase}: {_text_of(start)}"
         if r.status_code in _UNAVAILABLE:
             return TargetDownError(said, retry_after_s=retry_after_s(r.headers.get("retry-after")))
         if r.status_code == 408 or r.status_code >= 500:
@@ -120,6 +129,16 @@ def retry_after_s(value: str | None, now_s: float | None = None) -> float | None
     return max(0.0, when.timestamp() - (time.time() if now_s is None else now_s))
 
 
-def _start_of(r: httpx.Response) -> str:
-    text = " ".join(r.text.split())
+async def _read_start(r: httpx.Response) -> bytes:
+    """At most :data:`_BODY_BYTES` of an answer's body (an upstream may answer megabytes)."""
+    got = b""
+    async for chunk in r.aiter_raw():
+        got += chunk
+        if len(got) >= _BODY_BYTES:
+            break
+    return got[:_BODY_BYTES]
+
+
+def _text_of(start: bytes) -> str:
+    text = " ".join(start.decode("utf-8", "replace").split())
     return (text[:_BODY_CHARS] + " ...") if len(text) > _BODY_CHARS else (text or "(empty body)")

@@ -663,7 +663,7 @@ class Deliverer:
                 self._defer(it, slot_s, blocked, out)
         # Every send takes a token: slots that came due together (the scheduler late) still
         # go at the rate. An entry whose slot came without a token stays where it is: its
-        # timer is left in place and handled again at the next tick (no write); one that has
+        # timer is left in place and handled again at the next tick (not rewritten); one that has
         # no timer yet (its slot is now) gets one a step later. Rescheduling them behind the
         # others wasted their slots (a third of the rate was lost at low rates), and into the
         # next free instants took the tokens of the entries due then.

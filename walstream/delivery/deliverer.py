@@ -665,7 +665,7 @@ class Deliverer:
         # go at the rate. An entry whose slot came without a token stays where it is: its
         # timer is left in place and handled again at the next tick (not rewritten); one that has
         # no timer yet (its slot is now) gets one a step later. Rescheduling them behind the
-        # others wasted their slots (a third of the rate was lost at low rates), and into the
+        # others wasted their slots (half the rate and more was lost at low rates), and into the
         # next free instants took the tokens of the entries due then.
         allowed = self.pacer.take(tid, pacing, len(due_now), now_s)
         step_s = 1.0 / self.pacer.rate(tid, pacing)

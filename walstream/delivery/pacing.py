@@ -35,9 +35,12 @@ from walstream.namespaces.model import PacingConfig
 #: an entry whose slot is at most this far ahead is sent now rather than scheduled: the
 #: scheduler's own granularity (a timer fires within tens of ms of its due time)
 TOLERANCE_S = 0.02
-#: the most a target gets at once, in seconds of its rate (at 500/s: 25 entries): any one
-#: second sees at most the rate and this much more
-BURST_S = 0.05
+#: the most a target gets at once, in seconds of its rate (at 500/s: 50 entries; never fewer
+#: than :data:`MIN_BURST`): any one second sees at most the rate and this much more
+BURST_S = 0.1
+#: a bucket of one token would refuse a slot that came a little early after one that came a
+#: little late (the scheduler's ticks are not exact), and the refused entry waits at the end
+MIN_BURST = 3.0
 #: how far ahead an adaptive lane gives slots: entries beyond wait this long, unreserved, and
 #: try again (a rate change applies to them then; each such wait is one timer write)
 ADAPTIVE_HORIZON_S = 2.0
@@ -93,7 +96,7 @@ class Pacer:
         would otherwise go out at once, above the rate."""
         lane = self._lanes.setdefault(target_id, _Lane())
         rate = self.rate(target_id, pacing)
-        capacity = max(1.0, rate * BURST_S)
+        capacity = max(MIN_BURST, rate * BURST_S)
         if lane.tokens < 0:
             lane.tokens = capacity
         else:

@@ -30,12 +30,14 @@ DELETES = 20_000
 
 
 class WriteCounter(threading.Thread):
-    """Samples Cassandra's count of coordinator writes to ``ks.table`` every 100 ms."""
+    """Samples Cassandra's count of coordinator writes to ``ks.table`` every 100 ms, each
+    with the times just before and just after its query (the count is of some instant in
+    between: a loaded machine can stretch the round trip)."""
 
     def __init__(self, session: Session, ks: str, table: str) -> None:
         super().__init__(daemon=True)
         self.session, self.ks, self.table = session, ks, table
-        self.samples: list[tuple[float, int]] = []
+        self.samples: list[tuple[float, float, int]] = []
         self.stopping = threading.Event()
 
     def count(self) -> int:
@@ -47,17 +49,24 @@ class WriteCounter(threading.Thread):
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            self.samples.append((time.monotonic(), self.count()))
+            before = time.monotonic()
+            n = self.count()
+            self.samples.append((before, time.monotonic(), n))
             time.sleep(0.1)
 
+    def last(self) -> int:
+        return self.samples[-1][2] if self.samples else 0
+
     def most_in_a_second(self) -> int:
-        """The most writes between two samples at most 1 s apart."""
+        """The most writes between two samples whose queries all fell within one second:
+        from before the earlier query to after the later one (so a stretched round trip never
+        makes a longer time look like a second)."""
         most, j = 0, 0
-        for i, (t, n) in enumerate(self.samples):
-            while self.samples[j][0] < t - 1.0:
+        for i, (_, after, n) in enumerate(self.samples):
+            while j < i and self.samples[j][0] < after - 1.0:
                 j += 1
-            most = max(most, n - self.samples[j][1])
-            del i
+            if after - self.samples[j][0] <= 1.0:
+                most = max(most, n - self.samples[j][2])
         return most
 
 
@@ -82,21 +91,21 @@ def test_a_burst_of_deletes_reaches_cassandra_at_the_paced_rate(
             assert {x["durable"] for x in r.json()["results"]} == {"SUCCESS"}, r.text[:500]
     took_to_write = time.monotonic() - written_at
     try:
-        wait_until(lambda: counter.samples and counter.samples[-1][1] - before >= DELETES, timeout_s=240,
+        wait_until(lambda: counter.last() - before >= DELETES, timeout_s=240,
                    interval_s=1.0, what="every delete written to Cassandra")
         time.sleep(2)  # nothing more should come
     finally:
         counter.stopping.set()
         counter.join()
-    applied = counter.samples[-1][1] - before
-    spread_s = next(t for t, n in counter.samples if n - before >= DELETES) - written_at
+    applied = counter.last() - before
+    spread_s = next(after for _, after, n in counter.samples if n - before >= DELETES) - written_at
     most = counter.most_in_a_second()
     print(f"{DELETES} deletes acknowledged in {took_to_write:.1f} s; Cassandra took them over {spread_s:.1f} s, "
           f"at most {most} in any second (pacing {RATE}/s); {applied} writes in all")
-    # The busiest second: the rate and the bucket's tenth of a second (550), and the sampling's
-    # own error (each count is read after a CQL round trip, which a loaded machine stretches:
-    # two samples "1 s apart" can span more). Unpaced, the same burst reaches thousands a second.
-    assert most <= RATE * 1.25 + 50, most
+    # The busiest second: the rate and the bucket's tenth of a second (550). Unpaced, the same
+    # burst reaches thousands a second. (Windows timed by when each count was read, after its
+    # round trip, once showed 671 in a loaded CI run: see most_in_a_second.)
+    assert most <= RATE * 1.1 + 20, most
     # and on average over the whole spread, the rate
     assert applied / spread_s <= RATE * 1.05, applied / spread_s
     assert DELETES <= applied <= DELETES + 500  # nothing lost; a call past its wait may run twice

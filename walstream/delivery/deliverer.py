@@ -645,14 +645,17 @@ class Deliverer:
         fresh = [it for it in items if not it.paced]
         slots = iter(self.pacer.slots(tid, pacing, len(fresh), now_s))
         due_now = [it for it in items if it.paced]  # their slot was taken when they were scheduled
+        later: list[Item] = []
+        later_slots: list[float] = []
         for it in fresh:
             slot_s = next(slots, None)
             if slot_s is not None and slot_s <= now_s + TOLERANCE_S:
                 due_now.append(it)
-            elif slot_s is None:  # beyond an adaptive lane's horizon: try again then, unreserved
-                self._defer(it, now_s + ADAPTIVE_HORIZON_S, blocked, out, reserved=False)
             else:
-                self._defer(it, slot_s, blocked, out)
+                later.append(it)
+                if slot_s is not None:
+                    later_slots.append(slot_s)
+        self._defer_to(later, later_slots, now_s, blocked, out)
         # Every send takes a token: slots that came due together (the scheduler late) still
         # go at the rate. Those without one take new slots at the end of the schedule (not
         # the next free instants: those belong to entries already waiting, which would then
@@ -663,24 +666,23 @@ class Deliverer:
         rest = due_now[allowed:]
         if rest:
             step_s = 1.0 / self.pacer.rate(tid, pacing)
-            again = self.pacer.slots(tid, pacing, len(rest), now_s + step_s)
-            for n, it in enumerate(rest):
-                if n < len(again):
-                    self._defer(it, again[n], blocked, out)
-                else:
-                    self._defer(it, now_s + ADAPTIVE_HORIZON_S, blocked, out, reserved=False)
+            self._defer_to(rest, self.pacer.slots(tid, pacing, len(rest), now_s + step_s), now_s, blocked, out)
         send = due_now[:allowed]
         for it in send:
             it.paced = False
         return send
 
-    def _defer(
-        self, it: Item, when_s: float, blocked: set[tuple[str, str]], out: _Outcome, *, reserved: bool = True
+    def _defer_to(
+        self, items: list[Item], slots: list[float], now_s: float, blocked: set[tuple[str, str]], out: _Outcome
     ) -> None:
-        """``it`` waits for its send slot at ``when_s`` (a paced timer; see :meth:`_pace`)."""
-        self._retry_later(it, math.ceil(when_s * 1000), it.attempt, None, out, paced=True, reserved=reserved)
-        if it.ordered:
-            blocked.add(it.order_key)
+        """``items`` wait for their send slots (paced timers; see :meth:`_pace`), in order; those
+        beyond the slots given (an adaptive lane's horizon) try again then, unreserved."""
+        for n, it in enumerate(items):
+            reserved = n < len(slots)
+            when_s = slots[n] if reserved else now_s + ADAPTIVE_HORIZON_S
+            self._retry_later(it, math.ceil(when_s * 1000), it.attempt, None, out, paced=True, reserved=reserved)
+            if it.ordered:
+                blocked.add(it.order_key)
 
     async def close(self) -> None:
         """Cancel target calls still running in the background (a stopping worker)."""

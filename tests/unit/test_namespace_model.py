@@ -233,3 +233,23 @@ def test_the_put_body_may_leave_the_name_out() -> None:
     assert parse_namespace({"targets": [{"type": "noop"}]}, name="orders").name == "orders"
     with pytest.raises(ValidationError):
         NamespaceDocument.model_validate({"name": "Bad!", "targets": [{"type": "noop"}]})
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        {"type": "http", "url": "http://h:99999/hook"},
+        {"type": "http", "url": "http://h:0/hook"},
+        {"type": "elasticsearch", "url": "http://h:70000"},
+        {"type": "kafka", "topic": "t", "bootstrap": "h:9092,g:99999"},
+    ],
+)
+def test_a_target_port_outside_1_to_65535_is_refused(target: dict[str, Any]) -> None:
+    with pytest.raises(NamespaceError, match="65535"):
+        parse_namespace({"name": "ports", "targets": [target]})
+
+
+def test_target_ports_in_range_and_bootstraps_without_ports_are_kept() -> None:
+    for target in ({"type": "elasticsearch", "url": "http://h:9200"}, {"type": "kafka", "topic": "t", "bootstrap": "h"},
+                   {"type": "kafka", "topic": "t", "bootstrap": "h:9092,g:9093"}):
+        parse_namespace({"name": "ports", "targets": [target]})

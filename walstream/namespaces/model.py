@@ -58,6 +58,19 @@ class RetryPolicy(_Strict):
         return self
 
 
+def _url_port_ok(url: str | None) -> str | None:
+    """``url`` unchanged, or ValueError when it names a port outside 1..65535 (the URL
+    patterns allow any digits there; the HTTP client fails on them only at the first call)."""
+    if url is not None:
+        try:
+            port = urlsplit(url).port
+        except ValueError:
+            port = -1
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError("the port must be from 1 to 65535")
+    return url
+
+
 class PacingConfig(_Strict):
     """How fast one target may be fed (walstream.delivery.pacing): at most ``max_per_s``
     entries per second from the whole fleet (each worker takes its share of partitions).
@@ -109,6 +122,8 @@ class ElasticsearchTargetConfig(_Strict):
     url: str | None = Field(default=None, pattern=r"^https?://[^\s/?#]+(:\d+)?(/[^\s]*)?$", max_length=2000)
     refresh: bool = False
 
+    _port_in_range = field_validator("url")(lambda cls, v: _url_port_ok(v))
+
     @field_validator("index_prefix")
     @classmethod
     def _prefix_ok(cls, v: str) -> str:
@@ -123,7 +138,18 @@ class KafkaTargetConfig(_Strict):
     type: Literal["kafka"]
     pacing: PacingConfig | None = _pacing_field()
     topic: str = Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    #: ``host:port[,host:port...]``
     bootstrap: str | None = None
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _ports_in_range(cls, v: str | None) -> str | None:
+        # only what can never work is refused: configs stored before stay readable
+        for item in (v or "").split(","):
+            port = item.strip().rsplit(":", 1)[1] if ":" in item else ""
+            if port.isdigit() and not 1 <= int(port) <= 65535:
+                raise ValueError(f"port {port} is not from 1 to 65535")
+        return v
 
 
 #: headers the http target sets itself, or that only the HTTP client may set
@@ -150,13 +176,7 @@ class HttpTargetConfig(_Strict):
     #: one request's deadline (connect, send, answer), in ms
     timeout_ms: int = Field(default=10_000, ge=1, le=300_000)
 
-    @field_validator("url")
-    @classmethod
-    def _port_in_range(cls, v: str) -> str:
-        port = urlsplit(v).port if ":" in v.split("//", 1)[1].split("/", 1)[0] else None
-        if port is not None and not 1 <= port <= 65535:
-            raise ValueError(f"port {port} is not from 1 to 65535")
-        return v
+    _port_in_range = field_validator("url")(lambda cls, v: _url_port_ok(v))
 
     @field_validator("headers")
     @classmethod

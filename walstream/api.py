@@ -120,6 +120,33 @@ class EntryStatus(Answer):
     last_error: str | None = None
     targets: list[TargetStatus] = Field(default_factory=list)
     message: str | None = Field(default=None, description="why the state is not final yet, or not known")
+    group: dict[str, Any] | None = Field(
+        default=None, description="a mutation group's member (`{id, seq}`) or commit marker (`{id, commit, size}`)"
+    )
+
+
+class GroupStatus(Answer):
+    """A mutation group's state: PENDING (no commit marker yet), COMMITTED (the marker is
+    here; waiting for ``missing`` members, or being applied), APPLIED (every member at every
+    target), ABORTED (no marker or members missing by the namespace's ``group_timeout_s``;
+    none of it applied), DEAD_LETTERED (a member could not be applied: it and the members
+    after it are dead letters at that target)."""
+
+    id: str
+    namespace: str
+    state: str
+    partition: int
+    size: int | None = Field(default=None, description="the number of members the commit marker gives")
+    members: int = Field(description="members received so far (distinct seqs)")
+    missing: list[int] = Field(default_factory=list, description="seqs below size not received (at most 1000)")
+    marker: str | None = Field(default=None, description="the commit marker's entry id")
+    first_at: datetime | None = None
+    deadline: datetime | None = Field(default=None, description="aborted if not released by then")
+    committed_at: datetime | None = Field(default=None, description="the commit marker's write time")
+    released_at: datetime | None = None
+    applied_at: datetime | None = None
+    targets: dict[str, str] = Field(default_factory=dict, description="target id → COMMITTED, APPLIED or DEAD_LETTERED")
+    error: str | None = None
 
 
 # -- dead letters ----------------------------------------------------------------------------

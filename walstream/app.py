@@ -54,6 +54,8 @@ from walstream.tables.dead_letter_index import TABLE_NAME as DLQ_INDEX_TABLE
 from walstream.tables.dead_letter_index import DeadLetterIndex
 from walstream.tables.entry_state import TABLE_NAME as ENTRIES_TABLE
 from walstream.tables.entry_state import EntryStates
+from walstream.tables.groups import TABLE_NAME as GROUPS_TABLE
+from walstream.tables.groups import Groups
 from walstream.tables.held import BLOCKED_TABLE, HELD_TABLE, KeyOrder
 from walstream.tables.schedule import TABLE_NAME as SCHEDULE_TABLE
 from walstream.tables.schedule import Schedule
@@ -166,6 +168,7 @@ class WalApp:
             retention_s=s.entry_retention_s,
         )
         self.dlq_index = DeadLetterIndex(self._table(DLQ_INDEX_TABLE, "dead letters by namespace and entry"))
+        self.groups = Groups(self._table(GROUPS_TABLE, "mutation groups waiting for their commit"))
         self.liveness = Liveness(s.stuck_after_s)
         self.breakers = Breakers(s.breaker_threshold, s.breaker_cooldown_s, s.breaker_cooldown_max_s)
         self.auth = Auth(s.admin_token_list)
@@ -183,6 +186,7 @@ class WalApp:
             failpoints=Failpoints(s.failpoints, self._flush_tables),
             # a paced target's rate is the fleet's: each worker sends its partitions' share
             pacer=Pacer(lambda: max(1, len(self.active_partitions())) / s.partitions),
+            groups=self.groups,
         )
 
         #: Topics the delivery agent consumes. Faust shares this list object between the
@@ -333,7 +337,7 @@ class WalApp:
         whose rows could not fit are dead-lettered at admission and refused (413) at write.
         """
         tables = [self.schedule.table, self.key_order.held, self.key_order.blocked, self.states.table,
-                  self.dlq_index.table]
+                  self.dlq_index.table, self.groups.table]
         names = [str(t.changelog_topic.get_topic_name()) for t in tables]
         found = await max_message_bytes(self.settings.broker, names)
         self.row_limit_bytes = min([DERIVED_MAX_MESSAGE_BYTES, *found.values()])
@@ -470,7 +474,7 @@ class WalApp:
             entry_limit_bytes=lambda: self.entry_limit_bytes,
             report=self.report,
             tables={t.name: t for t in (self.schedule.table, self.key_order.blocked, self.key_order.held,
-                                        self.states.table, self.dlq_index.table)},
+                                        self.states.table, self.dlq_index.table, self.groups.table)},
             shard_router=self.shard_router,
         )
 

@@ -72,6 +72,22 @@ class Entry:
     #: another digest asks for a different entry and is refused. None in entries written
     #: before digests existed, and in records from other producers.
     digest: str | None = None
+    #: a member of a mutation group (``{"id": G, "seq": N}``) or its commit marker
+    #: (``{"id": G, "commit": True, "size": S}``); see walstream.delivery.groups
+    group: dict[str, Any] | None = None
+
+    @property
+    def order_key(self) -> str:
+        """The key per-key order follows: the entry's key, or for a group's members one no
+        client key can equal (a NUL first), so that only the group's own members queue there."""
+        if self.group is not None:
+            return "\x00group\x00" + str(self.group["id"])
+        return self.key
+
+    @property
+    def group_seq(self) -> int | None:
+        """The member's place in its group (None: not a member)."""
+        return None if self.group is None or self.group.get("commit") else int(self.group["seq"])
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {
@@ -90,6 +106,8 @@ class Entry:
             doc["retry"] = self.retry
         if self.digest is not None:
             doc["digest"] = self.digest
+        if self.group is not None:
+            doc["group"] = self.group
         return orjson.dumps(doc)
 
     @classmethod
@@ -145,6 +163,9 @@ class Entry:
             raise EntryDecodeError(
                 f"invalid entry: 'digest' must be a non-empty string of at most {MAX_DIGEST_CHARS} characters"
             )
+        group = doc.get("group")
+        if group is not None:
+            _check_group(doc, group)
         return cls(
             id=doc["id"],
             namespace=doc["ns"],
@@ -155,6 +176,7 @@ class Entry:
             targets=targets,
             retry=retry,
             digest=digest,
+            group=group,
         )
 
     @property
@@ -214,6 +236,36 @@ def parse_record(data: bytes | None) -> Any:
 
 #: nesting accepted in records from other producers (orjson's own limit is 1024)
 STRICT_RECORD_DEPTH = 1000
+
+
+#: the most members a mutation group may have (and the highest ``seq`` + 1)
+MAX_GROUP_SIZE = 100_000
+#: the longest group id
+MAX_GROUP_ID_CHARS = 256
+
+
+def _check_group(doc: dict[str, Any], group: Any) -> None:
+    """A group member or marker as walstream writes it (another producer's may be anything)."""
+    if not isinstance(group, dict) or not isinstance(group.get("id"), str) or not group["id"]:
+        raise EntryDecodeError("invalid entry: 'group' must be an object with a non-empty string 'id'")
+    if len(group["id"]) > MAX_GROUP_ID_CHARS:
+        raise EntryDecodeError(f"invalid entry: group.id is longer than {MAX_GROUP_ID_CHARS} characters")
+    if doc["key"] != group["id"]:
+        raise EntryDecodeError("invalid entry: a group's entries are keyed by the group id")
+    if doc.get("due") is not None or doc.get("targets") is not None:
+        raise EntryDecodeError("invalid entry: a group's entries cannot be delayed or name their own targets")
+    if set(group) == {"id", "seq"}:
+        if not _is_int(group["seq"]) or not 0 <= group["seq"] < MAX_GROUP_SIZE:
+            raise EntryDecodeError(f"invalid entry: group.seq must be an integer from 0 to {MAX_GROUP_SIZE - 1}")
+    elif set(group) == {"id", "commit", "size"}:
+        if group["commit"] is not True or not _is_int(group["size"]) or not 1 <= group["size"] <= MAX_GROUP_SIZE:
+            raise EntryDecodeError(
+                f"invalid entry: a commit marker has commit true and a size from 1 to {MAX_GROUP_SIZE}"
+            )
+        if doc.get("payload") is not None:
+            raise EntryDecodeError("invalid entry: a commit marker carries no payload")
+    else:
+        raise EntryDecodeError("invalid entry: 'group' must be {id, seq} (a member) or {id, commit, size} (its marker)")
 
 
 def _is_int(v: Any) -> TypeGuard[int]:

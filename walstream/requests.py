@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from walstream.entry import MIN_DUE_MS, Entry, WriteClock
+from walstream.entry import MAX_GROUP_ID_CHARS, MAX_GROUP_SIZE, MIN_DUE_MS, Entry, WriteClock
 from walstream.mutations import MutationError, parse_mutations
 from walstream.namespaces.model import (
     MUTATION_TARGET_TYPES,
@@ -96,6 +96,30 @@ class Lifecycle(BaseModel):
         return self
 
 
+class GroupRef(BaseModel):
+    """A write's place in a mutation group: ``{id, seq}`` for a member, ``{id, commit: true,
+    size}`` for the group's commit marker (walstream.delivery.groups)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=MAX_GROUP_ID_CHARS, strict=True)
+    seq: int | None = Field(default=None, ge=0, lt=MAX_GROUP_SIZE, strict=True)
+    commit: bool | None = Field(default=None, strict=True)
+    size: int | None = Field(default=None, ge=1, le=MAX_GROUP_SIZE, strict=True)
+
+    @model_validator(mode="after")
+    def _member_or_marker(self) -> GroupRef:
+        if self.commit is None:
+            if self.seq is None or self.size is not None:
+                raise ValueError("a member gives seq (and no size); a commit marker gives commit: true and size")
+        elif self.commit is not True or self.size is None or self.seq is not None:
+            raise ValueError("a commit marker gives commit: true and size (and no seq)")
+        return self
+
+    def as_doc(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
 class LogRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -103,16 +127,20 @@ class LogRequest(BaseModel):
     id: str | None = Field(default=None, min_length=1, max_length=256, strict=True)
     key: str | None = Field(default=None, min_length=1, max_length=4096, strict=True)
     lifecycle: Lifecycle | None = None
-    payload: Any
+    payload: Any = None  # required (see _payload_present) except on a commit marker
     target: dict[str, Any] | list[dict[str, Any]] | None = None
     #: overrides the namespace's retry policy for this entry
     retry: RetryPolicy | None = None
+    #: a member of a mutation group, or its commit marker
+    group: GroupRef | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _payload_present(cls, data: Any) -> Any:
         if isinstance(data, dict) and "payload" not in data:
-            raise ValueError("payload is required")
+            marker = isinstance(data.get("group"), dict) and "commit" in data["group"]
+            if not marker:  # a commit marker carries none
+                raise ValueError("payload is required")
         return data
 
 
@@ -149,6 +177,8 @@ def parse_log_request(
         raise RequestError(400, format_validation_error(exc)) from None
     if req.key is not None and req.key.startswith("\x00"):
         raise RequestError(400, "key: must not start with a NUL character")
+    if req.group is not None:
+        _check_group_request(req)
     ns = lookup(req.namespace)
     if ns is None:
         raise RequestError(404, f"unknown namespace {req.namespace!r}")
@@ -176,7 +206,8 @@ def parse_log_request(
         targets_override = [t.model_dump(mode="json") for t in parsed]
         target_types = {t.type for t in parsed}
 
-    if target_types & MUTATION_TARGET_TYPES:
+    marker = req.group is not None and req.group.commit is not None
+    if target_types & MUTATION_TARGET_TYPES and not marker:
         try:
             parse_mutations(req.payload, for_elasticsearch="elasticsearch" in target_types)
         except MutationError as exc:
@@ -208,7 +239,8 @@ def parse_log_request(
         due_at_ms = base_ms + random.randint(0, req.lifecycle.jitter_ms)
 
     entry_id = req.id or str(uuid.uuid4())
-    key = req.key or entry_id
+    # a group is keyed by its id: all of it lands in one partition
+    key = req.group.id if req.group is not None else (req.key or entry_id)
     digest: str | None = None
     if req.id is not None:  # only a client-chosen id can be written again
         try:
@@ -225,6 +257,7 @@ def parse_log_request(
         targets=targets_override,
         retry=req.retry.model_dump() if req.retry is not None else None,
         digest=digest,
+        group=req.group.as_doc() if req.group is not None else None,
     )
     try:
         value = entry.encode()
@@ -236,6 +269,21 @@ def parse_log_request(
             413, f"entry is {len(value)} bytes encoded; the limit is {max_entry_bytes} bytes"
         )
     return entry, value
+
+
+def _check_group_request(req: LogRequest) -> None:
+    """What a group's write may not carry (400): its own key (the group id is its key), a
+    delay or target (a group is applied when committed, to its namespace's targets), and for
+    the marker a payload or retry policy."""
+    assert req.group is not None
+    if req.key is not None:
+        raise RequestError(400, "key: a group's entries are keyed by the group id; leave key out")
+    if req.lifecycle is not None:
+        raise RequestError(400, "lifecycle: a group's entries are applied when it commits; they cannot be delayed")
+    if req.target is not None:
+        raise RequestError(400, "target: a group's entries go to the namespace's targets; they cannot name their own")
+    if req.group.commit is not None and (req.payload is not None or req.retry is not None):
+        raise RequestError(400, "a commit marker carries no payload and no retry policy")
 
 
 def request_digest(
@@ -261,6 +309,7 @@ def request_digest(
     content["key"] = key
     content["target"] = targets
     content["retry"] = req.retry.model_dump(mode="json") if req.retry is not None else None
+    content["group"] = req.group.as_doc() if req.group is not None else None
     if req.lifecycle is not None:
         lifecycle = req.lifecycle.model_dump(mode="json", exclude_none=True)
         if req.lifecycle.deliver_at is not None:

@@ -48,6 +48,7 @@ _RELAYED = ("Content-Type", "Location", "Allow", "Retry-After", "Cache-Control")
 #: routes (aiohttp's canonical path) whose ``{namespace}`` is the shard's, with their methods
 _PATH_ROUTES = {
     "/v1/log/{namespace}/{entry_id}": {"GET", "HEAD", "DELETE"},
+    "/v1/groups/{namespace}/{group_id}": {"GET", "HEAD"},
     "/v1/dlq/{namespace}": {"GET", "HEAD"},
     "/v1/dlq/{namespace}/redrive": {"POST"},
     "/v1/namespaces/{name}": {"DELETE"},

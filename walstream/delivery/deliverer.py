@@ -44,6 +44,7 @@ from walstream.namespaces.model import NamespaceConfig, PacingConfig, RetryPolic
 from walstream.namespaces.registry import NamespaceRegistry
 from walstream.tables.dead_letter_index import DeadLetterIndex
 from walstream.tables.entry_state import FINAL, EntryState, EntryStates, summarise
+from walstream.tables.groups import GROUP_ENDED, Groups, GroupState, header_key
 from walstream.tables.held import KeyOrder
 from walstream.tables.keys import target_id as make_target_id
 from walstream.tables.schedule import Schedule, Timer
@@ -96,7 +97,9 @@ class Item:
 
     @property
     def seq(self) -> int:
-        return self.source.offset
+        """Where the entry queues behind its key: its offset, or its place in its group."""
+        group_seq = self.entry.group_seq
+        return self.source.offset if group_seq is None else group_seq
 
     @property
     def policy(self) -> RetryPolicy:
@@ -107,11 +110,12 @@ class Item:
 
     @property
     def ordered(self) -> bool:
-        return self.ns.ordering == "key"
+        # a group's members are applied in seq order whatever the namespace's ordering
+        return self.ns.ordering == "key" or self.entry.group is not None
 
     @property
     def order_key(self) -> tuple[str, str]:
-        return (self.entry.namespace, self.entry.key)
+        return (self.entry.namespace, self.entry.order_key)
 
 
 @dataclass
@@ -137,6 +141,13 @@ class _Outcome:
     #: (namespace, target type) → delivery lag (s) of each entry delivered, for the metrics
     #: (namespace, target type, delayed?) -> seconds from write (or due) time to application
     lags: dict[tuple[str, str, bool], list[float]] = field(default_factory=dict)
+    #: group headers touched by this batch, written once at the end
+    groups: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    #: staged group members (and expired headers) to remove once this batch is durable
+    group_removals: list[bytes] = field(default_factory=list)
+    #: (namespace, target id, group id) → why: groups dead-lettered at a target in this batch,
+    #: whose members still in its waves are dead-lettered instead of sent
+    failed_groups: dict[tuple[str, str, str], str] = field(default_factory=dict)
 
 
 class Deliverer:
@@ -155,6 +166,8 @@ class Deliverer:
         failpoints: Failpoints | None = None,
         retry_pause_s: float = 1.0,
         pacer: Pacer | None = None,
+        *,
+        groups: Groups,
     ) -> None:
         self.registry = registry
         self.targets = targets
@@ -171,6 +184,8 @@ class Deliverer:
         self.retry_pause_s = retry_pause_s
         #: send slots of paced targets (walstream.delivery.pacing)
         self.pacer = pacer or Pacer()
+        #: mutation groups waiting for their commit (walstream.tables.groups)
+        self.groups = groups
         self._pacing: dict[str, PacingConfig | None] = {}
         #: the largest table row the changelog topics accept (set by the composition root)
         self.row_limit_bytes = DERIVED_MAX_MESSAGE_BYTES
@@ -289,7 +304,7 @@ class Deliverer:
             elif cmd.get("op") == "purge":
                 self._purge(partition, str(cmd["ns"]), now_s, out)
             elif cmd.get("op") == "sweep":
-                self._sweep(partition, now_s)
+                self._sweep(partition, now_s, out)
         items: list[Item] = []
         for rec in records:
             items.extend(self._admit(rec, now_s, out))
@@ -303,7 +318,9 @@ class Deliverer:
         by_target: dict[str, list[Item]] = defaultdict(list)
         for it in items:
             by_target[it.target_id].append(it)
-        await asyncio.gather(*(self._run_target(partition, its, out) for its in by_target.values()))
+        for tid in out.chains:  # groups released at admission: their members' runs
+            by_target[tid]
+        await asyncio.gather(*(self._run_target(partition, tid, its, out) for tid, its in by_target.items()))
         self._count_deliveries(out)
         if items:
             await self.failpoints.hit("deliverer.after_delivery")
@@ -322,6 +339,9 @@ class Deliverer:
             if doc["state"] == EntryState.DELIVERED:
                 doc.pop("last_error", None)  # an entry-level error of before no longer holds
             self.states.put(doc)
+        for header in out.groups.values():
+            header["updated_ms"] = now_ms
+            self.groups.put_header(header)
         # Removals come last, once every write above is durable (dead letters are already
         # acknowledged): a timer's or held row's successors (retry timers, released entries,
         # state documents) live in other tables, i.e. other changelog partitions, and a crash
@@ -329,7 +349,7 @@ class Deliverer:
         # lose its successor (seen: entries answering DELAYED forever after a SIGKILL). In this
         # order a crash at worst runs a timer again, and targets are idempotent.
         deletions = [key for key in done_timers if key not in out.timers_put] + out.removals
-        if deletions or out.released or out.unblocked:
+        if deletions or out.released or out.unblocked or out.group_removals:
             await self.flush()
             await self.failpoints.hit("deliverer.before_timer_deletes")
             for key in deletions:
@@ -338,6 +358,8 @@ class Deliverer:
                 self.order.release(held_key)
             for blocked_key in out.unblocked:
                 self.order.unblock_key(blocked_key)
+            for group_key in out.group_removals:
+                self.groups.delete(group_key)
             await self.failpoints.hit("deliverer.after_timer_deletes")
 
     def _index(self, dl: DeadLetter) -> None:
@@ -419,6 +441,8 @@ class Deliverer:
             return []
         if state["state"] == EntryState.CANCELLED:
             return []
+        if entry.group is not None:
+            return self._grouped(rec, entry, doc, ns, out, now_s)
         if entry.due_at_ms is not None and entry.due_at_ms > now_s * 1000:
             self._put_timer(
                 Timer(kind="delay", due_ms=entry.due_at_ms, seq=rec.offset, entry=doc, source=_src(rec)), out
@@ -508,8 +532,8 @@ class Deliverer:
             # another target): the entry goes to the namespace's targets as they are now, and
             # the old one is neither retried nor reported any more. Its key moves on.
             state["targets"].pop(timer.target_id, None)
-            if self.order.blocker(entry.namespace, timer.target_id, entry.key) == entry.id:
-                self._release_key(partition, ns, timer.target_id, entry.key, now_s, out)
+            if self.order.blocker(entry.namespace, timer.target_id, entry.order_key) == entry.id:
+                self._release_key(partition, ns, timer.target_id, entry.order_key, now_s, out)
             return self._expand(rec, entry, timer.entry, ns, out, now_s)
         assert timer.target is not None
         try:
@@ -540,10 +564,8 @@ class Deliverer:
             redrive=timer.redrive,
             paced=timer.paced,
         )
-        item.is_blocker = (not item.ordered) or self.order.blocker(entry.namespace, timer.target_id, entry.key) in (
-            None,
-            entry.id,
-        )
+        blocker = self.order.blocker(entry.namespace, timer.target_id, entry.order_key)
+        item.is_blocker = (not item.ordered) or blocker in (None, entry.id)
         return [item]
 
     def _removed_target(self, ns: NamespaceConfig, entry: Entry, target_id: str) -> bool:
@@ -574,16 +596,23 @@ class Deliverer:
 
     # -- one target ------------------------------------------------------------------------
 
-    async def _run_target(self, partition: int, items: list[Item], out: _Outcome) -> None:
-        """Apply ``items`` (all for one target) honouring key order, retries and the breaker."""
-        first = items[0]
+    async def _run_target(self, partition: int, tid: str, items: list[Item], out: _Outcome) -> None:
+        """Apply ``items`` (all for target ``tid``) and the runs of group members released
+        for it at admission, honouring key order, retries and the breaker."""
+        released = out.chains.pop(tid, [])
+        first = items[0] if items else released[0][0]
         breaker = self.breakers.get(first.target_id, first.target.label)
         blocked: set[tuple[str, str]] = set()  # keys that became blocked during this call
         waves: list[list[Item]] = [[]]
+        for run in released:  # one per wave, in seq order, like the runs _release makes
+            for j, it in enumerate(run):
+                while len(waves) <= j:
+                    waves.append([])
+                waves[j].append(it)
         wave_of: dict[tuple[str, str], int] = {}
         for it in items:
             if it.ordered and not it.is_blocker:
-                if it.order_key in blocked or self.order.blocker(it.entry.namespace, it.target_id, it.entry.key):
+                if it.order_key in blocked or self.order.blocker(it.entry.namespace, it.target_id, it.entry.order_key):
                     self._hold(it, out)
                     continue
             if it.ordered:
@@ -601,7 +630,10 @@ class Deliverer:
         while w < len(waves):
             pending = []
             for it in waves[w]:
-                if it.ordered and it.order_key in blocked:
+                failed = self._failed_group(it, out)
+                if failed is not None:
+                    self._group_letter(it, failed, out, time.time())
+                elif it.ordered and it.order_key in blocked:
                     self._hold(it, out)
                 else:
                     pending.append(it)
@@ -748,6 +780,8 @@ class Deliverer:
             # counted per batch (_count_deliveries): a labelled metric per entry cost ~5 µs
             delayed = it.entry.due_at_ms is not None  # lateness after the due time, else latency
             out.lags.setdefault((ns_name, label, delayed), []).append(max(0.0, now_s - _ready_at_s(it.entry)))
+            if it.entry.group is not None:
+                self._group_progress(it, out)
             if self._blocks_its_key(it):
                 return self._release(partition, it, breaker, now_s, out)
             return False
@@ -775,6 +809,9 @@ class Deliverer:
             _letter(it.source, it.doc, it.target_cfg, err.error_class, err.message, attempt, first, now_s)
         )
         t.update(state=EntryState.DEAD.value, attempts=attempt, last_error=err.message, next_attempt_ms=None)
+        if it.entry.group is not None:
+            self._fail_group(partition, it, err.message, out, now_s)
+            return False
         if self._blocks_its_key(it):
             return self._release(partition, it, breaker, now_s, out)
         return False
@@ -796,7 +833,7 @@ class Deliverer:
             return False
         if it.ordered:
             return True
-        return self.order.blocker(it.entry.namespace, it.target_id, it.entry.key) == it.entry.id
+        return self.order.blocker(it.entry.namespace, it.target_id, it.entry.order_key) == it.entry.id
 
     def _put_timer(self, timer: Timer, out: _Outcome) -> None:
         self.schedule.put(timer)
@@ -835,10 +872,10 @@ class Deliverer:
             out,
         )
         if it.ordered:
-            self.order.block(it.entry.namespace, it.target_id, it.entry.key, it.entry.id)
+            self.order.block(it.entry.namespace, it.target_id, it.entry.order_key, it.entry.id)
 
     def _hold(self, it: Item, out: _Outcome) -> None:
-        blocker = self.order.blocker(it.entry.namespace, it.target_id, it.entry.key)
+        blocker = self.order.blocker(it.entry.namespace, it.target_id, it.entry.order_key)
         self._target_state(out, it).update(state=EntryState.PENDING.value, held_behind=blocker)
         if it.held_key is not None:
             # released in this batch, and its key blocked again before its turn: it stays held
@@ -847,7 +884,7 @@ class Deliverer:
         self.order.hold(
             it.entry.namespace,
             it.target_id,
-            it.entry.key,
+            it.entry.order_key,
             it.seq,
             {"entry": it.doc, "target": it.target_cfg, "source": _src(it.source)},
         )
@@ -862,7 +899,7 @@ class Deliverer:
         are kept). Held rows are removed only once the batch's writes are durable. Beyond
         the budget, the next held entry becomes a retry timer due now (the scheduler's path).
         """
-        key = blocker.entry.key
+        key = blocker.entry.order_key
         if out.release_budget > 0:
             run: list[Item] = []
             for held_key, held in self.order.held_for(partition, blocker.ns.name, blocker.target_id, key):
@@ -904,6 +941,252 @@ class Deliverer:
             return True
         self.order.unblock(ns.name, tid, key)
         return False
+
+    # -- mutation groups -------------------------------------------------------------------
+
+    def _group(self, out: _Outcome, ns: NamespaceConfig, gid: str, partition: int, first_ms: int) -> dict[str, Any]:
+        """The group's header, loaded once per batch (created on its first record)."""
+        k = (ns.name, gid)
+        header = out.groups.get(k)
+        if header is None:
+            header = self.groups.header(ns.name, gid) or {
+                "ns": ns.name,
+                "id": gid,
+                "state": GroupState.PENDING.value,
+                "partition": partition,
+                "size": None,
+                # how many distinct members are staged: a hint, checked against the rows
+                # before the group is released (a crash can keep a header without its rows)
+                "count": 0,
+                "first_ms": first_ms,
+                "deadline_ms": first_ms + ns.group_timeout_s * 1000,
+                "commit_ts": None,
+                "marker": None,
+                "released_ms": None,
+                "targets": {},
+                "error": None,
+            }
+            out.groups[k] = header
+        return header
+
+    def _grouped(
+        self, rec: SourceRecord, entry: Entry, doc: dict[str, Any], ns: NamespaceConfig, out: _Outcome, now_s: float
+    ) -> list[Item]:
+        """A member or commit marker of a mutation group: staged until the group is complete,
+        then every member goes to every target in seq order (see :meth:`_release_group`)."""
+        assert entry.group is not None
+        gid = str(entry.group["id"])
+        header = self._group(out, ns, gid, rec.partition, entry.written_at_us // 1000)
+        state = self._state(out, entry, rec)
+        state["group"] = entry.group
+        seq = entry.group_seq
+        what = "commit marker" if seq is None else f"member (seq {seq})"
+        if header["state"] == GroupState.ABORTED:
+            state.update(state=EntryState.CANCELLED.value,
+                         last_error=shorten(f"{header['error']}; this {what} came after that and is not applied"))
+            return []
+        released = header["released_ms"] is not None or header["state"] == GroupState.DEAD_LETTERED
+        if seq is not None:
+            staged = self.groups.member(ns.name, gid, seq)
+            if staged is not None and staged["entry"]["id"] == entry.id:
+                return []  # the same record read again (after a crash): staged already
+            if staged is not None or released:
+                why = (f"seq {seq} of group {gid!r} is already entry {staged['entry']['id']!r}" if staged is not None
+                       else f"group {gid!r} was already released to its targets")
+                message = f"{why}; this entry was not applied (write each member of a group once, before its marker)"
+                self._group_entry_dead(rec, doc, state, message, out, now_s)
+                return []
+            self.groups.put_member(ns.name, gid, seq, {"entry": doc, "source": _src(rec)})
+            header["count"] += 1
+        else:
+            size = int(entry.group["size"])
+            if header["size"] is not None and header["size"] != size:
+                message = (f"group {gid!r} was committed with size {header['size']} by entry {header['marker']!r}; "
+                           f"this marker says {size} and was not applied")
+                self._group_entry_dead(rec, doc, state, message, out, now_s)
+                return []
+            if header["size"] is None:
+                header.update(size=size, commit_ts=entry.written_at_us, marker=entry.id,
+                              state=GroupState.COMMITTED.value)
+            if released:
+                state["state"] = EntryState.DELIVERED.value  # a repeated marker of a released group
+                return []
+        return self._maybe_release(rec.partition, ns, header, out, now_s)
+
+    def _group_entry_dead(
+        self, rec: SourceRecord, doc: dict[str, Any], state: dict[str, Any], message: str, out: _Outcome, now_s: float
+    ) -> None:
+        out.letters.append(_letter(rec, doc, None, ErrorClass.PERMANENT, message, 0, now_s))
+        state.update(state=EntryState.DEAD.value, last_error=shorten(message))
+
+    def _maybe_release(
+        self, partition: int, ns: NamespaceConfig, header: dict[str, Any], out: _Outcome, now_s: float
+    ) -> list[Item]:
+        """Release the group if its marker and every member are here (checked on the rows);
+        a member beyond the marker's size dead-letters the group."""
+        size = header["size"]
+        if size is None or header["count"] < size:
+            return []
+        rows = list(self.groups.members(partition, ns.name, header["id"]))
+        if not rows:
+            return []  # released before (its rows are removed once that is durable)
+        beyond = [seq for _, seq, _ in rows if seq >= size]
+        if beyond:
+            message = (f"group {header['id']!r} was committed with size {size} but has a member with seq {beyond[0]} "
+                       "(seq counts from 0); none of it was applied")
+            header.update(state=GroupState.DEAD_LETTERED.value, error=message)
+            for key, _, row in rows:
+                entry = Entry.from_doc(row["entry"])
+                rec = _row_source(row)
+                self._group_entry_dead(rec, row["entry"], self._state(out, entry, rec), message, out, now_s)
+                out.group_removals.append(key)
+            self._mark_marker(out, header, EntryState.DEAD, message)
+            return []
+        header["count"] = len(rows)
+        if len(rows) < size:
+            return []
+        self._release_group(ns, header, rows, out, now_s)
+        return []
+
+    def _release_group(
+        self,
+        ns: NamespaceConfig,
+        header: dict[str, Any],
+        rows: list[tuple[bytes, int, dict[str, Any]]],
+        out: _Outcome,
+        now_s: float,
+    ) -> None:
+        """Every member to every target of the namespace, in seq order: the first
+        :data:`RELEASE_RUN` in this batch (one per wave), the rest held behind the run's last
+        and released as it completes (the path of held entries). A member is written at the
+        marker's write time less ``size - 1 - seq`` µs, so seq order is also the order last
+        writer wins sees: the group lands as one write made when it was committed."""
+        size = int(header["size"])
+        header["released_ms"] = int(now_s * 1000)
+        members: list[tuple[Entry, dict[str, Any], SourceRecord, dict[str, Any]]] = []
+        for key, seq, row in rows:
+            doc = {**row["entry"], "ts": max(0, int(header["commit_ts"]) - (size - 1 - seq))}
+            entry = Entry.from_doc(doc)
+            rec = _row_source(row)
+            members.append((entry, doc, rec, self._state(out, entry, rec)))
+            out.group_removals.append(key)
+        resolved = self._targets_for(ns, members[0][0])
+        header["targets"] = {tid: GroupState.COMMITTED.value for _, tid, _ in resolved}
+        self._mark_marker(out, header, EntryState.DELIVERED, None)
+        order_key = members[0][0].order_key
+        for cfg, tid, target in resolved:
+            items = []
+            for entry, doc, rec, state in members:
+                t = state["targets"].setdefault(tid, {"type": cfg["type"], "state": EntryState.PENDING.value,
+                                                      "attempts": 0})
+                if t["state"] == EntryState.PENDING:  # a release repeated after a crash skips the rest
+                    items.append(Item(entry, doc, ns, rec, cfg, tid, target))
+            if not items:
+                continue
+            if self.order.blocker(ns.name, tid, order_key) is not None:
+                for it in items:  # a release repeated after a crash, a member waiting for a retry
+                    self._hold(it, out)
+                continue
+            run = items[:RELEASE_RUN]
+            for it in run[:-1]:
+                it.is_blocker = False
+            run[-1].is_blocker = True
+            if len(items) > len(run):
+                self.order.block(ns.name, tid, order_key, run[-1].entry.id)
+                for it in items[len(run):]:
+                    self._hold(it, out)
+            out.chains.setdefault(tid, []).append(run)
+
+    def _mark_marker(self, out: _Outcome, header: dict[str, Any], state: EntryState, error: str | None) -> None:
+        """The commit marker's own state follows its group's (it goes to no target)."""
+        if header["marker"] is None:
+            return
+        k = (header["ns"], header["marker"])
+        doc = out.docs.get(k) or self.states.get(*k)
+        if doc is not None:
+            doc.update(state=state.value, last_error=shorten(error) if error else None)
+            out.docs[k] = doc
+
+    def _group_of(self, out: _Outcome, it: Item) -> dict[str, Any] | None:
+        assert it.entry.group is not None
+        k = (it.entry.namespace, str(it.entry.group["id"]))
+        header = out.groups.get(k) or self.groups.header(*k)
+        if header is not None:
+            out.groups[k] = header
+        return header
+
+    def _group_progress(self, it: Item, out: _Outcome) -> None:
+        """A member was applied at its target: the group is APPLIED there once its last
+        member is (members go in seq order), and APPLIED once it is at every target."""
+        header = self._group_of(out, it)
+        if header is None or header["size"] is None or it.entry.group_seq != header["size"] - 1:
+            return
+        if header["targets"].get(it.target_id) == GroupState.COMMITTED:
+            header["targets"][it.target_id] = GroupState.APPLIED.value
+        if header["state"] == GroupState.COMMITTED and all(
+            v == GroupState.APPLIED for v in header["targets"].values()
+        ):
+            header.update(state=GroupState.APPLIED.value, applied_ms=int(time.time() * 1000))
+
+    def _fail_group(self, partition: int, it: Item, why: str, out: _Outcome, now_s: float) -> None:
+        """A member is dead-lettered at its target: so is the rest of its group there (the
+        members held behind it now, those still in this batch's waves as they come up)."""
+        assert it.entry.group is not None
+        gid = str(it.entry.group["id"])
+        message = shorten(f"group {gid!r} failed at member seq {it.entry.group_seq} ({it.entry.id!r}): {why}; "
+                          "the group's later members were not applied to this target")
+        out.failed_groups[(it.entry.namespace, it.target_id, gid)] = message
+        for held_key, held in list(self.order.held_for(partition, it.ns.name, it.target_id, it.entry.order_key)):
+            if held_key in out.released:
+                continue  # in this batch's waves: dead-lettered there
+            out.released.add(held_key)
+            self._group_letter(self._held_item(it.ns, it.target_id, it.entry.order_key, held, held_key),
+                               message, out, now_s)
+        self.order.unblock(it.ns.name, it.target_id, it.entry.order_key)
+        header = self._group_of(out, it)
+        if header is not None:
+            header["targets"][it.target_id] = GroupState.DEAD_LETTERED.value
+            header.update(state=GroupState.DEAD_LETTERED.value, error=header["error"] or message)
+
+    def _failed_group(self, it: Item, out: _Outcome) -> str | None:
+        if it.entry.group is None or not out.failed_groups:
+            return None
+        return out.failed_groups.get((it.entry.namespace, it.target_id, str(it.entry.group["id"])))
+
+    def _group_letter(self, it: Item, message: str, out: _Outcome, now_s: float) -> None:
+        out.letters.append(_letter(it.source, it.doc, it.target_cfg, ErrorClass.PERMANENT, message, it.attempt, now_s))
+        self._target_state(out, it).update(
+            state=EntryState.DEAD.value, last_error=message, next_attempt_ms=None, held_behind=None
+        )
+
+    def _sweep_groups(self, partition: int, now_s: float, out: _Outcome) -> None:
+        """Abort the groups of ``partition`` not released by their deadline (none of their
+        members is applied), and forget ended groups past the retention."""
+        now_ms = int(now_s * 1000)
+        for header in list(self.groups.headers(partition)):
+            k = (header["ns"], header["id"])
+            if header["released_ms"] is None and header["state"] in (GroupState.PENDING, GroupState.COMMITTED):
+                if now_ms < header["deadline_ms"]:
+                    continue
+                header = out.groups.get(k) or header
+                out.groups[k] = header
+                timeout_s = (header["deadline_ms"] - header["first_ms"]) // 1000
+                reason = ("no commit marker" if header["size"] is None
+                          else f"{header['size'] - header['count']} of its {header['size']} members missing")
+                message = (f"group {header['id']!r} aborted: {reason} {timeout_s} s after its first record; "
+                           "none of it was applied")
+                header.update(state=GroupState.ABORTED.value, error=message)
+                for key, _, row in list(self.groups.members(partition, header["ns"], header["id"])):
+                    entry = Entry.from_doc(row["entry"])
+                    self._state(out, entry, _row_source(row)).update(
+                        state=EntryState.CANCELLED.value, last_error=shorten(message)
+                    )
+                    out.group_removals.append(key)
+                self._mark_marker(out, header, EntryState.CANCELLED, message)
+            elif k not in out.groups and header["state"] in GROUP_ENDED and (
+                now_ms - header.get("updated_ms", now_ms) > self.states.retention_ms
+            ):
+                out.group_removals.append(header_key(*k))
 
     # -- entry state -------------------------------------------------------------------------
 
@@ -954,8 +1237,8 @@ class Deliverer:
                 }
             return
         out.docs[(ns_name, entry_id)] = doc
-        if doc["state"] in FINAL:
-            return
+        if doc["state"] in FINAL or doc.get("group") is not None:
+            return  # a group's member is applied or aborted with its group, never alone
         ref = {"ns": ns_name, "id": entry_id}
         if doc["state"] == EntryState.DELAYED and doc.get("due_ms") is not None:
             self.schedule.delete(Timer(kind="delay", due_ms=doc["due_ms"], seq=doc["offset"], entry=ref).key)
@@ -989,6 +1272,10 @@ class Deliverer:
             pending.append((held["entry"], held["target"], rec, 0))
             out.released.add(held_key)
         out.unblocked.extend(self.order.blocked_of(partition, ns_name))
+        for member_key, row in list(self.groups.member_rows_of(partition, ns_name)):
+            pending.append((row["entry"], None, _row_source(row), 0))
+            out.group_removals.append(member_key)
+        out.group_removals.extend(header_key(ns_name, h["id"]) for h in self.groups.headers(partition, ns_name))
         for doc, target, rec, attempt in pending:
             out.letters.append(_letter(rec, doc, target, ErrorClass.NO_NAMESPACE, message, attempt, now_s))
             state = self._state(out, Entry.from_doc(doc), rec)
@@ -997,10 +1284,12 @@ class Deliverer:
                     t.update(state=EntryState.DEAD.value, last_error=message, next_attempt_ms=None, held_behind=None)
             state.update(state=EntryState.DEAD.value, last_error=message)
 
-    def _sweep(self, partition: int, now_s: float) -> None:
+    def _sweep(self, partition: int, now_s: float, out: _Outcome) -> None:
         """Forget final entry states older than the retention, a bounded slice of the
         partition per call; a pending entry keeps its state however long it waits. A document
-        this batch also touches is written again at its end, with a fresh ``updated_ms``."""
+        this batch also touches is written again at its end, with a fresh ``updated_ms``.
+        Groups past their timeout are aborted, and ended groups past the retention forgotten."""
+        self._sweep_groups(partition, now_s, out)
         swept = self.states.sweep(partition, int(now_s * 1000))
         if swept:
             log.debug("partition %d: forgot %d final entry states past retention", partition, swept)
@@ -1074,6 +1363,11 @@ def _call_key(it: Item) -> tuple[str, str, str, int]:
 def _timer_source(timer: Timer) -> SourceRecord:
     topic, part, offset = timer.source
     return SourceRecord(topic, part, offset, str(timer.entry.get("key", "")).encode(), None)
+
+
+def _row_source(row: dict[str, Any]) -> SourceRecord:
+    topic, part, offset = row["source"]
+    return SourceRecord(topic, part, offset, str(row["entry"].get("key", "")).encode(), None)
 
 
 def _src(rec: SourceRecord) -> list[Any]:

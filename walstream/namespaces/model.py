@@ -216,6 +216,9 @@ class NamespaceConfig(_Strict):
     targets: list[TargetConfig] = Field(min_length=1, max_length=16)
     retry: RetryPolicy = RetryPolicy()
     ordering: Literal["key", "none"] = "key"
+    #: a mutation group still without its commit marker (or a member) this long after its
+    #: first record was written is ABORTED, none of it applied (walstream.delivery.groups)
+    group_timeout_s: int = Field(default=3600, ge=1, le=7 * 86_400, strict=True)
     description: str = Field(default="", max_length=2000)
     #: tokens that may write to (and cancel entries of) this namespace (walstream.auth); none:
     #: open. Given as tokens or as their digests (``sha256:<hex>``); kept and shown as digests.

@@ -63,6 +63,7 @@ def public_status(doc: dict[str, Any]) -> dict[str, Any]:
             }
             for tid, t in sorted(doc.get("targets", {}).items())
         ],
+        **({"group": doc["group"]} if doc.get("group") is not None else {}),
     }
 
 
@@ -117,6 +118,9 @@ def register(ctx: WebContext) -> None:
                     if known["state"] == EntryState.CANCELLED:
                         return respond(self, 200, body)
                     return respond(self, 409, {**body, "message": f"entry is already {known['state']}"})
+                if known.get("group") is not None:
+                    return respond(self, 409, {**public_status(known), "message": "a member of a mutation group is "
+                                               "applied or aborted with its group; it cannot be cancelled alone"})
                 partitions = [int(known["partition"])]
                 command = commands.cancel(namespace, entry_id, partitions[0])
             elif unknown:

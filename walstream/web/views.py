@@ -23,7 +23,7 @@ from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
 from walstream.auth import bearer
 from walstream.context import WebContext
-from walstream.web import dead_letters, docs, entries, namespaces, ops, write
+from walstream.web import dead_letters, docs, entries, groups, namespaces, ops, write
 from walstream.web.common import json_errors
 from walstream.web.openapi import Operation
 from walstream.web.pages import views as pages
@@ -35,7 +35,7 @@ from walstream.web.write import repeat_answer
 __all__ = ["OPERATIONS", "register_views", "repeat_answer"]
 
 #: the resources, each a module with ``OPERATIONS`` and ``register(ctx)``
-RESOURCES = (write, entries, dead_letters, namespaces, ops, pages)
+RESOURCES = (write, entries, groups, dead_letters, namespaces, ops, pages)
 #: every operation of the API, as ``GET /openapi.json`` describes it
 OPERATIONS: tuple[Operation, ...] = (*(op for m in RESOURCES for op in m.OPERATIONS), *docs.OPERATIONS)
 

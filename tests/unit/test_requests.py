@@ -278,3 +278,51 @@ def test_a_jitter_that_could_pass_the_schedule_limit_is_always_refused() -> None
         with pytest.raises(RequestError, match="with its jitter"):
             parse({"namespace": "raw", "payload": 1,
                    "lifecycle": {"deliver_at": "2286-11-20T17:46:38Z", "jitter_ms": 5000}})
+
+
+# -- mutation groups ---------------------------------------------------------------------------
+
+
+def test_a_group_member_is_keyed_by_its_group_and_a_marker_needs_no_payload() -> None:
+    m = parse({"namespace": "catalog", "group": {"id": "g-17", "seq": 0}, "payload": PUT})
+    assert (m.key, m.group, m.group_seq) == ("g-17", {"id": "g-17", "seq": 0}, 0)
+    c = parse({"namespace": "catalog", "group": {"id": "g-17", "commit": True, "size": 2}})
+    assert (c.key, c.payload, c.group, c.group_seq) == ("g-17", None, {"id": "g-17", "commit": True, "size": 2}, None)
+
+
+@pytest.mark.parametrize(("doc", "words"), [
+    ({"group": {"id": "g", "seq": 0}, "payload": PUT, "key": "k"}, "key: a group's entries are keyed by the group"),
+    ({"group": {"id": "g", "seq": 0}, "payload": PUT, "lifecycle": {"delay_ms": 5}}, "cannot be delayed"),
+    ({"group": {"id": "g", "seq": 0}, "payload": "x", "target": {"type": "noop"}}, "cannot name their own"),
+    ({"group": {"id": "g", "commit": True, "size": 2}, "payload": PUT}, "carries no payload"),
+    ({"group": {"id": "g", "commit": True, "size": 2}, "retry": {"max_attempts": 2}}, "no retry policy"),
+    ({"group": {"id": "g", "seq": 0}}, "payload is required"),
+    ({"group": {"id": "g"}, "payload": PUT}, "a member gives seq"),
+    ({"group": {"id": "g", "seq": 0, "size": 3}, "payload": PUT}, "a member gives seq"),
+    ({"group": {"id": "g", "commit": True}}, "commit: true and size"),
+    ({"group": {"id": "g", "commit": False, "size": 1}}, "commit: true and size"),
+    ({"group": {"id": "g", "commit": True, "size": 0}}, "group.size"),
+    ({"group": {"id": "g", "seq": -1}, "payload": PUT}, "group.seq"),
+    ({"group": {"id": "g", "seq": 100_000}, "payload": PUT}, "group.seq"),
+    ({"group": {"id": "", "seq": 0}, "payload": PUT}, "group.id"),
+    ({"group": {"id": "g", "seq": "1"}, "payload": PUT}, "group.seq"),
+    ({"group": {"id": "g", "seq": 0, "extra": 1}, "payload": PUT}, "group.extra"),
+])
+def test_bad_group_writes_are_refused_naming_the_problem(doc: dict[str, Any], words: str) -> None:
+    with pytest.raises(RequestError) as err:
+        parse({"namespace": "catalog", **doc})
+    assert err.value.status == 400
+    assert words in err.value.message
+
+
+def test_a_group_record_from_another_producer_is_checked_at_admission() -> None:
+    from walstream.entry import EntryDecodeError
+
+    base = {"v": 1, "id": "x", "ns": "catalog", "key": "g", "ts": 1, "payload": PUT}
+    assert Entry.from_doc({**base, "group": {"id": "g", "seq": 3}}).group_seq == 3
+    for group, words in [({"id": "other", "seq": 0}, "keyed by the group id"), ({"id": "g", "seq": -1}, "group.seq"),
+                         ({"id": "g", "commit": True, "size": 0}, "commit marker"), ({"id": "g"}, "'group' must be")]:
+        with pytest.raises(EntryDecodeError, match=words):
+            Entry.from_doc({**base, "group": group})
+    with pytest.raises(EntryDecodeError, match="cannot be delayed"):
+        Entry.from_doc({**base, "due": 5, "group": {"id": "g", "seq": 0}})

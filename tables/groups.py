@@ -61,6 +61,12 @@ class Groups:
         for k, v in ordered.scan(self.table, partition, start=prefix, stop=prefix + b"~"):
             yield k, int(k[len(prefix):]), orjson.loads(v)
 
+    def seqs(self, partition: int, ns: str, group_id: str) -> Iterator[int]:
+        """The seqs of one group's staged members, in order (keys only: no row is parsed)."""
+        prefix = _members_prefix(ns, group_id)
+        for k, _ in ordered.scan(self.table, partition, start=prefix, stop=prefix + b"~"):
+            yield int(k[len(prefix):])
+
     def headers(self, partition: int, ns: str | None = None) -> Iterator[dict[str, Any]]:
         """Every group header of ``partition`` (of one namespace, with ``ns``)."""
         prefix = b"h|" + (part(ns) + b"|" if ns is not None else b"")

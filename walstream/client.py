@@ -36,11 +36,20 @@ from urllib.parse import quote
 
 import httpx
 
-from walstream.api import DeadLetter, EntryStatus, RedriveOutcome, RedriveResult, TargetStatus, WriteResult
+from walstream.api import (
+    DeadLetter,
+    EntryStatus,
+    GroupStatus,
+    RedriveOutcome,
+    RedriveResult,
+    TargetStatus,
+    WriteResult,
+)
 
 __all__ = [
     "DeadLetter",
     "EntryStatus",
+    "GroupStatus",
     "NotFound",
     "RedriveOutcome",
     "RedriveResult",
@@ -160,8 +169,11 @@ class WalstreamClient:
         deliver_at: datetime | str | None = None,
         target: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         retry: Mapping[str, Any] | None = None,
+        group: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """One write request (the body of ``POST /v1/log``, an item of a batch), with an id."""
+        """One write request (the body of ``POST /v1/log``, an item of a batch), with an id.
+        ``group``: ``{"id": G, "seq": N}`` for a member of a mutation group (no ``key``), and
+        see :meth:`commit_group` for its marker (docs/groups.md)."""
         doc: dict[str, Any] = {"namespace": namespace, "id": id or str(uuid.uuid4()), "payload": payload}
         if key is not None:
             doc["key"] = key
@@ -176,7 +188,21 @@ class WalstreamClient:
             doc["target"] = dict(target) if isinstance(target, Mapping) else [dict(t) for t in target]
         if retry is not None:
             doc["retry"] = dict(retry)
+        if group is not None:
+            doc["group"] = dict(group)
         return doc
+
+    async def commit_group(self, namespace: str, group_id: str, size: int, *, id: str | None = None) -> WriteResult:
+        """Write the commit marker of a mutation group of ``size`` members (seq 0 .. size-1):
+        the group is applied once every member is there. Raises as :meth:`write`."""
+        doc = {"namespace": namespace, "id": id or str(uuid.uuid4()),
+               "group": {"id": group_id, "commit": True, "size": size}}
+        return await self._write_one(doc)
+
+    async def group(self, namespace: str, group_id: str) -> GroupStatus:
+        """A mutation group's state (walstream.api.GroupStatus). Raises :class:`NotFound`
+        (never written, not consumed yet, or past retention) and :class:`Unavailable`."""
+        return GroupStatus.model_validate(await self._call("GET", f"/v1/groups/{_seg(namespace)}/{_seg(group_id)}"))
 
     async def write(self, namespace: str, payload: Any, **options: Any) -> WriteResult:
         """Write one entry (options as :meth:`entry`). Returns SUCCESS (maybe ``duplicate``)
@@ -184,7 +210,10 @@ class WalstreamClient:
         :class:`NotFound`) for a 4xx (FAILED, nothing written), :class:`NoAnswer` when no
         attempt connected (nothing written) and :class:`UnexpectedAnswer` for an answer that
         is not walstream's."""
-        [result] = await self.write_batch([self.entry(namespace, payload, **options)], single=True)
+        return await self._write_one(self.entry(namespace, payload, **options))
+
+    async def _write_one(self, doc: dict[str, Any]) -> WriteResult:
+        [result] = await self.write_batch([doc], single=True)
         if result.durable == "FAILED":
             error = NotFound if result.status == 404 else Refused
             raise error(result.status, result.message or "refused", result)

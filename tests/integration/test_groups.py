@@ -24,6 +24,7 @@ from tests.integration.conftest import (
     put_namespace,
     wait_until,
 )
+from walstream.client import WalstreamClient
 
 
 def rate(mid: str, stars: int) -> dict[str, Any]:
@@ -146,8 +147,13 @@ def test_a_group_without_a_marker_is_aborted_and_nothing_of_it_is_visible(
     assert "no commit marker" in status["error"]
     with w.client() as c:
         assert c.get(f"/v1/log/{unique}/a-0").json()["state"] == "CANCELLED"
-        # the marker, late: nothing is applied
-        write(c, {"namespace": unique, "id": "a-commit", "group": {"id": "a", "commit": True, "size": 2}})
+        # the marker, late (through the Python client): nothing is applied
+        async def commit_late() -> tuple[str, str]:
+            async with WalstreamClient(w.url) as client:
+                result = await client.commit_group(unique, "a", 2, id="a-commit")
+                return result.durable, (await client.group(unique, "a")).state
+
+        assert asyncio.run(commit_late()) == ("SUCCESS", "ABORTED")
         wait_until(lambda: c.get(f"/v1/log/{unique}/a-commit").json().get("state") == "CANCELLED", what="marker")
     time.sleep(1.0)
     assert cassandra_movies(cassandra, ks) == {}

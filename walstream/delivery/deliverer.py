@@ -44,7 +44,7 @@ from walstream.namespaces.model import NamespaceConfig, PacingConfig, RetryPolic
 from walstream.namespaces.registry import NamespaceRegistry
 from walstream.tables.dead_letter_index import DeadLetterIndex
 from walstream.tables.entry_state import FINAL, EntryState, EntryStates, summarise
-from walstream.tables.groups import GROUP_ENDED, Groups, GroupState, header_key
+from walstream.tables.groups import GROUP_ENDED, Groups, GroupState, header_key, member_key
 from walstream.tables.held import KeyOrder
 from walstream.tables.keys import target_id as make_target_id
 from walstream.tables.schedule import Schedule, Timer
@@ -1027,75 +1027,69 @@ class Deliverer:
         size = header["size"]
         if size is None or header["count"] < size:
             return []
-        rows = list(self.groups.members(partition, ns.name, header["id"]))
-        if not rows:
+        seqs = list(self.groups.seqs(partition, ns.name, header["id"]))
+        if not seqs:
             return []  # released before (its rows are removed once that is durable)
-        beyond = [seq for _, seq, _ in rows if seq >= size]
-        if beyond:
-            message = (f"group {header['id']!r} was committed with size {size} but has a member with seq {beyond[0]} "
+        if seqs[-1] >= size:
+            message = (f"group {header['id']!r} was committed with size {size} but has a member with seq {seqs[-1]} "
                        "(seq counts from 0); none of it was applied")
             header.update(state=GroupState.DEAD_LETTERED.value, error=message)
-            for key, _, row in rows:
+            for key, _, row in self.groups.members(partition, ns.name, header["id"]):
                 entry = Entry.from_doc(row["entry"])
                 rec = _row_source(row)
                 self._group_entry_dead(rec, row["entry"], self._state(out, entry, rec), message, out, now_s)
                 out.group_removals.append(key)
             self._mark_marker(out, header, EntryState.DEAD, message)
             return []
-        header["count"] = len(rows)
-        if len(rows) < size:
-            return []
-        self._release_group(ns, header, rows, out, now_s)
+        header["count"] = len(seqs)
+        if len(seqs) == size:
+            self._release_group(partition, ns, header, out, now_s)
         return []
 
     def _release_group(
-        self,
-        ns: NamespaceConfig,
-        header: dict[str, Any],
-        rows: list[tuple[bytes, int, dict[str, Any]]],
-        out: _Outcome,
-        now_s: float,
+        self, partition: int, ns: NamespaceConfig, header: dict[str, Any], out: _Outcome, now_s: float
     ) -> None:
         """Every member to every target of the namespace, in seq order: the first
         :data:`RELEASE_RUN` in this batch (one per wave), the rest held behind the run's last
         and released as it completes (the path of held entries). A member is written at the
         marker's write time less ``size - 1 - seq`` µs, so seq order is also the order last
-        writer wins sees: the group lands as one write made when it was committed."""
-        size = int(header["size"])
+        writer wins sees: the group lands as one write made when it was committed. Members
+        are read from their rows one at a time, once per target: a large group costs a run's
+        worth of memory, not the group's."""
+        size, gid = int(header["size"]), str(header["id"])
         header["released_ms"] = int(now_s * 1000)
-        members: list[tuple[Entry, dict[str, Any], SourceRecord, dict[str, Any]]] = []
-        for key, seq, row in rows:
-            doc = {**row["entry"], "ts": max(0, int(header["commit_ts"]) - (size - 1 - seq))}
-            entry = Entry.from_doc(doc)
-            rec = _row_source(row)
-            members.append((entry, doc, rec, self._state(out, entry, rec)))
-            out.group_removals.append(key)
-        resolved = self._targets_for(ns, members[0][0])
+        _, _, first = next(self.groups.members(partition, ns.name, gid))
+        probe = Entry.from_doc(first["entry"])
+        resolved = self._targets_for(ns, probe)
         header["targets"] = {tid: GroupState.COMMITTED.value for _, tid, _ in resolved}
         self._mark_marker(out, header, EntryState.DELIVERED, None)
-        order_key = members[0][0].order_key
+        out.group_removals.extend(member_key(ns.name, gid, seq) for seq in self.groups.seqs(partition, ns.name, gid))
         for cfg, tid, target in resolved:
-            items = []
-            for entry, doc, rec, state in members:
-                t = state["targets"].setdefault(tid, {"type": cfg["type"], "state": EntryState.PENDING.value,
-                                                      "attempts": 0})
-                if t["state"] == EntryState.PENDING:  # a release repeated after a crash skips the rest
-                    items.append(Item(entry, doc, ns, rec, cfg, tid, target))
-            if not items:
-                continue
-            if self.order.blocker(ns.name, tid, order_key) is not None:
-                for it in items:  # a release repeated after a crash, a member waiting for a retry
-                    self._hold(it, out)
-                continue
-            run = items[:RELEASE_RUN]
-            for it in run[:-1]:
-                it.is_blocker = False
-            run[-1].is_blocker = True
-            if len(items) > len(run):
-                self.order.block(ns.name, tid, order_key, run[-1].entry.id)
-                for it in items[len(run):]:
-                    self._hold(it, out)
-            out.chains.setdefault(tid, []).append(run)
+            # a release repeated after a crash finds a member waiting for a retry: all queue behind it
+            queue_all = self.order.blocker(ns.name, tid, probe.order_key) is not None
+            run: list[Item] = []
+            for _, seq, row in self.groups.members(partition, ns.name, gid):
+                doc = {**row["entry"], "ts": max(0, int(header["commit_ts"]) - (size - 1 - seq))}
+                entry = Entry.from_doc(doc)
+                rec = _row_source(row)
+                t = self._state(out, entry, rec)["targets"].setdefault(
+                    tid, {"type": cfg["type"], "state": EntryState.PENDING.value, "attempts": 0}
+                )
+                if t["state"] != EntryState.PENDING:
+                    continue  # applied by a release repeated after a crash
+                it = Item(entry, doc, ns, rec, cfg, tid, target)
+                if not queue_all and len(run) < RELEASE_RUN:
+                    run.append(it)
+                    continue
+                if not queue_all:  # the run is full: the rest wait for its last
+                    self.order.block(ns.name, tid, probe.order_key, run[-1].entry.id)
+                    queue_all = True
+                self._hold(it, out)
+            if run:
+                for it in run[:-1]:
+                    it.is_blocker = False
+                run[-1].is_blocker = True
+                out.chains.setdefault(tid, []).append(run)
 
     def _mark_marker(self, out: _Outcome, header: dict[str, Any], state: EntryState, error: str | None) -> None:
         """The commit marker's own state follows its group's (it goes to no target)."""
@@ -1272,9 +1266,9 @@ class Deliverer:
             pending.append((held["entry"], held["target"], rec, 0))
             out.released.add(held_key)
         out.unblocked.extend(self.order.blocked_of(partition, ns_name))
-        for member_key, row in list(self.groups.member_rows_of(partition, ns_name)):
+        for staged_key, row in list(self.groups.member_rows_of(partition, ns_name)):
             pending.append((row["entry"], None, _row_source(row), 0))
-            out.group_removals.append(member_key)
+            out.group_removals.append(staged_key)
         out.group_removals.extend(header_key(ns_name, h["id"]) for h in self.groups.headers(partition, ns_name))
         for doc, target, rec, attempt in pending:
             out.letters.append(_letter(rec, doc, target, ErrorClass.NO_NAMESPACE, message, attempt, now_s))

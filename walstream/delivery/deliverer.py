@@ -148,6 +148,8 @@ class _Outcome:
     #: (namespace, target id, group id) → why: groups dead-lettered at a target in this batch,
     #: whose members still in its waves are dead-lettered instead of sent
     failed_groups: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    #: (namespace, group id) of groups released (or dead-lettered whole) in this batch
+    groups_released: set[tuple[str, str]] = field(default_factory=set)
 
 
 class Deliverer:
@@ -988,8 +990,16 @@ class Deliverer:
         released = header["released_ms"] is not None or header["state"] == GroupState.DEAD_LETTERED
         if seq is not None:
             staged = self.groups.member(ns.name, gid, seq)
+            # A crash keeps any subset of a batch's table writes: the header may lack members
+            # whose rows were kept. It counts the records up to ``counted_to`` (offsets of the
+            # group's one WAL partition), so a record read again is counted exactly once.
+            uncounted = rec.offset > header.get("counted_to", -1)
             if staged is not None and staged["entry"]["id"] == entry.id:
-                return []  # the same record read again (after a crash): staged already
+                # the same record read again after a crash: staged already; a release it made
+                # may have been lost with that crash (rows still here), so look again
+                if uncounted:
+                    header.update(count=header["count"] + 1, counted_to=rec.offset)
+                return self._maybe_release(rec.partition, ns, header, out, now_s)
             if staged is not None or released:
                 why = (f"seq {seq} of group {gid!r} is already entry {staged['entry']['id']!r}" if staged is not None
                        else f"group {gid!r} was already released to its targets")
@@ -997,7 +1007,8 @@ class Deliverer:
                 self._group_entry_dead(rec, doc, state, message, out, now_s)
                 return []
             self.groups.put_member(ns.name, gid, seq, {"entry": doc, "source": _src(rec)})
-            header["count"] += 1
+            if uncounted:
+                header.update(count=header["count"] + 1, counted_to=rec.offset)
         else:
             size = int(entry.group["size"])
             if header["size"] is not None and header["size"] != size:
@@ -1009,8 +1020,9 @@ class Deliverer:
                 header.update(size=size, commit_ts=entry.written_at_us, marker=entry.id,
                               state=GroupState.COMMITTED.value)
             if released:
-                state["state"] = EntryState.DELIVERED.value  # a repeated marker of a released group
-                return []
+                # a marker repeated, or read again after a crash that may have lost the release
+                dead = header["state"] == GroupState.DEAD_LETTERED
+                state["state"] = (EntryState.DEAD if dead else EntryState.DELIVERED).value
         return self._maybe_release(rec.partition, ns, header, out, now_s)
 
     def _group_entry_dead(
@@ -1025,7 +1037,7 @@ class Deliverer:
         """Release the group if its marker and every member are here (checked on the rows);
         a member beyond the marker's size dead-letters the group."""
         size = header["size"]
-        if size is None or header["count"] < size:
+        if size is None or header["count"] < size or (ns.name, header["id"]) in out.groups_released:
             return []
         seqs = list(self.groups.seqs(partition, ns.name, header["id"]))
         if not seqs:
@@ -1034,6 +1046,7 @@ class Deliverer:
             message = (f"group {header['id']!r} was committed with size {size} but has a member with seq {seqs[-1]} "
                        "(seq counts from 0); none of it was applied")
             header.update(state=GroupState.DEAD_LETTERED.value, error=message)
+            out.groups_released.add((ns.name, header["id"]))
             for key, _, row in self.groups.members(partition, ns.name, header["id"]):
                 entry = Entry.from_doc(row["entry"])
                 rec = _row_source(row)
@@ -1058,6 +1071,7 @@ class Deliverer:
         worth of memory, not the group's."""
         size, gid = int(header["size"]), str(header["id"])
         header["released_ms"] = int(now_s * 1000)
+        out.groups_released.add((ns.name, gid))  # its rows stay until the batch is durable
         _, _, first = next(self.groups.members(partition, ns.name, gid))
         probe = Entry.from_doc(first["entry"])
         resolved = self._targets_for(ns, probe)

@@ -43,6 +43,7 @@ from walstream import log_format, log_redaction, strict_json
 from walstream.client import (
     DeadLetter,
     EntryStatus,
+    GroupStatus,
     NoAnswer,
     NotFound,
     RedriveOutcome,
@@ -768,6 +769,35 @@ def entry_status(
             raise click.ClickException(remote.error_line(exc) + hint) from exc
 
     _echo_status(remote.run(ask), output)
+
+
+@entry.command("group")
+@click.argument("namespace")
+@click.argument("group_id", metavar="GROUP")
+@output_option
+@url_option
+@click.pass_context
+def entry_group(ctx: click.Context, namespace: str, group_id: str, output: str, url: str | None) -> None:
+    """Show a mutation group's state (PENDING, COMMITTED, APPLIED, ABORTED, DEAD_LETTERED),
+    its size, the members still missing and each target's progress (docs/groups.md)."""
+    remote = _remote(ctx, url)
+
+    async def ask(wal: WalstreamClient) -> GroupStatus:
+        return await wal.group(namespace, group_id)
+
+    st = remote.run(ask)
+    if output == "json":
+        _echo_json(st.model_dump(mode="json"))
+        return
+    size = "?" if st.size is None else str(st.size)
+    click.echo("\t".join([st.id, st.state, f"members={st.members}/{size}", f"partition={st.partition}"]))
+    if st.missing:
+        shown = ",".join(map(str, st.missing[:20])) + (",..." if len(st.missing) > 20 else "")
+        click.echo(f"  missing={shown}")
+    for tid, state in sorted(st.targets.items()):
+        click.echo(f"  {tid}\t{state}")
+    if st.error:
+        click.echo(f"  error={_one_line(st.error)[:200]}")
 
 
 @entry.command("cancel")

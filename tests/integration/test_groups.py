@@ -24,6 +24,7 @@ from tests.integration.conftest import (
     put_namespace,
     wait_until,
 )
+from tests.integration.test_cli_live import cli
 from walstream.client import WalstreamClient
 
 
@@ -157,6 +158,11 @@ def test_a_group_without_a_marker_is_aborted_and_nothing_of_it_is_visible(
         wait_until(lambda: c.get(f"/v1/log/{unique}/a-commit").json().get("state") == "CANCELLED", what="marker")
     time.sleep(1.0)
     assert cassandra_movies(cassandra, ks) == {}
+    shown = cli(w, "entry", "group", unique, "a")
+    assert shown.returncode == 0 and shown.stdout.startswith("a\tABORTED\tmembers=2/2"), shown
+    assert "no commit marker" in shown.stdout
+    missing = cli(w, "entry", "group", unique, "never-written")
+    assert missing.returncode == 1 and "no group 'never-written'" in missing.stderr, missing
 
 
 def test_a_group_of_10000_members_is_applied_whole_and_in_seq_order(

@@ -40,6 +40,7 @@ from walstream.kafka_admin import (
     TopicError,
     TopicSpec,
     ensure_topics,
+    group_consumed,
     max_message_bytes,
     set_cleanup_policy,
 )
@@ -49,6 +50,7 @@ from walstream.namespaces.registry import NamespaceRegistry
 from walstream.producer import SharedProducer
 from walstream.settings import Settings
 from walstream.shard_router import ShardRouter
+from walstream.shards import group_id
 from walstream.status import EntryStatus
 from walstream.tables.dead_letter_index import TABLE_NAME as DLQ_INDEX_TABLE
 from walstream.tables.dead_letter_index import DeadLetterIndex
@@ -156,7 +158,10 @@ class WalApp:
         #: the other workers: who holds which partition (Faust's assignor), asked over HTTP
         self.fleet = Fleet(s.web_url, lambda: self.faust.assignor.tables_metadata())
         #: the other shards, asked about their namespaces (walstream.shards)
-        self.shard_router = ShardRouter(s.shard, s.shard_url_map, self.registry)
+        self.shard_router = ShardRouter(
+            s.shard, s.shard_url_map, self.registry,
+            consumed=lambda shard, ns: group_consumed(s.broker, group_id(s.app_id, shard), wal_topic(ns)),
+        )
         self.dead_letters = DeadLetterWriter(self.producer)
         self.schedule = Schedule(self._table(SCHEDULE_TABLE, "delayed entries and pending retries, by due time"))
         self.key_order = KeyOrder(

@@ -119,6 +119,18 @@ async def unconsumed(bootstrap: str, group: str, topic: str, timeout_ms: int = 3
         await consumer.stop()
 
 
+async def group_consumed(bootstrap: str, group: str, topic: str, timeout_ms: int = 10_000) -> bool:
+    """Whether the consumer ``group`` has committed an offset of ``topic`` (some worker of it
+    consumed the topic at some time)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        return any(tp.topic == topic and meta is not None and meta.offset >= 0 for tp, meta in committed.items())
+    finally:
+        await admin.close()
+
+
 def wal_topic_specs(name: str, partitions: int, replication_factor: int) -> list[TopicSpec]:
     """The WAL topic and dead-letter topic of one namespace."""
     cfg = {

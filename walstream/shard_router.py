@@ -74,11 +74,36 @@ class ShardRouter:
 
     ``own_shard``: this worker's; ``urls``: {shard: base URL}."""
 
-    def __init__(self, own_shard: str, urls: dict[str, str], registry: NamespaceRegistry) -> None:
+    def __init__(
+        self,
+        own_shard: str,
+        urls: dict[str, str],
+        registry: NamespaceRegistry,
+        consumed: Callable[[str, str], Awaitable[bool]] | None = None,
+    ) -> None:
         self.own_shard = own_shard
         self.urls = urls
         self.registry = registry
+        #: (shard, namespace) → whether a worker of the shard ever consumed the namespace's
+        #: WAL topic (its consumer group committed an offset of it); None: assume it did
+        self.consumed = consumed
+        #: (shard, namespace) known consumed: that never changes back
+        self._consumed: set[tuple[str, str]] = set()
         self._client: httpx.AsyncClient | None = None
+
+    async def _never_consumed(self, shard: str, namespace: str) -> bool:
+        """No worker of ``shard`` has consumed ``namespace``: none of it is in any table (a
+        namespace put on a shard before its workers run, or on one nobody runs)."""
+        if self.consumed is None or (shard, namespace) in self._consumed:
+            return False
+        try:
+            done = await self.consumed(shard, namespace)
+        except Exception:  # cannot tell: the shard is asked, as for any namespace of it
+            log.warning("could not tell whether shard %s consumed %s", shard, namespace, exc_info=True)
+            return False
+        if done:
+            self._consumed.add((shard, namespace))
+        return not done
 
     async def close(self) -> None:
         if self._client is not None:
@@ -119,6 +144,10 @@ class ShardRouter:
             namespace = await self.namespace_of(request)
             shard = None if namespace is None else self.shard_of(namespace)
             if namespace is None or shard is None:
+                return await handler(request)
+            if shard not in self.urls and await self._never_consumed(shard, namespace):
+                # nothing of it is in any shard's tables: this worker's answer (nothing known
+                # of its entries, a deletion that checks its Kafka backlog) is the answer
                 return await handler(request)
             if (refused := guard(request, namespace)) is not None:
                 return refused

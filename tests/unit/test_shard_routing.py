@@ -39,6 +39,11 @@ def worker(tmp_path: Path, shard: str, **settings: Any) -> WalApp:
     for name, of in (("na", "a"), ("nb", "b")):
         add_namespace(wal, {"name": name, "shard": of, "targets": [{"type": "noop"}]})
     hold_every_partition(wal)
+
+    async def consumed(shard: str, namespace: str) -> bool:
+        return True  # every shard has consumed its namespaces (unless a test says otherwise)
+
+    wal.shard_router.consumed = consumed
     return wal
 
 
@@ -134,6 +139,33 @@ def test_a_shard_without_an_url_is_named_with_the_setting(tmp_path: Path) -> Non
         assert "shard 'b'" in body["message"] and "WALSTREAM_SHARD_URLS=b=" in body["message"]
         r = await ca.get("/v1/dlq/nb")
         assert r.status == 503 and "WALSTREAM_SHARD_URLS" in (await r.json())["message"]
+
+    run(tmp_path, check)
+
+
+def test_a_namespace_no_worker_of_its_shard_ever_consumed_is_answered_here(tmp_path: Path) -> None:
+    asked: list[tuple[str, str]] = []
+
+    async def check(a: WalApp, ca: TestClient[Any, Any], b: WalApp, cb: TestClient[Any, Any]) -> None:
+        async def never(shard: str, namespace: str) -> bool:
+            asked.append((shard, namespace))
+            return False
+
+        a.shard_router.urls = {}
+        a.shard_router.consumed = never
+        r = await ca.get("/v1/log/nb/e1")
+        assert r.status == 404 and "never written, not yet consumed" in (await r.json())["message"]
+        r = await ca.get("/v1/dlq/nb")
+        assert r.status == 200 and (await r.json())["dead_letters"] == []
+        assert asked == [("b", "nb"), ("b", "nb")]
+        # once consumed, always asked of the shard (the answer is remembered)
+        async def yes(shard: str, namespace: str) -> bool:
+            return True
+
+        a.shard_router.consumed = yes
+        assert (await ca.get("/v1/log/nb/e1")).status == 503
+        a.shard_router.consumed = never
+        assert (await ca.get("/v1/log/nb/e1")).status == 503
 
     run(tmp_path, check)
 

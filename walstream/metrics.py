@@ -22,6 +22,12 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
         )
+        self.groups_ended = Counter(
+            "walstream_groups_ended_total",
+            "Mutation groups that ended, by namespace and state (APPLIED, ABORTED, DEAD_LETTERED).",
+            ["namespace", "state"],
+            registry=self.registry,
+        )
         self.delivered = Counter(
             "walstream_delivered_total",
             "Entries applied to a target.",

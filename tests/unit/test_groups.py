@@ -56,6 +56,11 @@ def state(wal: WalApp, eid: str) -> dict[str, Any]:
     return doc
 
 
+def ended(wal: WalApp, state: str) -> float | None:
+    return wal.metrics.registry.get_sample_value("walstream_groups_ended_total",
+                                                 {"namespace": "orders", "state": state})
+
+
 def applied(harness: Harness) -> list[str]:
     return [e.id for e in harness[1].applied]
 
@@ -92,6 +97,7 @@ async def test_nothing_is_applied_before_the_marker_then_all_in_seq_order(harnes
     assert {state(wal, m.id)["state"] for m in (m0, m1, m2)} == {"DELIVERED"}
     assert state(wal, commit.id)["state"] == "DELIVERED"
     assert letters(producer) == {}
+    assert ended(wal, "APPLIED") == 1
 
 
 async def test_a_marker_before_its_members_waits_for_the_last_one(harness: Harness) -> None:
@@ -133,6 +139,7 @@ async def test_a_member_that_keeps_failing_dead_letters_the_rest_of_the_group(
     h = header(wal, "g4")
     assert h["state"] == GroupState.DEAD_LETTERED and "seq 1" in h["error"]
     assert {state(wal, f"g4-m{i}")["state"] for i in (1, 2, 3)} == {"DEAD"}
+    assert ended(wal, "DEAD_LETTERED") == 1 and ended(wal, "APPLIED") is None
     assert list(ordered.scan(wal.key_order.held, 0)) == [] and list(ordered.scan(wal.key_order.blocked, 0)) == []
 
 
@@ -156,6 +163,7 @@ async def test_a_group_without_a_marker_is_aborted_at_its_deadline(harness: Harn
     assert applied(harness) == []
     assert header(wal, "g5")["state"] == GroupState.ABORTED
     assert state(wal, "g5-commit")["state"] == "CANCELLED"
+    assert ended(wal, "ABORTED") == 1
     assert letters(producer) == {}
 
 

@@ -150,6 +150,8 @@ class _Outcome:
     failed_groups: dict[tuple[str, str, str], str] = field(default_factory=dict)
     #: (namespace, group id) of groups released (or dead-lettered whole) in this batch
     groups_released: set[tuple[str, str]] = field(default_factory=set)
+    #: (namespace, state) of each group that ended in this batch, counted once it is written
+    groups_ended: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Deliverer:
@@ -344,6 +346,8 @@ class Deliverer:
         for header in out.groups.values():
             header["updated_ms"] = now_ms
             self.groups.put_header(header)
+        for ns_name, ended in out.groups_ended:
+            self.metrics.groups_ended.labels(ns_name, ended).inc()
         # Removals come last, once every write above is durable (dead letters are already
         # acknowledged): a timer's or held row's successors (retry timers, released entries,
         # state documents) live in other tables, i.e. other changelog partitions, and a crash
@@ -1046,6 +1050,7 @@ class Deliverer:
             message = (f"group {header['id']!r} was committed with size {size} but has a member with seq {seqs[-1]} "
                        "(seq counts from 0); none of it was applied")
             header.update(state=GroupState.DEAD_LETTERED.value, error=message)
+            out.groups_ended.append((ns.name, GroupState.DEAD_LETTERED.value))
             out.groups_released.add((ns.name, header["id"]))
             for key, _, row in self.groups.members(partition, ns.name, header["id"]):
                 entry = Entry.from_doc(row["entry"])
@@ -1135,6 +1140,7 @@ class Deliverer:
             v == GroupState.APPLIED for v in header["targets"].values()
         ):
             header.update(state=GroupState.APPLIED.value, applied_ms=int(time.time() * 1000))
+            out.groups_ended.append((header["ns"], GroupState.APPLIED.value))
 
     def _fail_group(self, partition: int, it: Item, why: str, out: _Outcome, now_s: float) -> None:
         """A member is dead-lettered at its target: so is the rest of its group there (the
@@ -1154,6 +1160,8 @@ class Deliverer:
         header = self._group_of(out, it)
         if header is not None:
             header["targets"][it.target_id] = GroupState.DEAD_LETTERED.value
+            if header["state"] != GroupState.DEAD_LETTERED:
+                out.groups_ended.append((header["ns"], GroupState.DEAD_LETTERED.value))
             header.update(state=GroupState.DEAD_LETTERED.value, error=header["error"] or message)
 
     def _failed_group(self, it: Item, out: _Outcome) -> str | None:
@@ -1184,6 +1192,7 @@ class Deliverer:
                 message = (f"group {header['id']!r} aborted: {reason} {timeout_s} s after its first record; "
                            "none of it was applied")
                 header.update(state=GroupState.ABORTED.value, error=message)
+                out.groups_ended.append((header["ns"], GroupState.ABORTED.value))
                 for key, _, row in list(self.groups.members(partition, header["ns"], header["id"])):
                     entry = Entry.from_doc(row["entry"])
                     self._state(out, entry, _row_source(row)).update(

@@ -49,11 +49,13 @@ OPERATIONS = (
     Operation(
         "post", "/v1/dlq/{namespace}/redrive", "Deliver dead letters again (a dry run by default)",
         "dead letters", params=(NAMESPACE,), body=RedriveRequest,
-        answers={200: RedriveResult, 400: None, 404: None, 503: None}, auth="admin",
+        answers={200: RedriveResult, 400: None, 404: None, 503: None}, auth="admin", action="redriving dead letters",
         description="Executed, each letter's outcome: DELIVERED, DEAD (failed again; back in the "
         "dead-letter queue) or PENDING (not settled within `wait_s`).",
     ),
 )
+#: POST /v1/dlq/{namespace}/redrive, as the view and a forwarding worker check it
+REDRIVE = next(op for op in OPERATIONS if (op.method, op.path) == ("post", "/v1/dlq/{namespace}/redrive"))
 
 
 def dlq_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -241,7 +243,7 @@ def register(ctx: WebContext) -> None:
             (failed again: ``message`` says why; it is back in the dead-letter queue) or
             PENDING (not settled within ``wait_s``: retrying, delayed, or not yet processed),
             and the counts of each."""
-            if (denied := ctx.auth.admin(request.headers, "redriving dead letters")) is not None:
+            if (denied := ctx.auth.admin(request.headers, REDRIVE.action)) is not None:
                 return respond(self, denied.status, {"message": denied.message})
             try:
                 body = await read_json(request, settings.max_request_bytes, server_limit=settings.max_request_bytes)

@@ -45,12 +45,15 @@ OPERATIONS = (
         params=(NAME, Param("force", "query", "`true` dead-letters its pending entries",
                             {"type": "string", "enum": ["true", "false"]})),
         answers={200: NamespaceDeleted, 400: None, 404: None, 409: NamespaceBusy, 503: None}, auth="admin",
+        action="deleting a namespace",
     ),
     Operation(
         "get", "/v1/internal/pending/{namespace}", "The ids of the pending entries this worker holds",
         "internal", params=(NAMESPACE,), answers={200: PendingIds, 503: None}, internal=True,
     ),
 )
+#: DELETE /v1/namespaces/{name}, as the view and a forwarding worker check it
+DELETE_NAMESPACE = next(op for op in OPERATIONS if (op.method, op.path) == ("delete", "/v1/namespaces/{name}"))
 
 
 def register(ctx: WebContext) -> None:
@@ -103,7 +106,7 @@ def register(ctx: WebContext) -> None:
         async def delete(self, request: Request, name: str) -> Response:
             """``?force=true`` deletes a namespace with pending entries, dead-lettering them;
             without it such a deletion is refused (409) with the count."""
-            if (denied := ctx.auth.admin(request.headers, "deleting a namespace")) is not None:
+            if (denied := ctx.auth.admin(request.headers, DELETE_NAMESPACE.action)) is not None:
                 return respond(self, denied.status, {"message": denied.message})
             force = request.query.get("force", "false")  # checked: walstream.web.query
             if (cfg := registry.get(name)) is None:

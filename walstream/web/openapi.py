@@ -55,6 +55,9 @@ class Operation:
     #: "write" when the namespace has write tokens; 401 and 403 are added to its answers
     #: unless ``refused_per_item``
     auth: Literal["admin", "write"] | None = None
+    #: what the operation does, as a refusal names it ("deleting a namespace needs ..."); the
+    #: view and a worker forwarding it to another shard (walstream.web.views) both use it
+    action: str = ""
     #: refusals (401, 403 among them) are answered per item inside a 200, never as the status
     refused_per_item: bool = False
 

@@ -60,23 +60,22 @@ def register_views(ctx: WebContext) -> None:
 
 def _shard_guard(ctx: WebContext) -> Callable[[web.Request, str], web.StreamResponse | None]:
     """This worker's own auth checks of a request it would forward to another shard
-    (walstream.shard_router): the same as its views make, so a caller gets through a
-    worker only what that worker would allow itself."""
+    (walstream.shard_router): those its views make, read from the operations' ``auth`` and
+    ``action``, so a caller gets through a worker only what that worker would allow itself."""
+    guarded = {(op.method.upper(), op.path): op for op in OPERATIONS if op.auth is not None}
 
     def guard(request: web.Request, namespace: str) -> web.StreamResponse | None:
         if request.path == "/ui" or request.path.startswith("/ui/"):
             return page_refusal(ctx.auth, request)
         resource = request.match_info.route.resource
-        canonical = resource.canonical if resource is not None else request.path
-        if request.method == "DELETE" and canonical == "/v1/namespaces/{name}":
-            denied = ctx.auth.admin(request.headers, "deleting a namespace")
-        elif request.method == "POST" and canonical.endswith("/redrive"):
-            denied = ctx.auth.admin(request.headers, "redriving dead letters")
-        elif request.method == "DELETE":  # cancelling an entry: the namespace's writers
+        op = guarded.get((request.method, resource.canonical if resource is not None else request.path))
+        if op is None:
+            return None
+        if op.auth == "admin":
+            denied = ctx.auth.admin(request.headers, op.action or op.summary)
+        else:  # the namespace's writers
             cfg = ctx.registry.get(namespace)
             denied = ctx.auth.writer(namespace, cfg.write_tokens if cfg else (), bearer(request.headers))
-        else:
-            return None
         return None if denied is None else web.json_response({"message": denied.message}, status=denied.status)
 
     return guard

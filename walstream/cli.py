@@ -51,6 +51,7 @@ from walstream.client import (
     UnexpectedAnswer,
     WalstreamClient,
     WalstreamError,
+    WriteResult,
 )
 from walstream.mutations import MutationError, parse_mutations
 from walstream.namespaces.model import NamespaceConfig, NamespaceError, parse_namespace, validation_message
@@ -665,6 +666,8 @@ def _payload(payload: str | None, payload_file: Path | None) -> Any:
 @click.option(
     "--deliver-at", callback=_deliver_at, help="Deliver no sooner than this ISO-8601 time with a timezone."
 )
+@click.option("--group", "group_id", help="Write a member of this mutation group (with --seq; docs/groups.md).")
+@click.option("--seq", type=click.IntRange(min=0), help="The member's place in its group, from 0.")
 @output_option
 @url_option
 @click.pass_context
@@ -677,19 +680,37 @@ def write(
     entry_id: str | None,
     delay_ms: int | None,
     deliver_at: str | None,
+    group_id: str | None,
+    seq: int | None,
     output: str,
     url: str | None,
 ) -> None:
     """Write one entry to NAMESPACE; print its id, partition and offset once Kafka holds it.
 
     The payload is JSON: PAYLOAD_JSON, - (stdin) or --payload-file F. An answer that is
-    UNKNOWN or lost is asked again with the same id, which never writes twice."""
+    UNKNOWN or lost is asked again with the same id, which never writes twice. A member of a
+    mutation group: --group G --seq N (then `walstream entry commit NAMESPACE G --size S`)."""
     if delay_ms is not None and deliver_at is not None:
         raise click.UsageError("give --delay-ms or --deliver-at, not both")
+    if (group_id is None) != (seq is None):
+        raise click.UsageError("give --group and --seq together")
     value = _payload(payload, payload_file)
-    options = {"key": key, "id": entry_id, "delay_ms": delay_ms, "deliver_at": deliver_at}
+    options = {"key": key, "id": entry_id, "delay_ms": delay_ms, "deliver_at": deliver_at,
+               "group": {"id": group_id, "seq": seq} if group_id is not None else None}
     # a refusal (4xx: nothing written) is raised; UNKNOWN is returned after the retries
     result = _remote(ctx, url).run(lambda wal: wal.write(namespace, value, **options), request="POST /v1/log")
+    _known(namespace, result)
+    if output == "json":
+        _echo_json(result.model_dump(mode="json"))
+        return
+    click.echo(
+        f"{result.durable}\tid={result.id}\tpartition={result.partition}\toffset={result.offset}"
+        + ("\tduplicate (written before: the original answer)" if result.duplicate else "")
+    )
+
+
+def _known(namespace: str, result: WriteResult) -> None:
+    """Raise the CLI error for a write still UNKNOWN after every retry."""
     if result.durable == "UNKNOWN":
         why = f"answered {result.status}: {result.message}" if result.status else result.message
         raise click.ClickException(
@@ -698,13 +719,6 @@ def write(
             f"it may or may not be in the log. `walstream entry status {namespace} {result.id}` tells; "
             f"writing again with --id {result.id} never writes it twice."
         )
-    if output == "json":
-        _echo_json(result.model_dump(mode="json"))
-        return
-    click.echo(
-        f"{result.durable}\tid={result.id}\tpartition={result.partition}\toffset={result.offset}"
-        + ("\tduplicate (written before: the original answer)" if result.duplicate else "")
-    )
 
 
 @main.group()
@@ -769,6 +783,23 @@ def entry_status(
             raise click.ClickException(remote.error_line(exc) + hint) from exc
 
     _echo_status(remote.run(ask), output)
+
+
+@entry.command("commit")
+@click.argument("namespace")
+@click.argument("group_id", metavar="GROUP")
+@click.option("--size", type=click.IntRange(min=1), required=True, help="How many members the group has.")
+@click.option("--id", "entry_id", help="The marker's idempotency key; default: a new UUID4.")
+@url_option
+@click.pass_context
+def entry_commit(ctx: click.Context, namespace: str, group_id: str, size: int, entry_id: str | None,
+                 url: str | None) -> None:
+    """Write the commit marker of mutation group GROUP: once its SIZE members (seq 0 to
+    SIZE-1) are there, the group is applied (docs/groups.md)."""
+    result = _remote(ctx, url).run(lambda wal: wal.commit_group(namespace, group_id, size, id=entry_id),
+                                   request="POST /v1/log")
+    _known(namespace, result)
+    click.echo(f"{result.durable}\tid={result.id}\tpartition={result.partition}\toffset={result.offset}")
 
 
 @entry.command("group")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import orjson
 from cassandra.cluster import Session
 
 from tests.integration.conftest import (
@@ -76,13 +77,15 @@ def test_a_group_survives_a_sigkill_between_its_members_and_its_marker(
     # its data dir is lost too: the staged members come back from the groups table's changelog
     w = start_worker(app_id=w.app_id, datadir=w.datadir.with_name("fresh-datadir"))
     mark("a worker started on an empty data dir")
-    with w.client() as c:
-        write(c, {"namespace": unique, "id": "o1-2", "group": {"id": "o1", "seq": 2}, "payload": members[2]})
-        mark("member 2 acknowledged")
-        time.sleep(1.0)
-        assert cassandra_movies(cassandra, ks) == {} and ratings(cassandra, ks) == {}, "applied before the marker"
-        write(c, {"namespace": unique, "id": "o1-commit", "group": {"id": "o1", "commit": True, "size": 3}})
-        mark("commit marker acknowledged")
+    # the rest through the CLI
+    out = cli(w, "write", unique, orjson.dumps(members[2]).decode(), "--group", "o1", "--seq", "2", "--id", "o1-2")
+    assert out.returncode == 0 and out.stdout.startswith("SUCCESS"), out
+    mark("member 2 acknowledged")
+    time.sleep(1.0)
+    assert cassandra_movies(cassandra, ks) == {} and ratings(cassandra, ks) == {}, "applied before the marker"
+    out = cli(w, "entry", "commit", unique, "o1", "--size", "3", "--id", "o1-commit")
+    assert out.returncode == 0 and out.stdout.startswith("SUCCESS"), out
+    mark("commit marker acknowledged")
     wait_until(lambda: cassandra_movies(cassandra, ks) == {"m1": ("Heat", 1995), "m2": ("Ronin", 1998)}
                and ratings(cassandra, ks) == {"m1": 5}, timeout_s=60, what="the whole group in Cassandra")
     mark("all 3 members in Cassandra (2 tables)")
@@ -198,7 +201,6 @@ def test_a_group_of_10000_members_is_applied_whole_and_in_seq_order(
 def read_seqs(topic: str, expect: int, timeout_s: float) -> list[int]:
     """The ``seq`` payload field of every record of ``topic``, in each partition's order
     (a group's records share a key: one partition)."""
-    import orjson
     from aiokafka import AIOKafkaConsumer
 
     async def run() -> list[int]:

@@ -193,6 +193,7 @@ class WalApp:
             pacer=Pacer(lambda: max(1, len(self.active_partitions())) / s.partitions),
             groups=self.groups,
         )
+        self.deliverer.caught_up = self.caught_up
 
         #: Topics the delivery agent consumes. Faust shares this list object between the
         #: topic and the clones its agents iterate, so appending a name and flagging the
@@ -291,6 +292,16 @@ class WalApp:
             options=options,
             extra_topic_configs=topic_configs,
         ), self.changelogs)
+
+    def caught_up(self, namespace: str, partition: int) -> bool:
+        """Whether this worker has processed partition ``partition`` of ``namespace``'s WAL
+        topic to its end, as of the consumer's last fetch (False when it cannot tell)."""
+        topic = wal_topic(namespace)
+        for tp, done in self.offsets.progress().items():
+            if tp.topic == topic and tp.partition == partition:
+                high = self.offsets_port.highwater(tp)
+                return high is not None and done >= high
+        return False
 
     def partition_for(self, key: str) -> int:
         """The partition Kafka's default partitioner gives ``key`` in every WAL topic."""

@@ -289,3 +289,10 @@ class WriteClock:
             now = time.time_ns() // 1000
             self._last = now if now > self._last else self._last + 1
             return self._last
+
+    def skip(self, span_us: int) -> None:
+        """Later timestamps are past the next ``span_us`` µs (a mutation group's members are
+        written at its marker's time plus their seq: no later write of this worker falls
+        among them)."""
+        with self._lock:
+            self._last += span_us

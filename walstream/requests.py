@@ -109,6 +109,10 @@ class GroupRef(BaseModel):
 
     @model_validator(mode="after")
     def _member_or_marker(self) -> GroupRef:
+        if self.id in (".", "..") or self.id.startswith("\x00"):
+            # "." and ".." cannot be a path segment of GET /v1/groups/{ns}/{id}; a NUL first
+            # is kept for walstream's own keys
+            raise ValueError("group.id must not be '.' or '..' or start with a NUL character")
         if self.commit is None:
             if self.seq is None or self.size is not None:
                 raise ValueError("a member gives seq (and no size); a commit marker gives commit: true and size")
@@ -138,7 +142,7 @@ class LogRequest(BaseModel):
     @classmethod
     def _payload_present(cls, data: Any) -> Any:
         if isinstance(data, dict) and "payload" not in data:
-            marker = isinstance(data.get("group"), dict) and "commit" in data["group"]
+            marker = isinstance(data.get("group"), dict) and data["group"].get("commit") is not None
             if not marker:  # a commit marker carries none
                 raise ValueError("payload is required")
         return data
@@ -214,6 +218,8 @@ def parse_log_request(
             raise RequestError(400, str(exc)) from None
 
     written_at_us = clock.now_us()
+    if marker and req.group is not None and req.group.size is not None:
+        clock.skip(req.group.size)  # its members are written at written_at_us + seq
     due_at_ms: int | None = None
     if req.lifecycle is not None:
         if req.lifecycle.delay_ms is not None:

@@ -283,6 +283,16 @@ def test_a_jitter_that_could_pass_the_schedule_limit_is_always_refused() -> None
 # -- mutation groups ---------------------------------------------------------------------------
 
 
+def test_a_marker_makes_the_clock_skip_past_its_group() -> None:
+    clock = WriteClock()
+    marker, _ = parse_log_request({"namespace": "catalog", "group": {"id": "g", "commit": True, "size": 5000}},
+                                  lookup=lookup, clock=clock, max_entry_bytes=1 << 20)
+    later, _ = parse_log_request({"namespace": "raw", "payload": 1}, lookup=lookup, clock=clock,
+                                 max_entry_bytes=1 << 20)
+    # members are written at the marker's time + seq: a later write of this worker is later still
+    assert later.written_at_us > marker.written_at_us + 4999
+
+
 def test_a_group_member_is_keyed_by_its_group_and_a_marker_needs_no_payload() -> None:
     m = parse({"namespace": "catalog", "group": {"id": "g-17", "seq": 0}, "payload": PUT})
     assert (m.key, m.group, m.group_seq) == ("g-17", {"id": "g-17", "seq": 0}, 0)
@@ -307,6 +317,9 @@ def test_a_group_member_is_keyed_by_its_group_and_a_marker_needs_no_payload() ->
     ({"group": {"id": "", "seq": 0}, "payload": PUT}, "group.id"),
     ({"group": {"id": "g", "seq": "1"}, "payload": PUT}, "group.seq"),
     ({"group": {"id": "g", "seq": 0, "extra": 1}, "payload": PUT}, "group.extra"),
+    ({"group": {"id": "..", "seq": 0}, "payload": PUT}, "must not be '.' or '..'"),
+    ({"group": {"id": "\x00g", "seq": 0}, "payload": PUT}, "start with a NUL"),
+    ({"group": {"id": "g", "commit": None, "seq": 0}}, "payload is required"),
 ])
 def test_bad_group_writes_are_refused_naming_the_problem(doc: dict[str, Any], words: str) -> None:
     with pytest.raises(RequestError) as err:

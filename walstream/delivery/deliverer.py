@@ -190,6 +190,12 @@ class Deliverer:
         self.pacer = pacer or Pacer()
         #: mutation groups waiting for their commit (walstream.tables.groups)
         self.groups = groups
+        #: (namespace, partition) → whether its WAL partition is consumed to its end (as of the
+        #: last fetch); set by the composition root. A group is aborted only then, or once a
+        #: record written after its deadline was read (see _sweep_groups)
+        self.caught_up: Callable[[str, int], bool] = lambda namespace, partition: True
+        #: (namespace, partition) → the latest write time (µs) of a record admitted from it
+        self._read_to_us: dict[tuple[str, int], int] = {}
         self._pacing: dict[str, PacingConfig | None] = {}
         #: the largest table row the changelog topics accept (set by the composition root)
         self.row_limit_bytes = DERIVED_MAX_MESSAGE_BYTES
@@ -393,6 +399,9 @@ class Deliverer:
             out.letters.append(_letter(rec, None, None, ErrorClass.UNDECODABLE, str(exc), 0, now_s))
             self._invalid_state(rec, doc, str(exc), out)
             return []
+        read_to = (entry.namespace, rec.partition)
+        if entry.written_at_us > self._read_to_us.get(read_to, 0):
+            self._read_to_us[read_to] = entry.written_at_us
         ns = self.registry.get(entry.namespace)
         if ns is None:
             out.letters.append(
@@ -425,6 +434,11 @@ class Deliverer:
         if state.get("offset") is None:
             # cancelled before it arrived: record where it is, deliver nothing
             state.update(partition=rec.partition, offset=rec.offset, key=entry.key, written_at_us=entry.written_at_us)
+            if entry.group is not None:  # a group is applied or aborted whole: aborted, then
+                header = self._group(out, ns, str(entry.group["id"]), rec.partition, entry.written_at_us // 1000)
+                state["group"] = entry.group
+                if header["released_ms"] is None and header["state"] not in GROUP_ENDED:
+                    self._abort_group(rec.partition, header, f"its entry {entry.id!r} was cancelled", out)
             return []
         if (state["partition"], state["offset"]) != (rec.partition, rec.offset):
             if doc.get("digest") and state.get("digest") and doc["digest"] != state["digest"]:
@@ -984,6 +998,7 @@ class Deliverer:
         gid = str(entry.group["id"])
         header = self._group(out, ns, gid, rec.partition, entry.written_at_us // 1000)
         state = self._state(out, entry, rec)
+        seen_before = state.get("group") is not None  # this record was admitted before (a crash)
         state["group"] = entry.group
         seq = entry.group_seq
         what = "commit marker" if seq is None else f"member (seq {seq})"
@@ -1004,6 +1019,8 @@ class Deliverer:
                 if uncounted:
                     header.update(count=header["count"] + 1, counted_to=rec.offset)
                 return self._maybe_release(rec.partition, ns, header, out, now_s)
+            if staged is None and seen_before and released:
+                return []  # read again after a crash; released with its group since (its row with it)
             if staged is not None or released:
                 why = (f"seq {seq} of group {gid!r} is already entry {staged['entry']['id']!r}" if staged is not None
                        else f"group {gid!r} was already released to its targets")
@@ -1023,6 +1040,8 @@ class Deliverer:
             if header["size"] is None:
                 header.update(size=size, commit_ts=entry.written_at_us, marker=entry.id,
                               state=GroupState.COMMITTED.value)
+            elif entry.id != header["marker"] and entry.id not in header.setdefault("markers", []):
+                header["markers"].append(entry.id)  # a marker repeated under another id follows the group too
             if released:
                 # a marker repeated, or read again after a crash that may have lost the release
                 dead = header["state"] == GroupState.DEAD_LETTERED
@@ -1070,11 +1089,13 @@ class Deliverer:
         """Every member to every target of the namespace, in seq order: the first
         :data:`RELEASE_RUN` in this batch (one per wave), the rest held behind the run's last
         and released as it completes (the path of held entries). A member is written at the
-        marker's write time less ``size - 1 - seq`` µs, so seq order is also the order last
-        writer wins sees: the group lands as one write made when it was committed. Members
+        marker's write time plus ``seq`` µs (the accepting worker's clock skips past the group:
+        walstream.requests), so seq order is also the order last writer wins sees and every
+        write acknowledged before the marker is older: the group lands as one write made when
+        it was committed. Members
         are read from their rows one at a time, once per target: a large group costs a run's
         worth of memory, not the group's."""
-        size, gid = int(header["size"]), str(header["id"])
+        gid = str(header["id"])
         header["released_ms"] = int(now_s * 1000)
         out.groups_released.add((ns.name, gid))  # its rows stay until the batch is durable
         _, _, first = next(self.groups.members(partition, ns.name, gid))
@@ -1084,25 +1105,29 @@ class Deliverer:
         self._mark_marker(out, header, EntryState.DELIVERED, None)
         out.group_removals.extend(member_key(ns.name, gid, seq) for seq in self.groups.seqs(partition, ns.name, gid))
         for cfg, tid, target in resolved:
-            # a release repeated after a crash finds a member waiting for a retry: all queue behind it
-            queue_all = self.order.blocker(ns.name, tid, probe.order_key) is not None
+            self._restart_group_at(partition, ns, tid, probe.order_key)
             run: list[Item] = []
+            queue_rest = False
             for _, seq, row in self.groups.members(partition, ns.name, gid):
-                doc = {**row["entry"], "ts": max(0, int(header["commit_ts"]) - (size - 1 - seq))}
+                doc = {**row["entry"], "ts": int(header["commit_ts"]) + seq}
                 entry = Entry.from_doc(doc)
                 rec = _row_source(row)
                 t = self._state(out, entry, rec)["targets"].setdefault(
                     tid, {"type": cfg["type"], "state": EntryState.PENDING.value, "attempts": 0}
                 )
-                if t["state"] != EntryState.PENDING:
+                if t["state"] in FINAL:
                     continue  # applied by a release repeated after a crash
+                if t.get("next_attempt_ms") is not None:  # its retry, left by that release: sent from here
+                    self.schedule.delete(Timer(kind="retry", due_ms=t["next_attempt_ms"], seq=seq,
+                                               entry={"ns": ns.name, "id": entry.id}, target_id=tid).key)
+                t.update(state=EntryState.PENDING.value, next_attempt_ms=None, held_behind=None)
                 it = Item(entry, doc, ns, rec, cfg, tid, target)
-                if not queue_all and len(run) < RELEASE_RUN:
+                if not queue_rest and len(run) < RELEASE_RUN:
                     run.append(it)
                     continue
-                if not queue_all:  # the run is full: the rest wait for its last
+                if not queue_rest:  # the run is full: the rest wait for its last
                     self.order.block(ns.name, tid, probe.order_key, run[-1].entry.id)
-                    queue_all = True
+                    queue_rest = True
                 self._hold(it, out)
             if run:
                 for it in run[:-1]:
@@ -1110,15 +1135,23 @@ class Deliverer:
                 run[-1].is_blocker = True
                 out.chains.setdefault(tid, []).append(run)
 
+    def _restart_group_at(self, partition: int, ns: NamespaceConfig, tid: str, order_key: str) -> None:
+        """Drop what an earlier release of this group left at target ``tid`` (its blocked key
+        and held rows): a release made again after a crash starts over there from the first
+        member not applied. Its rows stay until this release is durable, so a crash here
+        only makes it again."""
+        self.order.unblock(ns.name, tid, order_key)
+        for held_key, _ in list(self.order.held_for(partition, ns.name, tid, order_key)):
+            self.order.release(held_key)
+
     def _mark_marker(self, out: _Outcome, header: dict[str, Any], state: EntryState, error: str | None) -> None:
-        """The commit marker's own state follows its group's (it goes to no target)."""
-        if header["marker"] is None:
-            return
-        k = (header["ns"], header["marker"])
-        doc = out.docs.get(k) or self.states.get(*k)
-        if doc is not None:
-            doc.update(state=state.value, last_error=shorten(error) if error else None)
-            out.docs[k] = doc
+        """The commit markers' own states follow their group's (they go to no target)."""
+        for marker in ([header["marker"]] if header["marker"] else []) + header.get("markers", []):
+            k = (header["ns"], marker)
+            doc = out.docs.get(k) or self.states.get(*k)
+            if doc is not None:
+                doc.update(state=state.value, last_error=shorten(error) if error else None)
+                out.docs[k] = doc
 
     def _group_of(self, out: _Outcome, it: Item) -> dict[str, Any] | None:
         assert it.entry.group is not None
@@ -1163,6 +1196,7 @@ class Deliverer:
             if header["state"] != GroupState.DEAD_LETTERED:
                 out.groups_ended.append((header["ns"], GroupState.DEAD_LETTERED.value))
             header.update(state=GroupState.DEAD_LETTERED.value, error=header["error"] or message)
+            self._mark_marker(out, header, EntryState.DEAD, header["error"])
 
     def _failed_group(self, it: Item, out: _Outcome) -> str | None:
         if it.entry.group is None or not out.failed_groups:
@@ -1177,33 +1211,42 @@ class Deliverer:
 
     def _sweep_groups(self, partition: int, now_s: float, out: _Outcome) -> None:
         """Abort the groups of ``partition`` not released by their deadline (none of their
-        members is applied), and forget ended groups past the retention."""
+        members is applied), and forget ended groups past the retention. A group is aborted
+        only once its namespace's partition is consumed past the deadline (a record written
+        after it was read, or nothing is left to read): a marker still in a backlog counts."""
         now_ms = int(now_s * 1000)
         for header in list(self.groups.headers(partition)):
             k = (header["ns"], header["id"])
             if header["released_ms"] is None and header["state"] in (GroupState.PENDING, GroupState.COMMITTED):
-                if now_ms < header["deadline_ms"]:
+                deadline_ms = header["deadline_ms"]
+                if now_ms < deadline_ms:
+                    continue
+                read_to_ms = self._read_to_us.get((header["ns"], partition), 0) // 1000
+                if read_to_ms < deadline_ms and not self.caught_up(header["ns"], partition):
                     continue
                 header = out.groups.get(k) or header
                 out.groups[k] = header
-                timeout_s = (header["deadline_ms"] - header["first_ms"]) // 1000
+                timeout_s = (deadline_ms - header["first_ms"]) // 1000
                 reason = ("no commit marker" if header["size"] is None
                           else f"{header['size'] - header['count']} of its {header['size']} members missing")
-                message = (f"group {header['id']!r} aborted: {reason} {timeout_s} s after its first record; "
-                           "none of it was applied")
-                header.update(state=GroupState.ABORTED.value, error=message)
-                out.groups_ended.append((header["ns"], GroupState.ABORTED.value))
-                for key, _, row in list(self.groups.members(partition, header["ns"], header["id"])):
-                    entry = Entry.from_doc(row["entry"])
-                    self._state(out, entry, _row_source(row)).update(
-                        state=EntryState.CANCELLED.value, last_error=shorten(message)
-                    )
-                    out.group_removals.append(key)
-                self._mark_marker(out, header, EntryState.CANCELLED, message)
+                self._abort_group(partition, header, f"{reason} {timeout_s} s after its first record", out)
             elif k not in out.groups and header["state"] in GROUP_ENDED and (
                 now_ms - header.get("updated_ms", now_ms) > self.states.retention_ms
             ):
                 out.group_removals.append(header_key(*k))
+
+    def _abort_group(self, partition: int, header: dict[str, Any], why: str, out: _Outcome) -> None:
+        """ABORTED: none of the group is applied; its staged members and markers CANCELLED."""
+        message = f"group {header['id']!r} aborted: {why}; none of it was applied"
+        header.update(state=GroupState.ABORTED.value, error=message)
+        out.groups_ended.append((header["ns"], GroupState.ABORTED.value))
+        for key, _, row in list(self.groups.members(partition, header["ns"], header["id"])):
+            entry = Entry.from_doc(row["entry"])
+            self._state(out, entry, _row_source(row)).update(
+                state=EntryState.CANCELLED.value, last_error=shorten(message)
+            )
+            out.group_removals.append(key)
+        self._mark_marker(out, header, EntryState.CANCELLED, message)
 
     # -- entry state -------------------------------------------------------------------------
 

@@ -63,7 +63,7 @@ def local_group(groups: Groups, partition: int, ns: str, group_id: str) -> dict[
     if header is None:
         return None
     missing: list[int] = []
-    if header["released_ms"] is None and header["size"] is not None:
+    if header["released_ms"] is None and header["size"] is not None and header["state"] in ("PENDING", "COMMITTED"):
         present = {seq for _, seq, _ in groups.members(partition, ns, group_id)}
         missing = list(islice((s for s in range(header["size"]) if s not in present), MISSING_LISTED))
     return public_group(header, missing)

@@ -34,6 +34,13 @@ OPERATIONS = (
 )
 
 
+#: why a group's member or marker, once consumed, cannot be cancelled
+GROUP_MEMBER_NOT_ALONE = (
+    "a member of a mutation group is applied or aborted with its group; it cannot be cancelled alone "
+    "(cancelled before it was consumed, it aborts its group)"
+)
+
+
 def public_status(doc: dict[str, Any]) -> dict[str, Any]:
     """An entry's state document as ``GET /v1/log/{ns}/{id}`` answers it (walstream.api):
     times as ISO-8601, one item per target."""
@@ -119,8 +126,7 @@ def register(ctx: WebContext) -> None:
                         return respond(self, 200, body)
                     return respond(self, 409, {**body, "message": f"entry is already {known['state']}"})
                 if known.get("group") is not None:
-                    return respond(self, 409, {**public_status(known), "message": "a member of a mutation group is "
-                                               "applied or aborted with its group; it cannot be cancelled alone"})
+                    return respond(self, 409, {**public_status(known), "message": GROUP_MEMBER_NOT_ALONE})
                 partitions = [int(known["partition"])]
                 command = commands.cancel(namespace, entry_id, partitions[0])
             elif unknown:
@@ -156,4 +162,6 @@ def register(ctx: WebContext) -> None:
                 return respond(self, 200, body)
             if doc["state"] in FINAL:
                 return respond(self, 409, {**body, "message": f"entry is already {doc['state']}"})
+            if doc.get("group") is not None:  # consumed meanwhile: its group decides
+                return respond(self, 409, {**body, "message": GROUP_MEMBER_NOT_ALONE})
             return respond(self, 202, {**body, "message": "cancellation sent; not applied yet"})

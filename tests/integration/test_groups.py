@@ -171,21 +171,12 @@ def test_a_group_without_a_marker_is_aborted_and_nothing_of_it_is_visible(
 def test_a_group_of_10000_members_is_applied_whole_and_in_seq_order(
     start_worker: Callable[..., Worker], unique: str,
 ) -> None:
-    topic = f"{unique}-out"
-    create_topic(topic, partitions=4)
-    w = start_worker()
-    put_namespace(w, unique, [kafka_target(topic)])
-    size = 10_000
+    topic, w, size = f"{unique}-out", start_worker(), 10_000
     t0 = time.monotonic()
+    stage_group(w, unique, topic, "big", size)
+    written_s = time.monotonic() - t0
+    assert read_seqs(topic, 0, 2.0) == [], "applied before the marker"
     with w.client() as c:
-        for start in range(0, size, 2000):
-            batch = [{"namespace": unique, "id": f"big-{s}", "group": {"id": "big", "seq": s}, "payload": {"seq": s}}
-                     for s in range(start, start + 2000)]
-            r = c.post("/v1/log/batch", json={"entries": batch})
-            assert {x["durable"] for x in r.json()["results"]} == {"SUCCESS"}
-        written_s = time.monotonic() - t0
-        wait_until(lambda: group_state(w, unique, "big").get("members") == size, timeout_s=60, what="all staged")
-        assert read_seqs(topic, 0, 2.0) == [], "applied before the marker"
         write(c, {"namespace": unique, "group": {"id": "big", "commit": True, "size": size}})
     committed_s = time.monotonic() - t0
     wait_until(lambda: group_state(w, unique, "big").get("state") == "APPLIED", timeout_s=300, interval_s=1.0,
@@ -196,6 +187,20 @@ def test_a_group_of_10000_members_is_applied_whole_and_in_seq_order(
     assert firsts == list(range(size)), "not every member, or not in seq order"
     print(f"10,000 members written in {written_s:.1f} s; marker at {committed_s:.1f} s; "
           f"APPLIED at {applied_s:.1f} s ({len(seqs)} records at the target)")
+
+
+def stage_group(w: Worker, ns: str, topic: str, gid: str, size: int) -> None:
+    """Namespace ``ns`` delivering to the Kafka topic ``topic``; the members of group ``gid``
+    (payload ``{"seq": N}``) written in batches of 2,000 and staged, no marker yet."""
+    create_topic(topic, partitions=4)
+    put_namespace(w, ns, [kafka_target(topic)])
+    with w.client() as c:
+        for start in range(0, size, 2000):
+            batch = [{"namespace": ns, "id": f"{gid}-{s}", "group": {"id": gid, "seq": s}, "payload": {"seq": s}}
+                     for s in range(start, min(size, start + 2000))]
+            r = c.post("/v1/log/batch", json={"entries": batch})
+            assert {x["durable"] for x in r.json()["results"]} == {"SUCCESS"}
+    wait_until(lambda: group_state(w, ns, gid).get("members") == size, timeout_s=60, what="all members staged")
 
 
 def read_seqs(topic: str, expect: int, timeout_s: float) -> list[int]:
@@ -222,18 +227,9 @@ def read_seqs(topic: str, expect: int, timeout_s: float) -> list[int]:
 def test_a_worker_sigkilled_while_applying_a_large_group_applies_all_of_it_after_restart(
     start_worker: Callable[..., Worker], unique: str,
 ) -> None:
-    topic = f"{unique}-out"
-    create_topic(topic, partitions=4)
-    w = start_worker()
-    put_namespace(w, unique, [kafka_target(topic)])
-    size = 6000
+    topic, w, size = f"{unique}-out", start_worker(), 6000
+    stage_group(w, unique, topic, "k", size)
     with w.client() as c:
-        for start in range(0, size, 2000):
-            batch = [{"namespace": unique, "id": f"k-{s}", "group": {"id": "k", "seq": s}, "payload": {"seq": s}}
-                     for s in range(start, start + 2000)]
-            r = c.post("/v1/log/batch", json={"entries": batch})
-            assert {x["durable"] for x in r.json()["results"]} == {"SUCCESS"}
-        wait_until(lambda: group_state(w, unique, "k").get("members") == size, timeout_s=60, what="all staged")
         write(c, {"namespace": unique, "group": {"id": "k", "commit": True, "size": size}})
     wait_until(lambda: len(read_seqs(topic, 0, 0.5)) >= 500, timeout_s=60, what="the group being applied")
     w.kill()

@@ -166,6 +166,21 @@ def test_a_group_without_a_marker_is_aborted_and_nothing_of_it_is_visible(
     assert "no commit marker" in shown.stdout
     missing = cli(w, "entry", "group", unique, "never-written")
     assert missing.returncode == 1 and "no group 'never-written'" in missing.stderr, missing
+    # conflicts one request shows are refused there (409), not written to be dead-lettered
+    with w.client() as c:
+        r = c.post("/v1/log/batch", json={"entries": [
+            {"namespace": unique, "id": "b-0", "group": {"id": "b", "seq": 0}, "payload": put_movie("b0", "t", 1)},
+            {"namespace": unique, "id": "b-0x", "group": {"id": "b", "seq": 0}, "payload": put_movie("b0", "t", 2)},
+            {"namespace": unique, "id": "b-c1", "group": {"id": "b", "commit": True, "size": 1}},
+            {"namespace": unique, "id": "b-c2", "group": {"id": "b", "commit": True, "size": 2}},
+        ]})
+        results = r.json()["results"]
+        assert [x["durable"] for x in results] == ["SUCCESS", "FAILED", "SUCCESS", "FAILED"], results
+        assert "seq 0 of group 'b' is item 0" in results[1]["message"]
+        assert "item 2 of this request commits group 'b' with size 1" in results[3]["message"]
+    wait_until(lambda: cassandra_movies(cassandra, ks) == {"b0": ("t", 1)}, what="group b applied")
+    with w.client() as c:
+        assert c.get(f"/v1/log/{unique}/b-0x").status_code == 404  # never written
 
 
 def test_a_group_of_10000_members_is_applied_whole_and_in_seq_order(

@@ -128,6 +128,10 @@ def register(ctx: WebContext) -> None:
         first_of: dict[tuple[str, str], tuple[int, str | None]] = {}  # position and digest of an id's first item
         repeats: list[tuple[int, int]] = []
         verdicts: dict[str, Denied | None] = {}  # namespace -> may this token write to it
+        #: (namespace, group id, seq or -size for a marker) → the item that took it: what
+        #: delivery would dead-letter is refused here when the request itself shows it
+        group_places: dict[tuple[str, str, int], int] = {}
+        items_seen: dict[int, Entry] = {}  # group items of this request by position
         for i, item in enumerate(items):
             try:
                 entry, value = validate(item)
@@ -157,6 +161,11 @@ def register(ctx: WebContext) -> None:
                         repeats.append((i, first))
                     continue
                 first_of[key] = (i, entry.digest)
+            if entry.group is not None:
+                items_seen[i] = entry
+            if entry.group is not None and (conflict := group_conflict(entry, i, group_places, items_seen)) is not None:
+                results[i] = {**failed(entry.id, conflict), "status": 409}
+                continue
             candidates.append((i, entry, value, client_id))
         # ids written before, as far as this worker knows (no other worker is asked)
         known = [known_write(e) if cid else None for _, e, _, cid in candidates]
@@ -194,6 +203,27 @@ def register(ctx: WebContext) -> None:
             # answer stays that entry's and never turns the whole answer into a 500
             answers = [sendable(a) for a in answers]
         return answers
+
+    def group_conflict(
+        entry: Entry, i: int, places: dict[tuple[str, str, int], int], items_seen: dict[int, Entry]
+    ) -> str | None:
+        """Why item ``i``, a group's member or marker, conflicts with an earlier item of the
+        same request (a second member for one seq, a marker of another size), or None."""
+        assert entry.group is not None
+        gid = str(entry.group["id"])
+        seq = entry.group_seq
+        if seq is not None:
+            first = places.setdefault((entry.namespace, gid, seq), i)
+            if first != i:
+                return f"seq {seq} of group {gid!r} is item {first} of this request; write each member once"
+            return None
+        size = int(entry.group["size"])
+        first = places.setdefault((entry.namespace, gid, -1), i)  # the group's first marker
+        if first != i:
+            first_size = int(items_seen[first].group["size"])  # type: ignore[index]
+            if first_size != size:
+                return f"item {first} of this request commits group {gid!r} with size {first_size}, this one {size}"
+        return None
 
     def sendable(v: Any) -> Any:
         """``v`` with every string (keys too) that UTF-8 cannot encode escaped."""

@@ -21,7 +21,7 @@ never deletes anything by itself: no RocksDB TTL expiry, a ``compact`` changelog
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -74,6 +74,23 @@ def summarise(targets: dict[str, dict[str, Any]], fallback: str) -> str:
     if states <= {EntryState.CANCELLED, EntryState.DELIVERED}:
         return EntryState.CANCELLED.value
     return fallback
+
+
+#: in :func:`cancelled_targets`: every target (an entry cancelled before it was consumed)
+ALL_TARGETS = "*"
+
+
+def cancelled_targets(docs: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
+    """The ids of the entries with cancelled targets among ``docs``, each with those target
+    ids (:data:`ALL_TARGETS`: cancelled before it was consumed, so before it had targets)."""
+    out: dict[str, list[str]] = {}
+    for doc in docs:
+        tids = [tid for tid, t in (doc.get("targets") or {}).items() if t.get("state") == EntryState.CANCELLED]
+        if not tids and doc.get("state") == EntryState.CANCELLED:
+            tids = [ALL_TARGETS]
+        if tids:
+            out.setdefault(str(doc["id"]), []).extend(tids)
+    return out
 
 
 class EntryStates:

@@ -13,9 +13,10 @@ the same contract.
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, model_validator
 
 from walstream.namespaces.model import NamespaceConfig
 from walstream.requests import LogRequest, time_text
@@ -27,6 +28,8 @@ __all__ = [
     "EntryStatus",
     "ErrorAnswer",
     "Health",
+    "JobList",
+    "JobStatus",
     "LogBatchAnswer",
     "LogBatchRequest",
     "LogRequest",
@@ -37,6 +40,7 @@ __all__ = [
     "RedriveOutcome",
     "RedriveRequest",
     "RedriveResult",
+    "ReplayRequest",
     "SourceRecord",
     "TargetStatus",
     "WriteResult",
@@ -278,3 +282,88 @@ class PendingIds(Answer):
     """Fleet-internal: the ids of a namespace's pending entries one worker holds."""
 
     ids: list[str]
+
+
+class CancelledIds(Answer):
+    """Fleet-internal: the entries of a namespace one worker knows as cancelled, each with
+    the targets it was cancelled for."""
+
+    cancelled: dict[str, list[str]]
+
+
+# -- replay and jobs -------------------------------------------------------------------------
+
+#: most ids one replay may skip (a file of them: ``walstream replay --skip-file``)
+MAX_REPLAY_SKIPS = 100_000
+
+
+class ReplayRequest(BaseModel):
+    """``POST /v1/replay/{namespace}``: re-apply the entries of ``wal.<namespace>`` written
+    from ``from`` (inclusive) to ``to`` (exclusive; default: what the topic holds when the
+    job starts), with their original write times, to the namespace's targets (``target``:
+    only these, by target id or label), except the ``skip`` ids."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: Annotated[AwareDatetime, BeforeValidator(time_text)] = Field(alias="from",
+                                                                       description="first write time replayed")
+    to: Annotated[AwareDatetime, BeforeValidator(time_text)] | None = Field(
+        default=None, description="replay stops before this write time (default: the end of the topic now)")
+    target: list[Annotated[StrictStr, Field(min_length=1, max_length=200)]] | None = Field(
+        default=None, max_length=16,
+        description="target ids (as entry status shows them) or labels (cassandra:KEYSPACE); default: all")
+    skip: list[Annotated[StrictStr, Field(min_length=1, max_length=512)]] = Field(
+        default_factory=list, max_length=MAX_REPLAY_SKIPS, description="entry ids not replayed")
+    #: the slowest pace accepted is one entry per 100 s
+    rate: float | None = Field(default=None, ge=0.01, le=1e6, strict=True, description="entries per second, at most")
+    dry_run: bool = Field(default=False, strict=True, description="only count and list what would be applied")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_target(cls, data: Any) -> Any:
+        # a single target is given as a string (the CLI's --target ID)
+        if isinstance(data, dict) and isinstance(data.get("target"), str):
+            return {**data, "target": [data["target"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReplayRequest:
+        if self.to is not None and self.to <= self.from_:
+            raise ValueError("to: must be later than from")
+        return self
+
+
+class JobState(StrEnum):
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class JobStatus(Answer):
+    """A background job (a replay): ``GET /v1/jobs/{id}``. ``progress`` is 0..1 of the work
+    known at the start (for a replay: the offsets to read); ``counts`` say what was done
+    (for a replay: read, applied, skipped, cancelled, not_due, undecodable, failed,
+    groups_applied, groups_incomplete, would_apply); ``samples`` list some entries of each
+    kind (a dry run's: what would be applied)."""
+
+    id: str
+    kind: Literal["replay"]
+    namespace: str
+    state: JobState
+    worker: str = Field(description="the worker running it")
+    request: dict[str, Any]
+    progress: float
+    counts: dict[str, int]
+    rate_per_s: float | None = Field(description="entries read per second, over the job's run")
+    started_at: datetime
+    ended_at: datetime | None = None
+    error: str | None = None
+    plan: dict[str, Any] = Field(default_factory=dict, description="what the job set out to do")
+    samples: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+
+
+class JobList(Answer):
+    jobs: list[JobStatus]
+    #: workers that did not answer (their jobs are missing from the list)
+    unknown: list[str] = Field(default_factory=list)

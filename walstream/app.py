@@ -34,6 +34,7 @@ from walstream.faust_topics import OnceDeclaredTopic
 from walstream.fleet import Fleet
 from walstream.gauges import TARGET_BACKLOG_LIMIT, WorkerGauges
 from walstream.health import Liveness
+from walstream.jobs import Jobs
 from walstream.kafka_admin import (
     DERIVED_MAX_MESSAGE_BYTES,
     WAL_MAX_MESSAGE_BYTES,
@@ -48,6 +49,7 @@ from walstream.metrics import Metrics
 from walstream.namespaces.model import NamespaceConfig, wal_topic
 from walstream.namespaces.registry import NamespaceRegistry
 from walstream.producer import SharedProducer
+from walstream.replay import Replays
 from walstream.settings import Settings
 from walstream.shard_router import ShardRouter
 from walstream.shards import group_id
@@ -204,6 +206,8 @@ class WalApp:
         self.status = EntryStatus(
             self.states, self.schedule, self.key_order, self.fleet, self.active_partitions, self.settling
         )
+        self.jobs = Jobs(self.fleet.self_url)
+        self.replays = Replays(s.broker, self.registry, self.targets, self.jobs, self.status.cancelled)
         self._wal_topic_names: list[str] = [self.command_topic]
         self.wal_channel = self.faust.topic(
             *self._wal_topic_names,
@@ -404,6 +408,7 @@ class WalApp:
     async def stop_services(self) -> None:
         if not self._services_started:
             return
+        await self.jobs.close()
         await self.registry.stop()
         await self.deliverer.close()
         await self.targets.close()
@@ -492,6 +497,8 @@ class WalApp:
             tables={t.name: t for t in (self.schedule.table, self.key_order.blocked, self.key_order.held,
                                         self.states.table, self.dlq_index.table, self.groups.table)},
             shard_router=self.shard_router,
+            jobs=self.jobs,
+            replays=self.replays,
         )
 
     def agent_context(self) -> AgentContext:

@@ -44,6 +44,7 @@ from walstream.client import (
     DeadLetter,
     EntryStatus,
     GroupStatus,
+    JobStatus,
     NoAnswer,
     NotFound,
     RedriveOutcome,
@@ -1389,6 +1390,148 @@ def bulk_delete(
                f"unknown {counts['unknown']}" + (f"; first: {_one_line(first_problem[0])}" if first_problem else ""))
     if counts["failed"] or counts["unknown"]:
         ctx.exit(1)
+
+
+# -- replay and jobs -------------------------------------------------------------------------
+
+
+def _iso_time(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An ISO-8601 time with a timezone, checked here: a bad one is a one-line error."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"not an ISO-8601 time: {value!r} (e.g. 2026-11-30T10:00:00Z)") from None
+    if parsed.tzinfo is None:
+        raise click.BadParameter(f"{value!r} needs a timezone (e.g. 2026-11-30T10:00:00Z)")
+    return value
+
+
+def _echo_job(job: JobStatus, output: str) -> None:
+    if output == "json":
+        _echo_json(job.model_dump(mode="json"))
+        return
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(job.counts.items()))
+    click.echo(f"{job.id}\t{job.state}\t{job.progress:.0%}\t{counts or 'nothing yet'}"
+               + (f"\terror={_one_line(job.error)}" if job.error else ""))
+
+
+@main.command()
+@click.argument("namespace")
+@click.option("--from", "from_", required=True, callback=_iso_time,
+              help="Replay entries written from this time (ISO-8601 with a timezone, e.g. 2026-11-30T10:00:00Z).")
+@click.option("--to", callback=_iso_time, help="Stop before this write time (default: the end of the WAL now).")
+@click.option("--target", "targets", multiple=True,
+              help="Only this target (repeatable): its id, as `walstream entry status` shows it, or its label "
+              "(cassandra:KEYSPACE). Default: every target of the namespace.")
+@click.option("--skip", "skips", multiple=True, help="An entry id not to replay (repeatable): the bad entry.")
+@click.option("--skip-file", type=click.File("r", encoding="utf-8"),
+              help="A file of entry ids not to replay, one per line (- reads stdin).")
+@click.option("--rate", type=click.FloatRange(min=0.01, max=1e6), callback=lambda ctx, param, value: (
+    None if value is None else _finite(param, value)), help="At most this many entries per second.")
+@click.option("--dry-run", is_flag=True, help="Only count and list what would be applied.")
+@click.option("--detach", is_flag=True, help="Start the job, print its id and return (follow it with "
+              "`walstream job show ID`).")
+@output_option
+@url_option
+@click.pass_context
+def replay(
+    ctx: click.Context, namespace: str, from_: str, to: str | None, targets: tuple[str, ...],
+    skips: tuple[str, ...], skip_file: Any, rate: float | None, dry_run: bool, detach: bool, output: str,
+    url: str | None,
+) -> None:
+    """Re-apply NAMESPACE's entries from a time, with their original write times (corruption
+    recovery: restore a backup of the target, then replay from the backup's time, skipping
+    the bad entries). Follows the job with a progress bar; Ctrl-C cancels it. Exits 1 unless
+    every entry was applied."""
+    skip = list(skips)
+    if skip_file is not None:
+        skip.extend(line.strip() for line in skip_file if line.strip())
+
+    async def run(wal: WalstreamClient) -> JobStatus:
+        job = await wal.replay(namespace, from_=from_, to=to, target=list(targets) or None, skip=skip, rate=rate,
+                               dry_run=dry_run)
+        plan = job.plan
+        click.echo(f"job {job.id}: {'dry run over' if dry_run else 'replaying'} {plan.get('records', 0)} record(s) "
+                   f"of {plan.get('topic')} from {plan.get('from')} to {plan.get('to') or 'now'}, to "
+                   + ", ".join(f"{t['id']} ({t['label']})" for t in plan.get("targets", [])), err=True)
+        if detach:
+            return job
+        try:
+            with click.progressbar(length=1000, label="replaying", file=sys.stderr) as bar:
+                shown = 0
+                while job.state == "RUNNING":
+                    await asyncio.sleep(1.0)
+                    job = await wal.job(job.id)
+                    step = int(job.progress * 1000) - shown
+                    if step > 0:
+                        bar.update(step)
+                        shown += step
+        except asyncio.CancelledError:  # Ctrl-C: the job stops too
+            await wal.cancel_job(job.id)
+            click.echo(f"\ncancelled job {job.id}; what it applied stays applied", err=True)
+            raise
+        return job
+
+    job = _remote(ctx, url).run(run, request=f"POST /v1/replay/{namespace}")
+    _echo_job(job, output)
+    if output != "json" and dry_run:
+        for e in job.samples.get("would_apply", []):
+            click.echo(f"would apply {e['id']} (key {e['key']}, written {e['written_at']}, partition "
+                       f"{e['partition']} offset {e['offset']})")
+    if detach:
+        return
+    if job.state != "SUCCEEDED":
+        raise click.ClickException(f"replay {job.id} ended {job.state}" + (f": {job.error}" if job.error else ""))
+    if job.counts.get("failed"):
+        first = (job.samples.get("failed") or [{}])[0]
+        raise click.ClickException(
+            f"replay {job.id}: {job.counts['failed']} entr(ies) failed (first: {first.get('id')} at "
+            f"{first.get('target')}: {_one_line(str(first.get('error')))}); `walstream job show {job.id} -o json` "
+            "lists them"
+        )
+
+
+@main.group()
+def job() -> None:
+    """Background jobs (replays): show, list, cancel."""
+
+
+@job.command("show")
+@click.argument("job_id")
+@output_option
+@url_option
+@click.pass_context
+def job_show(ctx: click.Context, job_id: str, output: str, url: str | None) -> None:
+    """A job's state, progress and counts."""
+    _echo_job(_remote(ctx, url).run(lambda wal: wal.job(job_id)), output)
+
+
+@job.command("list")
+@output_option
+@url_option
+@click.pass_context
+def job_list(ctx: click.Context, output: str, url: str | None) -> None:
+    """The fleet's jobs, newest first."""
+    listed = _remote(ctx, url).run(lambda wal: wal.jobs())
+    if output == "json":
+        _echo_json(listed.model_dump(mode="json"))
+        return
+    for j in listed.jobs:
+        _echo_job(j, output)
+    if listed.unknown:
+        click.echo(f"not answering (their jobs are missing): {', '.join(listed.unknown)}", err=True)
+
+
+@job.command("cancel")
+@click.argument("job_id")
+@output_option
+@url_option
+@click.pass_context
+def job_cancel(ctx: click.Context, job_id: str, output: str, url: str | None) -> None:
+    """Stop a job at its next step (what it did stays done)."""
+    _echo_job(_remote(ctx, url).run(lambda wal: wal.cancel_job(job_id)), output)
 
 
 # -- new-agent ---------------------------------------------------------------------------

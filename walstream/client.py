@@ -40,6 +40,8 @@ from walstream.api import (
     DeadLetter,
     EntryStatus,
     GroupStatus,
+    JobList,
+    JobStatus,
     RedriveOutcome,
     RedriveResult,
     TargetStatus,
@@ -50,6 +52,8 @@ __all__ = [
     "DeadLetter",
     "EntryStatus",
     "GroupStatus",
+    "JobList",
+    "JobStatus",
     "NotFound",
     "RedriveOutcome",
     "RedriveResult",
@@ -361,6 +365,39 @@ class WalstreamClient:
         if rate is not None:
             doc["rate"] = rate
         return RedriveResult.model_validate(await self._call("POST", f"/v1/dlq/{_seg(namespace)}/redrive", json=doc))
+
+    # -- replay and jobs ---------------------------------------------------------------------
+
+    async def replay(
+        self,
+        namespace: str,
+        *,
+        from_: datetime | str,
+        to: datetime | str | None = None,
+        target: Sequence[str] | None = None,
+        skip: Sequence[str] = (),
+        rate: float | None = None,
+        dry_run: bool = False,
+    ) -> JobStatus:
+        """Start a point-in-time replay of ``namespace`` (walstream.replay); follow it with
+        :meth:`job`. Raises :class:`Refused` naming the problem (e.g. a ``from_`` earlier than
+        the topic keeps: the message names the earliest time)."""
+        doc: dict[str, Any] = {**_filters(**{"from": from_, "to": to}), "skip": list(skip), "dry_run": dry_run}
+        if target is not None:
+            doc["target"] = list(target)
+        if rate is not None:
+            doc["rate"] = rate
+        return JobStatus.model_validate(await self._call("POST", f"/v1/replay/{_seg(namespace)}", json=doc))
+
+    async def job(self, job_id: str) -> JobStatus:
+        return JobStatus.model_validate(await self._call("GET", f"/v1/jobs/{_seg(job_id)}"))
+
+    async def jobs(self) -> JobList:
+        return JobList.model_validate(await self._call("GET", "/v1/jobs"))
+
+    async def cancel_job(self, job_id: str) -> JobStatus:
+        """Stop a job at its next step (what it did stays done)."""
+        return JobStatus.model_validate(await self._call("DELETE", f"/v1/jobs/{_seg(job_id)}"))
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -23,8 +23,10 @@ from walstream.entry import WriteClock
 from walstream.faust_tables import Changelogs
 from walstream.fleet import Fleet
 from walstream.health import Liveness
+from walstream.jobs import Jobs
 from walstream.metrics import Metrics
 from walstream.namespaces.registry import NamespaceRegistry
+from walstream.replay import Replays
 from walstream.settings import Settings
 from walstream.shard_router import ShardRouter
 from walstream.status import EntryStatus
@@ -73,6 +75,10 @@ class WebContext:
     tables: Mapping[str, Any]
     #: forwards requests about other shards' namespaces to them
     shard_router: ShardRouter
+    #: this worker's background jobs (replays)
+    jobs: Jobs
+    #: starts replays as jobs
+    replays: Replays
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,16 +120,17 @@ class Fleet:
         params: Mapping[str, str | list[str]] | None = None,
         timeout_s: float | None = None,
         headers: Mapping[str, str] | None = None,
+        method: str = "GET",
     ) -> PeerAnswer:
-        """``GET peer + path`` within ``timeout_s`` (default :attr:`timeout_s`), with
+        """``method`` (default GET) ``peer + path`` within ``timeout_s`` (default :attr:`timeout_s`), with
         ``headers`` (e.g. the caller's Authorization, passed on); never raises for a peer
         that does not answer (the answer says so)."""
         now = time.monotonic()
         if self._suspect_until.get(peer, 0.0) > now:
             return PeerAnswer(peer, None, error="did not answer a moment ago; skipped")
         try:
-            r = await self._http().get(
-                peer + path, params=dict(params or {}), headers=dict(headers or {}),
+            r = await self._http().request(
+                method, peer + path, params=dict(params or {}), headers=dict(headers or {}),
                 timeout=timeout_s if timeout_s is not None else self.timeout_s,
             )
         except httpx.HTTPError as exc:

@@ -198,16 +198,33 @@ async def topic_config(bootstrap: str, topic: str, timeout_ms: int = 30_000) -> 
 async def set_cleanup_policy(bootstrap: str, topic: str, policy: str, timeout_ms: int = 30_000) -> bool:
     """Give an existing ``topic`` the ``cleanup.policy`` ``policy``, keeping its other settings;
     True when it changed, False when it had it already or does not exist. Raises
+    :class:`TopicError` when Kafka refuses."""
+    return await set_topic_config(bootstrap, topic, {"cleanup.policy": policy}, timeout_ms)
+
+
+async def set_topic_config(
+    bootstrap: str, topic: str, changes: dict[str, str | None], timeout_ms: int = 30_000
+) -> bool:
+    """Set ``changes`` on an existing ``topic`` (a None value removes the topic's own setting:
+    the broker's default applies again), keeping its other settings; True when something
+    changed, False when nothing had to or the topic does not exist. Raises
     :class:`TopicError` when Kafka refuses.
 
     aiokafka has no IncrementalAlterConfigs, and AlterConfigs replaces every setting of the
-    topic: the topic's own settings are read first and written back with the one change (a
+    topic: the topic's own settings are read first and written back with the changes (a
     setting changed by someone else between the two requests would be reverted).
     """
     config = await topic_config(bootstrap, topic, timeout_ms)
-    if config is None or config.effective.get("cleanup.policy") == policy:
+    if config is None:
         return False
-    settings = {**config.own, "cleanup.policy": policy}
+    settings = dict(config.own)
+    for name, value in changes.items():
+        if value is None:
+            settings.pop(name, None)
+        elif config.effective.get(name) != value:
+            settings[name] = value
+    if settings == config.own:
+        return False
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
     await admin.start()
     try:
@@ -218,5 +235,6 @@ async def set_cleanup_policy(bootstrap: str, topic: str, policy: str, timeout_ms
         for resource in response.to_object()["resources"]:
             if resource["error_code"] != 0:
                 msg = resource["error_message"] or for_code(resource["error_code"]).__name__
-                raise TopicError(f"could not set cleanup.policy={policy} on {topic}: {msg}")
+                said = ", ".join(f"{k}={v}" for k, v in changes.items())
+                raise TopicError(f"could not set {said} on {topic}: {msg}")
     return True

@@ -1,8 +1,9 @@
 """Requests about a namespace of another shard go to that shard (walstream.shards).
 
 An entry's status and cancellation, a namespace's dead letters and redrive, its deletion
-(which counts and dead-letters its pending entries), and the entry and dead-letter pages read
-the tables of the shard that delivers the namespace. A worker of another shard has none of
+(which counts and dead-letters its pending entries), its replays (which read its cancelled
+entries) and their jobs, and the entry and dead-letter pages read the tables of the shard
+that delivers the namespace. A worker of another shard has none of
 them, so it forwards such a request as it came (method, path, query, body, the caller's
 ``Authorization``, ``Cookie``, ``Accept`` and ``Content-Type``) to the URL configured for the
 namespace's shard (``WALSTREAM_SHARD_URLS``), and relays the answer with
@@ -52,7 +53,11 @@ _PATH_ROUTES = {
     "/v1/dlq/{namespace}": {"GET", "HEAD"},
     "/v1/dlq/{namespace}/redrive": {"POST"},
     "/v1/namespaces/{name}": {"DELETE"},
+    # a replay reads the entry states of its shard (cancelled entries), and runs there
+    "/v1/replay/{namespace}": {"POST"},
 }
+#: routes whose ``{job_id}`` names the namespace (``<kind>.<namespace>.<random>``: walstream.jobs)
+_JOB_ROUTES = {"/v1/jobs/{job_id}": {"GET", "HEAD", "DELETE"}}
 #: pages whose ``namespace`` query parameter (or form field) is the shard's
 _QUERY_ROUTES = {"/ui/entry", "/ui/entry.json", "/ui/dlq", "/ui/dlq.json"}
 _FORM_ROUTES = {"/ui/dlq/redrive"}
@@ -117,6 +122,9 @@ class ShardRouter:
         if request.method in _PATH_ROUTES.get(canonical, ()):
             info = request.match_info
             return info.get("namespace") or info.get("name")
+        if request.method in _JOB_ROUTES.get(canonical, ()):
+            parts = request.match_info.get("job_id", "").split(".")
+            return parts[1] if len(parts) == 3 and parts[1] else None
         if canonical in _QUERY_ROUTES and request.method in ("GET", "HEAD"):
             return request.query.get("namespace") or None
         if canonical in _FORM_ROUTES and request.method == "POST":

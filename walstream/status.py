@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from walstream.fleet import Fleet
 from walstream.tables import ordered
-from walstream.tables.entry_state import FINAL, EntryStates, best
+from walstream.tables.entry_state import FINAL, EntryStates, best, cancelled_targets
 from walstream.tables.held import KeyOrder
 from walstream.tables.schedule import Schedule
 
@@ -112,3 +112,26 @@ class EntryStatus:
                 raise FleetIncomplete(f"worker {a.peer} did not say which entries it holds; retry shortly")
             ids.update(a.body["ids"])
         return ids
+
+    def local_cancelled(self, namespace: str) -> dict[str, list[str]]:
+        """``namespace``'s entries with cancelled targets in this worker's active partitions
+        (walstream.replay.cancelled_targets)."""
+        actives = set(self.active_partitions())
+        partitions = ordered.partitions(self.states.table, actives)
+        docs = (d for p in partitions for d in self.states.of_namespace(p, namespace))
+        return cancelled_targets(docs)
+
+    async def cancelled(self, namespace: str) -> dict[str, list[str]]:
+        """``namespace``'s entries with cancelled targets across the fleet (known while their
+        state documents are kept). Raises :class:`FleetIncomplete` as :meth:`pending` does."""
+        if self.settling():
+            raise FleetIncomplete("this worker is recovering its tables; retry shortly")
+        if unheld := self._unheld():
+            raise FleetIncomplete(f"partitions {unheld} are held by no worker yet; retry shortly")
+        out = self.local_cancelled(namespace)
+        for a in await self.fleet.ask_peers(f"/v1/internal/cancelled/{quote(namespace, safe='')}", timeout_s=10.0):
+            if not a.ok:
+                raise FleetIncomplete(f"worker {a.peer} did not say which entries it knows as cancelled; retry shortly")
+            for entry_id, tids in a.body["cancelled"].items():
+                out.setdefault(entry_id, []).extend(tids)
+        return out

@@ -219,6 +219,11 @@ class NamespaceConfig(_Strict):
     #: a mutation group still without its commit marker (or a member) this long after its
     #: first record was written is ABORTED, none of it applied (walstream.delivery.groups)
     group_timeout_s: int = Field(default=3600, ge=1, le=7 * 86_400, strict=True)
+    #: how long ``wal.<name>`` keeps records (Kafka's ``retention.ms``), which bounds how far
+    #: back a replay reaches (walstream.replay); None: the topic's is left as it is (the
+    #: broker's default for a new topic). At least a day: an entry must outlive any backlog of
+    #: workers that are down, or it would be deleted unread.
+    retention_ms: int | None = Field(default=None, ge=86_400_000, le=3650 * 86_400_000, strict=True)
     description: str = Field(default="", max_length=2000)
     #: tokens that may write to (and cancel entries of) this namespace (walstream.auth); none:
     #: open. Given as tokens or as their digests (``sha256:<hex>``); kept and shown as digests.

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
 
-from walstream.kafka_admin import TopicSpec, ensure_topics, wal_topic_specs
+from walstream.kafka_admin import TopicSpec, ensure_topics, set_topic_config, wal_topic_specs
 from walstream.namespaces.model import NamespaceConfig
 from walstream.settings import Settings
 
@@ -159,6 +159,8 @@ class NamespaceRegistry:
         """Create or replace a namespace; returns it with its new version."""
         s = self.settings
         await ensure_topics(s.broker, wal_topic_specs(cfg.name, s.partitions, s.replication_factor))
+        if cfg.retention_ms is not None:
+            await set_topic_config(s.broker, cfg.topic, {"retention.ms": str(cfg.retention_ms)})
         current = self._configs.get(cfg.name)
         last = max(current.version if current else 0, self._last_version.get(cfg.name, 0))
         new = cfg.model_copy(update={"version": last + 1})

@@ -3,6 +3,7 @@
 - walstream.web.write — ``POST /v1/log``, ``POST /v1/log/batch``;
 - walstream.web.entries — ``GET``/``DELETE /v1/log/{ns}/{id}``;
 - walstream.web.dead_letters — ``GET /v1/dlq/{ns}``, ``POST /v1/dlq/{ns}/redrive``;
+- walstream.web.jobs — ``POST /v1/replay/{ns}``, ``GET /v1/jobs``, ``GET``/``DELETE /v1/jobs/{id}``;
 - walstream.web.namespaces — ``/v1/namespaces[/{name}]``, ``/v1/internal/pending/{ns}``;
 - walstream.web.ops — ``GET /v1/health``, ``GET /metrics``;
 - walstream.web.pages.views — the operator's pages under ``/ui`` (HTML, and JSON);
@@ -23,7 +24,7 @@ from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
 from walstream.auth import bearer
 from walstream.context import WebContext
-from walstream.web import dead_letters, docs, entries, groups, namespaces, ops, write
+from walstream.web import dead_letters, docs, entries, groups, jobs, namespaces, ops, write
 from walstream.web.common import json_errors
 from walstream.web.openapi import Operation
 from walstream.web.pages import views as pages
@@ -35,7 +36,7 @@ from walstream.web.write import repeat_answer
 __all__ = ["OPERATIONS", "register_views", "repeat_answer"]
 
 #: the resources, each a module with ``OPERATIONS`` and ``register(ctx)``
-RESOURCES = (write, entries, groups, dead_letters, namespaces, ops, pages)
+RESOURCES = (write, entries, groups, dead_letters, jobs, namespaces, ops, pages)
 #: every operation of the API, as ``GET /openapi.json`` describes it
 OPERATIONS: tuple[Operation, ...] = (*(op for m in RESOURCES for op in m.OPERATIONS), *docs.OPERATIONS)
 

@@ -305,6 +305,9 @@ class Replayer:
         self._labels: dict[str, str] = {}
         self._paced_from = clock()
         self._emitted = 0
+        #: entries per target call: paced, a quarter second's worth, so that what is read is
+        #: applied as it goes (and a cancelled job stops within that)
+        self.batch_size = APPLY_BATCH if rate is None else max(1, min(APPLY_BATCH, int(rate / 4)))
 
     async def run(self, job: Job) -> None:
         plan = self.plan
@@ -392,11 +395,12 @@ class Replayer:
             job.count("would_apply")
             job.sample("would_apply", {**_brief(entry, partition, offset), "targets": [tid for _, tid in targets]})
             return
+        job.check()
         await self._pace()
         for cfg, tid in targets:
             _, batch = self._pending.setdefault(tid, (self.pool.get(cfg), []))
             batch.append(entry)
-            if len(batch) >= APPLY_BATCH:
+            if len(batch) >= self.batch_size:
                 await self._apply(job, tid)
 
     async def _pace(self) -> None:
@@ -482,7 +486,7 @@ class Replays:
             plan = await plan_replay(request, ns, self.pool, consumer, self.bootstrap, int(time.time() * 1000))
             plan.cancelled = await self.cancelled(namespace)
         except BaseException:
-            await consumer.stop()
+            await stop_consumer(consumer)
             raise
         replayer = Replayer(plan, self.pool, consumer, dry_run=request.dry_run, rate=request.rate)
 
@@ -490,8 +494,21 @@ class Replays:
             try:
                 await replayer.run(job)
             finally:
-                await consumer.stop()
+                await stop_consumer(consumer)
 
         asked = request.model_dump(mode="json", by_alias=True)
         asked["skip"] = len(request.skip)  # the ids may be many: the job shows how many
         return self.jobs.start("replay", namespace, asked, work, plan=plan.public(), total=plan.total)
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Stop ``consumer``. aiokafka 0.14 re-raises, from ``stop()``, the cancellation of its
+    coordinator's task when that task never ran (a consumer stopped right after its start):
+    that is swallowed; a cancellation of the caller itself is not."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.debug("aiokafka re-raised its coordinator's cancellation while stopping", exc_info=True)

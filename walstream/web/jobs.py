@@ -8,6 +8,7 @@ worker behind a load balancer.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import quote
 
@@ -22,6 +23,8 @@ from walstream.replay import ReplayRefused
 from walstream.status import FleetIncomplete
 from walstream.web.common import BodyError, read_json, respond
 from walstream.web.openapi import LOCAL, NAMESPACE, Operation, path_param
+
+log = logging.getLogger(__name__)
 
 JOB_ID = path_param("job_id", "the job's id, as its start answered it")
 
@@ -115,6 +118,10 @@ def register(ctx: WebContext) -> None:
                 return respond(self, 400, {"message": str(exc)})
             except FleetIncomplete as exc:
                 return respond(self, 503, {"message": f"cannot tell which entries were cancelled: {exc}"})
+            except Exception as exc:  # Kafka did not answer the plan's questions
+                log.exception("replay of %s could not start", namespace)
+                return respond(self, 503, {"message": f"could not plan the replay: {type(exc).__name__}: {exc}; "
+                                                      "retry shortly"})
             answer = respond(self, 202, job.public())
             answer.headers["Location"] = f"/v1/jobs/{quote(job.id, safe='')}"
             return answer

@@ -214,3 +214,47 @@ def test_retention_bounds_a_replay_and_a_job_can_be_cancelled(
     assert 0 < rows < 300, rows
     time.sleep(2.0)
     assert len(cassandra_movies(cassandra, ks)) == rows, "the cancelled job went on applying"
+
+
+def test_in_a_fleet_cancellations_come_from_every_worker_and_any_worker_follows_a_job(
+    start_worker: Callable[..., Worker], cassandra: Session, movies_keyspace: str, unique: str,
+) -> None:
+    ks = movies_keyspace
+    a = start_worker()
+    b = start_worker(app_id=a.app_id)
+    put_namespace(a, unique, [{"type": "cassandra", "keyspace": ks, "consistency": "ONE"}])
+
+    def partitions_of(w: Worker) -> set[int]:
+        with w.client() as c:
+            assigned = c.get("/v1/health").json()["assigned"]
+        return {int(t.rsplit(":", 1)[1]) for t in assigned if t.startswith(f"wal.{unique}:")}
+
+    wait_until(lambda: bool(partitions_of(a)) and bool(partitions_of(b)), timeout_s=90,
+               what="both workers to own partitions of the namespace")
+    start_s = time.time() - 1.0
+    with a.client() as c:
+        for i in range(8):  # keys over all 4 partitions: both workers hold some of them
+            write(c, unique, f"cancel-{i}", f"c{i}", put_movie(f"c{i}", "X", i), lifecycle={"delay_ms": 3000})
+            assert c.delete(f"/v1/log/{unique}/cancel-{i}", params={"key": f"c{i}"}).status_code in (200, 202)
+        for i in range(100):
+            write(c, unique, f"e{i}", f"m{i}", put_movie(f"m{i}", "Y", i))
+        wait_until(lambda: all(c.get(f"/v1/log/{unique}/cancel-{i}").json().get("state") == "CANCELLED"
+                               for i in range(8)), timeout_s=30, what="the cancellations")
+        homes = {c.get(f"/v1/log/{unique}/cancel-{i}").json()["partition"] for i in range(8)}
+    assert homes & partitions_of(a) and homes & partitions_of(b), "the cancelled entries are not on both workers"
+    time.sleep(3.0)  # their due times pass
+
+    dry = job_json(cli(a, "replay", unique, "--from", iso(start_s), "--dry-run", "-o", "json"))
+    assert dry["counts"]["cancelled"] == 8 and dry["counts"]["would_apply"] == 100, dry["counts"]
+
+    # a slow replay started on a, followed and cancelled through b
+    started = job_json(cli(a, "replay", unique, "--from", iso(start_s), "--rate", "10", "--detach", "-o", "json"))
+    assert started["worker"] == a.url
+    seen = job_json(cli(b, "job", "show", started["id"], "-o", "json"))
+    assert seen["id"] == started["id"] and seen["state"] == "RUNNING" and seen["worker"] == a.url, seen
+    assert started["id"] in {j["id"] for j in job_json(cli(b, "job", "list", "-o", "json"))["jobs"]}
+    job_json(cli(b, "job", "cancel", started["id"], "-o", "json"))
+    wait_until(lambda: job_json(cli(a, "job", "show", started["id"], "-o", "json"))["state"] == "CANCELLED",
+               timeout_s=30, what="the job cancelled through the other worker")
+    assert len(cassandra_movies(cassandra, ks)) == 100  # delivered; the cancelled ones never
+    assert not {f"c{i}" for i in range(8)} & set(cassandra_movies(cassandra, ks))

@@ -147,8 +147,9 @@ async def plan_replay(
 ) -> ReplayPlan:
     """The offsets a replay reads, from Kafka's offsets for the request's times. Raises
     :class:`ReplayRefused` for a ``from`` in the future, or earlier than the topic keeps."""
-    from_ms = int(request.from_.timestamp() * 1000)
-    to_ms = None if request.to is None else int(request.to.timestamp() * 1000)
+    # Kafka's timestamps start at the epoch: a time before it means "from the beginning"
+    from_ms = max(0, int(request.from_.timestamp() * 1000))
+    to_ms = None if request.to is None else max(0, int(request.to.timestamp() * 1000))
     if from_ms > now_ms:
         raise ReplayRefused(f"from: {iso_ms(from_ms)} is in the future; nothing was written then yet")
     targets = choose_targets(ns, pool, request.target)

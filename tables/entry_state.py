@@ -122,11 +122,14 @@ class EntryStates:
                 docs.append(dict(orjson.loads(value)))
         return docs
 
-    def of_namespace(self, partition: int, ns: str) -> Iterator[dict[str, Any]]:
-        """Every document of ``ns`` in ``partition`` (outside an event)."""
+    def of_namespace(self, partition: int, ns: str, containing: bytes | None = None) -> Iterator[dict[str, Any]]:
+        """Every document of ``ns`` in ``partition`` (outside an event); with ``containing``,
+        only those whose stored bytes contain it (the others are not parsed: a namespace may
+        hold millions)."""
         prefix = part(ns) + b"|"
         for _, value in ordered.scan(self.table, partition, start=prefix, stop=prefix + b"\xff"):
-            yield dict(orjson.loads(value))
+            if containing is None or containing in value:
+                yield dict(orjson.loads(value))
 
     def put(self, doc: dict[str, Any]) -> None:
         self.table[state_key(doc["ns"], doc["id"])] = orjson.dumps(doc)

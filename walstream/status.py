@@ -118,7 +118,7 @@ class EntryStatus:
         (walstream.replay.cancelled_targets)."""
         actives = set(self.active_partitions())
         partitions = ordered.partitions(self.states.table, actives)
-        docs = (d for p in partitions for d in self.states.of_namespace(p, namespace))
+        docs = (d for p in partitions for d in self.states.of_namespace(p, namespace, containing=b'"CANCELLED"'))
         return cancelled_targets(docs)
 
     async def cancelled(self, namespace: str) -> dict[str, list[str]]:

@@ -49,6 +49,10 @@ CLIENT_COMMANDS = [
     ["dlq", "redrive", "orders", "--execute"],
     ["entry", "status", "orders", "e1"],
     ["entry", "cancel", "orders", "e1"],
+    ["replay", "orders", "--from", "2026-11-30T10:00:00Z"],
+    ["job", "show", "replay.orders.x"],
+    ["job", "list"],
+    ["job", "cancel", "replay.orders.x"],
 ]
 CLIENT_IDS = [" ".join(c) for c in CLIENT_COMMANDS]
 
@@ -951,3 +955,12 @@ def test_completion_offers_the_commands() -> None:
     result = CliRunner().invoke(main, [], prog_name="walstream", env=env)
     assert result.exit_code == 0, result.output
     assert result.stdout.split() == ["plain,status"]
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("yesterday", "not an ISO-8601 time"),
+    ("2026-11-30T10:00:00", "needs a timezone"),
+])
+def test_a_replay_time_that_is_not_one_is_a_usage_error_naming_it(value: str, problem: str) -> None:
+    result = run(["replay", "orders", "--from", value])
+    assert result.exit_code == 2 and problem in result.stderr and "--from" in result.stderr, result.stderr

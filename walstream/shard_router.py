@@ -21,6 +21,7 @@ Writes (``POST /v1/log``) are never forwarded: any worker produces to any WAL to
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -43,6 +44,9 @@ ANSWERED_BY = "X-Walstream-Shard"
 READ_TIMEOUT_S = 15.0
 WRITE_TIMEOUT_S = 30.0
 REDRIVE_TIMEOUT_S = MAX_SEND_S + MAX_REDRIVE_WAIT_S + 30.0
+#: how long a shard's "never consumed this namespace" answer is reused (a shard that starts
+#: consuming it is forwarded to at most this much later)
+UNCONSUMED_KNOWN_S = 2.0
 #: request headers passed on, and answer headers relayed
 _PASSED = ("Authorization", "Cookie", "Accept", "Content-Type")
 _RELAYED = ("Content-Type", "Location", "Allow", "Retry-After", "Cache-Control")
@@ -94,6 +98,9 @@ class ShardRouter:
         self.consumed = consumed
         #: (shard, namespace) known consumed: that never changes back
         self._consumed: set[tuple[str, str]] = set()
+        #: (shard, namespace) → monotonic time until which "never consumed" is taken as known
+        #: (asking Kafka costs an admin client: not once per request)
+        self._unconsumed_until: dict[tuple[str, str], float] = {}
         self._client: httpx.AsyncClient | None = None
 
     async def _never_consumed(self, shard: str, namespace: str) -> bool:
@@ -101,6 +108,8 @@ class ShardRouter:
         namespace put on a shard before its workers run, or on one nobody runs)."""
         if self.consumed is None or (shard, namespace) in self._consumed:
             return False
+        if self._unconsumed_until.get((shard, namespace), 0.0) > time.monotonic():
+            return True
         try:
             done = await self.consumed(shard, namespace)
         except Exception:  # cannot tell: the shard is asked, as for any namespace of it
@@ -108,6 +117,9 @@ class ShardRouter:
             return False
         if done:
             self._consumed.add((shard, namespace))
+            self._unconsumed_until.pop((shard, namespace), None)
+        else:
+            self._unconsumed_until[(shard, namespace)] = time.monotonic() + UNCONSUMED_KNOWN_S
         return not done
 
     async def close(self) -> None:

@@ -157,12 +157,13 @@ def test_a_namespace_no_worker_of_its_shard_ever_consumed_is_answered_here(tmp_p
         assert r.status == 404 and "never written, not yet consumed" in (await r.json())["message"]
         r = await ca.get("/v1/dlq/nb")
         assert r.status == 200 and (await r.json())["dead_letters"] == []
-        assert asked == [("b", "nb"), ("b", "nb")]
+        assert asked == [("b", "nb")]  # Kafka is asked once for both: the answer is reused a moment
         # once consumed, always asked of the shard (the answer is remembered)
         async def yes(shard: str, namespace: str) -> bool:
             return True
 
         a.shard_router.consumed = yes
+        a.shard_router._unconsumed_until.clear()  # the moment is over
         assert (await ca.get("/v1/log/nb/e1")).status == 503
         a.shard_router.consumed = never
         assert (await ca.get("/v1/log/nb/e1")).status == 503

@@ -102,16 +102,24 @@ class EntryStatus:
     async def pending(self, namespace: str) -> set[str]:
         """Ids of ``namespace``'s pending entries across the fleet. Raises
         :class:`FleetIncomplete` while this worker settles or a peer cannot say."""
+        bodies = await self._peers_complete(f"/v1/internal/pending/{quote(namespace, safe='')}", "it holds")
+        ids = self.local_pending(namespace)
+        for body in bodies:
+            ids.update(body["ids"])
+        return ids
+
+    async def _peers_complete(self, path: str, what: str) -> list[Any]:
+        """Every peer's answer to ``path``, once this worker and the fleet can say all they
+        hold; :class:`FleetIncomplete` otherwise (``what``: which entries, in its message)."""
         if self.settling():
             raise FleetIncomplete("this worker is recovering its tables; retry shortly")
         if unheld := self._unheld():
             raise FleetIncomplete(f"partitions {unheld} are held by no worker yet; retry shortly")
-        ids = self.local_pending(namespace)
-        for a in await self.fleet.ask_peers(f"/v1/internal/pending/{quote(namespace, safe='')}", timeout_s=10.0):
+        answers = await self.fleet.ask_peers(path, timeout_s=10.0)
+        for a in answers:
             if not a.ok:
-                raise FleetIncomplete(f"worker {a.peer} did not say which entries it holds; retry shortly")
-            ids.update(a.body["ids"])
-        return ids
+                raise FleetIncomplete(f"worker {a.peer} did not say which entries {what}; retry shortly")
+        return [a.body for a in answers]
 
     def local_cancelled(self, namespace: str) -> dict[str, list[str]]:
         """``namespace``'s entries with cancelled targets in this worker's active partitions
@@ -124,14 +132,10 @@ class EntryStatus:
     async def cancelled(self, namespace: str) -> dict[str, list[str]]:
         """``namespace``'s entries with cancelled targets across the fleet (known while their
         state documents are kept). Raises :class:`FleetIncomplete` as :meth:`pending` does."""
-        if self.settling():
-            raise FleetIncomplete("this worker is recovering its tables; retry shortly")
-        if unheld := self._unheld():
-            raise FleetIncomplete(f"partitions {unheld} are held by no worker yet; retry shortly")
+        path = f"/v1/internal/cancelled/{quote(namespace, safe='')}"
+        bodies = await self._peers_complete(path, "it knows as cancelled")
         out = self.local_cancelled(namespace)
-        for a in await self.fleet.ask_peers(f"/v1/internal/cancelled/{quote(namespace, safe='')}", timeout_s=10.0):
-            if not a.ok:
-                raise FleetIncomplete(f"worker {a.peer} did not say which entries it knows as cancelled; retry shortly")
-            for entry_id, tids in a.body["cancelled"].items():
+        for body in bodies:
+            for entry_id, tids in body["cancelled"].items():
                 out.setdefault(entry_id, []).extend(tids)
         return out

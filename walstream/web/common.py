@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 from aiohttp.web_exceptions import HTTPRequestEntityTooLarge
 from aiohttp.web_protocol import RequestPayloadError
 from faust.web import Request, Response, View
+from pydantic import BaseModel, ValidationError
 
 from walstream import strict_json
+from walstream.namespaces.model import format_validation_error
 from walstream.writer import Durable
 
 
@@ -64,6 +66,21 @@ async def read_json(request: Request, limit: int, *, server_limit: int, batch_of
         return strict_json.loads(body) if batch_of is None else strict_json.loads_batch(body, field=batch_of)
     except strict_json.StrictJSONError as exc:
         raise BodyError(400, f"malformed JSON: {exc}" if exc.malformed else str(exc)) from None
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def parse_model(model: type[ModelT], body: Any) -> ModelT:
+    """A request body (already read as JSON) as ``model``; :class:`BodyError` 400 naming each
+    problem's field. Unknown fields are refused by the models (``extra="forbid"``): a
+    misspelt field must not widen or change what the request does."""
+    if not isinstance(body, dict):
+        raise BodyError(400, "expected a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise BodyError(400, format_validation_error(exc)) from None
 
 
 def failed(entry_id: Any, message: str) -> dict[str, Any]:

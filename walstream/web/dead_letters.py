@@ -10,17 +10,15 @@ from typing import Any
 from urllib.parse import quote
 
 from faust.web import Request, Response, View
-from pydantic import ValidationError
 
 from walstream.api import MAX_SEND_S, DeadLetterList, RedriveRequest, RedriveResult
 from walstream.context import WebContext
 from walstream.delivery import commands
 from walstream.delivery.dead_letters import iso
-from walstream.namespaces.model import format_validation_error
 from walstream.tables import ordered
 from walstream.tables.entry_state import EntryState
 from walstream.targets.base import ErrorClass
-from walstream.web.common import BodyError, parse_time, read_json, respond
+from walstream.web.common import BodyError, parse_model, parse_time, read_json, respond
 from walstream.web.openapi import LOCAL, NAMESPACE, Operation, Param
 
 #: most ids a listing names in its questions to the other workers; past it, they are asked
@@ -204,12 +202,7 @@ def parse_redrive(body: Any) -> RedriveRequest:
     """A redrive request's body as :class:`RedriveRequest`; :class:`BodyError` 400 naming
     the problem. Unknown fields are refused: a misspelt filter ("id" for "ids") must not
     widen a redrive to every letter."""
-    if not isinstance(body, dict):
-        raise BodyError(400, "expected a JSON object")
-    try:
-        return RedriveRequest.model_validate(body)
-    except ValidationError as exc:
-        raise BodyError(400, format_validation_error(exc)) from None
+    return parse_model(RedriveRequest, body)
 
 
 def register(ctx: WebContext) -> None:

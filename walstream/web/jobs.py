@@ -9,19 +9,16 @@ worker behind a load balancer.
 from __future__ import annotations
 
 import logging
-from typing import Any
 from urllib.parse import quote
 
 from faust.web import Request, Response, View
-from pydantic import ValidationError
 
 from walstream.api import CancelledIds, JobList, JobStatus, ReplayRequest
 from walstream.context import WebContext
 from walstream.fleet import PeerAnswer
-from walstream.namespaces.model import format_validation_error
 from walstream.replay import ReplayRefused
 from walstream.status import FleetIncomplete
-from walstream.web.common import BodyError, read_json, respond
+from walstream.web.common import BodyError, parse_model, read_json, respond
 from walstream.web.openapi import LOCAL, NAMESPACE, Operation, path_param
 
 log = logging.getLogger(__name__)
@@ -58,17 +55,6 @@ OPERATIONS = (
         params=(NAMESPACE,), answers={200: CancelledIds, 503: None}, internal=True,
     ),
 )
-
-
-def parse_replay(body: Any) -> ReplayRequest:
-    """A replay request's body; :class:`BodyError` 400 naming the problem (unknown fields are
-    refused: a misspelt ``skip`` must not replay the entry it meant to leave out)."""
-    if not isinstance(body, dict):
-        raise BodyError(400, "expected a JSON object")
-    try:
-        return ReplayRequest.model_validate(body)
-    except ValidationError as exc:
-        raise BodyError(400, format_validation_error(exc)) from None
 
 
 def register(ctx: WebContext) -> None:
@@ -109,7 +95,7 @@ def register(ctx: WebContext) -> None:
                 return refused
             try:
                 body = await read_json(request, settings.max_request_bytes, server_limit=settings.max_request_bytes)
-                job = await ctx.replays.start(namespace, parse_replay(body))
+                job = await ctx.replays.start(namespace, parse_model(ReplayRequest, body))
             except BodyError as exc:
                 return respond(self, exc.status, {"message": exc.message}, close=exc.close)
             except LookupError as exc:

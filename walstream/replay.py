@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -223,6 +224,8 @@ class GroupCollector:
         self.buffered = 0
         self.applied = 0
         self.incomplete = 0
+        #: per partition, (deadline_ms, group id) of its open groups, earliest first
+        self._deadlines: dict[int, list[tuple[int, str]]] = {}
 
     def _end(self, gid: str, applied: bool) -> None:
         group = self.open.pop(gid)
@@ -236,8 +239,11 @@ class GroupCollector:
     def expire(self, partition: int, written_ms: int) -> None:
         """A record of ``partition`` written at ``written_ms`` was read: groups of the
         partition whose deadline it passed were aborted by delivery."""
-        for gid in [g for g, grp in self.open.items() if grp.partition == partition and grp.deadline_ms <= written_ms]:
-            self._end(gid, applied=False)
+        deadlines = self._deadlines.get(partition)
+        while deadlines and deadlines[0][0] <= written_ms:
+            _, gid = heapq.heappop(deadlines)
+            if gid in self.open:  # else it ended before its deadline
+                self._end(gid, applied=False)
 
     def add(self, entry: Entry, partition: int, skipped: bool) -> list[Entry]:
         """Take a group record; the group's members to apply, in seq order, once it is whole."""
@@ -248,6 +254,7 @@ class GroupCollector:
         group = self.open.get(gid)
         if group is None:
             group = self.open[gid] = _Group(partition, entry.written_at_us // 1000 + self.timeout_s * 1000)
+            heapq.heappush(self._deadlines.setdefault(partition, []), (group.deadline_ms, gid))
         if skipped:
             group.spoiled = f"record {entry.id} skipped"
         if entry.group.get("commit"):

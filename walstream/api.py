@@ -310,7 +310,7 @@ class ReplayRequest(BaseModel):
     to: Annotated[AwareDatetime, BeforeValidator(time_text)] | None = Field(
         default=None, description="replay stops before this write time (default: the end of the topic now)")
     target: list[Annotated[StrictStr, Field(min_length=1, max_length=200)]] | None = Field(
-        default=None, max_length=16,
+        default=None, min_length=1, max_length=16,
         description="target ids (as entry status shows them) or labels (cassandra:KEYSPACE); default: all")
     skip: list[Annotated[StrictStr, Field(min_length=1, max_length=512)]] = Field(
         default_factory=list, max_length=MAX_REPLAY_SKIPS, description="entry ids not replayed")

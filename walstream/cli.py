@@ -1399,12 +1399,23 @@ def _iso_time(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     """An ISO-8601 time with a timezone, checked here: a bad one is a one-line error."""
     if value is None:
         return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+    try:  # as the worker reads it (pydantic's ISO-8601)
+        pydantic.TypeAdapter(datetime).validate_python(value)
+    except pydantic.ValidationError:
         raise click.BadParameter(f"not an ISO-8601 time: {value!r} (e.g. 2026-11-30T10:00:00Z)") from None
-    if parsed.tzinfo is None:
+    if pydantic.TypeAdapter(datetime).validate_python(value).tzinfo is None:
         raise click.BadParameter(f"{value!r} needs a timezone (e.g. 2026-11-30T10:00:00Z)")
+    return value
+
+
+#: a job's id as the worker makes it (walstream.jobs): ``<kind>.<namespace>.<12 hex digits>``
+JOB_ID_RE = re.compile(r"^[a-z]+\.[a-z][a-z0-9_-]{0,62}\.[0-9a-f]{12}$")
+
+
+def _job_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not JOB_ID_RE.match(value):
+        raise click.BadParameter(f"{value!r} is not a job id (e.g. replay.catalog.3f2a9c1d0e4b: "
+                                 "`walstream job list` shows them)")
     return value
 
 
@@ -1499,7 +1510,7 @@ def job() -> None:
 
 
 @job.command("show")
-@click.argument("job_id")
+@click.argument("job_id", callback=_job_id)
 @output_option
 @url_option
 @click.pass_context
@@ -1525,7 +1536,7 @@ def job_list(ctx: click.Context, output: str, url: str | None) -> None:
 
 
 @job.command("cancel")
-@click.argument("job_id")
+@click.argument("job_id", callback=_job_id)
 @output_option
 @url_option
 @click.pass_context

@@ -143,13 +143,19 @@ class Fleet:
             return PeerAnswer(peer, r.status_code, error=f"answered {r.status_code} without a JSON body")
 
     async def ask_peers(
-        self, path: str, params: Mapping[str, str | list[str]] | None = None, timeout_s: float | None = None
+        self,
+        path: str,
+        params: Mapping[str, str | list[str]] | None = None,
+        timeout_s: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> list[PeerAnswer]:
-        """:meth:`ask` every peer at once; one answer per peer, in :meth:`peers` order."""
+        """:meth:`ask` every peer at once (with ``headers``: a caller's Authorization, for a
+        question the peers check as they would the caller's); one answer per peer, in
+        :meth:`peers` order."""
         peers = self.peers()
         if not peers:
             return []
-        return list(await asyncio.gather(*(self.ask(p, path, params, timeout_s) for p in peers)))
+        return list(await asyncio.gather(*(self.ask(p, path, params, timeout_s, headers) for p in peers)))
 
     async def close(self) -> None:
         if self._client is not None:

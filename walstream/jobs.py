@@ -133,7 +133,8 @@ class Jobs:
             log.exception("job %s failed", job.id)
             job.state, job.error = JobState.FAILED, f"{type(exc).__name__}: {exc}"
         else:
-            job.state = JobState.SUCCEEDED
+            # a cancellation asked while its last step ran still ends it CANCELLED
+            job.state = JobState.CANCELLED if job.cancel_requested else JobState.SUCCEEDED
         finally:
             job.ended_s = time.time()
             log.info("job %s ended %s: %s", job.id, job.state.value, job.counts)

@@ -38,7 +38,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -46,7 +46,7 @@ from aiokafka.errors import OffsetOutOfRangeError
 
 from walstream.api import ReplayRequest
 from walstream.delivery.retry import backoff_ms
-from walstream.entry import Entry, EntryDecodeError
+from walstream.entry import MAX_WRITE_TIME_US, Entry, EntryDecodeError
 from walstream.jobs import Job, Jobs
 from walstream.kafka_admin import topic_config
 from walstream.namespaces.model import NamespaceConfig
@@ -62,8 +62,27 @@ log = logging.getLogger(__name__)
 APPLY_BATCH = 200
 #: records read per poll
 READ_BATCH = 500
+#: how often a waiting replay (paced, or backing off) looks whether it is cancelled, in seconds
+CHECK_EVERY_S = 0.25
 #: group members a replay holds at once while their groups are incomplete
 MAX_BUFFERED_MEMBERS = 200_000
+
+
+#: the latest time shown as a date (9999-12-31T23:59:59.999Z), in ms
+MAX_TIME_MS = MAX_WRITE_TIME_US // 1000
+
+
+def kafka_ms(t: datetime, *, ceil: bool) -> int:
+    """``t`` as a Kafka timestamp (epoch ms), within 0 .. :data:`MAX_TIME_MS`. Kafka's
+    timestamps start at the epoch (an earlier time means from the beginning) and are
+    milliseconds: a time within a millisecond is rounded outward (``ceil`` for the end of a
+    range), so the edges take in the whole millisecond rather than leave part of it out."""
+    us = (t - EPOCH) // timedelta(microseconds=1)
+    ms = -(-us // 1000) if ceil else us // 1000
+    return min(max(0, ms), MAX_TIME_MS)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class ReplayRefused(ValueError):
@@ -71,6 +90,7 @@ class ReplayRefused(ValueError):
 
 
 def iso_ms(ms: int) -> str:
+    ms = min(max(0, ms), MAX_TIME_MS)
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -148,9 +168,8 @@ async def plan_replay(
 ) -> ReplayPlan:
     """The offsets a replay reads, from Kafka's offsets for the request's times. Raises
     :class:`ReplayRefused` for a ``from`` in the future, or earlier than the topic keeps."""
-    # Kafka's timestamps start at the epoch: a time before it means "from the beginning"
-    from_ms = max(0, int(request.from_.timestamp() * 1000))
-    to_ms = None if request.to is None else max(0, int(request.to.timestamp() * 1000))
+    from_ms = kafka_ms(request.from_, ceil=False)
+    to_ms = None if request.to is None else kafka_ms(request.to, ceil=True)
     if from_ms > now_ms:
         raise ReplayRefused(f"from: {iso_ms(from_ms)} is in the future; nothing was written then yet")
     targets = choose_targets(ns, pool, request.target)
@@ -204,7 +223,8 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
 class _Group:
     partition: int
     deadline_ms: int
-    members: dict[int, Entry] = field(default_factory=dict)
+    #: seq → (member, its offset)
+    members: dict[int, tuple[Entry, int]] = field(default_factory=dict)
     marker: Entry | None = None
     spoiled: str | None = None
 
@@ -245,8 +265,12 @@ class GroupCollector:
             if gid in self.open:  # else it ended before its deadline
                 self._end(gid, applied=False)
 
-    def add(self, entry: Entry, partition: int, skipped: bool) -> list[Entry]:
-        """Take a group record; the group's members to apply, in seq order, once it is whole."""
+    def add(
+        self, entry: Entry, partition: int, offset: int, *, skipped: bool, cancelled: bool
+    ) -> list[tuple[Entry, int]]:
+        """Take a group record (``skipped`` by the request, or ``cancelled`` before it was
+        consumed, which aborted the group); the group's members to apply with their offsets,
+        in seq order, once it is whole."""
         assert entry.group is not None
         gid = str(entry.group["id"])
         if gid in self.ended:
@@ -257,6 +281,8 @@ class GroupCollector:
             heapq.heappush(self._deadlines.setdefault(partition, []), (group.deadline_ms, gid))
         if skipped:
             group.spoiled = f"record {entry.id} skipped"
+        if cancelled:
+            group.spoiled = f"record {entry.id} cancelled"
         if entry.group.get("commit"):
             if group.marker is not None and group.marker.group != entry.group and group.marker.id != entry.id:
                 group.spoiled = "two commit markers"
@@ -265,14 +291,14 @@ class GroupCollector:
             seq = int(entry.group["seq"])
             held = group.members.get(seq)
             if held is None:
-                group.members[seq] = entry
+                group.members[seq] = (entry, offset)
                 self.buffered += 1
                 if self.buffered > self.limit:
                     raise ReplayRefused(
                         f"more than {self.limit} members of incomplete mutation groups at once; replay a "
                         "shorter range"
                     )
-            elif held.id != entry.id:
+            elif held[0].id != entry.id:
                 group.spoiled = f"two members with seq {seq}"
         if group.marker is None:
             return []
@@ -283,7 +309,8 @@ class GroupCollector:
         if len(group.members) < size:
             return []
         commit_us = group.marker.written_at_us
-        members = [dataclasses.replace(group.members[seq], written_at_us=commit_us + seq) for seq in range(size)]
+        members = [(dataclasses.replace(member, written_at_us=commit_us + seq), at)
+                   for seq in range(size) for member, at in [group.members[seq]]]
         self._end(gid, applied=True)
         return members
 
@@ -326,6 +353,8 @@ class Replayer:
             for tp, (start, _) in tps.items():
                 self.consumer.seek(tp, start)
         remaining = set(tps)
+        for name in ("read", "applied" if not self.dry_run else "would_apply"):
+            job.counts.setdefault(name, 0)
         while remaining:
             job.check()
             try:
@@ -340,13 +369,14 @@ class Replayer:
                 for rec in records:
                     if rec.offset >= stop:
                         break
-                    await self._record(job, tp.partition, rec.offset, rec.value)
+                    job.done += rec.offset + 1 - positions[tp]
                     positions[tp] = rec.offset + 1
+                    await self._record(job, tp.partition, rec.offset, rec.value)
             for tp in list(remaining):
                 if positions[tp] >= tps[tp][1] or await self.consumer.position(tp) >= tps[tp][1]:
                     remaining.discard(tp)
+                    job.done += tps[tp][1] - positions[tp]  # offsets with no record (none here, or gaps)
                     positions[tp] = tps[tp][1]
-            job.done = sum(positions[tp] - start for tp, (start, _) in tps.items())
             await self._flush(job)
         self.groups.finish()
         await self._flush(job)
@@ -368,8 +398,9 @@ class Replayer:
             job.count("skipped")
             job.sample("skipped", _brief(entry, partition, offset))
         if entry.group is not None:
-            for member in self.groups.add(entry, partition, skipped):
-                await self._emit(job, member, partition, offset)
+            cancelled = ALL_TARGETS in self.plan.cancelled.get(entry.id, ())
+            for member, at in self.groups.add(entry, partition, offset, skipped=skipped, cancelled=cancelled):
+                await self._emit(job, member, partition, at)
             return
         if skipped:
             return
@@ -404,21 +435,30 @@ class Replayer:
             job.sample("would_apply", {**_brief(entry, partition, offset), "targets": [tid for _, tid in targets]})
             return
         job.check()
-        await self._pace()
+        await self._pace(job)
         for cfg, tid in targets:
             _, batch = self._pending.setdefault(tid, (self.pool.get(cfg), []))
             batch.append(entry)
             if len(batch) >= self.batch_size:
                 await self._apply(job, tid)
 
-    async def _pace(self) -> None:
+    async def _pace(self, job: Job) -> None:
         """At most :attr:`rate` entries per second over the job's run."""
         self._emitted += 1
         if self.rate is None:
             return
         ahead_s = self._emitted / self.rate - (self.clock() - self._paced_from)
         if ahead_s > 0:
-            await self.sleep(ahead_s)
+            await self._wait(job, ahead_s)
+
+    async def _wait(self, job: Job, seconds: float) -> None:
+        """Sleep ``seconds`` in slices of at most :data:`CHECK_EVERY_S`, stopping (raising
+        walstream.jobs.JobCancelled) as soon as the job is cancelled."""
+        end = self.clock() + seconds
+        while (left := end - self.clock()) > 0:
+            job.check()
+            await self.sleep(min(left, CHECK_EVERY_S))
+        job.check()
 
     async def _flush(self, job: Job) -> None:
         for tid in list(self._pending):
@@ -442,10 +482,8 @@ class Replayer:
                     retry.append(entry)
             if not retry:
                 return
-            job.check()
             asked_s = max((e.retry_after_s or 0.0 for e in outcomes if e is not None), default=0.0)
-            wait_s = max(backoff_ms(policy, attempt) / 1000, asked_s)
-            await self.sleep(wait_s)
+            await self._wait(job, max(backoff_ms(policy, attempt) / 1000, asked_s))
             attempt += 1
             batch = retry
 
@@ -493,20 +531,21 @@ class Replays:
         try:
             plan = await plan_replay(request, ns, self.pool, consumer, self.bootstrap, int(time.time() * 1000))
             plan.cancelled = await self.cancelled(namespace)
+            replayer = Replayer(plan, self.pool, consumer, dry_run=request.dry_run, rate=request.rate)
+
+            async def work(job: Job) -> None:
+                try:
+                    await replayer.run(job)
+                finally:
+                    await stop_consumer(consumer)
+
+            asked = request.model_dump(mode="json", by_alias=True)
+            asked["skip"] = len(request.skip)  # the ids may be many: the job shows how many
+            # the job owns the consumer from here (its work stops it)
+            return self.jobs.start("replay", namespace, asked, work, plan=plan.public(), total=plan.total)
         except BaseException:
             await stop_consumer(consumer)
             raise
-        replayer = Replayer(plan, self.pool, consumer, dry_run=request.dry_run, rate=request.rate)
-
-        async def work(job: Job) -> None:
-            try:
-                await replayer.run(job)
-            finally:
-                await stop_consumer(consumer)
-
-        asked = request.model_dump(mode="json", by_alias=True)
-        asked["skip"] = len(request.skip)  # the ids may be many: the job shows how many
-        return self.jobs.start("replay", namespace, asked, work, plan=plan.public(), total=plan.total)
 
 
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:

@@ -49,6 +49,14 @@ def writetimes(session: Session, ks: str) -> dict[str, int]:
     return {r.id: r.wt for r in session.execute(f"SELECT id, WRITETIME(title) AS wt FROM {ks}.movies")}
 
 
+ADMIN = "replay-admin-token-7d41c9e2"
+
+
+def cli_token(w: Worker, *args: str) -> Any:
+    """``walstream`` against ``w`` with the admin token."""
+    return cli(w, "--token", ADMIN, *args)
+
+
 def job_json(out: Any) -> dict[str, Any]:
     assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
     doc: dict[str, Any] = json.loads(out.stdout)
@@ -220,9 +228,18 @@ def test_in_a_fleet_cancellations_come_from_every_worker_and_any_worker_follows_
     start_worker: Callable[..., Worker], cassandra: Session, movies_keyspace: str, unique: str,
 ) -> None:
     ks = movies_keyspace
-    a = start_worker()
-    b = start_worker(app_id=a.app_id)
-    put_namespace(a, unique, [{"type": "cassandra", "keyspace": ks, "consistency": "ONE"}])
+    # with admin tokens: a worker asking its peers about jobs passes the caller's on
+    a = start_worker(WALSTREAM_ADMIN_TOKENS=ADMIN)
+    b = start_worker(app_id=a.app_id, WALSTREAM_ADMIN_TOKENS=ADMIN)
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+
+    def client(w: Worker) -> httpx.Client:
+        return httpx.Client(base_url=w.url, timeout=60, headers=auth)
+
+    with client(a) as c:
+        r = c.put(f"/v1/namespaces/{unique}", json={"targets": [{"type": "cassandra", "keyspace": ks,
+                                                                  "consistency": "ONE"}]})
+        assert r.status_code == 200, r.text
 
     def partitions_of(w: Worker) -> set[int]:
         with w.client() as c:
@@ -231,8 +248,9 @@ def test_in_a_fleet_cancellations_come_from_every_worker_and_any_worker_follows_
 
     wait_until(lambda: bool(partitions_of(a)) and bool(partitions_of(b)), timeout_s=90,
                what="both workers to own partitions of the namespace")
+    time.sleep(1.0)
     start_s = time.time() - 1.0
-    with a.client() as c:
+    with client(a) as c:
         for i in range(8):  # keys over all 4 partitions: both workers hold some of them
             write(c, unique, f"cancel-{i}", f"c{i}", put_movie(f"c{i}", "X", i), lifecycle={"delay_ms": 10_000})
 
@@ -250,17 +268,20 @@ def test_in_a_fleet_cancellations_come_from_every_worker_and_any_worker_follows_
     assert homes & partitions_of(a) and homes & partitions_of(b), "the cancelled entries are not on both workers"
     time.sleep(max(0.0, start_s + 11.5 - time.time()))  # their due times pass
 
-    dry = job_json(cli(a, "replay", unique, "--from", iso(start_s), "--dry-run", "-o", "json"))
+    dry = job_json(cli_token(a, "replay", unique, "--from", iso(start_s), "--dry-run", "-o", "json"))
     assert dry["counts"]["cancelled"] == 8 and dry["counts"]["would_apply"] == 100, dry["counts"]
 
     # a slow replay started on a, followed and cancelled through b
-    started = job_json(cli(a, "replay", unique, "--from", iso(start_s), "--rate", "10", "--detach", "-o", "json"))
+    started = job_json(cli_token(a, "replay", unique, "--from", iso(start_s), "--rate", "10", "--detach",
+                                 "-o", "json"))
     assert started["worker"] == a.url
-    seen = job_json(cli(b, "job", "show", started["id"], "-o", "json"))
+    seen = job_json(cli_token(b, "job", "show", started["id"], "-o", "json"))
     assert seen["id"] == started["id"] and seen["state"] == "RUNNING" and seen["worker"] == a.url, seen
-    assert started["id"] in {j["id"] for j in job_json(cli(b, "job", "list", "-o", "json"))["jobs"]}
-    job_json(cli(b, "job", "cancel", started["id"], "-o", "json"))
-    wait_until(lambda: job_json(cli(a, "job", "show", started["id"], "-o", "json"))["state"] == "CANCELLED",
+    assert started["id"] in {j["id"] for j in job_json(cli_token(b, "job", "list", "-o", "json"))["jobs"]}
+    with b.client() as anonymous:
+        assert anonymous.get("/v1/jobs").status_code == 401
+    job_json(cli_token(b, "job", "cancel", started["id"], "-o", "json"))
+    wait_until(lambda: job_json(cli_token(a, "job", "show", started["id"], "-o", "json"))["state"] == "CANCELLED",
                timeout_s=30, what="the job cancelled through the other worker")
     assert len(cassandra_movies(cassandra, ks)) == 100  # delivered; the cancelled ones never
     assert not {f"c{i}" for i in range(8)} & set(cassandra_movies(cassandra, ks))

@@ -50,9 +50,9 @@ CLIENT_COMMANDS = [
     ["entry", "status", "orders", "e1"],
     ["entry", "cancel", "orders", "e1"],
     ["replay", "orders", "--from", "2026-11-30T10:00:00Z"],
-    ["job", "show", "replay.orders.x"],
+    ["job", "show", "replay.orders.0123456789ab"],
     ["job", "list"],
-    ["job", "cancel", "replay.orders.x"],
+    ["job", "cancel", "replay.orders.0123456789ab"],
 ]
 CLIENT_IDS = [" ".join(c) for c in CLIENT_COMMANDS]
 
@@ -964,3 +964,9 @@ def test_completion_offers_the_commands() -> None:
 def test_a_replay_time_that_is_not_one_is_a_usage_error_naming_it(value: str, problem: str) -> None:
     result = run(["replay", "orders", "--from", value])
     assert result.exit_code == 2 and problem in result.stderr and "--from" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("job_id", ["", ".", "..", "replay.orders", "replay.orders.x/../y"])
+def test_a_job_id_that_is_not_one_is_a_usage_error(job_id: str) -> None:
+    result = run(["job", "show", job_id])
+    assert result.exit_code == 2 and "is not a job id" in result.stderr, result.stderr

@@ -19,7 +19,7 @@ from walstream.api import JobState, ReplayRequest
 from walstream.entry import Entry
 from walstream.jobs import Job, JobCancelled, Jobs
 from walstream.namespaces.model import NamespaceConfig
-from walstream.replay import Replayer, ReplayPlan, ReplayRefused, ReplayTarget
+from walstream.replay import Replayer, ReplayPlan, ReplayRefused, ReplayTarget, kafka_ms
 from walstream.tables.entry_state import ALL_TARGETS, cancelled_targets
 from walstream.targets.base import PermanentError, TransientError
 
@@ -86,7 +86,8 @@ def plan(records: dict[int, list[bytes]], *, skip: Sequence[str] = (), cancelled
 
 
 async def replay(records: dict[int, list[bytes]], *, dry_run: bool = False, rate: float | None = None,
-                 script: dict[str, list[Any]] | None = None, **kw: Any) -> tuple[Job, RecordingTarget, list[float]]:
+                 script: dict[str, list[Any]] | None = None, cancel_after_sleeps: int | None = None,
+                 **kw: Any) -> tuple[Job, RecordingTarget, list[float]]:
     pool = FakePool()
     pool.target.script = script or {}
     slept: list[float] = []
@@ -95,12 +96,17 @@ async def replay(records: dict[int, list[bytes]], *, dry_run: bool = False, rate
     async def sleep(s: float) -> None:
         slept.append(s)
         now[0] += s
+        if cancel_after_sleeps is not None and len(slept) >= cancel_after_sleeps:
+            job.cancel_requested = True  # as Jobs.cancel does
 
     p = plan(records, **kw)
     job = Job("replay.kv.x", "replay", "kv", "me", {}, total=p.total)
     replayer = Replayer(p, pool, FakeConsumer(records), dry_run=dry_run, rate=rate, sleep=sleep,  # type: ignore[arg-type]
                         clock=lambda: now[0])
-    await replayer.run(job)
+    try:
+        await replayer.run(job)
+    except JobCancelled:
+        job.state = JobState.CANCELLED
     return job, pool.target, slept
 
 
@@ -195,6 +201,13 @@ def test_a_group_not_applied_by_delivery_is_not_replayed(records: dict[int, list
     assert job.counts["groups_incomplete"] == 1 and job.counts["groups_applied"] == 0
 
 
+def test_a_group_aborted_by_a_cancellation_is_not_replayed() -> None:
+    records = {0: [member("g", 0, T0_US), member("g", 1, T0_US + 1), marker("g", 2, T0_US + 2)]}
+    job, target, _ = asyncio.run(replay(records, cancelled={"g-1": [ALL_TARGETS]}))
+    assert target.applied == []
+    assert job.counts["groups_incomplete"] == 1 and job.counts["groups_applied"] == 0
+
+
 def test_skipping_one_member_leaves_its_whole_group_out() -> None:
     records = {0: [member("g", 0, T0_US), member("g", 1, T0_US + 1), marker("g", 2, T0_US + 2),
                    entry("plain", "k", T0_US + 3)]}
@@ -265,3 +278,70 @@ def test_a_job_checks_for_cancellation() -> None:
     job.cancel_requested = True
     with pytest.raises(JobCancelled):
         job.check()
+
+
+def test_a_paced_replay_stops_within_a_quarter_second_of_its_cancellation() -> None:
+    records = {0: [entry(f"e{i}", f"k{i}", T0_US + i) for i in range(3)]}
+    # one entry per 100 s: the first waits 100 s; cancelled during that wait
+    job, target, slept = asyncio.run(replay(records, rate=0.01, cancel_after_sleeps=2))
+    assert job.state == JobState.CANCELLED and target.applied == []
+    assert max(slept) <= 0.25 and sum(slept) == pytest.approx(0.5)
+
+
+def test_a_replay_cancelled_while_it_backs_off_applies_nothing_more() -> None:
+    records = {0: [entry("down", "k", T0_US), entry("next", "k2", T0_US + 1)]}
+    script: dict[str, list[Any]] = {"down": [TransientError("x")] * 5}
+    job, target, _ = asyncio.run(replay(records, script=script, cancel_after_sleeps=1))
+    assert job.state == JobState.CANCELLED and target.calls == 1
+
+
+def test_a_job_cancelled_during_its_last_step_ends_cancelled() -> None:
+    async def run() -> Job:
+        jobs = Jobs("http://me")
+
+        async def last_step(job: Job) -> None:
+            jobs.cancel(job.id)  # asked while the work had nothing left to check
+
+        job = jobs.start("replay", "kv", {}, last_step, plan={}, total=1)
+        assert job.task is not None
+        await job.task
+        return job
+
+    assert asyncio.run(run()).state == JobState.CANCELLED
+
+
+def test_progress_moves_with_every_record() -> None:
+    records = {0: [entry(f"e{i}", f"k{i}", T0_US + i) for i in range(10)]}
+    seen: list[int] = []
+    pool = FakePool()
+    p = plan(records)
+    job = Job("replay.kv.x", "replay", "kv", "me", {}, total=p.total)
+
+    async def apply(entries: Sequence[Entry]) -> list[Any]:
+        seen.append(job.done)
+        return [None] * len(entries)
+
+    pool.target.apply = apply  # type: ignore[method-assign]
+
+    now = [0.0]
+
+    async def sleep(s: float) -> None:
+        now[0] += s
+
+    async def go() -> None:
+        await Replayer(p, pool, FakeConsumer(records), dry_run=False, rate=4.0,  # type: ignore[arg-type]
+                       sleep=sleep, clock=lambda: now[0]).run(job)
+
+    asyncio.run(go())
+    assert seen[:3] == [1, 2, 3]  # 4 a second: applied one by one, progress with each
+
+
+@pytest.mark.parametrize("text, ceil, ms", [
+    ("1969-12-31T23:59:59Z", False, 0),
+    ("0001-01-01T00:00:00Z", False, 0),
+    ("2026-12-01T00:00:00.000999Z", False, 1_796_083_200_000),
+    ("2026-12-01T00:00:00.000001Z", True, 1_796_083_200_001),
+    ("9999-12-31T23:59:59-14:00", True, 253_402_300_799_999),
+])
+def test_times_become_kafka_timestamps_within_range_rounded_outward(text: str, ceil: bool, ms: int) -> None:
+    assert kafka_ms(ReplayRequest.model_validate({"from": text}).from_, ceil=ceil) == ms

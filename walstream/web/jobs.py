@@ -120,7 +120,7 @@ def register(ctx: WebContext) -> None:
             found = [j.public() for j in jobs.all()]
             unknown: list[str] = []
             if request.query.get("local") != "1":
-                for a in await ctx.fleet.ask_peers("/v1/jobs", {"local": "1"}):
+                for a in await ctx.fleet.ask_peers("/v1/jobs", {"local": "1"}, headers=passed(request)):
                     if a.ok and isinstance(a.body, dict):
                         found.extend(a.body["jobs"])
                     else:

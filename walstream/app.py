@@ -206,7 +206,7 @@ class WalApp:
         self.status = EntryStatus(
             self.states, self.schedule, self.key_order, self.fleet, self.active_partitions, self.settling
         )
-        self.jobs = Jobs(self.fleet.self_url)
+        self.jobs = Jobs(self.fleet.self_url, self.metrics)
         self.replays = Replays(s.broker, self.registry, self.targets, self.jobs, self.status.cancelled)
         self._wal_topic_names: list[str] = [self.command_topic]
         self.wal_channel = self.faust.topic(

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from walstream.api import JobState
+from walstream.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,13 @@ class Job:
     plan: dict[str, Any] = field(default_factory=dict)
     cancel_requested: bool = False
     task: asyncio.Task[None] | None = None
+    #: told of every count as it is made (metrics): (kind, namespace, outcome, n)
+    observe: Callable[[str, str, str, int], None] | None = None
 
     def count(self, name: str, n: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
+        if self.observe is not None:
+            self.observe(self.kind, self.namespace, name, n)
 
     def sample(self, kind: str, doc: dict[str, Any]) -> None:
         kept = self.samples.setdefault(kind, [])
@@ -107,10 +112,12 @@ Work = Callable[[Job], Awaitable[None]]
 
 
 class Jobs:
-    """The jobs of this worker. ``worker``: its address, shown in every job."""
+    """The jobs of this worker. ``worker``: its address, shown in every job; ``metrics``
+    (optional) counts their entries and their ends."""
 
-    def __init__(self, worker: str) -> None:
+    def __init__(self, worker: str, metrics: Metrics | None = None) -> None:
         self.worker = worker
+        self.metrics = metrics
         self._jobs: OrderedDict[str, Job] = OrderedDict()
 
     def start(self, kind: str, namespace: str, request: dict[str, Any], work: Work, *, plan: dict[str, Any],
@@ -118,7 +125,7 @@ class Jobs:
         """Run ``work(job)`` as a task; the job ends SUCCEEDED when it returns, CANCELLED when
         it raises :class:`JobCancelled`, FAILED (with the error) when it raises anything else."""
         job = Job(f"{kind}.{namespace}.{secrets.token_hex(6)}", kind, namespace, self.worker, request,
-                  plan=plan, total=total)
+                  plan=plan, total=total, observe=self._observe if self.metrics is not None else None)
         self._jobs[job.id] = job
         job.task = asyncio.create_task(self._run(job, work), name=f"walstream job {job.id}")
         self._forget_old()
@@ -137,7 +144,13 @@ class Jobs:
             job.state = JobState.CANCELLED if job.cancel_requested else JobState.SUCCEEDED
         finally:
             job.ended_s = time.time()
+            if self.metrics is not None:
+                self.metrics.jobs_ended.labels(job.kind, job.state.value).inc()
             log.info("job %s ended %s: %s", job.id, job.state.value, job.counts)
+
+    def _observe(self, kind: str, namespace: str, outcome: str, n: int) -> None:
+        assert self.metrics is not None
+        self.metrics.job_entries.labels(kind, namespace, outcome).inc(n)
 
     def _forget_old(self) -> None:
         finished = [j.id for j in self._jobs.values() if j.finished]

@@ -28,6 +28,19 @@ class Metrics:
             ["namespace", "state"],
             registry=self.registry,
         )
+        self.job_entries = Counter(
+            "walstream_job_entries_total",
+            "Entries a job (a replay) dealt with, by kind, namespace and outcome (read, applied, "
+            "skipped, not_due, cancelled, failed, ...: the job's counts).",
+            ["kind", "namespace", "outcome"],
+            registry=self.registry,
+        )
+        self.jobs_ended = Counter(
+            "walstream_jobs_ended_total",
+            "Jobs that ended, by kind and state (SUCCEEDED, FAILED, CANCELLED).",
+            ["kind", "state"],
+            registry=self.registry,
+        )
         self.delivered = Counter(
             "walstream_delivered_total",
             "Entries applied to a target.",

@@ -18,6 +18,7 @@ from tests.unit.conftest import RecordingTarget
 from walstream.api import JobState, ReplayRequest
 from walstream.entry import Entry
 from walstream.jobs import Job, JobCancelled, Jobs
+from walstream.metrics import Metrics
 from walstream.namespaces.model import NamespaceConfig
 from walstream.replay import Replayer, ReplayPlan, ReplayRefused, ReplayTarget, kafka_ms
 from walstream.tables.entry_state import ALL_TARGETS, cancelled_targets
@@ -345,3 +346,24 @@ def test_progress_moves_with_every_record() -> None:
 ])
 def test_times_become_kafka_timestamps_within_range_rounded_outward(text: str, ceil: bool, ms: int) -> None:
     assert kafka_ms(ReplayRequest.model_validate({"from": text}).from_, ceil=ceil) == ms
+
+
+def test_jobs_count_their_entries_and_ends_in_metrics() -> None:
+    metrics = Metrics()
+
+    async def run() -> None:
+        jobs = Jobs("http://me", metrics)
+
+        async def work(job: Job) -> None:
+            job.count("read", 5)
+            job.count("applied", 4)
+
+        job = jobs.start("replay", "kv", {}, work, plan={}, total=5)
+        assert job.task is not None
+        await job.task
+
+    asyncio.run(run())
+    value = metrics.registry.get_sample_value
+    assert value("walstream_job_entries_total", {"kind": "replay", "namespace": "kv", "outcome": "applied"}) == 4
+    assert value("walstream_job_entries_total", {"kind": "replay", "namespace": "kv", "outcome": "read"}) == 5
+    assert value("walstream_jobs_ended_total", {"kind": "replay", "state": "SUCCEEDED"}) == 1

@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cassandra import (
@@ -49,7 +50,7 @@ from cassandra.protocol import (
     ServerError,
     SyntaxException,
 )
-from cassandra.query import BoundStatement, PreparedStatement
+from cassandra.query import BoundStatement, PreparedStatement, SimpleStatement
 
 from walstream.entry import Entry
 from walstream.mutations import Mutation, MutationError, parse_mutations
@@ -162,6 +163,28 @@ class _Statement:
         return f"cannot encode the values: {type(exc).__name__}: {exc}"
 
 
+@dataclass(frozen=True)
+class TableColumns:
+    """A table's columns: ``keys`` (the primary key, partition key first), ``partition``
+    (the partition key), ``timed`` (others with a write time to read), ``untimed`` (the
+    others: non-frozen collections and counters)."""
+
+    keys: list[str]
+    partition: list[str]
+    timed: list[str]
+    untimed: list[str]
+
+
+@dataclass(frozen=True)
+class ScannedRow:
+    """A row as a table scan reads it: its key, each timed column's write time in µs (None:
+    no live cell), and its partition's token."""
+
+    key: dict[str, Any]
+    written: dict[str, int | None]
+    token: int
+
+
 class CassandraTarget(Target):
     """Applies mutation payloads to one keyspace of one Cassandra cluster."""
 
@@ -176,6 +199,8 @@ class CassandraTarget(Target):
         self._statements: dict[tuple[str, str, tuple[str, ...]], _Statement] = {}
         self._connect_lock = asyncio.Lock()
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        #: per table, the statement that reads whether a key has a row (walstream.index_check)
+        self._selects: dict[str, _Statement] = {}
 
     async def start(self) -> None:
         await self._ensure_session()
@@ -273,6 +298,103 @@ class CassandraTarget(Target):
             lambda exc: loop.call_soon_threadsafe(settle, exc),
         )
         await fut
+
+    # -- reading a table (walstream.index_check) --------------------------------------------
+
+    async def table_columns(self, table: str) -> TableColumns:
+        """``table``'s key columns (partition key first) and the other columns whose write
+        time CQL can read (``WRITETIME`` refuses non-frozen collections and counters).
+        Raises :class:`PermanentError` when the table does not exist."""
+        session = await self._ensure_session()
+        meta = session.cluster.metadata.keyspaces.get(self.cfg.keyspace)
+        tmeta = None if meta is None else meta.tables.get(table)
+        if tmeta is None:
+            raise PermanentError(f"there is no table {self.cfg.keyspace}.{table}")
+        keys = [c.name for c in tmeta.primary_key]
+        partition = [c.name for c in tmeta.partition_key]
+        timed, untimed = [], []
+        for name, col in tmeta.columns.items():
+            if name in keys:
+                continue
+            kind = str(col.cql_type)
+            if kind == "counter" or (kind.split("<", 1)[0] in ("list", "set", "map")):
+                untimed.append(name)
+            else:
+                timed.append(name)
+        return TableColumns(keys, partition, timed, untimed)
+
+    async def scan(self, table: str, cols: TableColumns, page: int) -> AsyncIterator[list[ScannedRow]]:
+        """Every row of ``table``: its key, each timed column's write time (None: no live
+        cell) and its partition's token, ``page`` rows at a time in token order (the
+        driver's paging: memory is one page, however large the table)."""
+        session = await self._ensure_session()
+        token = f"token({', '.join(cols.partition)})"
+        timed = [f"writetime({c})" for c in cols.timed]
+        cql = f"SELECT {', '.join([*cols.keys, token, *timed])} FROM {self.cfg.keyspace}.{table}"
+        statement = SimpleStatement(cql, fetch_size=page,
+                                    consistency_level=getattr(ConsistencyLevel, self.cfg.consistency))
+        state: bytes | None = None
+        while True:
+            result = await asyncio.to_thread(session.execute, statement, paging_state=state, timeout=self.timeout_s)
+            rows = []
+            for values in result.current_rows:
+                values = tuple(values)
+                n = len(cols.keys)
+                key = dict(zip(cols.keys, values[:n], strict=True))
+                rows.append(ScannedRow(key, dict(zip(cols.timed, values[n + 1:], strict=True)), int(values[n])))
+            if rows:
+                yield rows
+            state = result.paging_state
+            if state is None:
+                return
+
+    async def existing(
+        self, table: str, cols: TableColumns, keys: Sequence[dict[str, Any]]
+    ) -> list[bool | TargetError]:
+        """Whether ``table`` has a row for each of these keys (JSON values, coerced as a
+        write's are); a key that cannot be one, or a failed read, is its error."""
+        where = " AND ".join(f"{c} = ?" for c in cols.keys)
+        stmt = self._selects.get(table)
+        if stmt is None:
+            session = await self._ensure_session()
+            prepared = await asyncio.to_thread(
+                session.prepare, f"SELECT {cols.keys[0]} FROM {self.cfg.keyspace}.{table} WHERE {where}")
+            prepared.consistency_level = getattr(ConsistencyLevel, self.cfg.consistency)
+            stmt = self._selects[table] = _Statement(prepared, table)
+
+        async def one(key: dict[str, Any]) -> bool | TargetError:
+            try:
+                if set(key) != set(cols.keys):
+                    return PermanentError(f"key columns {sorted(key)} are not {cols.keys}")
+                bound = stmt.bind([key[c] for c in cols.keys])
+                async with self._in_flight:
+                    return bool(await self._rows(bound))
+            except TargetError as err:
+                return err
+            except Exception as exc:
+                return classify(exc)
+
+        return list(await asyncio.gather(*(one(k) for k in keys)))
+
+    async def _rows(self, bound: Any) -> list[Any]:
+        session = await self._ensure_session()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Any]] = loop.create_future()
+
+        def settle(rows: list[Any] | None, exc: BaseException | None) -> None:
+            if fut.done():
+                return
+            if exc is None:
+                fut.set_result(list(rows or []))
+            else:
+                fut.set_exception(exc)
+
+        rf = session.execute_async(bound, timeout=self.timeout_s)
+        rf.add_callbacks(
+            lambda rows: loop.call_soon_threadsafe(settle, rows, None),
+            lambda exc: loop.call_soon_threadsafe(settle, None, exc),
+        )
+        return await fut
 
     async def _apply_entry(self, entry: Entry) -> TargetError | None:
         try:

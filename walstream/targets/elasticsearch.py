@@ -55,8 +55,9 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import orjson
@@ -250,6 +251,16 @@ def _is_conflict(item: dict[str, Any]) -> bool:
 
 
 @dataclass(frozen=True)
+class IndexedRow:
+    """A row as the index holds it: ``found`` (a document exists), each column's write time
+    (µs; a column written as null keeps its time), the newest delete's time (0: none)."""
+
+    found: bool
+    cells: dict[str, int]
+    deleted_at: int
+
+
+@dataclass(frozen=True)
 class _Read:
     """One document as read: absent when ``seq_no`` is ``None``."""
 
@@ -419,6 +430,61 @@ class ElasticsearchTarget(Target):
 
     async def close(self) -> None:
         await self._client.close()
+
+    # -- reading the index as the target sees it (walstream.index_check) -------------------
+
+    def index_of(self, table: str) -> str:
+        """The index holding ``table``'s rows."""
+        return f"{self.cfg.index_prefix}{table}"
+
+    async def read_rows(self, table: str, doc_ids: Sequence[str]) -> list[IndexedRow | TargetError]:
+        """How the index holds each of these rows (by document id): its cells' write times,
+        whether it is live, its newest delete, read as the next write would read them (the
+        document and its tombstone)."""
+        index = self.index_of(table)
+        reads = await self._mget([(index, d) for d in doc_ids] + [(TOMBSTONE_PREFIX + index, d) for d in doc_ids])
+        out: list[IndexedRow | TargetError] = []
+        for live, tomb in zip(reads[: len(doc_ids)], reads[len(doc_ids):], strict=True):
+            if isinstance(live, TargetError):
+                out.append(live)
+                continue
+            if isinstance(tomb, TargetError):
+                out.append(tomb)
+                continue
+            row = _Row.read(live, tomb, {})
+            out.append(IndexedRow(live.exists, {c: t for c, (_, t) in row.cells.items()}, row.deleted_at))
+        return out
+
+    async def scan_keys(self, table: str, key_columns: Sequence[str], page: int) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every document's key columns, ``page`` documents at a time, over a point in time
+        of the index (a consistent view however long the scan; memory: one page). Nothing
+        when the index does not exist."""
+        index = self.index_of(table)
+        if not await self._request(lambda: self._client.indices.exists(index=index)):
+            return
+        pit = await self._request(lambda: self._client.open_point_in_time(index=index, keep_alive="5m"))
+        pit_id = pit["id"]
+        after: list[Any] | None = None
+        try:
+            while True:
+                query: dict[str, Any] = {
+                    "pit": {"id": pit_id, "keep_alive": "5m"}, "size": page, "sort": ["_shard_doc"],
+                    "source_includes": list(key_columns), "track_total_hits": False,
+                }
+                if after is not None:
+                    query["search_after"] = after
+                resp = await self._request(partial(self._client.search, **query))
+                hits = resp["hits"]["hits"]
+                if not hits:
+                    return
+                pit_id = resp.get("pit_id", pit_id)
+                after = hits[-1]["sort"]
+                yield [dict(h.get("_source") or {}) for h in hits]
+        finally:
+            try:
+                await self._client.close_point_in_time(id=pit_id)
+            except Exception:  # it expires by itself
+                log.debug("closing a point in time of %s failed", index, exc_info=True)
 
     async def _request(self, call: Callable[[], Awaitable[Any]]) -> Any:
         try:

@@ -28,6 +28,7 @@ __all__ = [
     "EntryStatus",
     "ErrorAnswer",
     "Health",
+    "IndexCheckRequest",
     "JobList",
     "JobStatus",
     "LogBatchAnswer",
@@ -333,6 +334,17 @@ class ReplayRequest(BaseModel):
         return self
 
 
+class IndexCheckRequest(BaseModel):
+    """``POST /v1/index/{namespace}/{table}/check``: compare the namespace's Cassandra table
+    with its Elasticsearch index (walstream.index_check)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repair: bool = Field(default=False, strict=True, description="fix the drift through the WAL (not built yet)")
+    rate: float | None = Field(default=None, ge=1, le=1e6, strict=True,
+                               description="rows and documents read per second, at most")
+
+
 class JobState(StrEnum):
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
@@ -348,7 +360,7 @@ class JobStatus(Answer):
     kind (a dry run's: what would be applied)."""
 
     id: str
-    kind: Literal["replay"]
+    kind: Literal["replay", "index"]
     namespace: str
     state: JobState
     worker: str = Field(description="the worker running it")

@@ -34,6 +34,7 @@ from walstream.faust_topics import OnceDeclaredTopic
 from walstream.fleet import Fleet
 from walstream.gauges import TARGET_BACKLOG_LIMIT, WorkerGauges
 from walstream.health import Liveness
+from walstream.index_check import IndexChecks
 from walstream.jobs import Jobs
 from walstream.kafka_admin import (
     DERIVED_MAX_MESSAGE_BYTES,
@@ -208,6 +209,7 @@ class WalApp:
         )
         self.jobs = Jobs(self.fleet.self_url, self.metrics)
         self.replays = Replays(s.broker, self.registry, self.targets, self.jobs, self.status.cancelled)
+        self.index_checks = IndexChecks(self.registry, self.targets, self.jobs)
         self._wal_topic_names: list[str] = [self.command_topic]
         self.wal_channel = self.faust.topic(
             *self._wal_topic_names,
@@ -499,6 +501,7 @@ class WalApp:
             shard_router=self.shard_router,
             jobs=self.jobs,
             replays=self.replays,
+            index_checks=self.index_checks,
         )
 
     def agent_context(self) -> AgentContext:

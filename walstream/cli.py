@@ -1428,6 +1428,25 @@ def _echo_job(job: JobStatus, output: str) -> None:
                + (f"\terror={_one_line(job.error)}" if job.error else ""))
 
 
+async def _follow(wal: WalstreamClient, job: JobStatus, label: str) -> JobStatus:
+    """Poll ``job`` until it ends, with a progress bar on stderr; Ctrl-C cancels the job."""
+    try:
+        with click.progressbar(length=1000, label=label, file=sys.stderr) as bar:
+            shown = 0
+            while job.state == "RUNNING":
+                await asyncio.sleep(1.0)
+                job = await wal.job(job.id)
+                step = int(job.progress * 1000) - shown
+                if step > 0:
+                    bar.update(step)
+                    shown += step
+    except asyncio.CancelledError:  # Ctrl-C: the job stops too
+        await wal.cancel_job(job.id)
+        click.echo(f"\ncancelled job {job.id}; what it did stays done", err=True)
+        raise
+    return job
+
+
 @main.command()
 @click.argument("namespace")
 @click.option("--from", "from_", required=True, callback=_iso_time,
@@ -1467,23 +1486,7 @@ def replay(
         click.echo(f"job {job.id}: {'dry run over' if dry_run else 'replaying'} {plan.get('records', 0)} record(s) "
                    f"of {plan.get('topic')} from {plan.get('from')} to {plan.get('to') or 'now'}, to "
                    + ", ".join(f"{t['id']} ({t['label']})" for t in plan.get("targets", [])), err=True)
-        if detach:
-            return job
-        try:
-            with click.progressbar(length=1000, label="replaying", file=sys.stderr) as bar:
-                shown = 0
-                while job.state == "RUNNING":
-                    await asyncio.sleep(1.0)
-                    job = await wal.job(job.id)
-                    step = int(job.progress * 1000) - shown
-                    if step > 0:
-                        bar.update(step)
-                        shown += step
-        except asyncio.CancelledError:  # Ctrl-C: the job stops too
-            await wal.cancel_job(job.id)
-            click.echo(f"\ncancelled job {job.id}; what it applied stays applied", err=True)
-            raise
-        return job
+        return job if detach else await _follow(wal, job, "replaying")
 
     job = _remote(ctx, url).run(run, request=f"POST /v1/replay/{namespace}")
     _echo_job(job, output)
@@ -1502,6 +1505,48 @@ def replay(
             f"{first.get('target')}: {_one_line(str(first.get('error')))}); `walstream job show {job.id} -o json` "
             "lists them"
         )
+
+
+@main.group()
+def index() -> None:
+    """A namespace's secondary index (Elasticsearch) against its table (Cassandra)."""
+
+
+@index.command("check")
+@click.argument("namespace")
+@click.option("--table", required=True, help="The Cassandra table; its index is <index_prefix><table>.")
+@click.option("--repair", is_flag=True, help="Fix the drift through the WAL (not built yet: refused).")
+@click.option("--rate", type=click.FloatRange(min=1, max=1e6), callback=lambda ctx, param, value: (
+    None if value is None else _finite(param, value)), help="At most this many rows and documents read per second.")
+@output_option
+@url_option
+@click.pass_context
+def index_check(ctx: click.Context, namespace: str, table: str, repair: bool, rate: float | None, output: str,
+                url: str | None) -> None:
+    """Compare NAMESPACE's Cassandra table with its Elasticsearch index by key and write time:
+    rows missing from the index, documents older than their rows (stale), documents without
+    a row (extra). Exits 1 when it finds drift."""
+
+    async def run(wal: WalstreamClient) -> JobStatus:
+        job = await wal.index_check(namespace, table, repair=repair, rate=rate)
+        click.echo(f"job {job.id}: checking {job.plan.get('table')} against index {job.plan.get('index')}", err=True)
+        return await _follow(wal, job, "checking")
+
+    job = _remote(ctx, url).run(run, request=f"POST /v1/index/{namespace}/{table}/check")
+    if output == "json":
+        _echo_json(job.model_dump(mode="json"))
+    else:
+        c = job.counts
+        click.echo(f"{c.get('rows', 0)} rows, {c.get('documents', 0)} documents: {c.get('missing', 0)} missing, "
+                   f"{c.get('stale', 0)} stale, {c.get('extra', 0)} extra, {c.get('index_newer', 0)} newer in the "
+                   "index than the table")
+        for kind in ("missing", "stale", "extra", "index_newer"):
+            for s in job.samples.get(kind, []):
+                click.echo(f"  {kind}\t{s.get('id')}\t{orjson.dumps(s.get('key')).decode()}")
+    if job.state != "SUCCEEDED":
+        raise click.ClickException(f"index check {job.id} ended {job.state}" + (f": {job.error}" if job.error else ""))
+    if any(job.counts.get(k) for k in ("missing", "stale", "extra")):
+        ctx.exit(1)
 
 
 @main.group()

@@ -389,6 +389,17 @@ class WalstreamClient:
             doc["rate"] = rate
         return JobStatus.model_validate(await self._call("POST", f"/v1/replay/{_seg(namespace)}", json=doc))
 
+    async def index_check(
+        self, namespace: str, table: str, *, repair: bool = False, rate: float | None = None
+    ) -> JobStatus:
+        """Start comparing ``namespace``'s Cassandra table with its Elasticsearch index
+        (walstream.index_check); follow it with :meth:`job`."""
+        doc: dict[str, Any] = {"repair": repair}
+        if rate is not None:
+            doc["rate"] = rate
+        body = await self._call("POST", f"/v1/index/{_seg(namespace)}/{_seg(table)}/check", json=doc)
+        return JobStatus.model_validate(body)
+
     async def job(self, job_id: str) -> JobStatus:
         return JobStatus.model_validate(await self._call("GET", f"/v1/jobs/{_seg(job_id)}"))
 

@@ -23,6 +23,7 @@ from walstream.entry import WriteClock
 from walstream.faust_tables import Changelogs
 from walstream.fleet import Fleet
 from walstream.health import Liveness
+from walstream.index_check import IndexChecks
 from walstream.jobs import Jobs
 from walstream.metrics import Metrics
 from walstream.namespaces.registry import NamespaceRegistry
@@ -79,6 +80,8 @@ class WebContext:
     jobs: Jobs
     #: starts replays as jobs
     replays: Replays
+    #: starts index checks as jobs
+    index_checks: IndexChecks
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,8 @@ _PATH_ROUTES = {
     "/v1/namespaces/{name}": {"DELETE"},
     # a replay reads the entry states of its shard (cancelled entries), and runs there
     "/v1/replay/{namespace}": {"POST"},
+    # and so do index checks (their jobs are found in the namespace's shard)
+    "/v1/index/{namespace}/{table}/check": {"POST"},
 }
 #: routes whose ``{job_id}`` names the namespace (``<kind>.<namespace>.<random>``: walstream.jobs)
 _JOB_ROUTES = {"/v1/jobs/{job_id}": {"GET", "HEAD", "DELETE"}}

@@ -455,6 +455,14 @@ class ElasticsearchTarget(Target):
             out.append(IndexedRow(live.exists, {c: t for c, (_, t) in row.cells.items()}, row.deleted_at))
         return out
 
+    async def count(self, table: str) -> int:
+        """How many documents the table's index holds (0: no index)."""
+        index = self.index_of(table)
+        if not await self._request(lambda: self._client.indices.exists(index=index)):
+            return 0
+        resp = await self._request(lambda: self._client.count(index=index))
+        return int(resp["count"])
+
     async def scan_keys(self, table: str, key_columns: Sequence[str], page: int) -> AsyncIterator[list[dict[str, Any]]]:
         """Every document's key columns, ``page`` documents at a time, over a point in time
         of the index (a consistent view however long the scan; memory: one page). Nothing

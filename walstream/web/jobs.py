@@ -1,4 +1,5 @@
-"""Replay and jobs: ``POST /v1/replay/{namespace}``, ``GET /v1/jobs``, ``GET``/``DELETE
+"""Replay, index checks and jobs: ``POST /v1/replay/{namespace}``,
+``POST /v1/index/{namespace}/{table}/check``, ``GET /v1/jobs``, ``GET``/``DELETE
 /v1/jobs/{job_id}``, and the fleet-internal ``GET /v1/internal/cancelled/{namespace}``.
 
 A job runs in the worker that accepted it (walstream.jobs); any other worker of the fleet
@@ -13,11 +14,13 @@ from urllib.parse import quote
 
 from faust.web import Request, Response, View
 
-from walstream.api import CancelledIds, JobList, JobStatus, ReplayRequest
+from walstream.api import CancelledIds, IndexCheckRequest, JobList, JobStatus, ReplayRequest
 from walstream.context import WebContext
 from walstream.fleet import PeerAnswer
+from walstream.index_check import CheckRefused
 from walstream.replay import ReplayRefused
 from walstream.status import FleetIncomplete
+from walstream.targets.base import TransientError
 from walstream.web.common import BodyError, parse_model, read_json, respond
 from walstream.web.openapi import LOCAL, NAMESPACE, Operation, path_param
 
@@ -34,7 +37,16 @@ OPERATIONS = (
         "before what the topic keeps (the answer gives the earliest time), an unknown target, a bad field.",
     ),
     Operation(
-        "get", "/v1/jobs", "The fleet's jobs (replays)", "replay",
+        "post", "/v1/index/{namespace}/{table}/check", "Compare a Cassandra table with its Elasticsearch index",
+        "replay", params=(NAMESPACE, path_param("table", "the table (and the index's suffix)")),
+        body=IndexCheckRequest, answers={202: JobStatus, 400: None, 404: None, 503: None}, auth="admin",
+        action="checking an index",
+        description="Starts a job (follow it with GET /v1/jobs/{job_id}): counts rows, documents and drift "
+        "(missing, stale, extra, index_newer) with samples. 400 names the problem: a namespace without one "
+        "cassandra and one elasticsearch target, no such table, repair (not built yet).",
+    ),
+    Operation(
+        "get", "/v1/jobs", "The fleet's jobs (replays, index checks)", "replay",
         answers={200: JobList}, auth="admin", action="listing jobs", params=(LOCAL,),
     ),
     Operation(
@@ -108,6 +120,26 @@ def register(ctx: WebContext) -> None:
                 log.exception("replay of %s could not start", namespace)
                 return respond(self, 503, {"message": f"could not plan the replay: {type(exc).__name__}: {exc}; "
                                                       "retry shortly"})
+            answer = respond(self, 202, job.public())
+            answer.headers["Location"] = f"/v1/jobs/{quote(job.id, safe='')}"
+            return answer
+
+    @app.page("/v1/index/{namespace}/{table}/check")
+    class IndexCheckView(View):
+        async def post(self, request: Request, namespace: str, table: str) -> Response:
+            if (refused := denied(self, request, "checking an index")) is not None:
+                return refused
+            try:
+                body = await read_json(request, settings.max_request_bytes, server_limit=settings.max_request_bytes)
+                job = await ctx.index_checks.start(namespace, table, parse_model(IndexCheckRequest, body))
+            except BodyError as exc:
+                return respond(self, exc.status, {"message": exc.message}, close=exc.close)
+            except LookupError as exc:
+                return respond(self, 404, {"message": str(exc.args[0])})
+            except CheckRefused as exc:
+                return respond(self, 400, {"message": str(exc)})
+            except TransientError as exc:
+                return respond(self, 503, {"message": f"cannot read the table now: {exc.message}; retry shortly"})
             answer = respond(self, 202, job.public())
             answer.headers["Location"] = f"/v1/jobs/{quote(job.id, safe='')}"
             return answer

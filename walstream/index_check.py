@@ -1,0 +1,244 @@
+"""Secondary index check: compare a namespace's Cassandra table with its Elasticsearch index
+(both targets of the namespace, describing the same rows), by primary key and write time.
+
+Two passes, each one page in memory at a time, however large the table:
+
+1. **Rows to documents.** The table is read in token order (the driver's paging), each
+   row's key and the write time of each column that has one (``WRITETIME``). For every page
+   the index is asked how it holds those rows, as the Elasticsearch target itself reads them
+   (walstream.targets.elasticsearch: per-column write times in ``_walstream``, tombstones):
+   - ``missing``: the row has live cells and the index has no document (and no newer delete);
+   - ``stale``: the document holds an older write time than the row for some column;
+   - ``index_newer``: the index holds newer writes than the table (the table is behind:
+     a write still being delivered to it, or lost there); reported, not index drift.
+2. **Documents to rows.** The index is read over a point in time; for every page of
+   documents the table is asked whether their keys have rows: ``extra`` when not.
+
+Rows written while the check runs may show as drift that is only delivery in flight: check
+again (drift that stays is drift). Repair is not built yet: a check that asks for it is
+refused, and the answer says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from walstream.api import IndexCheckRequest
+from walstream.jobs import Job, Jobs
+from walstream.mutations import IDENT_RE, Mutation
+from walstream.namespaces.model import CassandraTargetConfig, ElasticsearchTargetConfig, NamespaceConfig
+from walstream.namespaces.registry import NamespaceRegistry
+from walstream.targets.base import PermanentError, TargetError, TransientError
+from walstream.targets.cassandra import CassandraTarget, ScannedRow, TableColumns
+from walstream.targets.elasticsearch import ElasticsearchTarget, IndexedRow
+from walstream.targets.pool import TargetPool
+
+log = logging.getLogger(__name__)
+
+#: rows (documents) read per page
+PAGE = 500
+#: attempts at one page's read before the check fails
+READ_ATTEMPTS = 5
+#: the token range Cassandra's Murmur3 partitioner spreads rows over
+TOKEN_MIN, TOKEN_SPAN = -(2**63), 2**64
+
+
+class CheckRefused(ValueError):
+    """A check that cannot be done as asked (400: the message names the problem)."""
+
+
+@dataclass(frozen=True)
+class CheckPlan:
+    namespace: NamespaceConfig
+    table: str
+    cassandra: CassandraTarget
+    index: ElasticsearchTarget
+    columns: TableColumns
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "table": f"{self.cassandra.cfg.keyspace}.{self.table}",
+            "index": self.index.index_of(self.table),
+            "key_columns": self.columns.keys,
+            "compared_columns": self.columns.timed,
+            "not_compared": self.columns.untimed,
+        }
+
+
+async def plan_check(ns: NamespaceConfig, table: str, pool: TargetPool) -> CheckPlan:
+    """The table and index a check compares. Raises :class:`CheckRefused` when the
+    namespace has not exactly one target of each kind, or the table does not exist."""
+    if not IDENT_RE.match(table):
+        raise CheckRefused(f"table: {table!r} is not a table name (a-z, 0-9 and _, a letter first)")
+    cassandras = [t for t in ns.targets if isinstance(t, CassandraTargetConfig)]
+    indexes = [t for t in ns.targets if isinstance(t, ElasticsearchTargetConfig)]
+    if len(cassandras) != 1 or len(indexes) != 1:
+        raise CheckRefused(
+            f"namespace {ns.name!r} has {len(cassandras)} cassandra and {len(indexes)} elasticsearch targets; "
+            "an index check compares one of each"
+        )
+    cassandra, index = pool.get(cassandras[0]), pool.get(indexes[0])
+    assert isinstance(cassandra, CassandraTarget) and isinstance(index, ElasticsearchTarget)
+    try:
+        columns = await cassandra.table_columns(table)
+    except PermanentError as err:
+        raise CheckRefused(f"table: {err.message}") from None
+    return CheckPlan(ns, table, cassandra, index, columns)
+
+
+def doc_id(table: str, key: dict[str, Any]) -> str:
+    """The document id the Elasticsearch target gives the row with this key."""
+    return Mutation(table=table, op="delete", key={c: _scalar(v) for c, v in key.items()}).doc_id()
+
+
+def _scalar(v: Any) -> Any:
+    # what a client writes for such a key in a mutation payload (JSON): Cassandra gives
+    # uuid.UUID for uuid keys, which a payload carries as text
+    if isinstance(v, (str, int, float, bool)):
+        return v
+    if isinstance(v, uuid.UUID):
+        return str(v)
+    return str(v)
+
+
+def compare(row: ScannedRow, held: IndexedRow) -> tuple[str, dict[str, Any]] | None:
+    """How the index holds ``row``: None (the same), or the kind of drift and its detail."""
+    written = {c: t for c, t in row.written.items() if t is not None}
+    if not held.found:
+        if written and held.deleted_at >= max(written.values()):
+            return "index_newer", {"deleted_at": held.deleted_at}
+        return "missing", {}
+    behind = {c: {"table_ts": t, "index_ts": held.cells.get(c)} for c, t in written.items()
+              if held.cells.get(c, 0) < t}
+    if behind:
+        return "stale", {"columns": behind}
+    ahead = {c: {"table_ts": t, "index_ts": held.cells[c]} for c, t in written.items() if held.cells.get(c, 0) > t}
+    if ahead:
+        return "index_newer", {"columns": ahead}
+    return None
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class IndexChecker:
+    """Runs one check (:meth:`run`) as a job's work: counts ``rows``, ``documents`` and each
+    kind of drift, with samples of each."""
+
+    def __init__(self, plan: CheckPlan, *, rate: float | None, sleep: Sleep = asyncio.sleep) -> None:
+        self.plan = plan
+        self.rate = rate
+        self.sleep = sleep
+        self._started = time.monotonic()
+        self._done = 0
+
+    async def run(self, job: Job) -> None:
+        plan = self.plan
+        for name in ("rows", "documents", "missing", "stale", "extra", "index_newer"):
+            job.counts.setdefault(name, 0)
+        job.total = 1000
+        async for rows in plan.cassandra.scan(plan.table, plan.columns, PAGE):
+            job.check()
+            ids = [doc_id(plan.table, r.key) for r in rows]
+            held = await self._read(job, partial(plan.index.read_rows, plan.table, ids))
+            for row, rid, h in zip(rows, ids, held, strict=True):
+                job.count("rows")
+                if isinstance(h, TargetError):
+                    raise h
+                found = compare(row, h)
+                if found is not None:
+                    kind, detail = found
+                    job.count(kind)
+                    job.sample(kind, {"id": rid, "key": _jsonable(row.key), **detail})
+            job.done = int((rows[-1].token - TOKEN_MIN) / TOKEN_SPAN * 500)
+            await self._pace(job, len(rows))
+        job.done = 500
+        total_docs = max(1, await self._count())
+        seen = 0
+        async for docs in plan.index.scan_keys(plan.table, plan.columns.keys, PAGE):
+            job.check()
+            keys = [{c: d.get(c) for c in plan.columns.keys} for d in docs]
+            exists = await self._read(job, partial(plan.cassandra.existing, plan.table, plan.columns, keys))
+            for key, there in zip(keys, exists, strict=True):
+                job.count("documents")
+                if isinstance(there, TransientError):
+                    raise there
+                if there is not True:  # no row, or a key no row of the table can have
+                    job.count("extra")
+                    reason = {"error": there.message} if isinstance(there, TargetError) else {}
+                    job.sample("extra", {"id": _safe_doc_id(plan.table, key), "key": key, **reason})
+            seen += len(docs)
+            job.done = 500 + min(499, int(seen / total_docs * 500))
+            await self._pace(job, len(docs))
+        job.done = job.total
+
+    async def _count(self) -> int:
+        try:
+            return await self.plan.index.count(self.plan.table)
+        except TargetError:
+            return 0
+
+    async def _read(self, job: Job, read: Callable[[], Awaitable[list[Any]]]) -> list[Any]:
+        """One page's read, tried again on transient failures (a page failing
+        :data:`READ_ATTEMPTS` times fails the check)."""
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            out = await read()
+            if not any(isinstance(o, TransientError) for o in out) or attempt == READ_ATTEMPTS:
+                return out
+            job.check()
+            await self.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
+        return out  # unreachable
+
+    async def _pace(self, job: Job, n: int) -> None:
+        self._done += n
+        if self.rate is None:
+            return
+        ahead = self._done / self.rate - (time.monotonic() - self._started)
+        while ahead > 0:
+            job.check()
+            await self.sleep(min(ahead, 0.25))
+            ahead = self._done / self.rate - (time.monotonic() - self._started)
+
+
+def _jsonable(key: dict[str, Any]) -> dict[str, Any]:
+    return {c: _scalar(v) for c, v in key.items()}
+
+
+def _safe_doc_id(table: str, key: dict[str, Any]) -> str | None:
+    try:
+        return doc_id(table, key)
+    except ValueError:  # not a key a mutation could carry
+        return None
+
+
+class IndexChecks:
+    """Starts index checks as jobs of this worker (``POST /v1/index/{ns}/{table}/check``)."""
+
+    def __init__(self, registry: NamespaceRegistry, pool: TargetPool, jobs: Jobs) -> None:
+        self.registry = registry
+        self.pool = pool
+        self.jobs = jobs
+
+    async def start(self, namespace: str, table: str, request: IndexCheckRequest) -> Job:
+        """Raises :class:`LookupError` for an unknown namespace, :class:`CheckRefused` for a
+        check that cannot be done as asked, and walstream.targets.base.TransientError when
+        Cassandra cannot be asked about the table now."""
+        ns = self.registry.get(namespace)
+        if ns is None:
+            raise LookupError(f"unknown namespace {namespace!r}")
+        if request.repair:
+            raise CheckRefused(
+                "repair: not built yet; run the check without it, then restore what it reports with a replay "
+                "(walstream replay NAMESPACE --from ... --target elasticsearch:PREFIX)"
+            )
+        plan = await plan_check(ns, table, self.pool)
+        checker = IndexChecker(plan, rate=request.rate)
+        asked = {"table": table, **request.model_dump(mode="json")}
+        return self.jobs.start("index", namespace, asked, checker.run, plan=plan.public(), total=1000)

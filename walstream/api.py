@@ -340,7 +340,7 @@ class IndexCheckRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    repair: bool = Field(default=False, strict=True, description="fix the drift through the WAL (not built yet)")
+    repair: bool = Field(default=False, strict=True, description="fix the drift through the WAL")
     rate: float | None = Field(default=None, ge=1, le=1e6, strict=True,
                                description="rows and documents read per second, at most")
 

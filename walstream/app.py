@@ -209,7 +209,7 @@ class WalApp:
         )
         self.jobs = Jobs(self.fleet.self_url, self.metrics)
         self.replays = Replays(s.broker, self.registry, self.targets, self.jobs, self.status.cancelled)
-        self.index_checks = IndexChecks(self.registry, self.targets, self.jobs)
+        self.index_checks = IndexChecks(self.registry, self.targets, self.jobs, self.writer)
         self._wal_topic_names: list[str] = [self.command_topic]
         self.wal_channel = self.faust.topic(
             *self._wal_topic_names,

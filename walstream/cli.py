@@ -1515,7 +1515,8 @@ def index() -> None:
 @index.command("check")
 @click.argument("namespace")
 @click.option("--table", required=True, help="The Cassandra table; its index is <index_prefix><table>.")
-@click.option("--repair", is_flag=True, help="Fix the drift through the WAL (not built yet: refused).")
+@click.option("--repair", is_flag=True, help="Fix the drift through the WAL: puts of the rows' values and deletes "
+              "of extra documents, to the index only, at their original write times (never over newer data).")
 @click.option("--rate", type=click.FloatRange(min=1, max=1e6), callback=lambda ctx, param, value: (
     None if value is None else _finite(param, value)), help="At most this many rows and documents read per second.")
 @output_option
@@ -1525,7 +1526,7 @@ def index_check(ctx: click.Context, namespace: str, table: str, repair: bool, ra
                 url: str | None) -> None:
     """Compare NAMESPACE's Cassandra table with its Elasticsearch index by key and write time:
     rows missing from the index, documents older than their rows (stale), documents without
-    a row (extra). Exits 1 when it finds drift."""
+    a row (extra). Exits 1 when it finds drift; with --repair, when it could not fix some."""
 
     async def run(wal: WalstreamClient) -> JobStatus:
         job = await wal.index_check(namespace, table, repair=repair, rate=rate)
@@ -1539,13 +1540,17 @@ def index_check(ctx: click.Context, namespace: str, table: str, repair: bool, ra
         c = job.counts
         click.echo(f"{c.get('rows', 0)} rows, {c.get('documents', 0)} documents: {c.get('missing', 0)} missing, "
                    f"{c.get('stale', 0)} stale, {c.get('extra', 0)} extra, {c.get('index_newer', 0)} newer in the "
-                   "index than the table")
+                   "index than the table" + (f"; repairs written {c.get('repairs_written', 0)}, failed "
+                                             f"{c.get('repairs_failed', 0)}, unrepairable {c.get('unrepairable', 0)}"
+                                             if repair else ""))
         for kind in ("missing", "stale", "extra", "index_newer"):
             for s in job.samples.get(kind, []):
                 click.echo(f"  {kind}\t{s.get('id')}\t{orjson.dumps(s.get('key')).decode()}")
     if job.state != "SUCCEEDED":
         raise click.ClickException(f"index check {job.id} ended {job.state}" + (f": {job.error}" if job.error else ""))
-    if any(job.counts.get(k) for k in ("missing", "stale", "extra")):
+    # a check fails on drift; a repair on drift it could not fix
+    failing = ("repairs_failed", "unrepairable") if repair else ("missing", "stale", "extra")
+    if any(job.counts.get(k) for k in failing):
         ctx.exit(1)
 
 

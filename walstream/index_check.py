@@ -15,8 +15,22 @@ Two passes, each one page in memory at a time, however large the table:
    documents the table is asked whether their keys have rows: ``extra`` when not.
 
 Rows written while the check runs may show as drift that is only delivery in flight: check
-again (drift that stays is drift). Repair is not built yet: a check that asks for it is
-refused, and the answer says so.
+again (drift that stays is drift).
+
+**Repair** (``repair: true``) fixes drift through the WAL itself, with entries whose target
+is the index only (the table is the truth):
+
+- a missing or stale row: a put of the row's values (Cassandra's ``SELECT JSON``) at each
+  column's own write time, one entry per distinct write time;
+- an extra document: a delete at the document's own newest write time (a delete wins a tie
+  in the index, as a Cassandra tombstone does).
+
+Original write times make repair idempotent and unable to overwrite newer data: a write
+that reached the index after the check read it is newer and wins. The entries are
+delivered like any other (retried, dead-lettered), so the index is repaired once they are:
+a second check says so. Not repaired: columns without a write time (non-frozen collections,
+counters), rows of key columns only, documents without walstream's write times
+(``unrepairable``); and ``index_newer`` (the table is behind, not the index).
 """
 
 from __future__ import annotations
@@ -31,14 +45,16 @@ from functools import partial
 from typing import Any
 
 from walstream.api import IndexCheckRequest
+from walstream.entry import Entry
 from walstream.jobs import Job, Jobs
 from walstream.mutations import IDENT_RE, Mutation
 from walstream.namespaces.model import CassandraTargetConfig, ElasticsearchTargetConfig, NamespaceConfig
 from walstream.namespaces.registry import NamespaceRegistry
 from walstream.targets.base import PermanentError, TargetError, TransientError
 from walstream.targets.cassandra import CassandraTarget, ScannedRow, TableColumns
-from walstream.targets.elasticsearch import ElasticsearchTarget, IndexedRow
+from walstream.targets.elasticsearch import META_FIELD, ElasticsearchTarget, IndexedRow
 from walstream.targets.pool import TargetPool
+from walstream.writer import LogWriter
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +148,12 @@ class IndexChecker:
     """Runs one check (:meth:`run`) as a job's work: counts ``rows``, ``documents`` and each
     kind of drift, with samples of each."""
 
-    def __init__(self, plan: CheckPlan, *, rate: float | None, sleep: Sleep = asyncio.sleep) -> None:
+    def __init__(self, plan: CheckPlan, *, rate: float | None, writer: LogWriter | None = None,
+                 sleep: Sleep = asyncio.sleep) -> None:
         self.plan = plan
         self.rate = rate
+        #: repairs through the WAL when given
+        self.writer = writer
         self.sleep = sleep
         self._started = time.monotonic()
         self._done = 0
@@ -148,6 +167,7 @@ class IndexChecker:
             job.check()
             ids = [doc_id(plan.table, r.key) for r in rows]
             held = await self._read(job, partial(plan.index.read_rows, plan.table, ids))
+            drifted: list[tuple[ScannedRow, str]] = []
             for row, rid, h in zip(rows, ids, held, strict=True):
                 job.count("rows")
                 if isinstance(h, TargetError):
@@ -157,6 +177,10 @@ class IndexChecker:
                     kind, detail = found
                     job.count(kind)
                     job.sample(kind, {"id": rid, "key": _jsonable(row.key), **detail})
+                    if kind in ("missing", "stale"):
+                        drifted.append((row, rid))
+            if self.writer is not None and drifted:
+                await self._repair_rows(job, drifted)
             job.done = int((rows[-1].token - TOKEN_MIN) / TOKEN_SPAN * 500)
             await self._pace(job, len(rows))
         job.done = 500
@@ -166,7 +190,8 @@ class IndexChecker:
             job.check()
             keys = [{c: d.get(c) for c in plan.columns.keys} for d in docs]
             exists = await self._read(job, partial(plan.cassandra.existing, plan.table, plan.columns, keys))
-            for key, there in zip(keys, exists, strict=True):
+            extras: list[tuple[dict[str, Any], Any]] = []
+            for key, doc, there in zip(keys, docs, exists, strict=True):
                 job.count("documents")
                 if isinstance(there, TransientError):
                     raise there
@@ -174,10 +199,70 @@ class IndexChecker:
                     job.count("extra")
                     reason = {"error": there.message} if isinstance(there, TargetError) else {}
                     job.sample("extra", {"id": _safe_doc_id(plan.table, key), "key": key, **reason})
+                    extras.append((key, doc.get(META_FIELD)))
+            if self.writer is not None and extras:
+                await self._repair_extras(job, extras)
             seen += len(docs)
             job.done = 500 + min(499, int(seen / total_docs * 500))
             await self._pace(job, len(docs))
         job.done = job.total
+
+    # -- repair through the WAL ---------------------------------------------------------------
+
+    async def _repair_rows(self, job: Job, drifted: list[tuple[ScannedRow, str]]) -> None:
+        """Puts of these rows' values, to the index only, each at its columns' own write time
+        (one entry per distinct write time): the index takes what it lacks or holds older,
+        and a newer write there is never overwritten."""
+        plan = self.plan
+        values = await plan.cassandra.values(plan.table, plan.columns, [row.key for row, _ in drifted])
+        entries: list[Entry] = []
+        for (row, rid), vals in zip(drifted, values, strict=True):
+            if vals is None:
+                continue  # deleted since it was read
+            by_time: dict[int, list[str]] = {}
+            for column, t in row.written.items():
+                if t is not None:
+                    by_time.setdefault(t, []).append(column)
+            if not by_time:
+                job.count("unrepairable")
+                job.sample("unrepairable", {"id": rid, "why": "no column with a write time (only its key)"})
+                continue
+            key = {c: vals.get(c) for c in plan.columns.keys}
+            for t, columns in sorted(by_time.items()):
+                put = {"table": plan.table, "op": "put", "key": key, "value": {c: vals.get(c) for c in columns}}
+                entries.append(self._entry(rid, put, t))
+        await self._write(job, entries)
+
+    async def _repair_extras(self, job: Job, extras: list[tuple[dict[str, Any], Any]]) -> None:
+        """Deletes of these documents, to the index only, at their own newest write time (a
+        delete wins a tie there): the document goes, and a newer write never does."""
+        entries: list[Entry] = []
+        for key, meta in extras:
+            times = [int(t) for t in (meta or {}).get("ts", {}).values()] if isinstance(meta, dict) else []
+            newest = max([*times, int(meta.get("row_ts", 0)) if isinstance(meta, dict) else 0])
+            rid = _safe_doc_id(self.plan.table, key)
+            if rid is None or newest <= 0:
+                job.count("unrepairable")
+                job.sample("unrepairable", {"id": rid, "key": key, "why": "no walstream write times to delete at"})
+                continue
+            entries.append(self._entry(rid, {"table": self.plan.table, "op": "delete", "key": key}, newest))
+        await self._write(job, entries)
+
+    def _entry(self, key: str, mutation: dict[str, Any], written_at_us: int) -> Entry:
+        return Entry(f"repair-{uuid.uuid4().hex}", self.plan.namespace.name, key, {"mutations": [mutation]},
+                     written_at_us, targets=[self.plan.index.cfg.model_dump(mode="json")])
+
+    async def _write(self, job: Job, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        assert self.writer is not None
+        for entry, result in zip(entries, await self.writer.write([(e, e.encode()) for e in entries]), strict=True):
+            if result.durable == "SUCCESS":
+                job.count("repairs_written")
+            else:
+                job.count("repairs_failed")
+                job.sample("repairs_failed", {"entry": entry.id, "key": entry.key, "durable": str(result.durable),
+                                              "error": result.message})
 
     async def _count(self) -> int:
         try:
@@ -221,8 +306,9 @@ def _safe_doc_id(table: str, key: dict[str, Any]) -> str | None:
 class IndexChecks:
     """Starts index checks as jobs of this worker (``POST /v1/index/{ns}/{table}/check``)."""
 
-    def __init__(self, registry: NamespaceRegistry, pool: TargetPool, jobs: Jobs) -> None:
+    def __init__(self, registry: NamespaceRegistry, pool: TargetPool, jobs: Jobs, writer: LogWriter) -> None:
         self.registry = registry
+        self.writer = writer
         self.pool = pool
         self.jobs = jobs
 
@@ -233,12 +319,7 @@ class IndexChecks:
         ns = self.registry.get(namespace)
         if ns is None:
             raise LookupError(f"unknown namespace {namespace!r}")
-        if request.repair:
-            raise CheckRefused(
-                "repair: not built yet; run the check without it, then restore what it reports with a replay "
-                "(walstream replay NAMESPACE --from ... --target elasticsearch:PREFIX)"
-            )
         plan = await plan_check(ns, table, self.pool)
-        checker = IndexChecker(plan, rate=request.rate)
+        checker = IndexChecker(plan, rate=request.rate, writer=self.writer if request.repair else None)
         asked = {"table": table, **request.model_dump(mode="json")}
         return self.jobs.start("index", namespace, asked, checker.run, plan=plan.public(), total=1000)

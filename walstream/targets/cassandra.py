@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from cassandra import (
     AuthenticationFailed,
     ConsistencyLevel,
@@ -201,6 +202,7 @@ class CassandraTarget(Target):
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         #: per table, the statement that reads whether a key has a row (walstream.index_check)
         self._selects: dict[str, _Statement] = {}
+        self._json_selects: dict[str, PreparedStatement] = {}
 
     async def start(self) -> None:
         await self._ensure_session()
@@ -373,6 +375,28 @@ class CassandraTarget(Target):
                 return err
             except Exception as exc:
                 return classify(exc)
+
+        return list(await asyncio.gather(*(one(k) for k in keys)))
+
+    async def values(
+        self, table: str, cols: TableColumns, keys: Sequence[dict[str, Any]]
+    ) -> list[dict[str, Any] | None]:
+        """Each row's columns as JSON values (Cassandra's ``SELECT JSON``; None: no such row),
+        for keys as :meth:`scan` gives them. Raises what the reads raise."""
+        session = await self._ensure_session()
+        cached = self._json_selects.get(table)
+        if cached is None:
+            where = " AND ".join(f"{c} = ?" for c in cols.keys)
+            cql = f"SELECT JSON * FROM {self.cfg.keyspace}.{table} WHERE {where}"
+            prepared: PreparedStatement = await asyncio.to_thread(session.prepare, cql)
+            prepared.consistency_level = getattr(ConsistencyLevel, self.cfg.consistency)
+            cached = self._json_selects[table] = prepared
+        stmt: PreparedStatement = cached
+
+        async def one(key: dict[str, Any]) -> dict[str, Any] | None:
+            async with self._in_flight:
+                rows = await self._rows(stmt.bind([key[c] for c in cols.keys]))
+            return dict(orjson.loads(rows[0][0])) if rows else None
 
         return list(await asyncio.gather(*(one(k) for k in keys)))
 

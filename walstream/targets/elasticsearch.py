@@ -464,9 +464,9 @@ class ElasticsearchTarget(Target):
         return int(resp["count"])
 
     async def scan_keys(self, table: str, key_columns: Sequence[str], page: int) -> AsyncIterator[list[dict[str, Any]]]:
-        """Every document's key columns, ``page`` documents at a time, over a point in time
-        of the index (a consistent view however long the scan; memory: one page). Nothing
-        when the index does not exist."""
+        """Every document's key columns and its write times (:data:`META_FIELD`), ``page``
+        documents at a time, over a point in time of the index (a consistent view however
+        long the scan; memory: one page). Nothing when the index does not exist."""
         index = self.index_of(table)
         if not await self._request(lambda: self._client.indices.exists(index=index)):
             return
@@ -477,7 +477,7 @@ class ElasticsearchTarget(Target):
             while True:
                 query: dict[str, Any] = {
                     "pit": {"id": pit_id, "keep_alive": "5m"}, "size": page, "sort": ["_shard_doc"],
-                    "source_includes": list(key_columns), "track_total_hits": False,
+                    "source_includes": [*key_columns, META_FIELD], "track_total_hits": False,
                 }
                 if after is not None:
                     query["search_after"] = after

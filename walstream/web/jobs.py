@@ -42,8 +42,8 @@ OPERATIONS = (
         body=IndexCheckRequest, answers={202: JobStatus, 400: None, 404: None, 503: None}, auth="admin",
         action="checking an index",
         description="Starts a job (follow it with GET /v1/jobs/{job_id}): counts rows, documents and drift "
-        "(missing, stale, extra, index_newer) with samples. 400 names the problem: a namespace without one "
-        "cassandra and one elasticsearch target, no such table, repair (not built yet).",
+        "(missing, stale, extra, index_newer) with samples; with repair, the entries written to fix it. 400 "
+        "names the problem: a namespace without one cassandra and one elasticsearch target, no such table.",
     ),
     Operation(
         "get", "/v1/jobs", "The fleet's jobs (replays, index checks)", "replay",

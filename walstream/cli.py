@@ -55,8 +55,8 @@ from walstream.client import (
     WriteResult,
 )
 from walstream.mutations import MutationError, parse_mutations
-from walstream.namespaces.model import NamespaceConfig, NamespaceError, parse_namespace, validation_message
-from walstream.requests import MAX_DELAY_MS
+from walstream.namespaces.model import NAME_RE, NamespaceConfig, NamespaceError, parse_namespace, validation_message
+from walstream.requests import MAX_DELAY_MS, TimeText
 from walstream.settings import Settings
 from walstream.targets.base import ErrorClass
 from walstream.wording import counted
@@ -486,6 +486,15 @@ output_option = click.option(
 )
 
 
+def _namespace_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A namespace's name, checked here: anything else would make the request's path another
+    endpoint (``..``) or none."""
+    if not NAME_RE.match(value):
+        raise click.BadParameter(f"{value!r} is not a namespace name (a-z first, then a-z, 0-9, '_' and '-'; "
+                                 "`walstream namespace list` shows them)")
+    return value
+
+
 def _read_file(file: Path, expected: str = "a YAML or JSON file") -> bytes:
     """The bytes of a file named on the command line; a missing/unreadable file is one line."""
     try:
@@ -590,7 +599,7 @@ def namespace_list(ctx: click.Context, output: str, url: str | None) -> None:
 
 
 @namespace.command("show")
-@click.argument("name")
+@click.argument("name", callback=_namespace_name)
 @output_option
 @url_option
 @click.pass_context
@@ -604,7 +613,7 @@ def namespace_show(ctx: click.Context, name: str, output: str, url: str | None) 
 
 
 @namespace.command("delete")
-@click.argument("name")
+@click.argument("name", callback=_namespace_name)
 @click.option("--force", is_flag=True, help="Also when entries are pending: they are dead-lettered.")
 @url_option
 @click.pass_context
@@ -654,7 +663,7 @@ def _payload(payload: str | None, payload_file: Path | None) -> Any:
 
 
 @main.command()
-@click.argument("namespace")
+@click.argument("namespace", callback=_namespace_name)
 @click.argument("payload", required=False, metavar="[PAYLOAD_JSON | -]")
 @click.option(
     "--payload-file",
@@ -763,7 +772,7 @@ def wait_option(default_s: float, help: str) -> Callable[[F], F]:
 
 
 @entry.command("status")
-@click.argument("namespace")
+@click.argument("namespace", callback=_namespace_name)
 @click.argument("entry_id", metavar="ID")
 @wait_option(0.0, "Seconds to keep asking while the entry is not known yet (just written, not consumed).")
 @output_option
@@ -787,7 +796,7 @@ def entry_status(
 
 
 @entry.command("commit")
-@click.argument("namespace")
+@click.argument("namespace", callback=_namespace_name)
 @click.argument("group_id", metavar="GROUP")
 @click.option("--size", type=click.IntRange(min=1), required=True, help="How many members the group has.")
 @click.option("--id", "entry_id", help="The marker's idempotency key; default: a new UUID4.")
@@ -804,7 +813,7 @@ def entry_commit(ctx: click.Context, namespace: str, group_id: str, size: int, e
 
 
 @entry.command("group")
-@click.argument("namespace")
+@click.argument("namespace", callback=_namespace_name)
 @click.argument("group_id", metavar="GROUP")
 @output_option
 @url_option
@@ -833,7 +842,7 @@ def entry_group(ctx: click.Context, namespace: str, group_id: str, output: str, 
 
 
 @entry.command("cancel")
-@click.argument("namespace")
+@click.argument("namespace", callback=_namespace_name)
 @click.argument("entry_id", metavar="ID")
 @click.option("--key", help="The entry's key, when it is not its id (to cancel an entry not written yet).")
 @output_option
@@ -878,7 +887,7 @@ def _letters_json(letters: list[DeadLetter]) -> dict[str, Any]:
 
 
 @dlq.command("list")
-@click.argument("namespace")
+@click.argument("namespace", callback=_namespace_name)
 @with_filters
 @output_option
 @url_option
@@ -910,7 +919,7 @@ def dlq_list(
 
 
 @dlq.command("show")
-@click.argument("namespace")
+@click.argument("namespace", callback=_namespace_name)
 @click.argument("entry_id")
 @output_option
 @url_option
@@ -928,7 +937,7 @@ def dlq_show(ctx: click.Context, namespace: str, entry_id: str, output: str, url
 
 
 @dlq.command("redrive")
-@click.argument("namespace")
+@click.argument("namespace", callback=_namespace_name)
 @click.option("--id", "ids", multiple=True, help="Entry id (repeatable); default: every match of the filters.")
 @with_filters
 @click.option(
@@ -1337,7 +1346,7 @@ def _bulk_keys(lines: list[str], table: str, key_column: str | None) -> list[tup
 
 
 @main.command("bulk-delete")
-@click.argument("namespace")
+@click.argument("namespace", callback=_namespace_name)
 @click.option("--table", required=True, help="The table (Cassandra) / index suffix (Elasticsearch) to delete from.")
 @click.option("--keys-file", required=True, type=click.File("r", encoding="utf-8"),
               help="One key per line: a JSON object of the key's columns, e.g. {\"id\": \"42\"}; or, with "
@@ -1399,11 +1408,11 @@ def _iso_time(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     """An ISO-8601 time with a timezone, checked here: a bad one is a one-line error."""
     if value is None:
         return None
-    try:  # as the worker reads it (pydantic's ISO-8601)
-        pydantic.TypeAdapter(datetime).validate_python(value)
+    try:  # as the worker reads it
+        parsed = pydantic.TypeAdapter(TimeText).validate_python(value)
     except pydantic.ValidationError:
         raise click.BadParameter(f"not an ISO-8601 time: {value!r} (e.g. 2026-11-30T10:00:00Z)") from None
-    if pydantic.TypeAdapter(datetime).validate_python(value).tzinfo is None:
+    if parsed.tzinfo is None:
         raise click.BadParameter(f"{value!r} needs a timezone (e.g. 2026-11-30T10:00:00Z)")
     return value
 
@@ -1448,7 +1457,7 @@ async def _follow(wal: WalstreamClient, job: JobStatus, label: str) -> JobStatus
 
 
 @main.command()
-@click.argument("namespace")
+@click.argument("namespace", callback=_namespace_name)
 @click.option("--from", "from_", required=True, callback=_iso_time,
               help="Replay entries written from this time (ISO-8601 with a timezone, e.g. 2026-11-30T10:00:00Z).")
 @click.option("--to", callback=_iso_time, help="Stop before this write time (default: the end of the WAL now).")
@@ -1513,7 +1522,7 @@ def index() -> None:
 
 
 @index.command("check")
-@click.argument("namespace")
+@click.argument("namespace", callback=_namespace_name)
 @click.option("--table", required=True, help="The Cassandra table; its index is <index_prefix><table>.")
 @click.option("--repair", is_flag=True, help="Fix the drift through the WAL: puts of the rows' values and deletes "
               "of extra documents, to the index only, at their original write times (never over newer data).")

@@ -91,7 +91,7 @@ class ReplayRefused(ValueError):
 
 def iso_ms(ms: int) -> str:
     ms = min(max(0, ms), MAX_TIME_MS)
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -447,7 +447,8 @@ class Replayer:
         self._emitted += 1
         if self.rate is None:
             return
-        ahead_s = self._emitted / self.rate - (self.clock() - self._paced_from)
+        # the first entry goes at once, each next one 1/rate after the one before
+        ahead_s = (self._emitted - 1) / self.rate - (self.clock() - self._paced_from)
         if ahead_s > 0:
             await self._wait(job, ahead_s)
 

@@ -66,8 +66,13 @@ class RequestError(ValueError):
         self.message = message
 
 
+#: what an ISO-8601 date and time starts with; pydantic would also read a string of digits
+#: as epoch seconds ("1700000000"), which no one writing a time means
+_ISO_START = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]")
+
+
 def time_text(v: Any) -> Any:
-    if not isinstance(v, str):
+    if not isinstance(v, str) or not _ISO_START.match(v):
         raise ValueError("expected an ISO-8601 time as a string, e.g. 2026-11-26T12:00:00Z")
     return v
 

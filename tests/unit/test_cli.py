@@ -331,11 +331,19 @@ def test_a_commands_own_url_overrides_the_global_one(server: Server) -> None:
     assert server.requests == [("GET", "/v1/namespaces")]
 
 
-def test_names_are_one_path_segment(server: Server) -> None:
-    # a name with "/" or "?" must not reach another route
-    server.answer(404, {"message": "unknown namespace"})
-    one_line_error(run(["--url", server.url, "namespace", "show", "a/b?c"]))
-    assert server.requests == [("GET", "/v1/namespaces/a%2Fb%3Fc")]
+@pytest.mark.parametrize("command", [
+    ["namespace", "show", "{name}"], ["namespace", "delete", "{name}"],
+    ["replay", "{name}", "--from", "2026-01-01T00:00Z"], ["dlq", "list", "{name}"],
+    ["entry", "status", "{name}", "e1"], ["index", "check", "{name}", "--table", "t"],
+])
+@pytest.mark.parametrize("name", ["a/b?c", "..", ".", "", "Orders"])
+def test_a_namespace_argument_that_is_no_name_is_refused_before_any_request(
+    server: Server, command: list[str], name: str
+) -> None:
+    # a name with "/", "?" or only dots would reach another route ("GET /v1" for "..")
+    result = run(["--url", server.url, *[a.replace("{name}", name) for a in command]])
+    assert result.exit_code == 2 and "is not a namespace name" in result.stderr, result.stderr
+    assert server.requests == []
 
 
 def test_help_shows_the_address_option_its_variable_and_default() -> None:

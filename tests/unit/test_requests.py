@@ -74,6 +74,8 @@ def test_target_override_replaces_namespace_targets() -> None:
         ({"namespace": "raw", "payload": 1, "lifecycle": {"delay_ms": 1, "deliver_at": "2030-01-01T00:00:00Z"}},
          400, "either delay_ms or deliver_at"),
         ({"namespace": "raw", "payload": 1, "lifecycle": {"deliver_at": "2030-01-01T00:00:00"}}, 400, "timezone"),
+        # digits are not a time, though pydantic would read them as epoch seconds
+        ({"namespace": "raw", "payload": 1, "lifecycle": {"deliver_at": "1900000000"}}, 400, "ISO-8601"),
         ({"namespace": "raw", "payload": 1, "lifecycle": {"deliver_at": "tomorrow"}}, 400, "deliver_at"),
         ({"namespace": "raw", "payload": 1, "lifecycle": {"ttl": 3}}, 400, "ttl"),
         ({"namespace": "raw", "payload": 1, "target": {"type": "ftp"}}, 400, "unknown target type"),

@@ -51,7 +51,7 @@ from cassandra.protocol import (
     ServerError,
     SyntaxException,
 )
-from cassandra.query import BoundStatement, PreparedStatement, SimpleStatement
+from cassandra.query import BoundStatement, PreparedStatement, SimpleStatement, tuple_factory
 
 from walstream.entry import Entry
 from walstream.mutations import Mutation, MutationError, parse_mutations
@@ -223,10 +223,14 @@ class CassandraTarget(Target):
                     reconnection_policy=ExponentialReconnectionPolicy(0.5, 5.0),
                 )
                 try:
-                    self._session = await asyncio.to_thread(cluster.connect)
+                    session = await asyncio.to_thread(cluster.connect)
                 except Exception as exc:
                     cluster.shutdown()
                     raise classify(exc) from exc
+                # rows as plain tuples: the default makes a namedtuple class per result, which
+                # cost an index check (one read per key) 15 % of its time
+                session.row_factory = tuple_factory
+                self._session = session
                 self._cluster = cluster
             return self._session
 

@@ -66,6 +66,10 @@ READ_ATTEMPTS = 5
 TOKEN_MIN, TOKEN_SPAN = -(2**63), 2**64
 
 
+#: key column types whose JSON value has one text form, the one Cassandra gives back
+CANONICAL_KEY_TYPES = frozenset({"text", "varchar", "ascii", "int", "bigint", "smallint", "tinyint", "boolean"})
+
+
 class CheckRefused(ValueError):
     """A check that cannot be done as asked (400: the message names the problem)."""
 
@@ -106,6 +110,14 @@ async def plan_check(ns: NamespaceConfig, table: str, pool: TargetPool) -> Check
         columns = await cassandra.table_columns(table)
     except PermanentError as err:
         raise CheckRefused(f"table: {err.message}") from None
+    odd = {c: columns.types[c] for c in columns.keys if columns.types[c] not in CANONICAL_KEY_TYPES}
+    if odd:
+        said = ", ".join(f"{c} ({t})" for c, t in odd.items())
+        raise CheckRefused(
+            f"table: key column(s) {said}: the index's document ids are the key's values as the client wrote "
+            f"them, and several texts name one such value (case, format), so rows cannot be paired with their "
+            f"documents; keys of {', '.join(sorted(CANONICAL_KEY_TYPES))} can"
+        )
     return CheckPlan(ns, table, cassandra, index, columns)
 
 
@@ -131,11 +143,15 @@ def compare(row: ScannedRow, held: IndexedRow) -> tuple[str, dict[str, Any]] | N
         if written and held.deleted_at >= max(written.values()):
             return "index_newer", {"deleted_at": held.deleted_at}
         return "missing", {}
-    behind = {c: {"table_ts": t, "index_ts": held.cells.get(c)} for c, t in written.items()
-              if held.cells.get(c, 0) < t}
+    # what the index holds of a column: its cell, or a newer delete of it
+    def at(c: str) -> int:
+        return max(held.cells.get(c, 0), held.deleted_at)
+
+    behind = {c: {"table_ts": t, "index_ts": held.cells.get(c)} for c, t in written.items() if at(c) < t}
     if behind:
         return "stale", {"columns": behind}
-    ahead = {c: {"table_ts": t, "index_ts": held.cells[c]} for c, t in written.items() if held.cells.get(c, 0) > t}
+    ahead = {c: {"table_ts": t, "index_ts": held.cells.get(c), "index_deleted_at": held.deleted_at}
+             for c, t in written.items() if at(c) > t}
     if ahead:
         return "index_newer", {"columns": ahead}
     return None
@@ -188,18 +204,25 @@ class IndexChecker:
         seen = 0
         async for docs in plan.index.scan_keys(plan.table, plan.columns.keys, PAGE):
             job.check()
-            keys = [{c: d.get(c) for c in plan.columns.keys} for d in docs]
+            keys = [{c: src.get(c) for c in plan.columns.keys} for _, src in docs]
             exists = await self._read(job, partial(plan.cassandra.existing, plan.table, plan.columns, keys))
             extras: list[tuple[dict[str, Any], Any]] = []
-            for key, doc, there in zip(keys, docs, exists, strict=True):
+            for key, (did, src), there in zip(keys, docs, exists, strict=True):
                 job.count("documents")
                 if isinstance(there, TransientError):
                     raise there
-                if there is not True:  # no row, or a key no row of the table can have
+                own = _safe_doc_id(plan.table, key)
+                if own != did:  # not where the target puts that key's row: no row is its row
+                    job.count("extra")
+                    job.sample("extra", {"id": did, "key": key, "why": "its id is not the one of its key's row"})
+                    job.count("unrepairable")
+                    job.sample("unrepairable", {"id": did, "key": key, "why": "its id is not the one of its key's "
+                                                "row: a delete through the WAL cannot reach it; delete it by hand"})
+                elif there is not True:  # no row, or a key no row of the table can have
                     job.count("extra")
                     reason = {"error": there.message} if isinstance(there, TargetError) else {}
-                    job.sample("extra", {"id": _safe_doc_id(plan.table, key), "key": key, **reason})
-                    extras.append((key, doc.get(META_FIELD)))
+                    job.sample("extra", {"id": did, "key": key, **reason})
+                    extras.append((key, src.get(META_FIELD)))
             if self.writer is not None and extras:
                 await self._repair_extras(job, extras)
             seen += len(docs)
@@ -227,6 +250,10 @@ class IndexChecker:
                 job.count("unrepairable")
                 job.sample("unrepairable", {"id": rid, "why": "no column with a write time (only its key)"})
                 continue
+            unput = [c for c in plan.columns.untimed if vals.get(c) is not None]
+            if unput:
+                job.count("unrepairable")
+                job.sample("unrepairable", {"id": rid, "why": f"columns without a write time not repaired: {unput}"})
             key = {c: vals.get(c) for c in plan.columns.keys}
             for t, columns in sorted(by_time.items()):
                 put = {"table": plan.table, "op": "put", "key": key, "value": {c: vals.get(c) for c in columns}}

@@ -86,6 +86,9 @@ def test_an_index_check_finds_exactly_the_drift_made_by_hand(
     # refusals: one line, naming the problem, and no job
     out = cli(w, "index", "check", unique, "--table", "nope")
     assert out.returncode == 1 and f"no table {ks}.nope" in out.stderr and len(out.stderr.splitlines()) == 1, out
+    cassandra.execute(f"CREATE TABLE {ks}.by_uuid (id uuid PRIMARY KEY, v text)")
+    out = cli(w, "index", "check", unique, "--table", "by_uuid")
+    assert out.returncode == 1 and "key column(s) id (uuid)" in out.stderr, out
     with w.client() as c:
         r = c.post(f"/v1/index/{unique}/movies/check", json={"repairs": True})
         assert r.status_code == 400 and "repairs" in r.json()["message"], r.text

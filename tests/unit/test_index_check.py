@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from walstream.index_check import compare, doc_id
-from walstream.targets.cassandra import ScannedRow
+from walstream.targets.cassandra import ScannedRow, json_values
 from walstream.targets.elasticsearch import IndexedRow
 
 pytestmark = pytest.mark.timeout(10)
@@ -28,6 +28,10 @@ def row(**written: int | None) -> ScannedRow:
     (row(title=10, year=12), IndexedRow(True, {"title": 10}, 0), "stale"),  # a column never written there
     (row(title=10), IndexedRow(True, {"title": 11}, 0), "index_newer"),
     (row(title=None), IndexedRow(False, {}, 0), "missing"),  # a row of key columns only
+    # the index deleted the row after the table's write, then wrote one column again: the
+    # table is behind on both
+    (row(title=10, year=10), IndexedRow(True, {"title": 20}, 15), "index_newer"),
+    (row(title=10, year=16), IndexedRow(True, {"title": 20}, 15), "stale"),  # year newer in the table
 ])
 def test_a_row_is_judged_by_its_columns_write_times(
     table_row: ScannedRow, held: IndexedRow, verdict: str | None
@@ -41,3 +45,13 @@ def test_the_document_id_is_the_targets() -> None:
     assert doc_id("t", {"b": "x|y", "a": 1}) == "1|x\\|y"  # columns in name order, | escaped
     u = uuid.UUID("12345678-1234-5678-1234-567812345678")
     assert doc_id("t", {"id": u}) == str(u)
+
+
+def test_row_values_come_back_as_a_client_would_write_them() -> None:
+    text = ('{"id": "1", "d": 12345678901234567890.123456789, "small": 1.5, "vi": 123456789012345678901234567890, '
+            '"n": 42, "ts": "2026-01-01 00:00:00.000Z", "s": "a b"}')
+    types = {"id": "text", "d": "decimal", "small": "double", "vi": "varint", "n": "int", "ts": "timestamp",
+             "s": "text"}
+    assert json_values(text, types) == {
+        "id": "1", "d": "12345678901234567890.123456789", "small": 1.5, "vi": "123456789012345678901234567890",
+        "n": 42, "ts": "2026-01-01T00:00:00.000Z", "s": "a b"}

@@ -24,13 +24,13 @@ of preparing or executing a statement are classified by :func:`classify`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import struct
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from cassandra import (
     AuthenticationFailed,
     ConsistencyLevel,
@@ -174,6 +174,10 @@ class TableColumns:
     partition: list[str]
     timed: list[str]
     untimed: list[str]
+    #: every column's CQL type, as the schema names it
+    types: dict[str, str]
+    #: static columns (one value per partition)
+    static: list[str]
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,32 @@ class ScannedRow:
     key: dict[str, Any]
     written: dict[str, int | None]
     token: int
+
+
+#: attempts at one read of a table scan before it fails
+READ_ATTEMPTS = 5
+#: the largest integer a JSON number keeps exactly in every reader (a double's 53 bits)
+EXACT_INT = 2**53
+
+
+def json_values(text: str, types: dict[str, str]) -> dict[str, Any]:
+    """A row as ``SELECT JSON`` gives it, as the JSON a client would write: numbers a double
+    cannot hold exactly (varint, decimal) as their text, timestamps in ISO-8601 with a ``T``
+    (Cassandra writes ``2026-01-01 00:00:00.000Z``, which Elasticsearch's dates refuse)."""
+    def number(literal: str) -> Any:
+        as_float = float(literal)
+        return as_float if repr(as_float) == literal or str(as_float) == literal else literal
+
+    def whole(literal: str) -> Any:
+        n = int(literal)
+        return n if -EXACT_INT <= n <= EXACT_INT else literal
+
+    row = dict(json.loads(text, parse_float=number, parse_int=whole))
+    for column, kind in types.items():
+        value = row.get(column)
+        if kind == "timestamp" and isinstance(value, str):
+            row[column] = value.replace(" ", "T", 1)
+    return row
 
 
 class CassandraTarget(Target):
@@ -318,16 +348,19 @@ class CassandraTarget(Target):
             raise PermanentError(f"there is no table {self.cfg.keyspace}.{table}")
         keys = [c.name for c in tmeta.primary_key]
         partition = [c.name for c in tmeta.partition_key]
-        timed, untimed = [], []
+        timed: list[str] = []
+        untimed: list[str] = []
         for name, col in tmeta.columns.items():
             if name in keys:
                 continue
             kind = str(col.cql_type)
-            if kind == "counter" or (kind.split("<", 1)[0] in ("list", "set", "map")):
-                untimed.append(name)
-            else:
-                timed.append(name)
-        return TableColumns(keys, partition, timed, untimed)
+            # a non-frozen collection or user type has one write time per element (CQL gives
+            # a list, or refuses); a counter has none
+            multi = kind.split("<", 1)[0] in ("list", "set", "map") or kind in meta.user_types
+            (untimed if kind == "counter" or multi else timed).append(name)
+        types = {c.name: str(c.cql_type) for c in tmeta.columns.values()}
+        static = [c.name for c in tmeta.columns.values() if getattr(c, "is_static", False)]
+        return TableColumns(keys, partition, timed, untimed, types, static)
 
     async def scan(self, table: str, cols: TableColumns, page: int) -> AsyncIterator[list[ScannedRow]]:
         """Every row of ``table``: its key, each timed column's write time (None: no live
@@ -341,18 +374,32 @@ class CassandraTarget(Target):
                                     consistency_level=getattr(ConsistencyLevel, self.cfg.consistency))
         state: bytes | None = None
         while True:
-            result = await asyncio.to_thread(session.execute, statement, paging_state=state, timeout=self.timeout_s)
+            result = await self._paged(session, statement, state)
             rows = []
+            n = len(cols.keys)
             for values in result.current_rows:
-                values = tuple(values)
-                n = len(cols.keys)
                 key = dict(zip(cols.keys, values[:n], strict=True))
-                rows.append(ScannedRow(key, dict(zip(cols.timed, values[n + 1:], strict=True)), int(values[n])))
+                # a write time that is not one number (a column of elements) is no write time
+                times = zip(cols.timed, values[n + 1:], strict=True)
+                written = {c: (t if isinstance(t, int) else None) for c, t in times}
+                rows.append(ScannedRow(key, written, int(values[n])))
             if rows:
                 yield rows
             state = result.paging_state
             if state is None:
                 return
+
+    async def _paged(self, session: Session, statement: SimpleStatement, state: bytes | None) -> Any:
+        """One page of a scan, tried :data:`READ_ATTEMPTS` times on transient failures."""
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                return await asyncio.to_thread(session.execute, statement, paging_state=state, timeout=self.timeout_s)
+            except Exception as exc:
+                err = classify(exc)
+                if isinstance(err, PermanentError) or attempt == READ_ATTEMPTS:
+                    raise err from exc
+                await asyncio.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
+        raise AssertionError("unreachable")
 
     async def existing(
         self, table: str, cols: TableColumns, keys: Sequence[dict[str, Any]]
@@ -398,9 +445,17 @@ class CassandraTarget(Target):
         stmt: PreparedStatement = cached
 
         async def one(key: dict[str, Any]) -> dict[str, Any] | None:
-            async with self._in_flight:
-                rows = await self._rows(stmt.bind([key[c] for c in cols.keys]))
-            return dict(orjson.loads(rows[0][0])) if rows else None
+            for attempt in range(1, READ_ATTEMPTS + 1):
+                try:
+                    async with self._in_flight:
+                        rows = await self._rows(stmt.bind([key[c] for c in cols.keys]))
+                    return json_values(rows[0][0], cols.types) if rows else None
+                except Exception as exc:
+                    err = classify(exc)
+                    if isinstance(err, PermanentError) or attempt == READ_ATTEMPTS:
+                        raise err from exc
+                    await asyncio.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
+            raise AssertionError("unreachable")
 
         return list(await asyncio.gather(*(one(k) for k in keys)))
 

@@ -53,6 +53,7 @@ those entries are applied in halves again until the one at fault fails alone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -84,6 +85,8 @@ log = logging.getLogger(__name__)
 META_FIELD = "_walstream"
 #: tombstones of index ``I`` live in this hidden index
 TOMBSTONE_PREFIX = ".walstream-tombstones-"
+#: attempts at one read of an index scan before it fails
+READ_ATTEMPTS = 5
 #: how many times one document is re-read after a conflicting concurrent write, per batch
 MAX_CONFLICTS = 8
 #: most documents per ``_mget`` request
@@ -458,19 +461,36 @@ class ElasticsearchTarget(Target):
     async def count(self, table: str) -> int:
         """How many documents the table's index holds (0: no index)."""
         index = self.index_of(table)
-        if not await self._request(lambda: self._client.indices.exists(index=index)):
+        if not await self._read_request(lambda: self._client.indices.exists(index=index)):
             return 0
-        resp = await self._request(lambda: self._client.count(index=index))
+        resp = await self._read_request(lambda: self._client.count(index=index))
         return int(resp["count"])
 
-    async def scan_keys(self, table: str, key_columns: Sequence[str], page: int) -> AsyncIterator[list[dict[str, Any]]]:
-        """Every document's key columns and its write times (:data:`META_FIELD`), ``page``
-        documents at a time, over a point in time of the index (a consistent view however
-        long the scan; memory: one page). Nothing when the index does not exist."""
+    async def _read_request(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """:meth:`_request` for reads, tried :data:`READ_ATTEMPTS` times while the cluster
+        does not serve it; raises the :class:`TargetError` of the last failure."""
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                return await self._request(call)
+            except _Refused as exc:
+                raise exc.error from None
+            except _Down as exc:
+                if attempt == READ_ATTEMPTS:
+                    raise exc.error from None
+                await asyncio.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
+        raise AssertionError("unreachable")
+
+    async def scan_keys(
+        self, table: str, key_columns: Sequence[str], page: int
+    ) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
+        """Every document's id, with its key columns and its write times (:data:`META_FIELD`),
+        ``page`` documents at a time, over a point in time of the index (a consistent view
+        however long the scan; memory: one page). Nothing when the index does not exist.
+        Raises the :class:`TargetError` of a read still failing after :data:`READ_ATTEMPTS`."""
         index = self.index_of(table)
-        if not await self._request(lambda: self._client.indices.exists(index=index)):
+        if not await self._read_request(lambda: self._client.indices.exists(index=index)):
             return
-        pit = await self._request(lambda: self._client.open_point_in_time(index=index, keep_alive="5m"))
+        pit = await self._read_request(lambda: self._client.open_point_in_time(index=index, keep_alive="5m"))
         pit_id = pit["id"]
         after: list[Any] | None = None
         try:
@@ -481,13 +501,13 @@ class ElasticsearchTarget(Target):
                 }
                 if after is not None:
                     query["search_after"] = after
-                resp = await self._request(partial(self._client.search, **query))
+                resp = await self._read_request(partial(self._client.search, **query))
                 hits = resp["hits"]["hits"]
                 if not hits:
                     return
                 pit_id = resp.get("pit_id", pit_id)
                 after = hits[-1]["sort"]
-                yield [dict(h.get("_source") or {}) for h in hits]
+                yield [(str(h["_id"]), dict(h.get("_source") or {})) for h in hits]
         finally:
             try:
                 await self._client.close_point_in_time(id=pit_id)

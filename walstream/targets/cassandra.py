@@ -27,9 +27,9 @@ import asyncio
 import json
 import logging
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from cassandra import (
     AuthenticationFailed,
@@ -196,6 +196,23 @@ READ_ATTEMPTS = 5
 EXACT_INT = 2**53
 
 
+T = TypeVar("T")
+
+
+async def read_retrying(read: Callable[[], Awaitable[T]]) -> T:
+    """``read()``, tried :data:`READ_ATTEMPTS` times with backoff while it fails transiently;
+    raises the :class:`TargetError` of a permanent or the last failure."""
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            return await read()
+        except Exception as exc:
+            err = exc if isinstance(exc, TargetError) else classify(exc)
+            if isinstance(err, PermanentError) or attempt == READ_ATTEMPTS:
+                raise err from exc
+            await asyncio.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
+    raise AssertionError("unreachable")
+
+
 def json_values(text: str, types: dict[str, str]) -> dict[str, Any]:
     """A row as ``SELECT JSON`` gives it, as the JSON a client would write: numbers a double
     cannot hold exactly (varint, decimal) as their text, timestamps in ISO-8601 with a ``T``
@@ -345,6 +362,14 @@ class CassandraTarget(Target):
         meta = session.cluster.metadata.keyspaces.get(self.cfg.keyspace)
         tmeta = None if meta is None else meta.tables.get(table)
         if tmeta is None:
+            # the driver learns of schema changes by events, a moment later: ask, to be sure
+            try:
+                await asyncio.to_thread(session.cluster.refresh_table_metadata, self.cfg.keyspace, table)
+            except Exception:  # no such keyspace or table
+                log.debug("refreshing %s.%s failed", self.cfg.keyspace, table, exc_info=True)
+            meta = session.cluster.metadata.keyspaces.get(self.cfg.keyspace)
+            tmeta = None if meta is None else meta.tables.get(table)
+        if tmeta is None or meta is None:
             raise PermanentError(f"there is no table {self.cfg.keyspace}.{table}")
         keys = [c.name for c in tmeta.primary_key]
         partition = [c.name for c in tmeta.partition_key]
@@ -390,16 +415,9 @@ class CassandraTarget(Target):
                 return
 
     async def _paged(self, session: Session, statement: SimpleStatement, state: bytes | None) -> Any:
-        """One page of a scan, tried :data:`READ_ATTEMPTS` times on transient failures."""
-        for attempt in range(1, READ_ATTEMPTS + 1):
-            try:
-                return await asyncio.to_thread(session.execute, statement, paging_state=state, timeout=self.timeout_s)
-            except Exception as exc:
-                err = classify(exc)
-                if isinstance(err, PermanentError) or attempt == READ_ATTEMPTS:
-                    raise err from exc
-                await asyncio.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
-        raise AssertionError("unreachable")
+        """One page of a scan, tried again on transient failures (:func:`read_retrying`)."""
+        return await read_retrying(
+            lambda: asyncio.to_thread(session.execute, statement, paging_state=state, timeout=self.timeout_s))
 
     async def existing(
         self, table: str, cols: TableColumns, keys: Sequence[dict[str, Any]]
@@ -444,18 +462,13 @@ class CassandraTarget(Target):
             cached = self._json_selects[table] = prepared
         stmt: PreparedStatement = cached
 
+        async def read(key: dict[str, Any]) -> list[Any]:
+            async with self._in_flight:
+                return await self._rows(stmt.bind([key[c] for c in cols.keys]))
+
         async def one(key: dict[str, Any]) -> dict[str, Any] | None:
-            for attempt in range(1, READ_ATTEMPTS + 1):
-                try:
-                    async with self._in_flight:
-                        rows = await self._rows(stmt.bind([key[c] for c in cols.keys]))
-                    return json_values(rows[0][0], cols.types) if rows else None
-                except Exception as exc:
-                    err = classify(exc)
-                    if isinstance(err, PermanentError) or attempt == READ_ATTEMPTS:
-                        raise err from exc
-                    await asyncio.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
-            raise AssertionError("unreachable")
+            rows = await read_retrying(lambda: read(key))
+            return json_values(rows[0][0], cols.types) if rows else None
 
         return list(await asyncio.gather(*(one(k) for k in keys)))
 

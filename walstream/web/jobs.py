@@ -18,6 +18,7 @@ from walstream.api import CancelledIds, IndexCheckRequest, JobList, JobStatus, R
 from walstream.context import WebContext
 from walstream.fleet import PeerAnswer
 from walstream.index_check import CheckRefused
+from walstream.jobs import Job
 from walstream.replay import ReplayRefused
 from walstream.status import FleetIncomplete
 from walstream.targets.base import TransientError
@@ -67,6 +68,13 @@ OPERATIONS = (
         params=(NAMESPACE,), answers={200: CancelledIds, 503: None}, internal=True,
     ),
 )
+
+
+def started(view: View, job: Job) -> Response:
+    """202 with the job, and where to follow it."""
+    answer = respond(view, 202, job.public())
+    answer.headers["Location"] = f"/v1/jobs/{quote(job.id, safe='')}"
+    return answer
 
 
 def register(ctx: WebContext) -> None:
@@ -120,9 +128,7 @@ def register(ctx: WebContext) -> None:
                 log.exception("replay of %s could not start", namespace)
                 return respond(self, 503, {"message": f"could not plan the replay: {type(exc).__name__}: {exc}; "
                                                       "retry shortly"})
-            answer = respond(self, 202, job.public())
-            answer.headers["Location"] = f"/v1/jobs/{quote(job.id, safe='')}"
-            return answer
+            return started(self, job)
 
     @app.page("/v1/index/{namespace}/{table}/check")
     class IndexCheckView(View):
@@ -140,9 +146,7 @@ def register(ctx: WebContext) -> None:
                 return respond(self, 400, {"message": str(exc)})
             except TransientError as exc:
                 return respond(self, 503, {"message": f"cannot read the table now: {exc.message}; retry shortly"})
-            answer = respond(self, 202, job.public())
-            answer.headers["Location"] = f"/v1/jobs/{quote(job.id, safe='')}"
-            return answer
+            return started(self, job)
 
     @app.page("/v1/jobs")
     class JobsView(View):

@@ -158,13 +158,20 @@ async def test_a_delay_timer_stays_until_its_dead_letter_is_acknowledged(harness
     wal.dead_letters._producer = producer  # type: ignore[assignment]
     async with agent(wal).test_context() as ctx:
         # Given a delayed entry whose namespace is then deleted
-        e = entry(1, WriteClock(), "A", due_at_ms=int(time.time() * 1000) + 30)
+        # (due a moment later: a busy test process must not deliver it before the deletion)
+        e = entry(1, WriteClock(), "A", due_at_ms=int(time.time() * 1000) + 500)
         await send(ctx, e)
         # (not through the registry's listeners: they would unsubscribe the WAL topic, and
         # Faust's test context would then number its records as another topic's)
         wal.registry._configs.pop("orders")
-        # When it falls due: dead-lettered (no namespace), the write refused twice
-        await tick(ctx, after_s=0.05)
+        # When it falls due: dead-lettered (no namespace), the write refused twice (ticked
+        # until then: a busy test process may take the first tick before it is due)
+        assert wal.states.get("orders", "e1")["state"] == "DELAYED"  # type: ignore[index]
+        await tick(ctx, after_s=0.55)
+        for _ in range(100):
+            if producer.attempts >= 3 and producer.sent:
+                break
+            await tick(ctx, after_s=0.05)
     assert producer.attempts == 3 and len(producer.sent) == 1
     assert orjson.loads(producer.sent[0][1])["error_class"] == "no_namespace"
     for s in snapshots:

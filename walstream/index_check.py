@@ -67,7 +67,10 @@ TOKEN_MIN, TOKEN_SPAN = -(2**63), 2**64
 
 
 #: key column types whose JSON value has one text form, the one Cassandra gives back
-CANONICAL_KEY_TYPES = frozenset({"text", "varchar", "ascii", "int", "bigint", "smallint", "tinyint", "boolean"})
+CANONICAL_KEY_TYPES = frozenset({"text", "varchar", "ascii", "int", "bigint", "smallint", "tinyint"})
+#: of those, the integers: a client may write them as text ("01", "+3"), which names another
+#: document than the table's form does
+INTEGER_KEY_TYPES = frozenset({"int", "bigint", "smallint", "tinyint"})
 
 
 class CheckRefused(ValueError):
@@ -202,7 +205,9 @@ class IndexChecker:
         job.done = 500
         total_docs = max(1, await self._count())
         seen = 0
-        async for docs in plan.index.scan_keys(plan.table, plan.columns.keys, PAGE):
+        # the point in time outlives the longest wait between two pages at the rate
+        keep_alive_s = 300 if self.rate is None else max(300, int(4 * PAGE / self.rate))
+        async for docs in plan.index.scan_keys(plan.table, plan.columns.keys, PAGE, keep_alive_s=keep_alive_s):
             job.check()
             keys = [{c: src.get(c) for c in plan.columns.keys} for _, src in docs]
             exists = await self._read(job, partial(plan.cassandra.existing, plan.table, plan.columns, keys))
@@ -212,7 +217,13 @@ class IndexChecker:
                 if isinstance(there, TransientError):
                     raise there
                 own = _safe_doc_id(plan.table, key)
-                if own != did:  # not where the target puts that key's row: no row is its row
+                if not self._canonical(key):  # "01" for 1: the row's document is "1"
+                    job.count("extra")
+                    job.sample("extra", {"id": did, "key": key, "why": "its key is not in the table's form"})
+                    job.count("unrepairable")
+                    job.sample("unrepairable", {"id": did, "key": key, "why": "its key is not in the form the table "
+                                                "gives back (e.g. '01' for 1): delete it by hand"})
+                elif own != did:  # not where the target puts that key's row: no row is its row
                     job.count("extra")
                     job.sample("extra", {"id": did, "key": key, "why": "its id is not the one of its key's row"})
                     job.count("unrepairable")
@@ -229,6 +240,21 @@ class IndexChecker:
             job.done = 500 + min(499, int(seen / total_docs * 500))
             await self._pace(job, len(docs))
         job.done = job.total
+
+    def _canonical(self, key: dict[str, Any]) -> bool:
+        """Whether a document's key is written as the table gives it back (integers as
+        integers, or as their plain decimal text)."""
+        for column, value in key.items():
+            if self.plan.columns.types.get(column) in INTEGER_KEY_TYPES:
+                if isinstance(value, bool) or not isinstance(value, (int, str)):
+                    return False
+                if isinstance(value, str):
+                    try:
+                        if str(int(value)) != value:
+                            return False
+                    except ValueError:
+                        return False
+        return True
 
     # -- repair through the WAL ---------------------------------------------------------------
 

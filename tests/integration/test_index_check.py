@@ -117,5 +117,23 @@ def test_an_index_check_finds_exactly_the_drift_made_by_hand(
     assert code == 0 and idle["counts"].get("repairs_written", 0) == 0, idle["counts"]
 
 
+    # an integer key written as other text ("01" for 1) is another document than the row's
+    cassandra.execute(f"CREATE TABLE {ks}.by_int (id int PRIMARY KEY, v text)")
+    with w.client() as c:
+        for key in ("01", 2):
+            r = c.post("/v1/log", json={"namespace": unique, "key": f"k{key}", "payload": {"mutations": [
+                {"table": "by_int", "op": "put", "key": {"id": key}, "value": {"v": "x"}}]}})
+            assert r.status_code == 200, r.text
+    wait_until(lambda: len(list(cassandra.execute(f"SELECT id FROM {ks}.by_int"))) == 2, timeout_s=30,
+               what="the by_int rows")
+    wait_until(lambda: es.indices.exists(index=f"{unique}_by_int") and es.count(index=f"{unique}_by_int")["count"] == 2,
+               timeout_s=30, what="the by_int documents")
+    es.indices.refresh(index=f"{unique}_by_int")
+    out = cli(w, "index", "check", unique, "--table", "by_int", "-o", "json")
+    odd = json.loads(out.stdout)
+    assert out.returncode == 1 and odd["counts"]["missing"] == 1 and odd["counts"]["extra"] == 1, odd["counts"]
+    assert [s["id"] for s in odd["samples"]["extra"]] == ["01"] and odd["counts"]["unrepairable"] == 1
+
+
 def cassandra_writetimes(session: Session, ks: str) -> dict[str, int]:
     return {r.id: r.wt for r in session.execute(f"SELECT id, WRITETIME(title) AS wt FROM {ks}.movies")}

@@ -55,3 +55,14 @@ def test_row_values_come_back_as_a_client_would_write_them() -> None:
     assert json_values(text, types) == {
         "id": "1", "d": "12345678901234567890.123456789", "small": 1.5, "vi": "123456789012345678901234567890",
         "n": 42, "ts": "2026-01-01T00:00:00.000Z", "s": "a b"}
+
+
+def test_numbers_a_double_holds_stay_numbers_and_nested_timestamps_become_iso() -> None:
+    text = ('{"big": 1.0E20, "tenth": 0.1, "lts": ["2026-01-01 00:00:00.000Z"], '
+            '"addr": {"street": "a b", "since": "2026-01-02 03:04:05Z"}, "note": "2026-01-01 00:00:00.000Z"}')
+    types = {"big": "double", "tenth": "double", "lts": "frozen<list<timestamp>>", "addr": "frozen<addr>",
+             "note": "text"}
+    assert json_values(text, types) == {
+        "big": 1e20, "tenth": 0.1, "lts": ["2026-01-01T00:00:00.000Z"],
+        "addr": {"street": "a b", "since": "2026-01-02T03:04:05Z"},
+        "note": "2026-01-01 00:00:00.000Z"}  # text is the client's own

@@ -26,9 +26,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import re
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from cassandra import (
@@ -219,7 +222,9 @@ def json_values(text: str, types: dict[str, str]) -> dict[str, Any]:
     (Cassandra writes ``2026-01-01 00:00:00.000Z``, which Elasticsearch's dates refuse)."""
     def number(literal: str) -> Any:
         as_float = float(literal)
-        return as_float if repr(as_float) == literal or str(as_float) == literal else literal
+        # kept as a number when the double says the same number ("1.0E20" is 1e20; "0.1" is 0.1)
+        exact = math.isfinite(as_float) and Decimal(repr(as_float)) == Decimal(literal)
+        return as_float if exact else literal
 
     def whole(literal: str) -> Any:
         n = int(literal)
@@ -227,10 +232,24 @@ def json_values(text: str, types: dict[str, str]) -> dict[str, Any]:
 
     row = dict(json.loads(text, parse_float=number, parse_int=whole))
     for column, kind in types.items():
-        value = row.get(column)
-        if kind == "timestamp" and isinstance(value, str):
-            row[column] = value.replace(" ", "T", 1)
+        if column in row and kind not in ("text", "varchar", "ascii"):
+            # timestamps nested in collections, tuples and user types too
+            row[column] = _iso_timestamps(row[column])
     return row
+
+
+#: a timestamp as Cassandra's JSON writes it
+_CQL_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d+)?Z$")
+
+
+def _iso_timestamps(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace(" ", "T", 1) if _CQL_TIMESTAMP.match(value) else value
+    if isinstance(value, list):
+        return [_iso_timestamps(v) for v in value]
+    if isinstance(value, dict):
+        return {_iso_timestamps(k): _iso_timestamps(v) for k, v in value.items()}
+    return value
 
 
 class CassandraTarget(Target):

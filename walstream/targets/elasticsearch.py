@@ -481,7 +481,7 @@ class ElasticsearchTarget(Target):
         raise AssertionError("unreachable")
 
     async def scan_keys(
-        self, table: str, key_columns: Sequence[str], page: int
+        self, table: str, key_columns: Sequence[str], page: int, *, keep_alive_s: int = 300
     ) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
         """Every document's id, with its key columns and its write times (:data:`META_FIELD`),
         ``page`` documents at a time, over a point in time of the index (a consistent view
@@ -490,13 +490,14 @@ class ElasticsearchTarget(Target):
         index = self.index_of(table)
         if not await self._read_request(lambda: self._client.indices.exists(index=index)):
             return
-        pit = await self._read_request(lambda: self._client.open_point_in_time(index=index, keep_alive="5m"))
+        keep_alive = f"{keep_alive_s}s"  # between two pages: a paced caller waits that long at most
+        pit = await self._read_request(lambda: self._client.open_point_in_time(index=index, keep_alive=keep_alive))
         pit_id = pit["id"]
         after: list[Any] | None = None
         try:
             while True:
                 query: dict[str, Any] = {
-                    "pit": {"id": pit_id, "keep_alive": "5m"}, "size": page, "sort": ["_shard_doc"],
+                    "pit": {"id": pit_id, "keep_alive": keep_alive}, "size": page, "sort": ["_shard_doc"],
                     "source_includes": [*key_columns, META_FIELD], "track_total_hits": False,
                 }
                 if after is not None:

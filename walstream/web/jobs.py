@@ -10,6 +10,8 @@ worker behind a load balancer.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import quote
 
 from faust.web import Request, Response, View
@@ -108,45 +110,50 @@ def register(ctx: WebContext) -> None:
         return respond(view, 404, {"message": f"no job {job_id!r} in this fleet (a job ends with the worker that "
                                               "ran it, and only the last 100 ended jobs of a worker are kept)"})
 
+    async def start_job(view: View, request: Request, action: str, start: Callable[[Any], Awaitable[Job]],
+                        unavailable: Callable[[Exception], str | None]) -> Response:
+        """A job started from the request's body (202), or the refusal: 401/403, 400 naming
+        the problem, 404 for an unknown namespace, 503 when ``unavailable`` says why."""
+        if (refused := denied(view, request, action)) is not None:
+            return refused
+        try:
+            body = await read_json(request, settings.max_request_bytes, server_limit=settings.max_request_bytes)
+            return started(view, await start(body))
+        except BodyError as exc:
+            return respond(view, exc.status, {"message": exc.message}, close=exc.close)
+        except LookupError as exc:
+            return respond(view, 404, {"message": str(exc.args[0])})
+        except (ReplayRefused, CheckRefused) as exc:
+            return respond(view, 400, {"message": str(exc)})
+        except Exception as exc:
+            if (why := unavailable(exc)) is None:
+                raise
+            return respond(view, 503, {"message": why})
+
+    def replay_unavailable(exc: Exception) -> str:
+        if isinstance(exc, FleetIncomplete):
+            return f"cannot tell which entries were cancelled: {exc}"
+        # Kafka did not answer the plan's questions
+        log.error("a replay could not start", exc_info=exc)
+        return f"could not plan the replay: {type(exc).__name__}: {exc}; retry shortly"
+
+    def table_unavailable(exc: Exception) -> str | None:
+        return f"cannot read the table now: {exc.message}; retry shortly" if isinstance(exc, TransientError) else None
+
     @app.page("/v1/replay/{namespace}")
     class ReplayView(View):
         async def post(self, request: Request, namespace: str) -> Response:
-            if (refused := denied(self, request, "replaying a namespace")) is not None:
-                return refused
-            try:
-                body = await read_json(request, settings.max_request_bytes, server_limit=settings.max_request_bytes)
-                job = await ctx.replays.start(namespace, parse_model(ReplayRequest, body))
-            except BodyError as exc:
-                return respond(self, exc.status, {"message": exc.message}, close=exc.close)
-            except LookupError as exc:
-                return respond(self, 404, {"message": str(exc.args[0])})
-            except ReplayRefused as exc:
-                return respond(self, 400, {"message": str(exc)})
-            except FleetIncomplete as exc:
-                return respond(self, 503, {"message": f"cannot tell which entries were cancelled: {exc}"})
-            except Exception as exc:  # Kafka did not answer the plan's questions
-                log.exception("replay of %s could not start", namespace)
-                return respond(self, 503, {"message": f"could not plan the replay: {type(exc).__name__}: {exc}; "
-                                                      "retry shortly"})
-            return started(self, job)
+            return await start_job(self, request, "replaying a namespace",
+                                   lambda body: ctx.replays.start(namespace, parse_model(ReplayRequest, body)),
+                                   replay_unavailable)
 
     @app.page("/v1/index/{namespace}/{table}/check")
     class IndexCheckView(View):
         async def post(self, request: Request, namespace: str, table: str) -> Response:
-            if (refused := denied(self, request, "checking an index")) is not None:
-                return refused
-            try:
-                body = await read_json(request, settings.max_request_bytes, server_limit=settings.max_request_bytes)
-                job = await ctx.index_checks.start(namespace, table, parse_model(IndexCheckRequest, body))
-            except BodyError as exc:
-                return respond(self, exc.status, {"message": exc.message}, close=exc.close)
-            except LookupError as exc:
-                return respond(self, 404, {"message": str(exc.args[0])})
-            except CheckRefused as exc:
-                return respond(self, 400, {"message": str(exc)})
-            except TransientError as exc:
-                return respond(self, 503, {"message": f"cannot read the table now: {exc.message}; retry shortly"})
-            return started(self, job)
+            return await start_job(
+                self, request, "checking an index",
+                lambda body: ctx.index_checks.start(namespace, table, parse_model(IndexCheckRequest, body)),
+                table_unavailable)
 
     @app.page("/v1/jobs")
     class JobsView(View):

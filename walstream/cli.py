@@ -630,12 +630,13 @@ def namespace_delete(ctx: click.Context, name: str, force: bool, url: str | None
 
 
 def _deliver_at(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """An ISO-8601 time with a timezone, checked here (the worker refuses one without)."""
+    """An ISO-8601 time with a timezone, checked here as the worker reads it (it refuses one
+    without a timezone)."""
     if value is None:
         return None
     try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
+        when = pydantic.TypeAdapter(TimeText).validate_python(value)
+    except pydantic.ValidationError:
         raise click.BadParameter(f"{value!r} is not an ISO-8601 time, e.g. 2030-01-01T12:00:00Z") from None
     if when.tzinfo is None:
         raise click.BadParameter(f"{value!r} has no timezone; add one, e.g. {value}Z or {value}+02:00")

@@ -602,6 +602,15 @@ def test_write_reads_the_payload_from_stdin_or_a_file(how: str, server: Server, 
     assert sent["payload"] == {"n": [1, 2.5, "x"]} and sent["lifecycle"] == {"deliver_at": "2030-01-01T12:00:00Z"}
 
 
+def test_a_deliver_at_the_worker_reads_is_sent(server: Server) -> None:
+    # the CLI reads times as the worker does: a lower-case "z" is UTC there too
+    server.respond = routes({("POST", "/v1/log"): (200, WRITTEN)})
+    result = run(["--url", server.url, "write", "orders", "1", "--deliver-at", "2030-01-01T12:00:00z"])
+    assert result.exit_code == 0, result.output
+    [sent] = writes(server)
+    assert sent["lifecycle"] == {"deliver_at": "2030-01-01T12:00:00z"}
+
+
 def test_an_unknown_answer_is_asked_again_with_the_same_id(server: Server) -> None:
     # Given a worker that answers UNKNOWN once (Kafka did not say in time), then the outcome
     unknown = {"durable": "UNKNOWN", "id": "e1", "message": "no acknowledgement in time"}

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from cassandra.cluster import Cluster, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy
 from elasticsearch import Elasticsearch
 
+from tests.integration import leftovers
 from walstream.stack.stack import runners
 
 KAFKA = "127.0.0.1:9092"
@@ -44,9 +46,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def stack() -> None:
-    """Start (or find running) the local services; ``make test`` has usually done it."""
+    """Start (or find running) the local services; ``make test`` has usually done it.
+
+    In CI the run owns the stack: what killed runs left behind is removed first (see
+    :mod:`tests.integration.leftovers`). Elsewhere other runs may share it, so only each
+    test's own names are removed, after it."""
     for r in runners(["kafka", "cassandra", "elasticsearch"]):
         r.up()
+    if os.environ.get("CI"):
+        cluster = Cluster(["127.0.0.1"], port=9042, protocol_version=5, load_balancing_policy=DCAwareRoundRobinPolicy())
+        try:
+            leftovers.remove_stale(KAFKA, cluster.connect(), ES_URL)
+        finally:
+            cluster.shutdown()
 
 
 def free_port() -> int:
@@ -149,6 +161,17 @@ class Worker:
 @pytest.fixture
 def unique() -> str:
     return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(autouse=True)
+def leave_nothing_behind(unique: str, cassandra: Session) -> Iterator[None]:
+    """After the test (and after its workers stopped), delete the topics, keyspaces and
+    indices named with its token. A failure to do so is a warning: it does not undo the test."""
+    yield
+    try:
+        leftovers.remove(unique, KAFKA, cassandra, ES_URL)
+    except Exception as exc:  # e.g. a service a test stopped is still coming back
+        warnings.warn(f"could not remove the leftovers of {unique}: {exc!r}", stacklevel=1)
 
 
 @pytest.fixture

@@ -39,7 +39,8 @@ from schemathesis.checks import (
 )
 
 from tests.integration.conftest import KAFKA, Worker, put_namespace
-from walstream.namespaces.model import wal_topic
+from tests.integration.leftovers import delete_topics
+from walstream.namespaces.model import dlq_topic, wal_topic
 
 #: examples per operation and mode (positive, negative); operations with few possible inputs
 #: (no parameters) give fewer. The total is asserted to be at least MIN_REQUESTS.
@@ -147,6 +148,7 @@ def test_fuzzing_the_api_from_its_description(start_worker: Callable[..., Worker
     put_namespace(worker, real[1], [{"type": "kafka", "topic": f"{unique}-out"}])
     schema = schemathesis.openapi.from_url(f"{worker.url}/openapi.json")
     tally = Tally()
+    created: set[str] = set()  # namespaces named by the fuzzer: their topics lack the test's token
     unbreakable: list[str] = []
     started = time.monotonic()
 
@@ -160,6 +162,8 @@ def test_fuzzing_the_api_from_its_description(start_worker: Callable[..., Worker
             if mode is GenerationMode.POSITIVE:  # steering a negative request could make it valid
                 steer(case, data.draw, real)
             response = case.call(base_url=worker.url, timeout=60)
+            if label == "PUT /v1/namespaces/{name}" and response.status_code == 200:
+                created.add(str((case.path_parameters or {}).get("name")))
             tally.record(label, case.body if isinstance(case.body, dict) else {}, response)
             case.validate_response(response, checks=checks)
 
@@ -170,16 +174,25 @@ def test_fuzzing_the_api_from_its_description(start_worker: Callable[..., Worker
                 raise
             unbreakable.append(label)  # every input it has is a plain string: none breaks it
 
-    for result in schema.get_all_operations():
-        op = result.ok()
-        positive, negative = EXAMPLES.get((op.method.lower(), op.path), DEFAULT_EXAMPLES)
-        fuzz(op, GenerationMode.POSITIVE, positive, POSITIVE_CHECKS)
-        if op.path_parameters or op.query or op.body:  # else there is nothing to break
-            # a batch answers 200 with one FAILED item per refused entry (an entry refuses only
-            # itself); that nothing of a refused item is written is checked at the WAL below
-            checks = POSITIVE_CHECKS if op.path == "/v1/log/batch" else NEGATIVE_CHECKS
-            fuzz(op, GenerationMode.NEGATIVE, negative, checks)
-    elapsed = time.monotonic() - started
+    try:
+        for result in schema.get_all_operations():
+            op = result.ok()
+            positive, negative = EXAMPLES.get((op.method.lower(), op.path), DEFAULT_EXAMPLES)
+            fuzz(op, GenerationMode.POSITIVE, positive, POSITIVE_CHECKS)
+            if op.path_parameters or op.query or op.body:  # else there is nothing to break
+                # a batch answers 200 with one FAILED item per refused entry (an entry refuses
+                # only itself); that nothing of a refused item is written is checked at the WAL
+                checks = POSITIVE_CHECKS if op.path == "/v1/log/batch" else NEGATIVE_CHECKS
+                fuzz(op, GenerationMode.NEGATIVE, negative, checks)
+        elapsed = time.monotonic() - started
+        check(worker, tally, real, elapsed, unbreakable)
+    finally:
+        topics = {t for name in created - set(real) for t in (wal_topic(name), dlq_topic(name))}
+        asyncio.run(delete_topics(KAFKA, topics.__contains__))
+
+
+def check(worker: Worker, tally: Tally, real: list[str], elapsed: float, unbreakable: list[str]) -> None:
+    """What must hold after the fuzzing (the module's docstring)."""
 
     assert worker.proc is not None and worker.proc.poll() is None, "the worker died"
     assert httpx.get(f"{worker.url}/v1/health", timeout=10).status_code == 200

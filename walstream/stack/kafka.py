@@ -133,8 +133,8 @@ class KafkaService(Service):
         name: str = "kafka",
         port: int = 9092,
         controller_port: int = 9093,
-        # 1 GiB: a broker holding ~19,000 partitions (a day of test runs: each test's app has
-        # its own topics) died of OutOfMemoryError at 512 MiB under the fleet tests
+        # 1 GiB: a broker holding ~19,000 partitions (runs of tests that left their topics
+        # behind, before they removed them) died of OutOfMemoryError at 512 MiB
         heap_mb: int = 1024,
     ) -> None:
         super().__init__(paths)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import resource
 import signal
 import subprocess
 import time
@@ -63,6 +64,37 @@ class LaunchSpec:
     cwd: Path | None = None
     #: run as this unprivileged user when we are root (Elasticsearch refuses root).
     user: str | None = None
+    #: open files the process may hold (``RLIMIT_NOFILE``), raised as far as this machine
+    #: allows (see :func:`raise_open_files`). Kafka holds a file per log segment of every
+    #: partition: a shell's default 1,024 (or even 20,000) runs out once a dev broker holds
+    #: the topics of many test runs, and the broker then stops accepting connections.
+    open_files: int = 1_048_576
+
+
+def raise_open_files(wanted: int) -> None:
+    """Raise this process's ``RLIMIT_NOFILE`` towards ``wanted`` (never lowers it).
+
+    Root with ``CAP_SYS_RESOURCE`` may raise the hard limit up to the kernel's
+    ``fs.nr_open``; anyone else (a container's root often lacks that capability) gets the
+    soft limit raised to the hard one. Called in a service's child before ``exec``.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    infinite = resource.RLIM_INFINITY
+    if hard == infinite:
+        if soft != infinite and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        return
+    if soft >= wanted:  # (a soft limit is never above a finite hard one)
+        return
+    try:
+        ceiling = int(Path("/proc/sys/fs/nr_open").read_text().strip())
+    except (OSError, ValueError):
+        ceiling = hard
+    target = min(wanted, max(hard, ceiling))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, max(hard, target)))
+    except (ValueError, OSError):  # not allowed above the hard limit: up to it, then
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(target, hard), hard))
 
 
 class Service(ABC):
@@ -160,6 +192,10 @@ class ServiceRunner:
             gid = pwd.getpwnam(spec.user).pw_gid
             argv = ["setpriv", f"--reuid={spec.user}", f"--regid={gid}", "--init-groups", "--", *argv]
         env = {**os.environ, **spec.env}
+
+        def before_exec() -> None:  # runs in the child, between fork and exec
+            raise_open_files(spec.open_files)
+
         with open(svc.log_file, "ab") as log:
             log.write(f"\n=== walstream stack: starting {svc.name} at {time.ctime()}\n".encode())
             log.flush()
@@ -171,6 +207,7 @@ class ServiceRunner:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group: `down` signals the whole group
+                preexec_fn=before_exec,
             )
         svc.pid_file.write_text(f"{proc.pid}\n")
 

@@ -16,7 +16,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from walstream import strict_json
-from walstream.namespaces.model import RetryPolicy, TargetConfig, format_validation_error
+from walstream.namespaces.model import REGION_RE, RetryPolicy, TargetConfig, format_validation_error
 from walstream.tables.schedule import MAX_DUE_MS
 
 ENVELOPE_VERSION = 1
@@ -75,6 +75,9 @@ class Entry:
     #: a member of a mutation group (``{"id": G, "seq": N}``) or its commit marker
     #: (``{"id": G, "commit": True, "size": S}``); see walstream.delivery.groups
     group: dict[str, Any] | None = None
+    #: the region the entry was written in (walstream.replication); None outside replication.
+    #: Only that region forwards it to the others.
+    origin: str | None = None
 
     @property
     def order_key(self) -> str:
@@ -108,6 +111,8 @@ class Entry:
             doc["digest"] = self.digest
         if self.group is not None:
             doc["group"] = self.group
+        if self.origin is not None:
+            doc["origin"] = self.origin
         return orjson.dumps(doc)
 
     @classmethod
@@ -166,6 +171,9 @@ class Entry:
         group = doc.get("group")
         if group is not None:
             _check_group(doc, group)
+        origin = doc.get("origin")
+        if origin is not None and not (isinstance(origin, str) and REGION_RE.match(origin)):
+            raise EntryDecodeError("invalid entry: 'origin' must be a region name (a-z, 0-9, '-'; at most 32)")
         return cls(
             id=doc["id"],
             namespace=doc["ns"],
@@ -177,6 +185,7 @@ class Entry:
             retry=retry,
             digest=digest,
             group=group,
+            origin=origin,
         )
 
     @property

@@ -2,7 +2,39 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class ReplicationLag:
+    """``walstream_replication_lag_seconds{namespace,peer}``: how far forwarding to a peer
+    region is behind. While entries wait for the peer (its last forward failed), the age of
+    the entry tried last, growing until the peer takes entries again; after a forward that
+    succeeded, the time that entry took from its write to the peer's acknowledgement."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.gauge = Gauge(
+            "walstream_replication_lag_seconds",
+            "How far forwarding to a peer region is behind: while entries wait for it, the age "
+            "of the entry tried last; else the write-to-acknowledgement time of the last one.",
+            ["namespace", "peer"],
+            registry=registry,
+        )
+        #: (namespace, peer) -> (write time of the entry tried last in s, when it was
+        #: acknowledged in s, or None while it waits)
+        self._last: dict[tuple[str, str], tuple[float, float | None]] = {}
+
+    def observe(self, namespace: str, peer: str, written_at_us: int, forwarded: bool, now_s: float) -> None:
+        """One forward's outcome (``forwarded``: the peer acknowledged it at ``now_s``)."""
+        key = (namespace, peer)
+        if key not in self._last:
+            self.gauge.labels(namespace, peer).set_function(lambda: self._lag(key))
+        self._last[key] = (written_at_us / 1e6, now_s if forwarded else None)
+
+    def _lag(self, key: tuple[str, str]) -> float:
+        written_s, acked_s = self._last[key]
+        return max(0.0, (time.time() if acked_s is None else acked_s) - written_s)
 
 
 class Metrics:
@@ -10,6 +42,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.replication = ReplicationLag(self.registry)
         self.writes = Counter(
             "walstream_writes_total",
             "Write requests answered, by namespace and durable outcome.",

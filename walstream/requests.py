@@ -162,6 +162,7 @@ def parse_log_request(
     lookup: Callable[[str], NamespaceConfig | None],
     clock: WriteClock,
     max_entry_bytes: int,
+    region: str | None = None,
 ) -> tuple[Entry, bytes]:
     """Validate one request; return the entry and its encoded record value.
 
@@ -191,9 +192,13 @@ def parse_log_request(
     ns = lookup(req.namespace)
     if ns is None:
         raise RequestError(404, f"unknown namespace {req.namespace!r}")
+    if req.group is not None and ns.peers_of(region):
+        # its members and marker would be forwarded one by one, as the peer applies them
+        raise RequestError(400, f"group: namespace {ns.name!r} is replicated, and mutation groups are not "
+                           "replicated yet; write groups to a namespace without replication")
 
     targets_override: list[dict[str, Any]] | None = None
-    target_types = {t.type for t in ns.targets}
+    target_types = {t.type for t in ns.all_targets}
     if req.target is not None:
         raw = req.target if isinstance(req.target, list) else [req.target]
         try:
@@ -269,6 +274,8 @@ def parse_log_request(
         retry=req.retry.model_dump() if req.retry is not None else None,
         digest=digest,
         group=req.group.as_doc() if req.group is not None else None,
+        # only an entry of a namespace this region holds is forwarded from here
+        origin=region if ns.peers_of(region) else None,
     )
     try:
         value = entry.encode()

@@ -11,10 +11,11 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from walstream.auth import stored_token
+from walstream.namespaces.model import REGION_RE
 from walstream.shards import DEFAULT_SHARD, SHARD_PATTERN, group_id, parse_shard_urls
 
 
@@ -40,6 +41,13 @@ class Settings(BaseSettings):
     #: (status, cancel, dead letters, its pages) are forwarded there. Without an URL such a
     #: request is answered 503 naming the shard.
     shard_urls: str = ""
+    #: ``WALSTREAM_REGION``: this fleet's region (walstream.replication): entries written here
+    #: to a namespace whose ``replication.regions`` lists it are forwarded to the others listed.
+    #: None (the default): no replication; such namespaces are delivered here like any other.
+    region: str | None = Field(default=None, pattern=REGION_RE.pattern)
+    #: ``WALSTREAM_REGION_BROKERS``: every region's Kafka, ``east=host:9092,west=host2:9092``
+    #: (a region's servers separated by ``;``). Must name this fleet's own region.
+    region_brokers: str = ""
     #: ``WALSTREAM_WEB_HOST`` / ``WALSTREAM_WEB_PORT``: where the write API listens, and the
     #: address other workers of the fleet use to reach this one (so it must resolve for them).
     web_host: str = "127.0.0.1"
@@ -173,6 +181,29 @@ class Settings(BaseSettings):
         parse_shard_urls(v)
         return v
 
+    @field_validator("region_brokers")
+    @classmethod
+    def _region_brokers_parse(cls, v: str) -> str:
+        parse_region_brokers(v)
+        return v
+
+    @model_validator(mode="after")
+    def _own_region_listed(self) -> Settings:
+        brokers = self.region_broker_map
+        if self.region is not None and self.region not in brokers:
+            raise ValueError(
+                f"WALSTREAM_REGION is {self.region!r} but WALSTREAM_REGION_BROKERS does not name it: "
+                f"list every region's Kafka there, {self.region}=<this fleet's brokers> included"
+            )
+        if self.region is None and brokers:
+            raise ValueError("WALSTREAM_REGION_BROKERS is set but WALSTREAM_REGION is not: name this fleet's region")
+        return self
+
+    @property
+    def region_broker_map(self) -> dict[str, str]:
+        """``region_brokers`` as {region: bootstrap servers (comma separated)}."""
+        return parse_region_brokers(self.region_brokers)
+
     @property
     def shard_url_map(self) -> dict[str, str]:
         """``shard_urls`` as {shard: base URL}."""
@@ -202,3 +233,29 @@ class Settings(BaseSettings):
     def namespaces_topic(self) -> str:
         """Compacted topic holding every namespace config, keyed by name."""
         return f"{self.app_id}.namespaces"
+
+
+def parse_region_brokers(text: str) -> dict[str, str]:
+    """``east=h1:9092;h2:9092,west=h3:9092`` as ``{"east": "h1:9092,h2:9092", "west": "h3:9092"}``.
+
+    Raises ValueError naming the item that is not ``region=host:port[;host:port...]``.
+    """
+    out: dict[str, str] = {}
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        region, sep, servers = (p.strip() for p in item.partition("="))
+        hosts = [h.strip() for h in servers.split(";") if h.strip()]
+        if not sep or not REGION_RE.match(region) or not hosts:
+            raise ValueError(
+                f"{item!r} is not region=host:port (a region is a-z, 0-9 and '-'; "
+                "several servers of one region are separated by ';')"
+            )
+        for h in hosts:
+            port = h.rsplit(":", 1)[1] if ":" in h else ""
+            if not (port.isdigit() and 1 <= int(port) <= 65535):
+                raise ValueError(f"{h!r} (region {region}) is not host:port with a port from 1 to 65535")
+        if region in out:
+            raise ValueError(f"region {region!r} is named twice")
+        out[region] = ",".join(hosts)
+    return out

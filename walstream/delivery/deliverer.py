@@ -40,7 +40,7 @@ from walstream.entry import Entry, EntryDecodeError, parse_record
 from walstream.failpoints import Failpoints
 from walstream.kafka_admin import DERIVED_MAX_MESSAGE_BYTES
 from walstream.metrics import Metrics
-from walstream.namespaces.model import NamespaceConfig, PacingConfig, RetryPolicy
+from walstream.namespaces.model import NamespaceConfig, PacingConfig, RegionTargetConfig, RetryPolicy
 from walstream.namespaces.registry import NamespaceRegistry
 from walstream.tables.dead_letter_index import DeadLetterIndex
 from walstream.tables.entry_state import FINAL, EntryState, EntryStates, summarise
@@ -199,7 +199,7 @@ class Deliverer:
         self._pacing: dict[str, PacingConfig | None] = {}
         #: the largest table row the changelog topics accept (set by the composition root)
         self.row_limit_bytes = DERIVED_MAX_MESSAGE_BYTES
-        self._ns_targets: dict[tuple[str, int], list[tuple[dict[str, Any], str, Target]]] = {}
+        self._ns_targets: dict[tuple[str, int, bool], list[tuple[dict[str, Any], str, Target]]] = {}
         # a namespace deleted and created again starts its versions anew: forget its targets
         registry.add_listener(self._forget_targets)
 
@@ -468,8 +468,29 @@ class Deliverer:
                 Timer(kind="delay", due_ms=entry.due_at_ms, seq=rec.offset, entry=doc, source=_src(rec)), out
             )
             state["state"] = EntryState.DELAYED.value
-            return []
+            return self._forward_early(rec, entry, doc, ns, state)
         return self._expand(rec, entry, doc, ns, out, now_s)
+
+    def _forward_early(
+        self, rec: SourceRecord, entry: Entry, doc: dict[str, Any], ns: NamespaceConfig, state: dict[str, Any]
+    ) -> list[Item]:
+        """A delayed entry goes to its peer regions at once, so that each holds it in its own
+        schedule and it is due at the same instant everywhere; its own targets here wait
+        (DELAYED) for the delay timer, which expands to them alone (walstream.replication)."""
+        try:
+            resolved = self._targets_for(ns, entry)
+        except Exception:  # a bad override: the delay timer's expansion dead-letters it
+            return []
+        if not any(cfg["type"] == "region" for cfg, _, _ in resolved):
+            return []
+        items = []
+        for cfg, tid, target in resolved:
+            forwarding = cfg["type"] == "region"
+            wait = EntryState.PENDING if forwarding else EntryState.DELAYED
+            t = state["targets"].setdefault(tid, {"type": cfg["type"], "state": wait.value, "attempts": 0})
+            if forwarding and t["state"] == EntryState.PENDING:
+                items.append(Item(entry, doc, ns, rec, cfg, tid, target))
+        return items
 
     def _invalid_state(self, rec: SourceRecord, doc: Any, message: str, out: _Outcome) -> None:
         """A record that is not a valid entry but names one (string ns, id and key): its status
@@ -603,12 +624,20 @@ class Deliverer:
         """The targets of an entry: its override, else its namespace's (resolved once per
         namespace version: this runs for every entry)."""
         if entry.targets is not None:
+            # named by the entry itself (a write's allowed override, an index repair): applied
+            # here only, never forwarded (walstream.replication)
             return [(cfg, make_target_id(cfg), self.targets.get(cfg)) for cfg in entry.targets]
-        cache_key = (ns.name, ns.version)
+        region = self.targets.settings.region
+        # forwarded only from the region it was written in: a forwarded entry never goes back
+        forward = entry.origin is not None and entry.origin == region
+        cache_key = (ns.name, ns.version, forward)
         resolved = self._ns_targets.get(cache_key)
         if resolved is None:
             resolved = []
-            for t in ns.targets:
+            configs: list[Any] = [*ns.targets_in(region)]
+            if forward:
+                configs += [RegionTargetConfig(type="region", region=peer) for peer in ns.peers_of(region)]
+            for t in configs:
                 cfg = t.model_dump(mode="json")
                 resolved.append((cfg, make_target_id(cfg), self.targets.get(t)))
             self._ns_targets[cache_key] = resolved
@@ -790,8 +819,11 @@ class Deliverer:
     ) -> bool:
         """Record the outcome of one item. Returns True when its key is now blocked."""
         ns_name = it.entry.namespace
-        label = it.target_cfg["type"]
+        label = it.target.label if it.target_cfg["type"] == "region" else it.target_cfg["type"]
         t = self._target_state(out, it)
+        if label != it.target_cfg["type"]:
+            peer = it.target_cfg["region"]
+            self.metrics.replication.observe(ns_name, peer, it.entry.written_at_us, err is None, now_s)
         if err is None:
             # a delivered target has no error: an earlier failure's text would read as current
             t.update(state=EntryState.DELIVERED.value, next_attempt_ms=None, held_behind=None, last_error=None)

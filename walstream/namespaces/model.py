@@ -205,6 +205,33 @@ TargetConfig = Annotated[
 #: target types whose payloads must be mutation payloads (checked at write time)
 MUTATION_TARGET_TYPES = frozenset({"cassandra", "elasticsearch"})
 
+#: a region's name (``WALSTREAM_REGION``, a namespace's ``replication.regions``)
+REGION_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+RegionName = Annotated[str, Field(pattern=REGION_RE.pattern)]
+
+
+class RegionTargetConfig(_Strict):
+    """Forwarding to a peer region (walstream.targets.region): each entry written in this
+    region is produced, as it is, to ``wal.<namespace>`` on that region's Kafka. Never part of
+    a namespace document: walstream derives one per peer from ``replication.regions``."""
+
+    type: Literal["region"]
+    region: RegionName
+
+
+class RegionConfig(_Strict):
+    """What one region of a replicated namespace holds differently: its own ``targets``
+    (default: the namespace's)."""
+
+    targets: list[TargetConfig] | None = Field(default=None, min_length=1, max_length=16)
+
+
+class ReplicationConfig(_Strict):
+    """The regions that hold a namespace (walstream.replication). Each applies every entry
+    to its own targets; the region an entry was written in forwards it to the others."""
+
+    regions: dict[RegionName, RegionConfig] = Field(min_length=2, max_length=16)
+
 
 class NamespaceConfig(_Strict):
     """One namespace. ``version`` is assigned by walstream on every accepted change."""
@@ -232,6 +259,9 @@ class NamespaceConfig(_Strict):
     #: entry may not override the namespace's targets (a client must not make workers call
     #: arbitrary hosts)
     allowed_target_overrides: list[TargetConfig] = Field(default_factory=list, max_length=64)
+    #: the regions holding this namespace, each with its own Kafka and fleet (walstream.replication);
+    #: None: the namespace lives in one region
+    replication: ReplicationConfig | None = None
     #: assigned by walstream on every accepted change; a client does not send it
     version: int = Field(default=0, ge=0, json_schema_extra={"readOnly": True})
 
@@ -260,7 +290,27 @@ class NamespaceConfig(_Strict):
 
     @property
     def needs_mutations(self) -> bool:
-        return any(t.type in MUTATION_TARGET_TYPES for t in self.targets)
+        return any(t.type in MUTATION_TARGET_TYPES for t in self.all_targets)
+
+    @property
+    def all_targets(self) -> list[TargetConfig]:
+        """The targets of every region (an entry must suit each: it is applied in all)."""
+        regions = self.replication.regions.values() if self.replication else []
+        return [*self.targets, *(t for r in regions for t in r.targets or [])]
+
+    def targets_in(self, region: str | None) -> list[TargetConfig]:
+        """This namespace's targets in ``region`` (None: a worker outside replication)."""
+        if region is None or self.replication is None:
+            return self.targets
+        own = self.replication.regions.get(region)
+        return own.targets if own is not None and own.targets is not None else self.targets
+
+    def peers_of(self, region: str | None) -> list[str]:
+        """The regions an entry written in ``region`` is forwarded to: the others listed,
+        when ``region`` is listed itself (sorted)."""
+        if region is None or self.replication is None or region not in self.replication.regions:
+            return []
+        return sorted(r for r in self.replication.regions if r != region)
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"))

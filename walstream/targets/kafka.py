@@ -92,6 +92,9 @@ class KafkaTarget(Target):
     def __init__(self, cfg: KafkaTargetConfig, bootstrap: str, timeout_s: float) -> None:
         self.cfg = cfg
         self.label = f"kafka:{cfg.topic}"
+        self._init_producer(bootstrap, timeout_s)
+
+    def _init_producer(self, bootstrap: str, timeout_s: float) -> None:
         self.bootstrap = bootstrap
         self.timeout_s = timeout_s
         self._producer = self._new_producer()
@@ -160,11 +163,21 @@ class KafkaTarget(Target):
         if self._discarded:
             await asyncio.gather(*self._discarded, return_exceptions=True)
 
-    async def _check_topic(self, producer: AIOKafkaProducer) -> None:
-        """Raise unless the topic exists and this client may write it (one metadata
+    def topic_of(self, entry: Entry) -> str:
+        """The topic ``entry`` is produced to."""
+        return self.cfg.topic
+
+    def record_of(self, entry: Entry) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """The value and headers of ``entry``'s record (keyed by the entry key)."""
+        return orjson.dumps(entry.payload), [
+            ("walstream-id", entry.id.encode()),
+            ("walstream-ts", str(entry.written_at_us).encode()),
+        ]
+
+    async def _check_topic(self, producer: AIOKafkaProducer, topic: str) -> None:
+        """Raise unless ``topic`` exists and this client may write it (one metadata
         request when the topic is not known yet; afterwards free)."""
         client = producer.client
-        topic = self.cfg.topic
         if client.cluster.partitions_for_topic(topic) is not None:
             return
         client.add_topic(topic)  # tracked from now on: a topic created later is seen
@@ -184,24 +197,27 @@ class KafkaTarget(Target):
             # this call's producer: once discarded (by a failed delivery of another call,
             # or of this one) it gets no more records; the runtime retries them in order
             producer = await self._started_producer()
-            await self._check_topic(producer)
         except TargetError as err:
             return [err] * len(entries)
+        checked: dict[str, TargetError | None] = {}
         futures: list[asyncio.Future[object] | TargetError] = []
         for e in entries:
             if producer is not self._producer:
                 futures.append(TransientError(f"{self.label}: producer discarded after a failed delivery"))
                 continue
+            topic = self.topic_of(e)
+            if topic not in checked:
+                try:
+                    await self._check_topic(producer, topic)
+                    checked[topic] = None
+                except TargetError as err:
+                    checked[topic] = err
+            if (topic_error := checked[topic]) is not None:
+                futures.append(topic_error)
+                continue
             try:
-                fut = await producer.send(
-                    self.cfg.topic,
-                    value=orjson.dumps(e.payload),
-                    key=e.key_bytes,
-                    headers=[
-                        ("walstream-id", e.id.encode()),
-                        ("walstream-ts", str(e.written_at_us).encode()),
-                    ],
-                )
+                value, headers = self.record_of(e)
+                fut = await producer.send(topic, value=value, key=e.key_bytes, headers=headers)
             except Exception as exc:
                 if not isinstance(exc, _RECORD_ERRORS):
                     self._discard(producer)

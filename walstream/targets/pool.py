@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from pydantic import TypeAdapter
+from pydantic import Field, TypeAdapter
 
 from walstream.namespaces.model import (
     CassandraTargetConfig,
@@ -14,6 +14,7 @@ from walstream.namespaces.model import (
     HttpTargetConfig,
     KafkaTargetConfig,
     NoopTargetConfig,
+    RegionTargetConfig,
     TargetConfig,
 )
 from walstream.settings import Settings
@@ -21,7 +22,9 @@ from walstream.targets.base import Target
 
 log = logging.getLogger(__name__)
 
-_adapter: TypeAdapter[TargetConfig] = TypeAdapter(TargetConfig)
+#: what a delivery target may be: a namespace's targets, or forwarding to a peer region
+AnyTargetConfig = Annotated[TargetConfig | RegionTargetConfig, Field(discriminator="type")]
+_adapter: TypeAdapter[AnyTargetConfig] = TypeAdapter(AnyTargetConfig)
 
 
 class TargetPool:
@@ -31,7 +34,7 @@ class TargetPool:
         self.settings = settings
         self._targets: dict[bytes, Target] = {}
 
-    def get(self, cfg: TargetConfig | dict[str, Any]) -> Target:
+    def get(self, cfg: AnyTargetConfig | dict[str, Any]) -> Target:
         model = _adapter.validate_python(cfg) if isinstance(cfg, dict) else cfg
         cache_key = orjson.dumps(model.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
         target = self._targets.get(cache_key)
@@ -40,8 +43,15 @@ class TargetPool:
             self._targets[cache_key] = target
         return target
 
-    def _build(self, cfg: TargetConfig) -> Target:
+    def _build(self, cfg: AnyTargetConfig) -> Target:
         s = self.settings
+        if isinstance(cfg, RegionTargetConfig):
+            from walstream.targets.region import RegionTarget
+
+            brokers = s.region_broker_map.get(cfg.region)
+            if brokers is None:
+                raise ValueError(f"region {cfg.region!r} is not in WALSTREAM_REGION_BROKERS")
+            return RegionTarget(cfg, brokers, s.target_timeout_s)
         if isinstance(cfg, CassandraTargetConfig):
             from walstream.targets.cassandra import CassandraTarget
 

@@ -19,6 +19,7 @@ from walstream.namespaces.model import (
     parse_namespace,
     wal_topic,
 )
+from walstream.replication import region_problem
 from walstream.shards import group_id
 from walstream.status import FleetIncomplete
 from walstream.web.common import BodyError, read_body, respond
@@ -85,6 +86,8 @@ def register(ctx: WebContext) -> None:
                 cfg = parse_namespace(body, name=name)
             except NamespaceError as exc:
                 return respond(self, 400, {"message": str(exc)})
+            if (problem := region_problem(cfg, settings)) is not None:
+                return respond(self, 400, {"message": problem})
             existing = registry.get(name)
             if existing is not None and existing.shard != cfg.shard:
                 # its pending entries, timers, states and dead letters are in the old shard's

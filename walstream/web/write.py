@@ -93,7 +93,8 @@ def register(ctx: WebContext) -> None:
 
     def validate(doc: Any) -> tuple[Entry, bytes]:
         return parse_log_request(
-            doc, lookup=ctx.registry.get, clock=ctx.clock, max_entry_bytes=ctx.entry_limit_bytes()
+            doc, lookup=ctx.registry.get, clock=ctx.clock, max_entry_bytes=ctx.entry_limit_bytes(),
+            region=settings.region,
         )
 
     def known_write(entry: Entry) -> dict[str, Any] | None:

@@ -1,0 +1,266 @@
+"""Cross-region replication's rules (walstream.replication), through Faust's
+``agent.test_context()`` on memory:// and rocksdb://: what a region forwards, what it never
+forwards again, delayed entries forwarded at once, and the settings and configs that make a
+region. The forwarding itself on two real Kafka clusters: tests/integration/test_replication.py.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.unit.conftest import RecordingTarget, add_namespace, build_wal
+from tests.unit.test_delivery_agent import agent, send, tick
+from walstream.app import WalApp
+from walstream.entry import Entry, EntryDecodeError, WriteClock
+from walstream.namespaces.model import NamespaceError, RegionTargetConfig, parse_namespace
+from walstream.replication import region_problem
+from walstream.requests import RequestError, parse_log_request
+from walstream.settings import Settings, parse_region_brokers
+from walstream.targets.region import RegionTarget
+
+pytestmark = pytest.mark.timeout(60)
+
+BROKERS = "east=127.0.0.1:1,west=127.0.0.1:2;127.0.0.1:3,south=127.0.0.1:4"
+NS = {
+    "name": "profiles",
+    "targets": [{"type": "noop"}],
+    "retry": {"initial_delay_ms": 1, "max_delay_ms": 5, "max_attempts": 3, "jitter": 0},
+    "replication": {"regions": {"east": {}, "west": {"targets": [{"type": "kafka", "topic": "west-out"}]}}},
+}
+
+
+class Targets:
+    """Every target of the worker, by what it is: ``local`` (this region's own), or one per
+    peer region, as the deliverer asks the pool for them."""
+
+    def __init__(self, wal: WalApp) -> None:
+        self.local = RecordingTarget("local")
+        self.peers: dict[str, RecordingTarget] = {}
+        wal.targets.get = self.get  # type: ignore[method-assign]
+
+    def get(self, cfg: Any) -> RecordingTarget:
+        doc = cfg if isinstance(cfg, dict) else cfg.model_dump(mode="json")
+        if doc["type"] == "region":
+            return self.peers.setdefault(doc["region"], RecordingTarget(f"region:{doc['region']}"))
+        return self.local
+
+    def forwarded(self, region: str) -> list[str]:
+        return [e.id for e in self.peers[region].applied] if region in self.peers else []
+
+
+@pytest.fixture
+def east(store: str, tmp_path: Path) -> tuple[WalApp, Targets]:
+    wal = build_wal(store, tmp_path, region="east", region_brokers=BROKERS)
+    add_namespace(wal, NS)
+    from tests.unit.conftest import FakeProducer
+
+    wal.dead_letters._producer = FakeProducer()  # type: ignore[assignment]
+    return wal, Targets(wal)
+
+
+def written(i: int, clock: WriteClock, origin: str | None = "east", **kw: Any) -> Entry:
+    return Entry(id=f"e{i}", namespace="profiles", key=f"k{i % 2}", payload={"n": i},
+                 written_at_us=clock.now_us(), origin=origin, **kw)
+
+
+def state(wal: WalApp, entry_id: str) -> dict[str, Any]:
+    doc = wal.states.get("profiles", entry_id)
+    assert doc is not None
+    return doc
+
+
+async def test_an_entry_written_here_is_applied_here_and_forwarded_to_each_peer(east: tuple[WalApp, Targets]) -> None:
+    wal, targets = east
+    clock = WriteClock()
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, written(1, clock), written(2, clock))
+        await tick(ctx)
+    assert [e.id for e in targets.local.applied] == ["e1", "e2"]
+    # west is the only other region the namespace lists (south is known but does not hold it)
+    assert sorted(targets.peers) == ["west"]
+    assert targets.forwarded("west") == ["e1", "e2"]
+    # forwarded as written: same id, key, write time and origin
+    assert targets.peers["west"].applied[0].origin == "east"
+    assert state(wal, "e1")["state"] == "DELIVERED"
+
+
+async def test_an_entry_from_another_region_is_applied_and_never_forwarded_again(
+    east: tuple[WalApp, Targets],
+) -> None:
+    wal, targets = east
+    clock = WriteClock()
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, written(1, clock, origin="west"), written(2, clock, origin=None))
+        await tick(ctx)
+    assert [e.id for e in targets.local.applied] == ["e1", "e2"]
+    assert targets.peers == {}  # neither a forwarded entry nor one written outside replication
+
+
+async def test_an_entry_naming_its_own_targets_is_not_forwarded(east: tuple[WalApp, Targets]) -> None:
+    wal, targets = east
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, written(1, WriteClock(), targets=[{"type": "noop"}]))
+        await tick(ctx)
+    assert [e.id for e in targets.local.applied] == ["e1"]
+    assert targets.peers == {}
+
+
+async def test_a_delayed_entry_is_forwarded_at_once_and_applied_here_when_due(east: tuple[WalApp, Targets]) -> None:
+    wal, targets = east
+    clock = WriteClock()
+    due_ms = int(time.time() * 1000) + 400
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, written(1, clock, due_at_ms=due_ms))
+        await tick(ctx)
+        # forwarded before it is due (the peer holds it in its own schedule) ...
+        assert targets.forwarded("west") == ["e1"]
+        assert targets.peers["west"].applied_at[0] * 1000 < due_ms
+        # ... and waiting here
+        assert targets.local.applied == []
+        doc = state(wal, "e1")
+        assert doc["state"] == "DELAYED"
+        assert sorted(t["state"] for t in doc["targets"].values()) == ["DELAYED", "DELIVERED"]
+        while time.time() * 1000 < due_ms + 50:
+            await tick(ctx, after_s=0.05)
+    assert [e.id for e in targets.local.applied] == ["e1"]
+    assert targets.local.applied_at[0] * 1000 >= due_ms  # never early
+    assert targets.forwarded("west") == ["e1"]  # not forwarded again when due
+    assert state(wal, "e1")["state"] == "DELIVERED"
+
+
+async def test_a_peer_that_is_down_holds_only_its_own_forwarding(east: tuple[WalApp, Targets]) -> None:
+    wal, targets = east
+    targets.get({"type": "region", "region": "west"}).down_for_calls = 2
+    clock = WriteClock()
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, written(1, clock), written(2, clock))
+        await tick(ctx)
+        assert [e.id for e in targets.local.applied] == ["e1", "e2"]  # not held by the peer
+        lag = wal.metrics.registry.get_sample_value(
+            "walstream_replication_lag_seconds", {"namespace": "profiles", "peer": "west"})
+        assert lag is not None and lag > 0
+        deadline = time.monotonic() + 10
+        while len(targets.forwarded("west")) < 2 and time.monotonic() < deadline:
+            await tick(ctx, after_s=0.05)
+    assert targets.forwarded("west") == ["e1", "e2"]  # in their write order, once each
+    assert state(wal, "e2")["state"] == "DELIVERED"
+
+
+# -- configs and settings -------------------------------------------------------------------
+
+
+def test_a_region_holds_its_own_targets_or_the_namespaces() -> None:
+    cfg = parse_namespace(NS)
+    assert [t.type for t in cfg.targets_in("east")] == ["noop"]
+    assert [t.type for t in cfg.targets_in("west")] == ["kafka"]
+    assert [t.type for t in cfg.targets_in(None)] == ["noop"]
+    assert cfg.peers_of("east") == ["west"] and cfg.peers_of("west") == ["east"]
+    assert cfg.peers_of("south") == [] and cfg.peers_of(None) == []
+    assert [t.type for t in cfg.all_targets] == ["noop", "kafka"]
+
+
+@pytest.mark.parametrize(("replication", "problem"), [
+    ({"regions": {"east": {}}}, "at least 2"),
+    ({"regions": {"East": {}, "west": {}}}, "pattern"),
+    ({"regions": {"east": {"targets": []}, "west": {}}}, "at least 1"),
+    ({"regions": {"east": {"targets": [{"type": "region", "region": "west"}]}, "west": {}}}, "unknown target type"),
+    ({"regions": {"east": {}, "west": {}}, "lag": 1}, "unknown field"),
+])
+def test_bad_replication_configs_are_refused_naming_the_field(replication: dict[str, Any], problem: str) -> None:
+    with pytest.raises(NamespaceError, match=problem) as err:
+        parse_namespace({**NS, "replication": replication})
+    assert "replication" in str(err.value)
+
+
+def test_a_region_target_is_never_a_namespace_target() -> None:
+    with pytest.raises(NamespaceError, match="unknown target type 'region'"):
+        parse_namespace({"name": "x", "targets": [{"type": "region", "region": "west"}]})
+
+
+def test_a_fleet_holds_only_namespaces_that_list_its_region_and_known_regions() -> None:
+    east = Settings(region="east", region_brokers=BROKERS)
+    assert region_problem(parse_namespace(NS), east) is None
+    assert region_problem(parse_namespace({"name": "x", "targets": [{"type": "noop"}]}), east) is None
+    away = parse_namespace({**NS, "replication": {"regions": {"west": {}, "south": {}}}})
+    assert "not this fleet's region 'east'" in (region_problem(away, east) or "")
+    unknown = parse_namespace({**NS, "replication": {"regions": {"east": {}, "north": {}}}})
+    assert "'north' not in this fleet's WALSTREAM_REGION_BROKERS" in (region_problem(unknown, east) or "")
+    # a worker outside replication takes it as a namespace of its own
+    assert region_problem(unknown, Settings()) is None
+
+
+def test_region_brokers_are_read_and_checked() -> None:
+    assert parse_region_brokers(BROKERS) == {
+        "east": "127.0.0.1:1", "west": "127.0.0.1:2,127.0.0.1:3", "south": "127.0.0.1:4"}
+    assert parse_region_brokers("") == {}
+    for bad, says in [("east", "not region=host:port"), ("east=", "not region=host:port"),
+                      ("East=h:1", "not region=host:port"), ("east=h", "port from 1 to 65535"),
+                      ("east=h:0", "port from 1 to 65535"), ("east=h:1,east=h:2", "named twice")]:
+        with pytest.raises(ValueError, match=says):
+            parse_region_brokers(bad)
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"region": "east"}, "does not name it"),
+    ({"region": "north", "region_brokers": BROKERS}, "does not name it"),
+    ({"region_brokers": BROKERS}, "WALSTREAM_REGION is not"),
+])
+def test_a_region_must_be_among_the_region_brokers(env: dict[str, str], says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        Settings(**env)
+
+
+# -- the entry and the write --------------------------------------------------------------
+
+
+def test_the_origin_travels_in_the_envelope() -> None:
+    e = written(1, WriteClock(), due_at_ms=123)
+    assert Entry.decode(e.encode()) == e
+    assert "origin" not in orjson.loads(written(2, WriteClock(), origin=None).encode())
+    for bad in ("", "East", 7, "a" * 33):
+        doc = {**orjson.loads(e.encode()), "origin": bad}
+        with pytest.raises(EntryDecodeError, match="'origin' must be a region name"):
+            Entry.from_doc(doc)
+
+
+def test_a_write_to_a_replicated_namespace_carries_this_regions_origin() -> None:
+    cfg = parse_namespace(NS)
+    plain = parse_namespace({"name": "plain", "targets": [{"type": "noop"}]})
+    lookup = {"profiles": cfg, "plain": plain}.get
+
+    def write(doc: dict[str, Any], region: str | None) -> Entry:
+        return parse_log_request(doc, lookup=lookup, clock=WriteClock(), max_entry_bytes=1 << 20, region=region)[0]
+
+    assert write({"namespace": "profiles", "payload": 1}, "east").origin == "east"
+    assert write({"namespace": "profiles", "payload": 1}, "south").origin is None  # it does not hold it
+    assert write({"namespace": "profiles", "payload": 1}, None).origin is None
+    assert write({"namespace": "plain", "payload": 1}, "east").origin is None
+    with pytest.raises(RequestError, match="mutation groups are not replicated") as err:
+        write({"namespace": "profiles", "group": {"id": "g", "seq": 0}, "payload": 1}, "east")
+    assert err.value.status == 400
+
+
+def test_a_write_must_suit_the_targets_of_every_region() -> None:
+    cfg = parse_namespace({**NS, "replication": {"regions": {
+        "east": {}, "west": {"targets": [{"type": "cassandra", "keyspace": "k"}]}}}})
+    with pytest.raises(RequestError) as err:
+        parse_log_request({"namespace": "profiles", "payload": {"not": "mutations"}}, lookup={"profiles": cfg}.get,
+                          clock=WriteClock(), max_entry_bytes=1 << 20, region="east")
+    assert err.value.status == 400 and "mutations" in str(err.value)
+
+
+async def test_the_region_target_forwards_the_entry_as_written_to_the_peers_wal_topic() -> None:
+    target = RegionTarget(RegionTargetConfig(type="region", region="west"), "127.0.0.1:2", 5.0)
+    try:
+        e = written(1, WriteClock(), due_at_ms=99)
+        assert target.label == "region:west"
+        assert target.topic_of(e) == "wal.profiles"
+        value, headers = target.record_of(e)
+        assert Entry.decode(value) == e and headers == []
+    finally:
+        await target.close()

@@ -1,0 +1,34 @@
+"""Forwarding to a peer region: the ``region:<name>`` target of replicated namespaces.
+
+Each entry is produced, exactly as it was written (same id, key, write time, due time,
+payload, and ``origin``: the region it was written in), to ``wal.<namespace>`` on the peer's
+Kafka. The peer's fleet applies it to its own targets and, since it was written elsewhere,
+never forwards it again (walstream.replication). The record is keyed by the entry key, so a
+key's entries keep their order in the peer's partition too.
+
+It is a tracked target like any other: retries with the namespace's policy, a circuit breaker
+while the peer's Kafka is down (the entries wait durably in this region's tables), dead
+letters and redrive. The producer is the :class:`~walstream.targets.kafka.KafkaTarget`'s, with
+all of its repair of failed producers. Forwarding is at-least-once: a record forwarded again
+(after a crash between the peer's acknowledgement and this region's commit) carries the same
+id, and the peer's delivery skips an id it already tracks.
+"""
+
+from __future__ import annotations
+
+from walstream.entry import Entry
+from walstream.namespaces.model import RegionTargetConfig, wal_topic
+from walstream.targets.kafka import KafkaTarget
+
+
+class RegionTarget(KafkaTarget):
+    def __init__(self, cfg: RegionTargetConfig, bootstrap: str, timeout_s: float) -> None:
+        self.region_cfg = cfg
+        self.label = f"region:{cfg.region}"
+        self._init_producer(bootstrap, timeout_s)
+
+    def topic_of(self, entry: Entry) -> str:
+        return wal_topic(entry.namespace)
+
+    def record_of(self, entry: Entry) -> tuple[bytes, list[tuple[str, bytes]]]:
+        return entry.encode(), []

@@ -128,6 +128,13 @@ class EntryStatus(Answer):
     group: dict[str, Any] | None = Field(
         default=None, description="a mutation group's member (`{id, seq}`) or commit marker (`{id, commit, size}`)"
     )
+    origin: str | None = Field(
+        default=None, description="the region the entry was written in (replicated namespaces only)"
+    )
+    peers: dict[str, str] | None = Field(
+        default=None, description="a cancellation of a replicated namespace's entry: per other region, `sent` "
+        "(its Kafka has it) or why it was not reached (ask again once it is back)"
+    )
 
 
 class GroupStatus(Answer):

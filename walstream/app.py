@@ -51,6 +51,7 @@ from walstream.namespaces.model import NamespaceConfig, wal_topic
 from walstream.namespaces.registry import NamespaceRegistry
 from walstream.producer import SharedProducer
 from walstream.replay import Replays
+from walstream.replication import Peers
 from walstream.settings import Settings
 from walstream.shard_router import ShardRouter
 from walstream.shards import group_id
@@ -209,6 +210,7 @@ class WalApp:
         )
         self.jobs = Jobs(self.fleet.self_url, self.metrics)
         self.replays = Replays(s.broker, self.registry, self.targets, self.jobs, self.status.cancelled)
+        self.peers = Peers(s, self.targets)
         self.index_checks = IndexChecks(self.registry, self.targets, self.jobs, self.writer)
         self._wal_topic_names: list[str] = [self.command_topic]
         self.wal_channel = self.faust.topic(
@@ -501,6 +503,7 @@ class WalApp:
             shard_router=self.shard_router,
             jobs=self.jobs,
             replays=self.replays,
+            peers=self.peers,
             index_checks=self.index_checks,
         )
 

@@ -28,6 +28,7 @@ from walstream.jobs import Jobs
 from walstream.metrics import Metrics
 from walstream.namespaces.registry import NamespaceRegistry
 from walstream.replay import Replays
+from walstream.replication import Peers
 from walstream.settings import Settings
 from walstream.shard_router import ShardRouter
 from walstream.status import EntryStatus
@@ -82,6 +83,8 @@ class WebContext:
     replays: Replays
     #: starts index checks as jobs
     index_checks: IndexChecks
+    #: what requests send to the other regions of replicated namespaces
+    peers: Peers
 
 
 @dataclass(frozen=True, slots=True)

@@ -200,6 +200,29 @@ class Entry:
         )
 
 
+def cancellation_record(namespace: str, entry_id: str, key: str, origin: str, at_us: int) -> bytes:
+    """A WAL record that cancels entry ``entry_id`` (walstream.replication): what a region
+    sends to ``wal.<namespace>`` of its peers when an entry is cancelled there. Keyed by the
+    entry's key, it lands in the entry's partition, after the entry if it was forwarded
+    before. It has no ``payload``: a worker that does not know it refuses it as an entry
+    (dead-lettered, never applied)."""
+    return orjson.dumps({"v": ENVELOPE_VERSION, "cancel": True, "id": entry_id, "ns": namespace, "key": key,
+                         "ts": at_us, "origin": origin})
+
+
+def cancelled_by(doc: Any) -> tuple[str, str] | None:
+    """``(namespace, entry id)`` when ``doc`` is a :func:`cancellation_record`, else None.
+    Raises :class:`EntryDecodeError` for one that is malformed."""
+    if not isinstance(doc, dict) or doc.get("cancel") is not True:
+        return None
+    if doc.get("v") != ENVELOPE_VERSION or "payload" in doc:
+        raise EntryDecodeError("invalid cancellation: it has a payload, or an unsupported envelope version")
+    for name in ("id", "ns", "key"):
+        if not isinstance(doc.get(name), str) or not doc[name]:
+            raise EntryDecodeError(f"invalid cancellation: {name!r} must be a non-empty string")
+    return doc["ns"], doc["id"]
+
+
 #: Number literals orjson may read differently from walstream.strict_json, as classes of
 #: bytes: digits and '.' become '0', 'e'/'E' become 'e', '+'/'-' become '-'. Such a literal
 #: always shows one of :data:`_SUSPECT_RUNS` (a superset: a string may show one too):

@@ -100,8 +100,9 @@ async def plan_check(ns: NamespaceConfig, table: str, pool: TargetPool) -> Check
     namespace has not exactly one target of each kind, or the table does not exist."""
     if not IDENT_RE.match(table):
         raise CheckRefused(f"table: {table!r} is not a table name (a-z, 0-9 and _, a letter first)")
-    cassandras = [t for t in ns.targets if isinstance(t, CassandraTargetConfig)]
-    indexes = [t for t in ns.targets if isinstance(t, ElasticsearchTargetConfig)]
+    own = ns.targets_in(pool.settings.region)  # this region's (walstream.replication)
+    cassandras = [t for t in own if isinstance(t, CassandraTargetConfig)]
+    indexes = [t for t in own if isinstance(t, ElasticsearchTargetConfig)]
     if len(cassandras) != 1 or len(indexes) != 1:
         raise CheckRefused(
             f"namespace {ns.name!r} has {len(cassandras)} cassandra and {len(indexes)} elasticsearch targets; "

@@ -46,7 +46,7 @@ from aiokafka.errors import OffsetOutOfRangeError
 
 from walstream.api import ReplayRequest
 from walstream.delivery.retry import backoff_ms
-from walstream.entry import MAX_WRITE_TIME_US, Entry, EntryDecodeError
+from walstream.entry import MAX_WRITE_TIME_US, Entry, EntryDecodeError, cancelled_by, parse_record
 from walstream.jobs import Job, Jobs
 from walstream.kafka_admin import topic_config
 from walstream.namespaces.model import NamespaceConfig
@@ -146,7 +146,7 @@ def choose_targets(ns: NamespaceConfig, pool: TargetPool, only: list[str] | None
     """The namespace's targets, those named in ``only`` when given (by id or label);
     :class:`ReplayRefused` names an unknown one and lists the namespace's."""
     targets = []
-    for t in ns.targets:
+    for t in ns.targets_in(pool.settings.region):  # this region's own (walstream.replication)
         cfg = t.model_dump(mode="json")
         targets.append(ReplayTarget(cfg, make_target_id(cfg), pool.get(t).label))
     if only is None:
@@ -387,7 +387,11 @@ class Replayer:
     async def _record(self, job: Job, partition: int, offset: int, value: bytes | None) -> None:
         job.count("read")
         try:
-            entry = Entry.decode(value)
+            doc = parse_record(value)
+            if cancelled_by(doc) is not None:  # a peer region's cancellation: not an entry
+                job.count("cancellations")
+                return
+            entry = Entry.from_doc(doc)
         except EntryDecodeError as exc:
             job.count("undecodable")
             job.sample("undecodable", {"partition": partition, "offset": offset, "error": str(exc)[:300]})

@@ -26,9 +26,10 @@ from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionP
 from elasticsearch import Elasticsearch
 
 from tests.integration import leftovers
-from walstream.stack.stack import runners
+from walstream.stack.stack import SECOND_REGION, runners
 
 KAFKA = "127.0.0.1:9092"
+KAFKA_WEST = "127.0.0.1:9192"
 ES_URL = "http://127.0.0.1:9200"
 
 _HERE = Path(__file__).parent
@@ -56,9 +57,22 @@ def stack() -> None:
     if os.environ.get("CI"):
         cluster = Cluster(["127.0.0.1"], port=9042, protocol_version=5, load_balancing_policy=DCAwareRoundRobinPolicy())
         try:
-            leftovers.remove_stale(KAFKA, cluster.connect(), ES_URL)
+            leftovers.remove_stale(kafkas(), cluster.connect(), ES_URL)
         finally:
             cluster.shutdown()
+
+
+def kafkas() -> list[str]:
+    """The stack's Kafka clusters that run: the first region's, and the second's when it runs."""
+    west = runners([SECOND_REGION])[0]
+    return [KAFKA, KAFKA_WEST] if west.running() else [KAFKA]
+
+
+@pytest.fixture(scope="session")
+def kafka_west() -> str:
+    """The second region's Kafka (``walstream stack up --second-region``), started if needed."""
+    runners([SECOND_REGION])[0].up()
+    return KAFKA_WEST
 
 
 def free_port() -> int:
@@ -169,7 +183,7 @@ def leave_nothing_behind(unique: str, cassandra: Session) -> Iterator[None]:
     indices named with its token. A failure to do so is a warning: it does not undo the test."""
     yield
     try:
-        leftovers.remove(unique, KAFKA, cassandra, ES_URL)
+        leftovers.remove(unique, kafkas(), cassandra, ES_URL)
     except Exception as exc:  # e.g. a service a test stopped is still coming back
         warnings.warn(f"could not remove the leftovers of {unique}: {exc!r}", stacklevel=1)
 

@@ -27,18 +27,20 @@ from cassandra.cluster import Session
 TOKEN = re.compile(r"(?<![0-9a-z])t[0-9a-f]{10}(?![0-9a-f])")
 
 
-def remove(token: str, kafka: str, cassandra: Session, es_url: str) -> None:
-    """Delete every topic, keyspace and index whose name contains ``token``."""
-    remove_matching(lambda name: token in name.lower(), kafka, cassandra, es_url)
+def remove(token: str, kafkas: list[str], cassandra: Session, es_url: str) -> None:
+    """Delete every topic (on each of ``kafkas``), keyspace and index whose name contains
+    ``token``."""
+    remove_matching(lambda name: token in name.lower(), kafkas, cassandra, es_url)
 
 
-def remove_stale(kafka: str, cassandra: Session, es_url: str) -> None:
+def remove_stale(kafkas: list[str], cassandra: Session, es_url: str) -> None:
     """Delete every topic, keyspace and index named with a test token (of any run)."""
-    remove_matching(lambda name: TOKEN.search(name.lower()) is not None, kafka, cassandra, es_url)
+    remove_matching(lambda name: TOKEN.search(name.lower()) is not None, kafkas, cassandra, es_url)
 
 
-def remove_matching(wanted: Callable[[str], bool], kafka: str, cassandra: Session, es_url: str) -> None:
-    asyncio.run(delete_topics(kafka, wanted))
+def remove_matching(wanted: Callable[[str], bool], kafkas: list[str], cassandra: Session, es_url: str) -> None:
+    for kafka in kafkas:
+        asyncio.run(delete_topics(kafka, wanted))
     for ks in [r[0] for r in cassandra.execute("SELECT keyspace_name FROM system_schema.keyspaces")]:
         if wanted(ks):
             cassandra.execute(f'DROP KEYSPACE IF EXISTS "{ks}"', timeout=120)

@@ -16,7 +16,7 @@ import pytest
 from tests.unit.conftest import RecordingTarget, add_namespace, build_wal
 from tests.unit.test_delivery_agent import agent, send, tick
 from walstream.app import WalApp
-from walstream.entry import Entry, EntryDecodeError, WriteClock
+from walstream.entry import Entry, EntryDecodeError, WriteClock, cancellation_record, cancelled_by
 from walstream.namespaces.model import NamespaceError, RegionTargetConfig, parse_namespace
 from walstream.replication import region_problem
 from walstream.requests import RequestError, parse_log_request
@@ -86,7 +86,9 @@ async def test_an_entry_written_here_is_applied_here_and_forwarded_to_each_peer(
     assert targets.forwarded("west") == ["e1", "e2"]
     # forwarded as written: same id, key, write time and origin
     assert targets.peers["west"].applied[0].origin == "east"
-    assert state(wal, "e1")["state"] == "DELIVERED"
+    doc = state(wal, "e1")
+    assert doc["state"] == "DELIVERED" and doc["origin"] == "east"
+    assert sorted(t["type"] for t in doc["targets"].values()) == ["noop", "region:west"]
 
 
 async def test_an_entry_from_another_region_is_applied_and_never_forwarded_again(
@@ -264,3 +266,51 @@ async def test_the_region_target_forwards_the_entry_as_written_to_the_peers_wal_
         assert Entry.decode(value) == e and headers == []
     finally:
         await target.close()
+
+
+# -- cancellations ------------------------------------------------------------------------
+
+
+async def send_raw(ctx: Any, key: str, value: bytes) -> None:
+    await ctx.put(key=key.encode(), value=value, wait=True)
+
+
+async def test_a_peers_cancellation_cancels_a_delayed_entry_here(east: tuple[WalApp, Targets]) -> None:
+    wal, targets = east
+    clock = WriteClock()
+    late = written(1, clock, origin="west", due_at_ms=int(time.time() * 1000) + 300)
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, late)
+        await tick(ctx)
+        assert state(wal, "e1")["state"] == "DELAYED"
+        await send_raw(ctx, late.key, cancellation_record("profiles", "e1", late.key, "west", clock.now_us()))
+        await tick(ctx)
+        assert state(wal, "e1")["state"] == "CANCELLED"
+        while time.time() * 1000 < late.due_at_ms + 100:  # type: ignore[operator]
+            await tick(ctx, after_s=0.05)
+    assert targets.local.applied == [] and targets.peers == {}  # not applied, and not sent on
+
+
+async def test_a_cancellation_that_arrives_before_its_entry_cancels_it_in_advance(
+    east: tuple[WalApp, Targets],
+) -> None:
+    wal, targets = east
+    clock = WriteClock()
+    e = written(1, clock, origin="west")
+    async with agent(wal).test_context() as ctx:
+        await send_raw(ctx, e.key, cancellation_record("profiles", "e1", e.key, "west", clock.now_us()))
+        await send(ctx, e, written(2, clock, origin="west"))
+        await tick(ctx)
+    assert [x.id for x in targets.local.applied] == ["e2"]
+    assert state(wal, "e1")["state"] == "CANCELLED"
+
+
+def test_a_cancellation_record_is_never_read_as_an_entry() -> None:
+    value = cancellation_record("profiles", "e1", "k", "east", 1)
+    with pytest.raises(EntryDecodeError, match="payload"):  # (what a worker without replication does)
+        Entry.decode(value)
+    assert cancelled_by(orjson.loads(value)) == ("profiles", "e1")
+    assert cancelled_by(orjson.loads(written(1, WriteClock()).encode())) is None
+    for bad in ({"payload": 1}, {"id": ""}, {"v": 2}):
+        with pytest.raises(EntryDecodeError, match="invalid cancellation"):
+            cancelled_by({**orjson.loads(value), **bad})

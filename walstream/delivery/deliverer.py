@@ -36,7 +36,7 @@ from walstream.delivery.dead_letters import DeadLetter, DeadLetterWriter, Source
 from walstream.delivery.pacing import ADAPTIVE_HORIZON_S, TOLERANCE_S, Pacer
 from walstream.delivery.retry import backoff_ms
 from walstream.delivery.target_calls import TargetCalls
-from walstream.entry import Entry, EntryDecodeError, parse_record
+from walstream.entry import Entry, EntryDecodeError, cancelled_by, parse_record
 from walstream.failpoints import Failpoints
 from walstream.kafka_admin import DERIVED_MAX_MESSAGE_BYTES
 from walstream.metrics import Metrics
@@ -394,6 +394,10 @@ class Deliverer:
         doc = None
         try:
             doc = parse_record(rec.value)
+            if (cancelled := cancelled_by(doc)) is not None:
+                # a peer region's cancellation (walstream.replication): the entry's key maps here
+                self._cancel(rec.partition, *cancelled, True, now_s, out)
+                return []
             entry = Entry.from_doc(doc)
         except EntryDecodeError as exc:
             out.letters.append(_letter(rec, None, None, ErrorClass.UNDECODABLE, str(exc), 0, now_s))
@@ -487,7 +491,7 @@ class Deliverer:
         for cfg, tid, target in resolved:
             forwarding = cfg["type"] == "region"
             wait = EntryState.PENDING if forwarding else EntryState.DELAYED
-            t = state["targets"].setdefault(tid, {"type": cfg["type"], "state": wait.value, "attempts": 0})
+            t = state["targets"].setdefault(tid, {"type": target_type(cfg), "state": wait.value, "attempts": 0})
             if forwarding and t["state"] == EntryState.PENDING:
                 items.append(Item(entry, doc, ns, rec, cfg, tid, target))
         return items
@@ -529,7 +533,7 @@ class Deliverer:
         items = []
         for cfg, tid, target in resolved:
             t = state["targets"].setdefault(
-                tid, {"type": cfg["type"], "state": EntryState.PENDING.value, "attempts": 0}
+                tid, {"type": target_type(cfg), "state": EntryState.PENDING.value, "attempts": 0}
             )
             if t["state"] in (EntryState.PENDING, EntryState.DELAYED):
                 t["state"] = EntryState.PENDING.value
@@ -819,9 +823,9 @@ class Deliverer:
     ) -> bool:
         """Record the outcome of one item. Returns True when its key is now blocked."""
         ns_name = it.entry.namespace
-        label = it.target.label if it.target_cfg["type"] == "region" else it.target_cfg["type"]
+        label = target_type(it.target_cfg)
         t = self._target_state(out, it)
-        if label != it.target_cfg["type"]:
+        if it.target_cfg["type"] == "region":
             peer = it.target_cfg["region"]
             self.metrics.replication.observe(ns_name, peer, it.entry.written_at_us, err is None, now_s)
         if err is None:
@@ -1145,7 +1149,7 @@ class Deliverer:
                 entry = Entry.from_doc(doc)
                 rec = _row_source(row)
                 t = self._state(out, entry, rec)["targets"].setdefault(
-                    tid, {"type": cfg["type"], "state": EntryState.PENDING.value, "attempts": 0}
+                    tid, {"type": target_type(cfg), "state": EntryState.PENDING.value, "attempts": 0}
                 )
                 if t["state"] in FINAL:
                     continue  # applied by a release repeated after a crash
@@ -1299,6 +1303,8 @@ class Deliverer:
                 "targets": {},
                 # the write request's digest: a later write of this id must ask for the same entry
                 "digest": entry.digest,
+                # the region it was written in (walstream.replication)
+                "origin": entry.origin,
             }
             out.docs[k] = doc
         return doc
@@ -1306,7 +1312,7 @@ class Deliverer:
     def _target_state(self, out: _Outcome, it: Item) -> dict[str, Any]:
         doc = self._state(out, it.entry, it.source)
         t: dict[str, Any] = doc["targets"].setdefault(
-            it.target_id, {"type": it.target_cfg["type"], "state": EntryState.PENDING.value, "attempts": 0}
+            it.target_id, {"type": target_type(it.target_cfg), "state": EntryState.PENDING.value, "attempts": 0}
         )
         return t
 
@@ -1418,7 +1424,7 @@ class Deliverer:
         rec = SourceRecord(topic, part, offset, None, None)
         state = self._state(out, Entry.from_doc(row["entry"]), rec)
         if row.get("target"):
-            state["targets"].setdefault(target_id, {"type": row["target"].get("type")}).update(
+            state["targets"].setdefault(target_id, {"type": target_type(row["target"])}).update(
                 state=EntryState.RETRYING.value, attempts=0, next_attempt_ms=due_ms
             )
         else:
@@ -1464,6 +1470,13 @@ def _row_source(row: dict[str, Any]) -> SourceRecord:
 
 def _src(rec: SourceRecord) -> list[Any]:
     return [rec.topic, rec.partition, rec.offset]
+
+
+def target_type(cfg: dict[str, Any]) -> str:
+    """How a target is named in entry states and metric labels: its type, and for forwarding
+    the peer too (``region:west``)."""
+    kind = str(cfg.get("type"))
+    return f"region:{cfg.get('region')}" if kind == "region" else kind
 
 
 def _ready_at_s(entry: Entry) -> float:

@@ -221,7 +221,7 @@ class KafkaTarget(Target):
             except Exception as exc:
                 if not isinstance(exc, _RECORD_ERRORS):
                     self._discard(producer)
-                futures.append(_classify(exc))
+                futures.append(classify_error(exc))
                 continue
             self._watch(producer, fut)
             futures.append(fut)
@@ -234,7 +234,7 @@ class KafkaTarget(Target):
                 await f
                 out.append(None)
             except Exception as exc:
-                out.append(_classify(exc))
+                out.append(classify_error(exc))
         return out
 
 
@@ -245,7 +245,7 @@ async def _stop_quietly(producer: AIOKafkaProducer) -> None:
         pass
 
 
-def _classify(exc: BaseException) -> TargetError:
+def classify_error(exc: BaseException) -> TargetError:
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, _PRODUCER_STATE):
         return TransientError(f"{text} (producer discarded; retried on a fresh one)")

@@ -16,9 +16,12 @@ id, and the peer's delivery skips an id it already tracks.
 
 from __future__ import annotations
 
+import asyncio
+
 from walstream.entry import Entry
 from walstream.namespaces.model import RegionTargetConfig, wal_topic
-from walstream.targets.kafka import KafkaTarget
+from walstream.targets.base import TargetError, TransientError
+from walstream.targets.kafka import KafkaTarget, classify_error
 
 
 class RegionTarget(KafkaTarget):
@@ -32,3 +35,27 @@ class RegionTarget(KafkaTarget):
 
     def record_of(self, entry: Entry) -> tuple[bytes, list[tuple[str, bytes]]]:
         return entry.encode(), []
+
+    async def send_record(self, namespace: str, key: str, value: bytes, timeout_s: float) -> None:
+        """Produce one record (a cancellation: walstream.entry ``cancellation_record``) to
+        ``wal.<namespace>`` of the peer, keyed by ``key``; returns once the peer's Kafka
+        acknowledged it. Raises :class:`TargetError` (or TimeoutError) when it did not."""
+        async def send() -> None:
+            producer = await self._started_producer()
+            await self._check_topic(producer, wal_topic(namespace))
+            try:
+                fut = await producer.send(wal_topic(namespace), value=value, key=key.encode())
+            except Exception as exc:
+                raise classify_error(exc) from exc
+            self._watch(producer, fut)
+            try:
+                await fut
+            except Exception as exc:
+                raise classify_error(exc) from exc
+
+        try:
+            await asyncio.wait_for(send(), timeout_s)
+        except TargetError:
+            raise
+        except TimeoutError:
+            raise TransientError(f"{self.label}: no acknowledgement within {timeout_s:.0f} s") from None

@@ -71,6 +71,7 @@ def public_status(doc: dict[str, Any]) -> dict[str, Any]:
             for tid, t in sorted(doc.get("targets", {}).items())
         ],
         **({"group": doc["group"]} if doc.get("group") is not None else {}),
+        **({"origin": doc["origin"]} if doc.get("origin") is not None else {}),
     }
 
 
@@ -144,6 +145,11 @@ def register(ctx: WebContext) -> None:
                 return respond(self, 503, {"message": f"could not send the cancellation: {exc}"})
             # a later write of this id through this worker is refused at once (409)
             ctx.writer.cancelled(namespace, entry_id)
+            # and the other regions holding the namespace cancel it too (walstream.replication)
+            peers: dict[str, Any] = {}
+            if ctx.peers.of(ns):
+                entry_key = str(known["key"]) if known is not None and known.get("key") else key
+                peers = {"peers": await ctx.peers.cancel(ns, entry_id, entry_key, ctx.clock.now_us())}
             deadline = time.monotonic() + 5.0
             doc = None
             while time.monotonic() < deadline:
@@ -155,9 +161,10 @@ def register(ctx: WebContext) -> None:
                 return respond(
                     self,
                     202,
-                    {"id": entry_id, "state": "CANCELLING", "message": "cancellation sent; state not visible yet"},
+                    {"id": entry_id, "state": "CANCELLING", "message": "cancellation sent; state not visible yet",
+                     **peers},
                 )
-            body = public_status(doc)
+            body = {**public_status(doc), **peers}
             if doc["state"] == EntryState.CANCELLED:
                 return respond(self, 200, body)
             if doc["state"] in FINAL:

@@ -238,6 +238,15 @@ class RedriveResult(Answer):
 # -- namespaces ------------------------------------------------------------------------------
 
 
+class NamespaceApplied(NamespaceConfig):
+    """200 to ``PUT /v1/namespaces/{name}``: the config as stored (with its new version)."""
+
+    regions: dict[str, str] | None = Field(
+        default=None, description="a replicated namespace: per other region it lists, `applied` (its fleet has "
+        "the config) or why it was not reached (it gets the config once it is back)",
+    )
+
+
 class NamespaceList(Answer):
     namespaces: list[NamespaceConfig]
 

@@ -267,7 +267,21 @@ class WalApp:
         assert self.faust._consumer is None and self.faust._producer is None, "wire the ledger first"
         self.registry.add_listener(self._on_namespace_change)
         self.faust.timer(interval=max(1.0, s.resubscribe_s))(self._check_subscription)
+        if s.region is not None:
+            self.faust.timer(interval=s.region_sync_s)(self._sync_regions)
         self._services_started = False
+
+    async def _sync_regions(self) -> None:
+        """Other regions get the replicated namespaces' configs they lack (walstream.replication)."""
+        if not self._services_started:
+            return
+        try:
+            pushed = await self.peers.reconcile(self.registry)
+        except Exception:  # the next round tries again
+            log.exception("replication: syncing namespace configs failed")
+            return
+        for peer, names in pushed.items():
+            log.info("replication: region %s got the configs of %s", peer, ", ".join(names))
 
     async def _sample_rates(self) -> None:
         self.report.sample()

@@ -548,6 +548,8 @@ def namespace_apply(ctx: click.Context, file: Path, dry_run: bool, url: str | No
     if not dry_run:
         doc = remote.run(lambda wal: wal.put_namespace(cfg.name, body))
         click.echo(f"namespace {doc['name']} applied (version {doc['version']})")
+        for region, outcome in sorted((doc.get("regions") or {}).items()):
+            click.echo(f"  region {region}: {outcome}")
         return
 
     async def live(wal: WalstreamClient) -> dict[str, Any] | None:

@@ -26,10 +26,16 @@ and ``WALSTREAM_REGION_BROKERS`` every region's Kafka. A namespace whose
 from __future__ import annotations
 
 import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from walstream.entry import cancellation_record
-from walstream.namespaces.model import NamespaceConfig, RegionTargetConfig
+from walstream.kafka_admin import ensure_topics, set_topic_config, wal_topic_specs
+from walstream.namespaces.model import NamespaceConfig, RegionTargetConfig, wal_topic
+from walstream.namespaces.registry import NamespaceRegistry
 from walstream.settings import Settings
+from walstream.targets.base import TargetError
 from walstream.targets.pool import TargetPool
 from walstream.targets.region import RegionTarget
 
@@ -57,6 +63,8 @@ def region_problem(cfg: NamespaceConfig, settings: Settings) -> str | None:
         )
     return None
 
+
+log = logging.getLogger(__name__)
 
 #: how long a request waits for each peer region's Kafka to acknowledge what it sends there
 PEER_TIMEOUT_S = 10.0
@@ -89,10 +97,107 @@ class Peers:
 
         async def one(peer: str) -> str:
             try:
-                await self._target(peer).send_record(cfg.name, key, value, PEER_TIMEOUT_S)
+                await self._target(peer).send_record(wal_topic(cfg.name), key, value, PEER_TIMEOUT_S)
             except Exception as exc:
                 return f"not reached: {exc}"
             return "sent"
 
         peers = self.of(cfg)
         return dict(zip(peers, await asyncio.gather(*(one(p) for p in peers)), strict=True))
+
+    async def push_namespace(self, cfg: NamespaceConfig, written_ms: int | None) -> dict[str, str]:
+        """Make ``cfg`` the namespace's config in every peer region it lists: its topics there
+        (this fleet's partition count, which every region must share), then the config into
+        the peer fleet's namespaces topic, with ``written_ms`` as its time so that each region
+        knows it for the same write. Returns ``{peer: "applied"}`` or why it was not reached
+        (it gets the config later: :meth:`reconcile`)."""
+        async def one(peer: str) -> str:
+            try:
+                await asyncio.wait_for(self._push(peer, cfg, written_ms), 3 * PEER_TIMEOUT_S)
+            except TimeoutError:
+                return f"not reached: no answer within {3 * PEER_TIMEOUT_S:.0f} s"
+            except Exception as exc:
+                return f"not reached: {exc}"
+            return "applied"
+
+        peers = self.of(cfg)
+        return dict(zip(peers, await asyncio.gather(*(one(p) for p in peers)), strict=True))
+
+    async def _push(self, peer: str, cfg: NamespaceConfig, written_ms: int | None) -> None:
+        s = self.settings
+        brokers = s.region_broker_map[peer]
+        timeout_ms = int(PEER_TIMEOUT_S * 1000)
+        await ensure_topics(brokers, wal_topic_specs(cfg.name, s.partitions, s.replication_factor), timeout_ms)
+        if cfg.retention_ms is not None:
+            await set_topic_config(brokers, cfg.topic, {"retention.ms": str(cfg.retention_ms)}, timeout_ms)
+        try:
+            await self._target(peer).send_record(
+                s.namespaces_topic, cfg.name, cfg.to_json(), PEER_TIMEOUT_S, timestamp_ms=written_ms)
+        except TargetError as exc:
+            raise TargetError(f"{exc} (is a fleet of app {s.app_id!r} running in region {peer!r}?)") from None
+
+    async def reconcile(self, registry: NamespaceRegistry) -> dict[str, list[str]]:
+        """Push to each peer region the replicated namespaces whose config there is missing,
+        or different and older than this region's (by write time): what a region that could
+        not be reached when a namespace was applied gets once it is back. Configs converge to
+        the one written last. Returns ``{peer: [names pushed]}``; a peer not reached is left
+        for the next round (logged)."""
+        pushed: dict[str, list[str]] = {}
+        for peer in sorted(set(self.settings.region_broker_map) - {self.settings.region or ""}):
+            mine = [c for c in registry.all() if peer in self.of(c)]
+            if not mine:
+                continue
+            try:
+                theirs = await read_configs(self.settings.region_broker_map[peer], self.settings.namespaces_topic)
+            except Exception as exc:
+                log.warning("replication: cannot read region %s's namespaces: %s", peer, exc)
+                continue
+            for cfg in mine:
+                written_ms = registry.written_ms(cfg.name)
+                there = theirs.get(cfg.name)
+                if there is not None and (same_config(there[0], cfg) or (there[1] or 0) >= (written_ms or 0)):
+                    continue
+                try:
+                    await asyncio.wait_for(self._push(peer, cfg, written_ms), 3 * PEER_TIMEOUT_S)
+                except Exception as exc:
+                    log.warning("replication: namespace %s not applied in region %s: %s", cfg.name, peer, exc)
+                    break
+                pushed.setdefault(peer, []).append(cfg.name)
+        return pushed
+
+
+def same_config(a: NamespaceConfig, b: NamespaceConfig) -> bool:
+    """Whether two configs say the same (their versions aside: each region numbers its own)."""
+    return a.model_copy(update={"version": 0}) == b.model_copy(update={"version": 0})
+
+
+async def read_configs(bootstrap: str, topic: str) -> dict[str, tuple[NamespaceConfig, int]]:
+    """The namespace configs in ``topic`` on ``bootstrap``, each with its write time (ms)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                request_timeout_ms=int(PEER_TIMEOUT_S * 1000))
+    await asyncio.wait_for(consumer.start(), PEER_TIMEOUT_S)
+    out: dict[str, tuple[NamespaceConfig, int]] = {}
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await asyncio.wait_for(consumer.end_offsets([tp]), PEER_TIMEOUT_S))[tp]
+        deadline = asyncio.get_running_loop().time() + 4 * PEER_TIMEOUT_S
+        while await consumer.position(tp) < end:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{topic} on {bootstrap} not read to its end in time")
+            for records in (await consumer.getmany(tp, timeout_ms=1000)).values():
+                for rec in records:
+                    if rec.key is None:
+                        continue
+                    if rec.value is None:
+                        out.pop(rec.key.decode(errors="replace"), None)
+                        continue
+                    try:
+                        out[rec.key.decode(errors="replace")] = (
+                            NamespaceConfig.model_validate_json(rec.value), rec.timestamp)
+                    except ValueError:
+                        continue  # unreadable here (a newer walstream's): left alone
+    finally:
+        await consumer.stop()
+    return out

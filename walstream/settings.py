@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     #: ``WALSTREAM_REGION_BROKERS``: every region's Kafka, ``east=host:9092,west=host2:9092``
     #: (a region's servers separated by ``;``). Must name this fleet's own region.
     region_brokers: str = ""
+    #: ``WALSTREAM_REGION_SYNC_S``: how often each worker makes sure every other region holds
+    #: the replicated namespaces' latest configs (one that was down when a namespace was
+    #: applied gets it then).
+    region_sync_s: float = Field(default=30.0, ge=1.0, le=3600.0)
     #: ``WALSTREAM_WEB_HOST`` / ``WALSTREAM_WEB_PORT``: where the write API listens, and the
     #: address other workers of the fleet use to reach this one (so it must resolve for them).
     web_host: str = "127.0.0.1"

@@ -43,6 +43,7 @@ def regional(start_worker: Callable[..., Worker], unique: str, region: str, **en
         WALSTREAM_REGION=region,
         WALSTREAM_BROKER=KAFKA if region == "east" else KAFKA_WEST,
         WALSTREAM_REGION_BROKERS=BROKERS,
+        WALSTREAM_REGION_SYNC_S="2",
         **env,
     )
 
@@ -60,13 +61,20 @@ def targets(ks: str, index_prefix: str) -> list[dict[str, Any]]:
 
 
 def replicated(east: Worker, west: Worker, name: str, cassandra: Session) -> tuple[str, str]:
-    """The namespace ``name`` held in both regions, each with its own keyspace and indices;
-    returns the two keyspaces (the indices are ``<name>_e_movies`` and ``<name>_w_movies``)."""
+    """The namespace ``name`` applied in east, which makes it west's too, each region with its
+    own keyspace and indices; returns the two keyspaces (the indices are ``<name>_e_movies``
+    and ``<name>_w_movies``)."""
     ks_e, ks_w = keyspace(cassandra, f"ks_{name}_e"), keyspace(cassandra, f"ks_{name}_w")
     replication = {"regions": {"east": {}, "west": {"targets": targets(ks_w, f"{name}_w_")}}}
-    for w in (east, west):
-        put_namespace(w, name, targets(ks_e, f"{name}_e_"), replication=replication)
+    doc = put_namespace(east, name, targets(ks_e, f"{name}_e_"), replication=replication)
+    assert doc["regions"] == {"west": "applied"}, doc
+    consuming(west, name)
     return ks_e, ks_w
+
+
+def consuming(w: Worker, name: str) -> None:
+    wait_until(lambda: any(t.startswith(f"wal.{name}:") for t in httpx.get(f"{w.url}/v1/health", timeout=10)
+                           .json()["assigned"]), timeout_s=60, what=f"{w.url} to consume wal.{name}")
 
 
 def write(w: Worker, ns: str, entry_id: str, payload: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -200,8 +208,16 @@ def test_the_peers_kafka_down_for_60_s_holds_nothing_up_and_loses_nothing(
     wait_until(lambda: cassandra_movies(cassandra, ks_e) == expected, timeout_s=60, what="east to apply its writes")
     lag = lag_s(east, unique, "west")
     assert lag is not None and lag > 30, lag
+    # and a change of the namespace in east meanwhile does not reach west (said so) ...
+    r = httpx.get(f"{east.url}/v1/namespaces/{unique}", timeout=10).json()
+    changed = {k: v for k, v in r.items() if k != "version"} | {"description": "changed while west was down"}
+    r = httpx.put(f"{east.url}/v1/namespaces/{unique}", json=changed, timeout=60)
+    assert r.status_code == 200 and r.json()["regions"]["west"].startswith("not reached"), r.text
     west_kafka.up()
     back = time.monotonic()
+    # ... until west is back, and gets it
+    wait_until(lambda: httpx.get(f"{west.url}/v1/namespaces/{unique}", timeout=10).json().get("description")
+               == "changed while west was down", timeout_s=120, what="west to get the changed config")
 
     # Then west catches up: every write there, nothing lost
     wait_until(lambda: cassandra_movies(cassandra, ks_w) == expected, timeout_s=300, what="west to catch up")

@@ -38,6 +38,9 @@ class NamespaceRegistry:
         #: the last version seen of every name, deleted ones too: a namespace created again
         #: continues its versions (a version names one config, never two)
         self._last_version: dict[str, int] = {}
+        #: when each current config was written (its record's Kafka timestamp, ms): which of
+        #: two regions' configs is the later one (walstream.replication)
+        self._written_ms: dict[str, int] = {}
         self._listeners: list[Listener] = []
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -94,7 +97,7 @@ class NamespaceRegistry:
             batch = await self._consumer.getmany(tp, timeout_ms=1000)
             for records in batch.values():
                 for rec in records:
-                    self._apply_record(rec.key, rec.value)
+                    self._apply_record(rec.key, rec.value, rec.timestamp)
         self._tail_task = asyncio.create_task(self._tail(), name="namespace-registry-tail")
 
     async def stop(self) -> None:
@@ -124,15 +127,20 @@ class NamespaceRegistry:
                 continue
             for records in batch.values():
                 for rec in records:
-                    self._apply_record(rec.key, rec.value)
+                    self._apply_record(rec.key, rec.value, rec.timestamp)
             async with self._changed:
                 self._changed.notify_all()
 
-    def _apply_record(self, key: bytes | None, value: bytes | None) -> None:
+    def written_ms(self, name: str) -> int | None:
+        """When the current config of ``name`` was written (epoch ms), None if unknown."""
+        return self._written_ms.get(name)
+
+    def _apply_record(self, key: bytes | None, value: bytes | None, timestamp_ms: int | None = None) -> None:
         if key is None:
             return
         name = key.decode(errors="replace")
         if value is None:
+            self._written_ms.pop(name, None)
             if self._configs.pop(name, None) is not None:
                 self._notify(None, name)
             return
@@ -143,6 +151,8 @@ class NamespaceRegistry:
             log.error("namespace registry: ignoring unreadable config for %r", name)
             return
         self._configs[name] = cfg
+        if timestamp_ms is not None:
+            self._written_ms[name] = timestamp_ms
         self._last_version[name] = max(self._last_version.get(name, 0), cfg.version)
         self._notify(cfg, name)
 

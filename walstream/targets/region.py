@@ -36,15 +36,17 @@ class RegionTarget(KafkaTarget):
     def record_of(self, entry: Entry) -> tuple[bytes, list[tuple[str, bytes]]]:
         return entry.encode(), []
 
-    async def send_record(self, namespace: str, key: str, value: bytes, timeout_s: float) -> None:
-        """Produce one record (a cancellation: walstream.entry ``cancellation_record``) to
-        ``wal.<namespace>`` of the peer, keyed by ``key``; returns once the peer's Kafka
-        acknowledged it. Raises :class:`TargetError` (or TimeoutError) when it did not."""
+    async def send_record(
+        self, topic: str, key: str, value: bytes, timeout_s: float, timestamp_ms: int | None = None
+    ) -> None:
+        """Produce one record to ``topic`` on the peer's Kafka, keyed by ``key`` (a
+        cancellation to ``wal.<namespace>``, a namespace config to the namespaces topic);
+        returns once the peer acknowledged it. Raises :class:`TargetError` when it did not."""
         async def send() -> None:
             producer = await self._started_producer()
-            await self._check_topic(producer, wal_topic(namespace))
+            await self._check_topic(producer, topic)
             try:
-                fut = await producer.send(wal_topic(namespace), value=value, key=key.encode())
+                fut = await producer.send(topic, value=value, key=key.encode(), timestamp_ms=timestamp_ms)
             except Exception as exc:
                 raise classify_error(exc) from exc
             self._watch(producer, fut)

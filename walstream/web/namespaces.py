@@ -104,7 +104,10 @@ def register(ctx: WebContext) -> None:
             except Exception as exc:
                 log.exception("namespace apply failed")
                 return respond(self, 503, {"message": f"could not store namespace: {exc}"})
-            return respond(self, 200, applied.model_dump(mode="json"))
+            answer = applied.model_dump(mode="json")
+            if ctx.peers.of(applied):  # and in every other region it lists (walstream.replication)
+                answer["regions"] = await ctx.peers.push_namespace(applied, registry.written_ms(name))
+            return respond(self, 200, answer)
 
         async def delete(self, request: Request, name: str) -> Response:
             """``?force=true`` deletes a namespace with pending entries, dead-lettering them;

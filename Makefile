@@ -44,6 +44,7 @@ bench: $(STAMP) stack-up
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.scheduler
 	$(BIN)/python -m bench.recovery
+	$(BIN)/python -m bench.replication
 
 stack-up: $(STAMP)
 	$(BIN)/walstream stack up

@@ -25,7 +25,8 @@ class Worker:
     """One ``walstream worker`` subprocess with its own app id, datadir and port."""
 
     def __init__(
-        self, root: Path, *, app_prefix: str, partitions: int, broker: str, app_id: str | None = None
+        self, root: Path, *, app_prefix: str, partitions: int, broker: str, app_id: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         """Start the worker now. ``app_id`` joins an existing fleet; by default a fresh one
         (``<app_prefix>-<random>``). ``root`` (which must exist) holds its data dir and log."""
@@ -40,6 +41,7 @@ class Worker:
             "WALSTREAM_DATADIR": str(self.datadir),
             "WALSTREAM_PARTITIONS": str(partitions),
             "WALSTREAM_BROKER": broker,
+            **(env or {}),
         }
         self.log_path = root / "worker.log"
         self._log = open(self.log_path, "wb")

@@ -146,11 +146,20 @@ def test_writes_in_both_regions_converge_and_each_entry_is_once_in_each_regions_
             write(w, unique, f"{region}-{i}", put_movie(key, f"{region}-{i}", 1900 + i))
             expected[key] = (f"{region}-{i}", 1900 + i)
         written[f"{region}-{i}"] = region
-    # and a delayed put written in east, due in 4 s
+    # and a delayed put written in east, due in 4 s, and another that west cancels
     due_at = time.time() + 4
     write(east, unique, "late", put_movie("late", "late", 2000), lifecycle={"delay_ms": 4000})
     expected["late"] = ("late", 2000)
     written["late"] = "east"
+    doomed_due = time.time() + 6
+    write(east, unique, "doomed", put_movie("doomed", "doomed", 2001), lifecycle={"delay_ms": 6000})
+    written["doomed"] = "east"
+    wait_until(lambda: status(west, unique, "doomed")["state"] == "DELAYED", timeout_s=30,
+               what="west to hold the entry to cancel")
+    r = httpx.delete(f"{west.url}/v1/log/{unique}/doomed", timeout=30)
+    assert r.status_code == 200 and r.json()["peers"] == {"east": "sent"}, r.text
+    wait_until(lambda: status(east, unique, "doomed")["state"] == "CANCELLED", timeout_s=30,
+               what="east to cancel it too")
 
     # Then west holds the delayed entry at once (it was forwarded when read), due then too
     doc = wait_until(lambda: (d := status(west, unique, "late"))["state"] == "DELAYED" and d, timeout_s=30,
@@ -165,9 +174,14 @@ def test_writes_in_both_regions_converge_and_each_entry_is_once_in_each_regions_
     for prefix in (f"{unique}_e_", f"{unique}_w_"):
         wait_until(lambda prefix=prefix: es_movies(es, f"{prefix}movies") == expected, timeout_s=120,
                    what=f"{prefix}movies to converge")
-    # and each entry is in each region's WAL exactly once
+    # (the cancelled one was applied in neither, its due time past)
+    time.sleep(max(0.0, doomed_due + 2 - time.time()))
+    assert "doomed" not in cassandra_movies(cassandra, ks_e) and "doomed" not in cassandra_movies(cassandra, ks_w)
+    # and each entry is in each region's WAL exactly once (and east's has west's cancellation)
     for bootstrap in (KAFKA, KAFKA_WEST):
         ids = wal_ids(bootstrap, wal_topic(unique))
+        if bootstrap == KAFKA:
+            ids["doomed"] -= 1
         assert set(ids) == set(written), bootstrap
         assert max(ids.values()) == 1, {i: n for i, n in ids.items() if n > 1}
     # and each region's status names the entry's origin; the writing region forwarded it

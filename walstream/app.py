@@ -152,6 +152,8 @@ class WalApp:
         #: :meth:`_read_record_limits`
         self.row_limit_bytes = DERIVED_MAX_MESSAGE_BYTES
         self.metrics = Metrics()
+        # a waiting forward is tried again at least every circuit cooldown: longer unseen, it went away
+        self.metrics.replication.stale_s = max(300.0, 4 * s.breaker_cooldown_max_s)
         #: changelog records of table writes, produced in batches (walstream.faust_tables)
         self.changelogs = Changelogs(self.faust)
         self.clock = WriteClock()

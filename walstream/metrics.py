@@ -9,32 +9,42 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 class ReplicationLag:
     """``walstream_replication_lag_seconds{namespace,peer}``: how far forwarding to a peer
-    region is behind. While entries wait for the peer (its last forward failed), the age of
-    the entry tried last, growing until the peer takes entries again; after a forward that
-    succeeded, the time that entry took from its write to the peer's acknowledgement."""
+    region is behind: the age of the oldest entry this worker tried to forward and could not
+    yet (0 when none waits). An entry stops counting once forwarded, dead-lettered, or not
+    tried again for ``stale_s`` (its partition moved to another worker, its namespace or
+    peer went away: the blocked entry of each key is tried at least every circuit cooldown)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, stale_s: float = 300.0) -> None:
         self.gauge = Gauge(
             "walstream_replication_lag_seconds",
-            "How far forwarding to a peer region is behind: while entries wait for it, the age "
-            "of the entry tried last; else the write-to-acknowledgement time of the last one.",
+            "How far forwarding to a peer region is behind: the age of the oldest entry not "
+            "forwarded yet after a failed try (0: none waits).",
             ["namespace", "peer"],
             registry=registry,
         )
-        #: (namespace, peer) -> (write time of the entry tried last in s, when it was
-        #: acknowledged in s, or None while it waits)
-        self._last: dict[tuple[str, str], tuple[float, float | None]] = {}
+        self.stale_s = stale_s
+        #: (namespace, peer) -> entry id -> (its write time in s, when it was last tried in s)
+        self._waiting: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
 
-    def observe(self, namespace: str, peer: str, written_at_us: int, forwarded: bool, now_s: float) -> None:
-        """One forward's outcome (``forwarded``: the peer acknowledged it at ``now_s``)."""
+    def observe(self, namespace: str, peer: str, entry_id: str, written_at_us: int, waits: bool, now_s: float) -> None:
+        """One forward's outcome: ``waits`` when the entry is to be tried again, else it was
+        forwarded or given up (dead-lettered)."""
         key = (namespace, peer)
-        if key not in self._last:
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            waiting = self._waiting[key] = {}
             self.gauge.labels(namespace, peer).set_function(lambda: self._lag(key))
-        self._last[key] = (written_at_us / 1e6, now_s if forwarded else None)
+        if waits:
+            waiting[entry_id] = (written_at_us / 1e6, now_s)
+        else:
+            waiting.pop(entry_id, None)
 
     def _lag(self, key: tuple[str, str]) -> float:
-        written_s, acked_s = self._last[key]
-        return max(0.0, (time.time() if acked_s is None else acked_s) - written_s)
+        now = time.time()
+        waiting = self._waiting[key]
+        for entry_id in [e for e, (_, tried) in waiting.items() if now - tried > self.stale_s]:
+            del waiting[entry_id]
+        return max(0.0, now - min(w for w, _ in waiting.values())) if waiting else 0.0
 
 
 class Metrics:

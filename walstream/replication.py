@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from walstream.entry import cancellation_record
@@ -82,9 +83,12 @@ class Peers:
     def of(self, cfg: NamespaceConfig) -> list[str]:
         return cfg.peers_of(self.settings.region)
 
-    def _target(self, peer: str) -> RegionTarget:
-        target = self.targets.get(RegionTargetConfig(type="region", region=peer))
-        assert isinstance(target, RegionTarget)
+    def _target(self, peer: str, namespace: str) -> RegionTarget:
+        """The forwarding target of ``namespace`` to ``peer`` (the caller checked that this
+        fleet knows the peer: :func:`region_problem`, :meth:`known`)."""
+        target = self.targets.get(RegionTargetConfig(type="region", region=peer, namespace=namespace))
+        if not isinstance(target, RegionTarget):
+            raise TargetError(f"region {peer!r} is not in this fleet's WALSTREAM_REGION_BROKERS")
         return target
 
     async def cancel(self, cfg: NamespaceConfig, entry_id: str, key: str, at_us: int) -> dict[str, str]:
@@ -97,7 +101,7 @@ class Peers:
 
         async def one(peer: str) -> str:
             try:
-                await self._target(peer).send_record(wal_topic(cfg.name), key, value, PEER_TIMEOUT_S)
+                await self._target(peer, cfg.name).send_record(wal_topic(cfg.name), key, value, PEER_TIMEOUT_S)
             except Exception as exc:
                 return f"not reached: {exc}"
             return "sent"
@@ -113,9 +117,9 @@ class Peers:
         (it gets the config later: :meth:`reconcile`)."""
         async def one(peer: str) -> str:
             try:
-                await asyncio.wait_for(self._push(peer, cfg, written_ms), 3 * PEER_TIMEOUT_S)
+                await asyncio.wait_for(self._push(peer, cfg, written_ms), PEER_TIMEOUT_S)
             except TimeoutError:
-                return f"not reached: no answer within {3 * PEER_TIMEOUT_S:.0f} s"
+                return f"not reached: no answer within {PEER_TIMEOUT_S:.0f} s"
             except Exception as exc:
                 return f"not reached: {exc}"
             return "applied"
@@ -125,13 +129,15 @@ class Peers:
 
     async def _push(self, peer: str, cfg: NamespaceConfig, written_ms: int | None) -> None:
         s = self.settings
-        brokers = s.region_broker_map[peer]
+        brokers = s.region_broker_map.get(peer)
+        if brokers is None:
+            raise TargetError(f"region {peer!r} is not in this fleet's WALSTREAM_REGION_BROKERS")
         timeout_ms = int(PEER_TIMEOUT_S * 1000)
         await ensure_topics(brokers, wal_topic_specs(cfg.name, s.partitions, s.replication_factor), timeout_ms)
         if cfg.retention_ms is not None:
             await set_topic_config(brokers, cfg.topic, {"retention.ms": str(cfg.retention_ms)}, timeout_ms)
         try:
-            await self._target(peer).send_record(
+            await self._target(peer, cfg.name).send_record(
                 s.namespaces_topic, cfg.name, cfg.to_json(), PEER_TIMEOUT_S, timestamp_ms=written_ms)
         except TargetError as exc:
             raise TargetError(f"{exc} (is a fleet of app {s.app_id!r} running in region {peer!r}?)") from None
@@ -155,7 +161,7 @@ class Peers:
             for cfg in mine:
                 written_ms = registry.written_ms(cfg.name)
                 there = theirs.get(cfg.name)
-                if there is not None and (same_config(there[0], cfg) or (there[1] or 0) >= (written_ms or 0)):
+                if there is not None and not newer(cfg, written_ms or 0, *there):
                     continue
                 try:
                     await asyncio.wait_for(self._push(peer, cfg, written_ms), 3 * PEER_TIMEOUT_S)
@@ -166,18 +172,31 @@ class Peers:
         return pushed
 
 
-def same_config(a: NamespaceConfig, b: NamespaceConfig) -> bool:
-    """Whether two configs say the same (their versions aside: each region numbers its own)."""
-    return a.model_copy(update={"version": 0}) == b.model_copy(update={"version": 0})
+def newer(mine: NamespaceConfig, mine_ms: int, theirs: NamespaceConfig | None, theirs_ms: int) -> bool:
+    """Whether this region's config of a namespace supersedes a peer's (``theirs``: None
+    when the peer deleted it, which this region never undoes unless it wrote later). The
+    later write wins; at the same millisecond a deletion wins, then the greater encoding, so
+    two regions always agree on which. Equal configs (versions aside) supersede nothing."""
+    if theirs is not None and _content(theirs) == _content(mine):
+        return False
+    if mine_ms != theirs_ms:
+        return mine_ms > theirs_ms
+    return theirs is not None and _content(mine) > _content(theirs)
 
 
-async def read_configs(bootstrap: str, topic: str) -> dict[str, tuple[NamespaceConfig, int]]:
-    """The namespace configs in ``topic`` on ``bootstrap``, each with its write time (ms)."""
+def _content(cfg: NamespaceConfig) -> bytes:
+    """What a config says, its version aside (each region numbers its own)."""
+    return orjson.dumps(cfg.model_dump(mode="json", exclude={"version"}), option=orjson.OPT_SORT_KEYS)
+
+
+async def read_configs(bootstrap: str, topic: str) -> dict[str, tuple[NamespaceConfig | None, int]]:
+    """The namespace configs in ``topic`` on ``bootstrap``, each with its write time (ms);
+    a deleted namespace is ``(None, when it was deleted)``."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 request_timeout_ms=int(PEER_TIMEOUT_S * 1000))
-    await asyncio.wait_for(consumer.start(), PEER_TIMEOUT_S)
-    out: dict[str, tuple[NamespaceConfig, int]] = {}
+    out: dict[str, tuple[NamespaceConfig | None, int]] = {}
     try:
+        await asyncio.wait_for(consumer.start(), PEER_TIMEOUT_S)
         tp = TopicPartition(topic, 0)
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
@@ -191,7 +210,7 @@ async def read_configs(bootstrap: str, topic: str) -> dict[str, tuple[NamespaceC
                     if rec.key is None:
                         continue
                     if rec.value is None:
-                        out.pop(rec.key.decode(errors="replace"), None)
+                        out[rec.key.decode(errors="replace")] = (None, rec.timestamp)
                         continue
                     try:
                         out[rec.key.decode(errors="replace")] = (

@@ -6,6 +6,7 @@ region. The forwarding itself on two real Kafka clusters: tests/integration/test
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,10 @@ from walstream.namespaces.model import NamespaceError, RegionTargetConfig, parse
 from walstream.replication import region_problem
 from walstream.requests import RequestError, parse_log_request
 from walstream.settings import Settings, parse_region_brokers
+from walstream.targets.base import TransientError
+from walstream.targets.pool import TargetPool
 from walstream.targets.region import RegionTarget
+from walstream.web.entries import replicated_refusal
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -137,20 +141,27 @@ async def test_a_delayed_entry_is_forwarded_at_once_and_applied_here_when_due(ea
 
 async def test_a_peer_that_is_down_holds_only_its_own_forwarding(east: tuple[WalApp, Targets]) -> None:
     wal, targets = east
-    targets.get({"type": "region", "region": "west"}).down_for_calls = 2
+    west = targets.get({"type": "region", "region": "west", "namespace": "profiles"})
+    west.down_for_calls = 1000
+
+    def lag() -> float | None:
+        return wal.metrics.registry.get_sample_value(
+            "walstream_replication_lag_seconds", {"namespace": "profiles", "peer": "west"})
+
     clock = WriteClock()
     async with agent(wal).test_context() as ctx:
         await send(ctx, written(1, clock), written(2, clock))
         await tick(ctx)
         assert [e.id for e in targets.local.applied] == ["e1", "e2"]  # not held by the peer
-        lag = wal.metrics.registry.get_sample_value(
-            "walstream_replication_lag_seconds", {"namespace": "profiles", "peer": "west"})
-        assert lag is not None and lag > 0
+        await asyncio.sleep(0.05)
+        assert (lag() or 0) >= 0.05  # west falls behind
+        west.down_for_calls = 0  # west is back
         deadline = time.monotonic() + 10
         while len(targets.forwarded("west")) < 2 and time.monotonic() < deadline:
             await tick(ctx, after_s=0.05)
     assert targets.forwarded("west") == ["e1", "e2"]  # in their write order, once each
     assert state(wal, "e2")["state"] == "DELIVERED"
+    assert lag() == 0  # nothing waits for west any more
 
 
 # -- configs and settings -------------------------------------------------------------------
@@ -170,7 +181,8 @@ def test_a_region_holds_its_own_targets_or_the_namespaces() -> None:
     ({"regions": {"east": {}}}, "at least 2"),
     ({"regions": {"East": {}, "west": {}}}, "pattern"),
     ({"regions": {"east": {"targets": []}, "west": {}}}, "at least 1"),
-    ({"regions": {"east": {"targets": [{"type": "region", "region": "west"}]}, "west": {}}}, "unknown target type"),
+    ({"regions": {"east": {"targets": [{"type": "region", "region": "west", "namespace": "x"}]}, "west": {}}},
+     "unknown target type"),
     ({"regions": {"east": {}, "west": {}}, "lag": 1}, "unknown field"),
 ])
 def test_bad_replication_configs_are_refused_naming_the_field(replication: dict[str, Any], problem: str) -> None:
@@ -257,7 +269,7 @@ def test_a_write_must_suit_the_targets_of_every_region() -> None:
 
 
 async def test_the_region_target_forwards_the_entry_as_written_to_the_peers_wal_topic() -> None:
-    target = RegionTarget(RegionTargetConfig(type="region", region="west"), "127.0.0.1:2", 5.0)
+    target = RegionTarget(RegionTargetConfig(type="region", region="west", namespace="profiles"), "127.0.0.1:2", 5.0)
     try:
         e = written(1, WriteClock(), due_at_ms=99)
         assert target.label == "region:west"
@@ -314,3 +326,144 @@ def test_a_cancellation_record_is_never_read_as_an_entry() -> None:
     for bad in ({"payload": 1}, {"id": ""}, {"v": 2}):
         with pytest.raises(EntryDecodeError, match="invalid cancellation"):
             cancelled_by({**orjson.loads(value), **bad})
+
+
+# -- what review found: the invariants under config changes and races ---------------------
+
+
+def peer_of(targets: Targets, region: str = "west") -> RecordingTarget:
+    return targets.get({"type": "region", "region": region, "namespace": "profiles"})
+
+
+def without_replication(version: int) -> dict[str, Any]:
+    return {**{k: v for k, v in NS.items() if k != "replication"}, "version": version}
+
+
+async def test_a_delayed_entry_is_not_applied_early_when_its_peer_is_dropped_while_forwarding(
+    east: tuple[WalApp, Targets],
+) -> None:
+    wal, targets = east
+    peer_of(targets).down_for_calls = 1000
+    due_ms = int(time.time() * 1000) + 1500
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, written(1, WriteClock(), due_at_ms=due_ms))
+        await tick(ctx)
+        # the namespace drops replication while the forward waits for west: the forward's retry
+        # timer finds its target gone and hands the entry to the namespace's targets as they are
+        add_namespace(wal, without_replication(2))
+        while time.time() * 1000 < due_ms + 300:
+            await tick(ctx, after_s=0.05)
+            assert all(at * 1000 >= due_ms for at in targets.local.applied_at), "applied before its due time"
+    assert [e.id for e in targets.local.applied] == ["e1"]  # once, when due
+
+
+async def test_a_region_this_fleet_does_not_know_holds_only_its_own_forwarding(
+    east: tuple[WalApp, Targets],
+) -> None:
+    wal, _ = east
+    wal.targets.get = TargetPool(wal.settings).get  # type: ignore[method-assign]  # the real pool
+    # a config pushed from a region whose fleet knows "north" (this one does not)
+    add_namespace(wal, {**NS, "targets": [{"type": "noop"}], "version": 5,
+                        "replication": {"regions": {"east": {}, "north": {}}}})
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, written(1, WriteClock()))
+        await tick(ctx)
+    doc = state(wal, "e1")
+    by_type = {t["type"]: t for t in doc["targets"].values()}
+    assert by_type["noop"]["state"] == "DELIVERED"  # applied here
+    assert by_type["region:north"]["state"] == "RETRYING"  # and waits for north, not dead
+    assert "WALSTREAM_REGION_BROKERS" in by_type["region:north"]["last_error"]
+
+
+async def test_a_peers_cancellation_of_an_entry_being_delivered_here_is_not_applied(
+    east: tuple[WalApp, Targets],
+) -> None:
+    wal, targets = east
+    targets.local.script["e1"] = [TransientError("busy")]
+    clock = WriteClock()
+    e = written(1, clock, origin="west")
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, e)  # due now: being delivered (its first try failed)
+        assert state(wal, "e1")["state"] == "RETRYING"
+        await send_raw(ctx, e.key, cancellation_record("profiles", "e1", e.key, "west", clock.now_us()))
+        deadline = time.monotonic() + 5
+        while not targets.local.applied and time.monotonic() < deadline:
+            await tick(ctx, after_s=0.05)
+    assert [x.id for x in targets.local.applied] == ["e1"]  # west cancelled it too late: applied here too
+    assert state(wal, "e1")["state"] == "DELIVERED"
+
+
+def test_only_a_delayed_entry_of_a_replicated_namespace_can_be_cancelled() -> None:
+    def doc(state: str, offset: int | None = 3) -> dict[str, Any]:
+        return {"id": "e1", "ns": "profiles", "state": state, "offset": offset, "targets": {}}
+
+    assert replicated_refusal(doc("DELAYED"), "e1") is None
+    assert replicated_refusal(doc("CANCELLED", offset=None), "e1") is None
+    for state in ("PENDING", "RETRYING"):
+        assert "only while it waits for its due time" in replicated_refusal(doc(state), "e1")["message"]  # type: ignore[index]
+    assert "not in this region yet" in replicated_refusal(None, "e1")["message"]  # type: ignore[index]
+
+
+def test_the_lag_is_the_age_of_the_oldest_entry_waiting_for_the_peer() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from walstream.metrics import ReplicationLag
+
+    registry = CollectorRegistry()
+    lag = ReplicationLag(registry, stale_s=60)
+
+    def value() -> float:
+        v = registry.get_sample_value("walstream_replication_lag_seconds", {"namespace": "n", "peer": "west"})
+        assert v is not None
+        return v
+
+    now = time.time()
+    lag.observe("n", "west", "a", int((now - 30) * 1e6), True, now)
+    lag.observe("n", "west", "b", int((now - 10) * 1e6), True, now)
+    assert 29 < value() < 35  # the oldest waiting
+    lag.observe("n", "west", "a", int((now - 30) * 1e6), False, now)  # forwarded
+    assert 9 < value() < 15
+    lag.observe("n", "west", "b", int((now - 10) * 1e6), False, now)
+    assert value() == 0  # none waits
+    lag.observe("n", "west", "c", int((now - 500) * 1e6), True, now - 120)  # not tried again since: gone
+    assert value() == 0
+
+
+async def test_configs_converge_to_the_one_written_last_and_a_deletion_is_not_undone(
+    east: tuple[WalApp, Targets], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import walstream.replication as replication
+
+    wal, _ = east
+    cfg = wal.registry.get("profiles")
+    assert cfg is not None
+    wal.registry._apply_record(b"profiles", cfg.to_json(), 5000)
+    other = cfg.model_copy(update={"description": "changed there", "version": 9})
+    theirs: dict[str, Any] = {}
+    pushed: list[str] = []
+
+    async def read_configs(bootstrap: str, topic: str) -> dict[str, Any]:
+        return theirs
+
+    async def push(self: Any, peer: str, c: Any, written_ms: Any) -> None:
+        pushed.append(f"{peer}:{c.name}@{written_ms}")
+
+    monkeypatch.setattr(replication, "read_configs", read_configs)
+    monkeypatch.setattr(replication.Peers, "_push", push)
+    cases = [
+        ({}, ["west:profiles@5000"]),  # missing there
+        ({"profiles": (cfg.model_copy(update={"version": 1}), 1000)}, []),  # the same, versions aside
+        ({"profiles": (other, 1000)}, ["west:profiles@5000"]),  # older there
+        ({"profiles": (other, 9000)}, []),  # newer there: it comes here instead
+        ({"profiles": (None, 9000)}, []),  # deleted there after: not brought back
+        ({"profiles": (None, 1000)}, ["west:profiles@5000"]),  # written here after its deletion there
+    ]
+    for there, expect in cases:
+        theirs.clear()
+        theirs.update(there)
+        pushed.clear()
+        await wal.peers.reconcile(wal.registry)
+        assert pushed == expect, there
+    # at the same millisecond, both regions pick the same one
+    mine_first = replication.newer(cfg, 5000, other, 5000)
+    assert mine_first != replication.newer(other, 5000, cfg, 5000)

@@ -340,7 +340,7 @@ class Deliverer:
             for dl in out.letters:
                 self._index(dl)
                 self.metrics.dead_lettered.labels(
-                    _ns(dl), (dl.target or {}).get("type", "-"), dl.error_class.value
+                    _ns(dl), target_type(dl.target) if dl.target else "-", dl.error_class.value
                 ).inc()
         now_ms = int(time.time() * 1000)
         for doc in out.docs.values():
@@ -395,8 +395,7 @@ class Deliverer:
         try:
             doc = parse_record(rec.value)
             if (cancelled := cancelled_by(doc)) is not None:
-                # a peer region's cancellation (walstream.replication): the entry's key maps here
-                self._cancel(rec.partition, *cancelled, True, now_s, out)
+                self._cancel_from_peer(rec.partition, *cancelled, now_s, out)
                 return []
             entry = Entry.from_doc(doc)
         except EntryDecodeError as exc:
@@ -519,6 +518,10 @@ class Deliverer:
     def _expand(
         self, rec: SourceRecord, entry: Entry, doc: dict[str, Any], ns: NamespaceConfig, out: _Outcome, now_s: float
     ) -> list[Item]:
+        if entry.due_at_ms is not None and entry.due_at_ms > now_s * 1000:
+            # not due yet, expanded by a timer of one of its targets (one its namespace no
+            # longer has): its own delay timer expands it when due; never early
+            return self._forward_early(rec, entry, doc, ns, self._state(out, entry, rec))
         try:
             resolved = self._targets_for(ns, entry)
         except Exception as exc:  # an override that does not validate (another producer's record)
@@ -640,7 +643,8 @@ class Deliverer:
             resolved = []
             configs: list[Any] = [*ns.targets_in(region)]
             if forward:
-                configs += [RegionTargetConfig(type="region", region=peer) for peer in ns.peers_of(region)]
+                configs += [RegionTargetConfig(type="region", region=peer, namespace=ns.name)
+                            for peer in ns.peers_of(region)]
             for t in configs:
                 cfg = t.model_dump(mode="json")
                 resolved.append((cfg, make_target_id(cfg), self.targets.get(t)))
@@ -826,8 +830,11 @@ class Deliverer:
         label = target_type(it.target_cfg)
         t = self._target_state(out, it)
         if it.target_cfg["type"] == "region":
-            peer = it.target_cfg["region"]
-            self.metrics.replication.observe(ns_name, peer, it.entry.written_at_us, err is None, now_s)
+            # waits unless forwarded now, or dead-lettered below (a permanent error, or out of attempts)
+            waits = err is not None and (isinstance(err, TargetDownError) or (
+                isinstance(err, TransientError) and it.attempt + 1 < it.policy.max_attempts))
+            self.metrics.replication.observe(
+                ns_name, it.target_cfg["region"], it.entry.id, it.entry.written_at_us, waits, now_s)
         if err is None:
             # a delivered target has no error: an earlier failure's text would read as current
             t.update(state=EntryState.DELIVERED.value, next_attempt_ms=None, held_behind=None, last_error=None)
@@ -1315,6 +1322,18 @@ class Deliverer:
             it.target_id, {"type": target_type(it.target_cfg), "state": EntryState.PENDING.value, "attempts": 0}
         )
         return t
+
+    def _cancel_from_peer(self, partition: int, ns_name: str, entry_id: str, now_s: float, out: _Outcome) -> None:
+        """A peer region's cancellation (walstream.replication), read in the partition the
+        entry's key maps to. The peer cancelled it while it waited for its due time; here it
+        is cancelled likewise, or in advance if it has not arrived. If it is due and being
+        delivered here already (the cancellation crossed its due time), it is left alone."""
+        doc = out.docs.get((ns_name, entry_id)) or self.states.get(ns_name, entry_id)
+        if doc is not None and doc.get("offset") is not None and doc["state"] != EntryState.DELAYED:
+            log.info("cancellation of %s/%s from another region came when it was %s here: not applied",
+                     ns_name, entry_id, doc["state"])
+            return
+        self._cancel(partition, ns_name, entry_id, True, now_s, out)
 
     def _cancel(self, partition: int, ns_name: str, entry_id: str, home: bool, now_s: float, out: _Outcome) -> None:
         """Cancel what of an entry is not delivered yet. ``home``: this is the partition the

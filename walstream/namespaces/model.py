@@ -217,6 +217,9 @@ class RegionTargetConfig(_Strict):
 
     type: Literal["region"]
     region: RegionName
+    #: the namespace forwarded: each (peer, namespace) is a target of its own, with its own
+    #: circuit, so that one namespace's missing topic in the peer holds up no other
+    namespace: str = Field(pattern=NAME_RE.pattern)
 
 
 class RegionConfig(_Strict):

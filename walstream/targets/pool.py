@@ -46,11 +46,11 @@ class TargetPool:
     def _build(self, cfg: AnyTargetConfig) -> Target:
         s = self.settings
         if isinstance(cfg, RegionTargetConfig):
-            from walstream.targets.region import RegionTarget
+            from walstream.targets.region import RegionTarget, UnknownRegion
 
             brokers = s.region_broker_map.get(cfg.region)
-            if brokers is None:
-                raise ValueError(f"region {cfg.region!r} is not in WALSTREAM_REGION_BROKERS")
+            if brokers is None:  # a config from a region that knows more regions than this one
+                return UnknownRegion(cfg)
             return RegionTarget(cfg, brokers, s.target_timeout_s)
         if isinstance(cfg, CassandraTargetConfig):
             from walstream.targets.cassandra import CassandraTarget

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 
+from collections.abc import Sequence
+
 from walstream.entry import Entry
 from walstream.namespaces.model import RegionTargetConfig, wal_topic
-from walstream.targets.base import TargetError, TransientError
+from walstream.targets.base import Outcomes, Target, TargetDownError, TargetError, TransientError
 from walstream.targets.kafka import KafkaTarget, classify_error
 
 
@@ -61,3 +63,18 @@ class RegionTarget(KafkaTarget):
             raise
         except TimeoutError:
             raise TransientError(f"{self.label}: no acknowledgement within {timeout_s:.0f} s") from None
+
+
+class UnknownRegion(Target):
+    """A peer region a namespace lists that this fleet's ``WALSTREAM_REGION_BROKERS`` does not
+    name (the config came from a region that knows more). Its entries wait, as for a peer
+    that is down, until the workers are restarted knowing it; nothing else is held up."""
+
+    def __init__(self, cfg: RegionTargetConfig) -> None:
+        self.label = f"region:{cfg.region}"
+        self.region = cfg.region
+
+    async def apply(self, entries: Sequence[Entry]) -> Outcomes:
+        message = (f"region {self.region!r} is not in this fleet's WALSTREAM_REGION_BROKERS: "
+                   "add its Kafka there; the entries wait for it")
+        return [TargetDownError(message)] * len(entries)

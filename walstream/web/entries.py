@@ -75,6 +75,24 @@ def public_status(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def replicated_refusal(known: dict[str, Any] | None, entry_id: str) -> dict[str, Any] | None:
+    """Why an entry of a replicated namespace cannot be cancelled (a 409 body), or None.
+
+    Only an entry waiting for its due time can be: until then no region applies it (each
+    holds it in its own schedule), so every region can still cancel it. One being delivered
+    may be applied in another region already; one not seen here may be on its way from the
+    region it was written in (cancelled in advance here, it would be applied there only)."""
+    if known is None or (known.get("offset") is None and known["state"] != EntryState.CANCELLED):
+        return {"id": entry_id, "state": "UNKNOWN", "message": (
+            f"entry {entry_id!r} is not in this region yet; in a replicated namespace an entry is cancelled once "
+            "it is here (it may be on its way from the region it was written in): retry shortly")}
+    if known["state"] in (EntryState.PENDING, EntryState.RETRYING):
+        return {**public_status(known), "message": (
+            f"entry is {known['state']}: in a replicated namespace an entry can be cancelled only while it waits "
+            "for its due time (DELAYED); once due it may be applied in another region already")}
+    return None
+
+
 def register(ctx: WebContext) -> None:
     app = ctx.faust
     status = ctx.status
@@ -119,6 +137,14 @@ def register(ctx: WebContext) -> None:
                 return respond(self, denied.status, {"message": denied.message})
             key = request.query.get("key") or entry_id
             known, unknown = await status.find(namespace, entry_id)
+            replicated = bool(ctx.peers.of(ns))
+            if replicated and not unknown:
+                if known is not None and known["state"] == EntryState.CANCELLED:
+                    # cancelled here: the other regions are told (again: one may have been down)
+                    sent = await ctx.peers.cancel(ns, entry_id, str(known.get("key") or key), ctx.clock.now_us())
+                    return respond(self, 200, {**public_status(known), "peers": sent})
+                if (refusal := replicated_refusal(known, entry_id)) is not None:
+                    return respond(self, 409, refusal)
             if known is not None and known.get("offset") is not None:
                 # a written entry: its own partition decides (nothing else is touched)
                 if known["state"] in FINAL:
@@ -145,11 +171,6 @@ def register(ctx: WebContext) -> None:
                 return respond(self, 503, {"message": f"could not send the cancellation: {exc}"})
             # a later write of this id through this worker is refused at once (409)
             ctx.writer.cancelled(namespace, entry_id)
-            # and the other regions holding the namespace cancel it too (walstream.replication)
-            peers: dict[str, Any] = {}
-            if ctx.peers.of(ns):
-                entry_key = str(known["key"]) if known is not None and known.get("key") else key
-                peers = {"peers": await ctx.peers.cancel(ns, entry_id, entry_key, ctx.clock.now_us())}
             deadline = time.monotonic() + 5.0
             doc = None
             while time.monotonic() < deadline:
@@ -157,6 +178,12 @@ def register(ctx: WebContext) -> None:
                 if doc is not None and doc["state"] in FINAL:
                     break
                 await asyncio.sleep(0.1)
+            # once cancelled here, the other regions holding the namespace cancel it too
+            # (walstream.replication); not before: delivered here, it must stay so everywhere
+            peers: dict[str, Any] = {}
+            if replicated and doc is not None and doc["state"] == EntryState.CANCELLED:
+                entry_key = str(doc.get("key") or key)
+                peers = {"peers": await ctx.peers.cancel(ns, entry_id, entry_key, ctx.clock.now_us())}
             if doc is None:
                 return respond(
                     self,

@@ -16,7 +16,8 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from walstream import strict_json
-from walstream.namespaces.model import REGION_RE, RetryPolicy, TargetConfig, format_validation_error
+from walstream.namespaces.model import RetryPolicy, TargetConfig, format_validation_error
+from walstream.settings import REGION_RE
 from walstream.tables.schedule import MAX_DUE_MS
 
 ENVELOPE_VERSION = 1

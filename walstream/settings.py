@@ -7,6 +7,7 @@ the environment: collaborators receive a :class:`Settings` instance from the com
 from __future__ import annotations
 
 import hashlib
+import re
 import socket
 from pathlib import Path
 from typing import Literal
@@ -15,8 +16,10 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from walstream.auth import stored_token
-from walstream.namespaces.model import REGION_RE
 from walstream.shards import DEFAULT_SHARD, SHARD_PATTERN, group_id, parse_shard_urls
+
+#: a region's name (``WALSTREAM_REGION``, a namespace's ``replication.regions``)
+REGION_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
 
 class Settings(BaseSettings):

@@ -24,6 +24,7 @@ from yaml.nodes import MappingNode, ScalarNode
 
 from walstream import strict_json
 from walstream.auth import stored_token
+from walstream.settings import REGION_RE
 from walstream.shards import DEFAULT_SHARD, SHARD_PATTERN
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -205,8 +206,6 @@ TargetConfig = Annotated[
 #: target types whose payloads must be mutation payloads (checked at write time)
 MUTATION_TARGET_TYPES = frozenset({"cassandra", "elasticsearch"})
 
-#: a region's name (``WALSTREAM_REGION``, a namespace's ``replication.regions``)
-REGION_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 RegionName = Annotated[str, Field(pattern=REGION_RE.pattern)]
 
 

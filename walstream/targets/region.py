@@ -17,7 +17,6 @@ id, and the peer's delivery skips an id it already tracks.
 from __future__ import annotations
 
 import asyncio
-
 from collections.abc import Sequence
 
 from walstream.entry import Entry

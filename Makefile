@@ -45,6 +45,7 @@ bench: $(STAMP) stack-up
 	$(BIN)/python -m bench.scheduler
 	$(BIN)/python -m bench.recovery
 	$(BIN)/python -m bench.replication
+	$(BIN)/python -m bench.index_check
 
 stack-up: $(STAMP)
 	$(BIN)/walstream stack up

@@ -192,8 +192,11 @@ def _settings() -> Settings:
             secret = field is not None and field.annotation is pydantic.SecretStr
             return "=<hidden>" if secret else f"={e.get('input')!r}"
 
+        # an error of several settings together (no loc) names them in its message; its
+        # input is every setting, secrets included: never shown
         problems = "; ".join(
             f"WALSTREAM_{'_'.join(str(p) for p in e['loc']).upper()}{given(e)}: {validation_message(e)}"
+            if e["loc"] else validation_message(e)
             for e in exc.errors()
         )
         raise click.ClickException(f"invalid setting: {problems}") from exc
@@ -743,7 +746,8 @@ def _echo_status(st: EntryStatus, output: str) -> None:
     if output == "json":
         _echo_json(st.model_dump(mode="json"))
         return
-    at = {"partition": st.partition, "offset": st.offset, "due_at": st.due_at, "updated_at": st.updated_at}
+    at = {"partition": st.partition, "offset": st.offset, "due_at": st.due_at, "updated_at": st.updated_at,
+          "origin": st.origin}
     click.echo("\t".join([st.id, st.state, *(f"{k}={v.isoformat() if isinstance(v, datetime) else v}"
                                                for k, v in at.items() if v is not None)]))
     for t in st.targets:
@@ -757,6 +761,8 @@ def _echo_status(st: EntryStatus, output: str) -> None:
         click.echo("\t".join([f"  {t.target}", t.type or "-", t.state, *extra]))
     if st.last_error and not st.targets:
         click.echo(f"  last_error={_one_line(st.last_error)[:200]}")
+    for region, outcome in sorted((st.peers or {}).items()):
+        click.echo(f"  region {region}: cancellation {_one_line(outcome)[:300]}")
     if st.message:
         click.echo(f"  {st.message}")
 

@@ -103,18 +103,21 @@ class Peers:
             try:
                 await self._target(peer, cfg.name).send_record(wal_topic(cfg.name), key, value, PEER_TIMEOUT_S)
             except Exception as exc:
-                return f"not reached: {exc}"
+                return f"not confirmed: {exc} (it may still arrive; ask again once the region answers)"
             return "sent"
 
         peers = self.of(cfg)
         return dict(zip(peers, await asyncio.gather(*(one(p) for p in peers)), strict=True))
 
-    async def push_namespace(self, cfg: NamespaceConfig, written_ms: int | None) -> dict[str, str]:
+    async def push_namespace(
+        self, cfg: NamespaceConfig, written_ms: int | None, peers: list[str] | None = None
+    ) -> dict[str, str]:
         """Make ``cfg`` the namespace's config in every peer region it lists: its topics there
         (this fleet's partition count, which every region must share), then the config into
         the peer fleet's namespaces topic, with ``written_ms`` as its time so that each region
         knows it for the same write. Returns ``{peer: "applied"}`` or why it was not reached
-        (it gets the config later: :meth:`reconcile`)."""
+        (it gets the config later: :meth:`reconcile`). ``peers``: these regions instead of
+        the ones ``cfg`` lists (also those its previous version listed)."""
         async def one(peer: str) -> str:
             try:
                 await asyncio.wait_for(self._push(peer, cfg, written_ms), PEER_TIMEOUT_S)
@@ -124,7 +127,7 @@ class Peers:
                 return f"not reached: {exc}"
             return "applied"
 
-        peers = self.of(cfg)
+        peers = self.of(cfg) if peers is None else peers
         return dict(zip(peers, await asyncio.gather(*(one(p) for p in peers)), strict=True))
 
     async def _push(self, peer: str, cfg: NamespaceConfig, written_ms: int | None) -> None:

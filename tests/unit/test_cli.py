@@ -461,6 +461,18 @@ def test_worker_with_an_invalid_setting_is_one_line_naming_the_variable() -> Non
     assert line.startswith("Error: invalid setting: WALSTREAM_WEB_PORT='abc': Input should be a valid integer")
 
 
+@pytest.mark.parametrize("env", [
+    {"WALSTREAM_REGION": "north", "WALSTREAM_REGION_BROKERS": "east=127.0.0.1:9092"},
+    {"WALSTREAM_REGION_BROKERS": "east=127.0.0.1:9092"},
+    {"WALSTREAM_REGION": "east"},
+])
+def test_a_bad_region_setting_is_one_line_that_shows_no_other_setting(env: dict[str, str]) -> None:
+    token = "a-secret-admin-token-0123456789"
+    line = one_line_error(run(["worker"], env={"WALSTREAM_ADMIN_TOKENS": token, **env}))
+    assert line.startswith("Error: invalid setting: WALSTREAM_REGION"), line
+    assert token not in line and "admin" not in line and "{" not in line
+
+
 @pytest.fixture
 def fake_jdk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A JDK 17 home as walstream checks for one, and a PATH without mvn: nothing downloads."""

@@ -317,6 +317,25 @@ async def test_a_cancellation_that_arrives_before_its_entry_cancels_it_in_advanc
     assert state(wal, "e1")["state"] == "CANCELLED"
 
 
+async def test_a_peers_cancellation_cancels_an_entry_whose_own_forward_still_retries(
+    east: tuple[WalApp, Targets],
+) -> None:
+    wal, targets = east
+    peer_of(targets).down_for_calls = 1000  # its forward to west retries: the entry reads RETRYING
+    clock = WriteClock()
+    late = written(1, clock, due_at_ms=int(time.time() * 1000) + 400)
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, late)
+        await tick(ctx)
+        assert state(wal, "e1")["state"] == "RETRYING"
+        await send_raw(ctx, late.key, cancellation_record("profiles", "e1", late.key, "west", clock.now_us()))
+        await tick(ctx)
+        assert state(wal, "e1")["state"] == "CANCELLED"
+        while time.time() * 1000 < late.due_at_ms + 100:  # type: ignore[operator]
+            await tick(ctx, after_s=0.05)
+    assert targets.local.applied == []
+
+
 def test_a_cancellation_record_is_never_read_as_an_entry() -> None:
     value = cancellation_record("profiles", "e1", "k", "east", 1)
     with pytest.raises(EntryDecodeError, match="payload"):  # (what a worker without replication does)
@@ -393,14 +412,19 @@ async def test_a_peers_cancellation_of_an_entry_being_delivered_here_is_not_appl
     assert state(wal, "e1")["state"] == "DELIVERED"
 
 
-def test_only_a_delayed_entry_of_a_replicated_namespace_can_be_cancelled() -> None:
-    def doc(state: str, offset: int | None = 3) -> dict[str, Any]:
-        return {"id": "e1", "ns": "profiles", "state": state, "offset": offset, "targets": {}}
+def test_only_an_entry_not_due_yet_of_a_replicated_namespace_can_be_cancelled() -> None:
+    later, earlier = int(time.time() * 1000) + 60_000, int(time.time() * 1000) - 1
 
-    assert replicated_refusal(doc("DELAYED"), "e1") is None
-    assert replicated_refusal(doc("CANCELLED", offset=None), "e1") is None
-    for state in ("PENDING", "RETRYING"):
-        assert "only while it waits for its due time" in replicated_refusal(doc(state), "e1")["message"]  # type: ignore[index]
+    def doc(state: str, due_ms: int | None, offset: int | None = 3) -> dict[str, Any]:
+        return {"id": "e1", "ns": "profiles", "state": state, "offset": offset, "due_ms": due_ms, "targets": {}}
+
+    assert replicated_refusal(doc("DELAYED", later), "e1") is None
+    # its forward to a peer retries (the entry reads RETRYING): still not due, still cancellable
+    assert replicated_refusal(doc("RETRYING", later), "e1") is None
+    assert replicated_refusal(doc("CANCELLED", None, offset=None), "e1") is None
+    for state, due in (("PENDING", None), ("RETRYING", None), ("RETRYING", earlier), ("DELAYED", earlier)):
+        refusal = replicated_refusal(doc(state, due), "e1")
+        assert refusal is not None and "only before its due time" in refusal["message"], (state, due)
     assert "not in this region yet" in replicated_refusal(None, "e1")["message"]  # type: ignore[index]
 
 

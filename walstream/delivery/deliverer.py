@@ -1329,8 +1329,9 @@ class Deliverer:
         is cancelled likewise, or in advance if it has not arrived. If it is due and being
         delivered here already (the cancellation crossed its due time), it is left alone."""
         doc = out.docs.get((ns_name, entry_id)) or self.states.get(ns_name, entry_id)
-        if doc is not None and doc.get("offset") is not None and doc["state"] != EntryState.DELAYED:
-            log.info("cancellation of %s/%s from another region came when it was %s here: not applied",
+        due_ms = None if doc is None else doc.get("due_ms")
+        if doc is not None and doc.get("offset") is not None and not (due_ms is not None and due_ms > now_s * 1000):
+            log.info("cancellation of %s/%s from another region came when it was due here (%s): not applied",
                      ns_name, entry_id, doc["state"])
             return
         self._cancel(partition, ns_name, entry_id, True, now_s, out)

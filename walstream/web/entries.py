@@ -85,12 +85,20 @@ def replicated_refusal(known: dict[str, Any] | None, entry_id: str) -> dict[str,
     if known is None or (known.get("offset") is None and known["state"] != EntryState.CANCELLED):
         return {"id": entry_id, "state": "UNKNOWN", "message": (
             f"entry {entry_id!r} is not in this region yet; in a replicated namespace an entry is cancelled once "
-            "it is here (it may be on its way from the region it was written in): retry shortly")}
-    if known["state"] in (EntryState.PENDING, EntryState.RETRYING):
+            "it is here (it may be on its way from the region it was written in, and cancelling in advance "
+            "is not possible): retry shortly")}
+    if known["state"] not in FINAL and not not_due(known):
         return {**public_status(known), "message": (
-            f"entry is {known['state']}: in a replicated namespace an entry can be cancelled only while it waits "
-            "for its due time (DELAYED); once due it may be applied in another region already")}
+            "the entry is due: in a replicated namespace an entry can be cancelled only before its due time "
+            "(it may be applied in another region already)")}
     return None
+
+
+def not_due(doc: dict[str, Any], now_ms: int | None = None) -> bool:
+    """Whether the entry of state ``doc`` is not due yet (then no region has applied it: a
+    forward retrying to a peer does not make it due)."""
+    due = doc.get("due_ms")
+    return due is not None and due > (now_ms if now_ms is not None else int(time.time() * 1000))
 
 
 def register(ctx: WebContext) -> None:

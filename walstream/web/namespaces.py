@@ -105,8 +105,11 @@ def register(ctx: WebContext) -> None:
                 log.exception("namespace apply failed")
                 return respond(self, 503, {"message": f"could not store namespace: {exc}"})
             answer = applied.model_dump(mode="json")
-            if ctx.peers.of(applied):  # and in every other region it lists (walstream.replication)
-                answer["regions"] = await ctx.peers.push_namespace(applied, registry.written_ms(name))
+            # and in every other region it lists, or listed: one dropped learns it is no
+            # longer replicated (walstream.replication)
+            peers = sorted(set(ctx.peers.of(applied)) | set(ctx.peers.of(existing) if existing else ()))
+            if peers:
+                answer["regions"] = await ctx.peers.push_namespace(applied, registry.written_ms(name), peers)
             return respond(self, 200, answer)
 
         async def delete(self, request: Request, name: str) -> Response:

@@ -14,11 +14,13 @@ from walstream.app import WalApp, build_app
 from walstream.entry import Entry
 from walstream.namespaces.model import NamespaceConfig, parse_namespace
 from walstream.settings import Settings
-from walstream.targets.base import Outcomes, Target, TargetDownError, TargetError
+from walstream.targets.base import KeyRuns, Outcomes, Target, TargetDownError, TargetError, TransientError
 
 
 class RecordingTarget(Target):
-    """A stub target: records what it was given; fails entries as scripted by id."""
+    """A stub target: records what it was given; fails entries as scripted by id. Set
+    ``key_runs`` to take several entries of a key per call: with ``IN_ORDER`` the entries of
+    a key after one that failed in a call are not applied (reported transient)."""
 
     def __init__(self, label: str = "recording", clock: Callable[[], float] = time.time) -> None:
         self.label = label
@@ -40,10 +42,15 @@ class RecordingTarget(Target):
         if self.calls <= self.down_for_calls:
             return [TargetDownError("no host available")] * len(entries)
         out: Outcomes = []
+        stopped: set[str] = set()  # keys with a failed entry in this call (KeyRuns.IN_ORDER)
         for e in entries:
             errors = self.script.get(e.id)
-            if errors:
+            if e.key in stopped:
+                out.append(TransientError("not sent: an earlier entry of its key failed in this call"))
+            elif errors:
                 out.append(errors.pop(0))
+                if self.key_runs is KeyRuns.IN_ORDER:
+                    stopped.add(e.key)
             else:
                 self.applied.append(e)
                 self.applied_at.append(self.clock())

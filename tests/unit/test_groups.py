@@ -23,7 +23,7 @@ from walstream.delivery.deliverer import RELEASE_RUN
 from walstream.entry import Entry, WriteClock
 from walstream.tables import ordered
 from walstream.tables.groups import GroupState
-from walstream.targets.base import PermanentError, TransientError
+from walstream.targets.base import KeyRuns, PermanentError, TransientError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -110,8 +110,12 @@ async def test_a_marker_before_its_members_waits_for_the_last_one(harness: Harne
     assert applied(harness) == ["g2-m0", "g2-m1", "g2-m2"]
 
 
-async def test_a_member_failing_transiently_holds_the_rest_until_it_succeeds(harness: Harness) -> None:
+@pytest.mark.parametrize("runs", list(KeyRuns), ids=lambda r: r.value)
+async def test_a_member_failing_transiently_holds_the_rest_until_it_succeeds(harness: Harness, runs: KeyRuns) -> None:
+    """Also with a target that takes a key's entries in one call: a group's members still go
+    one per call (a member's failure must stop the rest before they are sent)."""
     wal, target, producer = harness
+    target.key_runs = runs
     target.script["g3-m1"] = [TransientError("blip"), TransientError("blip")]
     async with agent(wal).test_context() as ctx:
         await send(ctx, *(member("g3", i) for i in range(4)), marker("g3", 4))
@@ -123,12 +127,14 @@ async def test_a_member_failing_transiently_holds_the_rest_until_it_succeeds(har
     assert letters(producer) == {}
 
 
+@pytest.mark.parametrize("runs", list(KeyRuns), ids=lambda r: r.value)
 @pytest.mark.parametrize("errors", [[PermanentError("mapping")], [TransientError("blip")] * 3],
                          ids=["permanent", "attempts-exhausted"])
 async def test_a_member_that_keeps_failing_dead_letters_the_rest_of_the_group(
-    harness: Harness, errors: list[Any]
+    harness: Harness, errors: list[Any], runs: KeyRuns
 ) -> None:
     wal, target, producer = harness
+    target.key_runs = runs
     target.script["g4-m1"] = list(errors)
     async with agent(wal).test_context() as ctx:
         await send(ctx, *(member("g4", i) for i in range(4)), marker("g4", 4))

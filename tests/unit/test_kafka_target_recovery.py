@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 from aiokafka.errors import (
     InvalidProducerEpoch,
+    KafkaConnectionError,
     KafkaError,
+    KafkaTimeoutError,
     LeaderNotAvailableError,
-    MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
     UnknownProducerId,
@@ -30,17 +31,35 @@ from aiokafka.errors import (
 
 from walstream.entry import Entry
 from walstream.namespaces.model import KafkaTargetConfig
-from walstream.targets.base import PermanentError, TransientError
-from walstream.targets.kafka import KafkaTarget
+from walstream.targets.base import PermanentError, TargetDownError, TransientError
+from walstream.targets.kafka import MAX_REQUEST_BYTES, KafkaTarget, _partition_of
 
 pytestmark = pytest.mark.timeout(30)
 
 
+class StubBatch:
+    """Stands in for aiokafka's ``BatchBuilder``: holds up to ``capacity`` records."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.keys: list[bytes] = []
+        self.closed = False
+
+    def append(self, *, timestamp: Any, key: bytes, value: bytes, headers: Any) -> object | None:
+        if self.closed or (self.keys and len(self.keys) >= self.capacity):
+            return None
+        self.keys.append(key)
+        return object()
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class StubProducer:
-    """Stands in for ``AIOKafkaProducer``. ``fail_from``: the index of the first send whose
+    """Stands in for ``AIOKafkaProducer``. ``fail_from``: the index of the first batch whose
     delivery fails with ``error`` (all later ones fail too, as a broken sequence does);
-    ``raise_error``: ``send`` itself raises it. ``hold``: deliveries stay pending until
-    :meth:`settle`."""
+    ``raise_error``: ``send_batch`` itself raises it. ``hold``: deliveries stay pending until
+    :meth:`settle`. Batches hold ``per_batch`` records; the topic has ``partitions``."""
 
     def __init__(
         self,
@@ -48,17 +67,28 @@ class StubProducer:
         error: BaseException | None = None,
         raise_error: BaseException | None = None,
         hold: bool = False,
+        per_batch: int = 1,
+        partitions: int = 1,
+        fail_keys: frozenset[bytes] = frozenset(),
     ) -> None:
         self.fail_from = fail_from
         self.error = error
         self.raise_error = raise_error
         self.hold = hold
+        self.per_batch = per_batch
+        #: a batch holding one of these keys fails with ``error`` (the others are unaffected)
+        self.fail_keys = fail_keys
         self.started = False
         self.stopped = False
+        #: keys delivered, in order; and per partition
         self.delivered: list[bytes] = []
-        self.pending: list[tuple[asyncio.Future[object], bytes]] = []
+        self.by_partition: dict[int, list[bytes]] = {}
+        self.batches_settled = 0
+        self.pending: list[tuple[asyncio.Future[object], StubBatch, int]] = []
         self.sends = 0
-        self.client = SimpleNamespace(cluster=SimpleNamespace(partitions_for_topic=lambda _t: {0}))
+        parts = set(range(partitions))
+        self.client = SimpleNamespace(cluster=SimpleNamespace(
+            partitions_for_topic=lambda _t: parts, available_partitions_for_topic=lambda _t: parts))
 
     async def start(self) -> None:
         self.started = True
@@ -66,27 +96,34 @@ class StubProducer:
     async def stop(self) -> None:
         self.stopped = True
 
-    async def send(self, topic: str, *, value: bytes, key: bytes, headers: Any) -> asyncio.Future[object]:
+    def create_batch(self) -> StubBatch:
+        return StubBatch(self.per_batch)
+
+    async def send_batch(self, batch: StubBatch, topic: str, *, partition: int) -> asyncio.Future[object]:
+        assert batch.closed, "a batch is closed before it is sent (no send() joins it)"
         if self.raise_error is not None:
             raise self.raise_error
         fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self.pending.append((fut, key))
+        self.pending.append((fut, batch, partition))
         self.sends += 1
         if not self.hold:
             self.settle()
         return fut
 
     def settle(self) -> None:
-        """Complete every pending delivery (from ``fail_from`` on: with ``error``)."""
+        """Complete every pending delivery (from batch ``fail_from`` on: with ``error``)."""
         pending, self.pending = self.pending, []
-        for fut, key in pending:
+        for fut, batch, partition in pending:
             if fut.done():  # cancelled with its caller (as aiokafka, which skips those)
                 continue
-            if self.fail_from is not None and len(self.delivered) >= self.fail_from:
+            sticky = self.fail_from is not None and self.batches_settled >= self.fail_from
+            if sticky or self.fail_keys.intersection(batch.keys):
                 assert self.error is not None
                 fut.set_exception(self.error)
             else:
-                self.delivered.append(key)
+                self.batches_settled += 1
+                self.delivered += batch.keys
+                self.by_partition.setdefault(partition, []).extend(batch.keys)
                 fut.set_result(None)
 
 
@@ -177,14 +214,27 @@ async def test_send_refused_by_a_dead_producer_replaces_it(producers: Producers)
     assert dead.stopped
 
 
-async def test_a_record_error_keeps_the_producer(producers: Producers) -> None:
-    """A record refused before it got a sequence number says nothing about the producer."""
-    big = StubProducer(raise_error=MessageSizeTooLargeError("too big"))
-    producers.queue.append(big)
+async def test_a_record_too_large_fails_alone_and_keeps_the_producer(producers: Producers) -> None:
+    """A record refused before it is sent says nothing about the producer, nor about the
+    other entries of its call."""
+    t = target()
+    big = Entry(id="big", namespace="ns", key="k1", payload={"pad": "x" * (MAX_REQUEST_BYTES + 1)},
+                written_at_us=1)
+    out = await t.apply([entry(0), big, entry(2)])
+    assert out[0] is None and out[2] is None, out
+    assert isinstance(out[1], PermanentError) and "MessageSizeTooLarge" in out[1].message
+    assert len(producers) == 1 and not producers[0].stopped
+    assert producers[0].delivered == [b"k0", b"k2"]
+    await t.close()
+
+
+async def test_a_send_refused_for_a_full_buffer_keeps_the_producer(producers: Producers) -> None:
+    busy = StubProducer(raise_error=KafkaTimeoutError("buffer full"))
+    producers.queue.append(busy)
     t = target()
     out = await t.apply([entry(1)])
-    assert isinstance(out[0], PermanentError)
-    assert len(producers) == 1 and not big.stopped
+    assert isinstance(out[0], TransientError)
+    assert len(producers) == 1 and not busy.stopped
     await t.close()
 
 
@@ -201,8 +251,9 @@ async def test_deliveries_left_behind_by_a_cancelled_call_are_observed(producers
     try:
         t = target()
         call = asyncio.ensure_future(t.apply([entry(i) for i in range(3)]))
-        await settled(lambda: held.sends == 3)
-        assert held.sends == 3 and not call.done()
+        # one batch of the partition in flight: the next is sent once it is acknowledged
+        await settled(lambda: held.sends == 1)
+        assert held.sends == 1 and not call.done()
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
@@ -218,3 +269,51 @@ async def test_deliveries_left_behind_by_a_cancelled_call_are_observed(producers
         await t.close()
     finally:
         loop.set_exception_handler(previous)
+
+
+def keyed(i: int, key: str) -> Entry:
+    return Entry(id=f"e{i}", namespace="ns", key=key, payload={"n": i}, written_at_us=1_000 + i)
+
+
+async def test_a_partitions_batches_go_one_after_the_other(producers: Producers) -> None:
+    """A key's entries in one call (KeyRuns.IN_ORDER): a batch of a partition is sent only
+    once the one before it was acknowledged."""
+    held = StubProducer(hold=True, per_batch=2)
+    producers.queue.append(held)
+    t = target()
+    call = asyncio.ensure_future(t.apply([keyed(i, "k") for i in range(5)]))
+    for sent in (1, 2, 3):
+        await settled(lambda n=sent: held.sends == n)  # type: ignore[misc]
+        assert held.sends == sent and not call.done()
+        await settled(lambda: False, rounds=5)
+        assert held.sends == sent, "the next batch waits for this one's acknowledgement"
+        held.settle()
+    assert await call == [None] * 5
+    assert held.delivered == [b"k"] * 5
+    await t.close()
+
+
+@pytest.mark.parametrize("error, later_class", [
+    (LeaderNotAvailableError(), TransientError),
+    (KafkaConnectionError("no broker"), TargetDownError),
+], ids=["transient", "down"])
+async def test_after_a_failed_batch_none_of_its_partitions_later_records_is_sent(
+    producers: Producers, error: BaseException, later_class: type[TransientError]
+) -> None:
+    bad = StubProducer(per_batch=1, partitions=2, error=error, fail_keys=frozenset({b"b"}))
+    producers.queue.append(bad)
+    t = target()
+    keys = ["a", "b", "c", "a", "d", "b", "e", "f"]
+    p_of = {k: _partition_of(bad, "t", k.encode()) for k in keys}
+    assert len(set(p_of.values())) == 2, "the keys span both partitions"
+    out = await t.apply([keyed(i, k) for i, k in enumerate(keys)])
+    failed_at = keys.index("b")
+    for i, k in enumerate(keys):
+        if p_of[k] != p_of["b"] or i < failed_at:
+            assert out[i] is None, (i, k, out[i])  # other partition, or before the failure
+        else:
+            assert isinstance(out[i], later_class), (i, k, out[i])
+    lane = [k.encode() for k in keys if p_of[k] == p_of["b"]]
+    assert bad.by_partition.get(p_of["b"], []) == lane[:lane.index(b"b")], "nothing after the failure"
+    assert bad.by_partition[1 - p_of["b"]] == [k.encode() for k in keys if p_of[k] != p_of["b"]]
+    await t.close()

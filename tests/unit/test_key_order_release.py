@@ -23,7 +23,7 @@ from walstream.delivery.commands import COMMAND_KEY, TICK, cancel
 from walstream.entry import Entry, WriteClock
 from walstream.tables import ordered
 from walstream.tables.keys import part
-from walstream.targets.base import PermanentError, TargetError, TransientError
+from walstream.targets.base import KeyRuns, PermanentError, TargetError, TransientError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -334,3 +334,108 @@ async def test_beyond_the_release_budget_the_scheduler_takes_over(harness: Harne
         await tick_until(ctx, wal, lambda: len(applied_ids(harness, "A")) == 10)
     assert applied_ids(harness, "A") == [e.id for e in a]
     assert order_tables_empty(wal)
+
+
+# -- a target that takes a key's entries in one call (KeyRuns) --------------------------------
+
+RUNS = [pytest.param(KeyRuns.IN_ORDER, id="in-order"), pytest.param(KeyRuns.LAST_WRITER_WINS, id="lww")]
+
+
+@pytest.mark.parametrize("runs", RUNS)
+async def test_a_keys_entries_share_one_call_in_write_order(harness: Harness, runs: KeyRuns) -> None:
+    wal, target, _ = harness
+    target.key_runs = runs
+    clock = WriteClock()
+    a1, a2, b1, a3 = entry(1, clock, "A"), entry(2, clock, "A"), entry(3, clock, "B"), entry(4, clock, "A")
+    async with agent(wal).test_context() as ctx:
+        await send_together(ctx, a1, a2, b1, a3)
+    assert target.batches == [["e1", "e2", "e3", "e4"]]  # one call, in write order
+    assert applied_ids(harness) == ["e1", "e2", "e3", "e4"]
+    assert order_tables_empty(wal)
+
+
+@pytest.mark.parametrize("runs", RUNS)
+async def test_a_failure_in_a_call_holds_its_keys_later_entries_or_leaves_them_applied(
+    harness: Harness, runs: KeyRuns
+) -> None:
+    wal, target, _ = harness
+    target.key_runs = runs
+    clock = WriteClock()
+    a1, a2, b1, a3 = entry(1, clock, "A"), entry(2, clock, "A"), entry(3, clock, "B"), entry(4, clock, "A")
+    target.script[a1.id] = [TransientError("blip")]
+    async with agent(wal).test_context() as ctx:
+        await send_together(ctx, a1, a2, b1, a3)
+        assert [t["entry"]["id"] for t in timers_of_key(wal, "A")] == ["e1"]  # A waits for e1
+        if runs is KeyRuns.IN_ORDER:
+            # not applied in that call: they wait behind e1, attempts unspent, in order
+            assert applied_ids(harness) == ["e3"]
+            assert held_ids(wal) == ["e2", "e4"]
+            for i in ("e2", "e4"):
+                doc = wal.states.get("orders", i)
+                assert doc is not None
+                [t] = doc["targets"].values()
+                assert (t["state"], t["attempts"], t["held_behind"]) == ("PENDING", 0, "e1"), t
+        else:
+            # last writer wins: applied all the same, and e1 (older) after them changes nothing
+            assert applied_ids(harness) == ["e2", "e3", "e4"]
+            assert held_ids(wal) == []
+        await tick_until(ctx, wal, lambda: len(applied_ids(harness)) == 4)
+        if runs is KeyRuns.IN_ORDER:
+            assert applied_ids(harness) == ["e3", "e1", "e2", "e4"]
+        else:
+            assert applied_ids(harness) == ["e2", "e3", "e4", "e1"]
+    assert order_tables_empty(wal)
+    assert timers(wal) == []
+
+
+@pytest.mark.parametrize("runs", RUNS)
+async def test_a_released_key_catches_up_in_one_call(harness: Harness, runs: KeyRuns) -> None:
+    """Issue 8, catch-up at the target's speed: the held entries released by the blocker's
+    success go out in one call, not one call each."""
+    wal, target, _ = harness
+    target.key_runs = runs
+    clock = WriteClock()
+    a = [entry(i, clock, "A") for i in range(1, 51)]
+    target.script[a[0].id] = [TransientError("blip")]
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, *a)
+        assert len(held_ids(wal)) == 49
+        calls_before = len(target.batches)
+        await tick(ctx)
+        assert applied_ids(harness, "A") == [e.id for e in a]
+    assert target.batches[calls_before:] == [["e1"], [e.id for e in a[1:]]]  # the blocker, then the run
+    assert order_tables_empty(wal)
+    assert timers(wal) == []
+
+
+@pytest.mark.parametrize("runs", RUNS)
+async def test_a_failure_inside_a_released_run_in_one_call(harness: Harness, runs: KeyRuns) -> None:
+    wal, target, _ = harness
+    target.key_runs = runs
+    clock = WriteClock()
+    a = [entry(i, clock, "A") for i in range(1, 11)]
+    target.script[a[0].id] = [TransientError("blip")]
+    target.script[a[4].id] = [TransientError("blip again")]  # e5, in the middle of the run
+    async with agent(wal).test_context() as ctx:
+        await send(ctx, *a)
+        await tick(ctx)
+        assert [t["entry"]["id"] for t in timers_of_key(wal, "A")] == ["e5"]  # the key's blocker
+        if runs is KeyRuns.IN_ORDER:
+            assert applied_ids(harness, "A") == ["e1", "e2", "e3", "e4"]
+            assert held_ids(wal) == ["e6", "e7", "e8", "e9", "e10"]  # rows kept, in order
+        else:
+            assert applied_ids(harness, "A") == ["e1", "e2", "e3", "e4", "e6", "e7", "e8", "e9", "e10"]
+            assert held_ids(wal) == []
+        # the key still waits for e5 (the run's last, applied, released nothing): a new one queues
+        a.append(entry(11, clock, "A"))
+        await send(ctx, a[-1])
+        assert held_ids(wal)[-1] == "e11"
+        await tick_until(ctx, wal, lambda: len(applied_ids(harness, "A")) == 11)
+    assert sorted(applied_ids(harness, "A"), key=lambda i: int(i[1:])) == [e.id for e in a]
+    if runs is KeyRuns.IN_ORDER:
+        assert applied_ids(harness, "A") == [e.id for e in a]
+    else:
+        assert applied_ids(harness, "A")[-2:] == ["e5", "e11"]
+    assert Counter(applied_ids(harness, "A")).most_common(1)[0][1] == 1  # none applied twice
+    assert order_tables_empty(wal)
+    assert timers(wal) == []

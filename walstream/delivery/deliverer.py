@@ -48,7 +48,15 @@ from walstream.tables.groups import GROUP_ENDED, Groups, GroupState, header_key,
 from walstream.tables.held import KeyOrder
 from walstream.tables.keys import target_id as make_target_id
 from walstream.tables.schedule import Schedule, Timer
-from walstream.targets.base import ErrorClass, Target, TargetDownError, TargetError, TransientError, shorten
+from walstream.targets.base import (
+    ErrorClass,
+    KeyRuns,
+    Target,
+    TargetDownError,
+    TargetError,
+    TransientError,
+    shorten,
+)
 from walstream.targets.pool import TargetPool
 
 log = logging.getLogger(__name__)
@@ -659,20 +667,30 @@ class Deliverer:
         released = out.chains.pop(tid, [])
         first = items[0] if items else released[0][0]
         breaker = self.breakers.get(first.target_id, first.target.label)
+        pacing = self._pacing_of(first)
+        # Whether a key's entries may share a call (the target applies them as if one after
+        # the other: KeyRuns). Not for a group's members, whose failure must stop the rest
+        # before they are sent, nor for a paced target, whose sends each take a slot.
+        runs = first.target.key_runs is not KeyRuns.ONE_PER_CALL and pacing is None
+
+        def one_per_wave(it: Item) -> bool:
+            return it.ordered and (not runs or it.entry.group is not None)
+
         blocked: set[tuple[str, str]] = set()  # keys that became blocked during this call
         waves: list[list[Item]] = [[]]
         for run in released:  # one per wave, in seq order, like the runs _release makes
             for j, it in enumerate(run):
-                while len(waves) <= j:
+                k = j if one_per_wave(it) else 0
+                while len(waves) <= k:
                     waves.append([])
-                waves[j].append(it)
+                waves[k].append(it)
         wave_of: dict[tuple[str, str], int] = {}
         for it in items:
             if it.ordered and not it.is_blocker:
                 if it.order_key in blocked or self.order.blocker(it.entry.namespace, it.target_id, it.entry.order_key):
                     self._hold(it, out)
                     continue
-            if it.ordered:
+            if one_per_wave(it):
                 # one entry per key per wave: a later entry of a key goes out only after the
                 # earlier one succeeded
                 w = wave_of.get(it.order_key, -1) + 1
@@ -695,7 +713,6 @@ class Deliverer:
                 else:
                     pending.append(it)
             w += 1
-            pacing = self._pacing_of(first)
             if pending and pacing is not None:
                 pending = self._pace(pending, pacing, blocked, out)
             if not pending:
@@ -707,15 +724,27 @@ class Deliverer:
                 self.pacer.feedback(first.target_id, pacing, overloaded=overloaded, took_s=time.time() - started_s)
             now_s = time.time()
             for it, err in zip(pending, outcomes, strict=True):
+                if it.ordered and it.order_key in blocked:
+                    # an earlier entry of its key in this call failed, and the key now waits
+                    # for that one: a later one that failed waits behind it (no attempt
+                    # spent: with KeyRuns.IN_ORDER it was not even sent); one applied all the
+                    # same (last writer wins) is delivered, but releases nothing
+                    if err is None:
+                        self._settle(partition, it, None, breaker, now_s, out, release=False)
+                    else:
+                        self._hold(it, out)
+                    continue
                 became_blocked = self._settle(partition, it, err, breaker, now_s, out)
                 if became_blocked:
                     blocked.add(it.order_key)
-            # held entries released by this wave's blockers: one per later wave, in order
+            # held entries released by this wave's blockers: in the next wave (a key's runs)
+            # or one per later wave, in order
             for run in out.chains.pop(first.target_id, []):
                 for j, it in enumerate(run):
-                    while len(waves) <= w + j:
+                    k = w + j if one_per_wave(it) else w
+                    while len(waves) <= k:
                         waves.append([])
-                    waves[w + j].append(it)
+                    waves[k].append(it)
 
     def _pacing_of(self, it: Item) -> PacingConfig | None:
         """The pacing of ``it``'s target (None: not paced), parsed once per target id."""
@@ -823,9 +852,12 @@ class Deliverer:
         return outcomes
 
     def _settle(
-        self, partition: int, it: Item, err: TargetError | None, breaker: Breaker, now_s: float, out: _Outcome
+        self, partition: int, it: Item, err: TargetError | None, breaker: Breaker, now_s: float, out: _Outcome,
+        *, release: bool = True,
     ) -> bool:
-        """Record the outcome of one item. Returns True when its key is now blocked."""
+        """Record the outcome of one item. Returns True when its key is now blocked.
+        ``release=False``: its key stays blocked by another entry, so a delivered blocker
+        releases no held entries."""
         ns_name = it.entry.namespace
         label = target_type(it.target_cfg)
         t = self._target_state(out, it)
@@ -845,6 +877,8 @@ class Deliverer:
             out.lags.setdefault((ns_name, label, delayed), []).append(max(0.0, now_s - _ready_at_s(it.entry)))
             if it.entry.group is not None:
                 self._group_progress(it, out)
+            if not release:
+                return True
             if self._blocks_its_key(it):
                 return self._release(partition, it, breaker, now_s, out)
             return False

@@ -78,12 +78,33 @@ class PermanentError(TargetError):
 Outcomes = list[TargetError | None]
 
 
+class KeyRuns(enum.Enum):
+    """Whether one call may carry several entries of one key, for namespaces ordered by key.
+
+    Delivery sends such a key's entries in write order within a call when the target says
+    either form of "yes"; with :attr:`ONE_PER_CALL` the next entry of a key goes in a later
+    call, once the one before it succeeded (one target round trip per entry of a busy key).
+    """
+
+    #: one entry of a key per call (a target that could apply a later one before an earlier one)
+    ONE_PER_CALL = "one_per_call"
+    #: a call applies a key's entries in its order, and none after one that failed (Kafka:
+    #: a partition's records, one batch after the other)
+    IN_ORDER = "in_order"
+    #: the final state does not depend on the order in which a key's entries are applied:
+    #: last writer wins by the original write time (Cassandra's cell timestamps and the
+    #: Elasticsearch fold). A later entry may be applied although an earlier one failed.
+    LAST_WRITER_WINS = "last_writer_wins"
+
+
 class Target(ABC):
     """One configured destination. Instances are shared by every namespace with the same
     target config and live as long as the worker."""
 
     #: short, stable description for logs and DLQ records, e.g. ``cassandra:catalog``
     label: str
+    #: how a call may carry several entries of one key (see :class:`KeyRuns`)
+    key_runs: KeyRuns = KeyRuns.ONE_PER_CALL
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect. May raise :class:`TransientError` (it is retried before first use)."""

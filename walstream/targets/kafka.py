@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -51,10 +52,20 @@ from aiokafka.errors import (
     UnknownProducerId,
     UnknownTopicOrPartitionError,
 )
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from walstream.entry import Entry
 from walstream.namespaces.model import KafkaTargetConfig
-from walstream.targets.base import Outcomes, PermanentError, Target, TargetDownError, TargetError, TransientError
+from walstream.targets.base import (
+    KeyRuns,
+    Outcomes,
+    PermanentError,
+    Target,
+    TargetDownError,
+    TargetError,
+    TransientError,
+)
 
 _PERMANENT = (
     MessageSizeTooLargeError,
@@ -88,7 +99,16 @@ _RECORD_ERRORS = (
 )
 
 
+#: the largest produce request (and so record) the target's producer sends
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+_PARTITIONER = DefaultPartitioner()
+
+
 class KafkaTarget(Target):
+    #: a key's entries in one call are produced in order, and none after one that failed
+    key_runs = KeyRuns.IN_ORDER
+
     def __init__(self, cfg: KafkaTargetConfig, bootstrap: str, timeout_s: float) -> None:
         self.cfg = cfg
         self.label = f"kafka:{cfg.topic}"
@@ -109,7 +129,7 @@ class KafkaTarget(Target):
             acks="all",
             enable_idempotence=True,
             request_timeout_ms=int(self.timeout_s * 1000),
-            max_request_size=8 * 1024 * 1024,
+            max_request_size=MAX_REQUEST_BYTES,
         )
 
     async def start(self) -> None:
@@ -193,18 +213,22 @@ class KafkaTarget(Target):
         )
 
     async def apply(self, entries: Sequence[Entry]) -> Outcomes:
+        """Produce ``entries``: each partition's records in call order, one batch at a time
+        (a batch is sent once the one before it was acknowledged), the partitions side by
+        side. After a batch of a partition failed, none of that partition's later records
+        is sent: they are reported with that failure's class and retried in order. So the
+        entries of one key in one call are applied as if one after the other
+        (:attr:`key_runs`)."""
         try:
             # this call's producer: once discarded (by a failed delivery of another call,
             # or of this one) it gets no more records; the runtime retries them in order
             producer = await self._started_producer()
         except TargetError as err:
             return [err] * len(entries)
+        out: list[TargetError | None] = [None] * len(entries)
         checked: dict[str, TargetError | None] = {}
-        futures: list[asyncio.Future[object] | TargetError] = []
-        for e in entries:
-            if producer is not self._producer:
-                futures.append(TransientError(f"{self.label}: producer discarded after a failed delivery"))
-                continue
+        lanes: dict[tuple[str, int], list[_Record]] = {}
+        for i, e in enumerate(entries):
             topic = self.topic_of(e)
             if topic not in checked:
                 try:
@@ -213,29 +237,87 @@ class KafkaTarget(Target):
                 except TargetError as err:
                     checked[topic] = err
             if (topic_error := checked[topic]) is not None:
-                futures.append(topic_error)
+                out[i] = topic_error
                 continue
+            value, headers = self.record_of(e)
+            key = e.key_bytes
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+            if size > MAX_REQUEST_BYTES:
+                out[i] = PermanentError(
+                    f"MessageSizeTooLargeError: the record is {size} bytes, more than a request "
+                    f"may hold ({MAX_REQUEST_BYTES} bytes)"
+                )
+                continue
+            lanes.setdefault((topic, _partition_of(producer, topic, key)), []).append(_Record(i, key, value, headers))
+        await asyncio.gather(*(self._send_lane(producer, tp, lane, out) for tp, lane in lanes.items()))
+        return out
+
+    async def _send_lane(
+        self, producer: AIOKafkaProducer, tp: tuple[str, int], lane: list[_Record], out: list[TargetError | None]
+    ) -> None:
+        """Send one partition's records of a call, in order, one batch at a time."""
+        topic, partition = tp
+        n = 0
+        while n < len(lane):
+            if producer is not self._producer:  # discarded by a failure of another lane or call
+                self._fail(lane[n:], TransientError(f"{self.label}: producer discarded after a failed delivery"), out)
+                return
+            batch = producer.create_batch()
+            taken = 0
+            for rec in lane[n:]:  # an empty batch takes any record; a full one refuses it
+                if batch.append(timestamp=None, key=rec.key, value=rec.value, headers=rec.headers) is None:
+                    break
+                taken += 1
+            batch.close()  # nothing else joins it (a send() of the same producer)
+            members, rest = lane[n:n + taken], lane[n + taken:]
             try:
-                value, headers = self.record_of(e)
-                fut = await producer.send(topic, value=value, key=e.key_bytes, headers=headers)
+                fut = await producer.send_batch(batch, topic, partition=partition)
             except Exception as exc:
                 if not isinstance(exc, _RECORD_ERRORS):
                     self._discard(producer)
-                futures.append(classify_error(exc))
-                continue
+                self._fail(lane[n:], classify_error(exc), out)
+                return
             self._watch(producer, fut)
-            futures.append(fut)
-        out: Outcomes = []
-        for f in futures:
-            if isinstance(f, TargetError):
-                out.append(f)
-                continue
             try:
-                await f
-                out.append(None)
+                # shielded: a call cancelled by its deadline leaves the delivery running,
+                # and its outcome still reaches _watch
+                await asyncio.shield(fut)
             except Exception as exc:
-                out.append(classify_error(exc))
-        return out
+                err = classify_error(exc)
+                self._fail(members, err, out)
+                later: TargetError = (
+                    TargetDownError(err.message) if isinstance(err, TargetDownError) else TransientError(
+                        f"{self.label}: not sent: an earlier batch of {topic}[{partition}] in this call "
+                        f"failed ({err.message})"
+                    )
+                )
+                self._fail(rest, later, out)
+                return
+            n += taken
+
+    @staticmethod
+    def _fail(records: Sequence[_Record], err: TargetError, out: list[TargetError | None]) -> None:
+        for rec in records:
+            out[rec.index] = err
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """One entry's record in a call: its place in the call, key, value and headers."""
+
+    index: int
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def _partition_of(producer: AIOKafkaProducer, topic: str, key: bytes) -> int:
+    """The partition of ``key`` in ``topic``, chosen as ``send`` would (the default
+    partitioner: murmur2 of the key over the partitions sorted by id, as Java's)."""
+    cluster = producer.client.cluster
+    partitions = sorted(cluster.partitions_for_topic(topic) or ())
+    available = list(cluster.available_partitions_for_topic(topic) or ())
+    return int(_PARTITIONER(key, partitions, available))
 
 
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:

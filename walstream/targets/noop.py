@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from walstream.entry import Entry
-from walstream.targets.base import Outcomes, Target
+from walstream.targets.base import KeyRuns, Outcomes, Target
 
 
 class NoopTarget(Target):
     label = "noop"
+    key_runs = KeyRuns.LAST_WRITER_WINS  # keeps nothing: any order is the same
 
     def __init__(self) -> None:
         self.applied = 0

@@ -19,8 +19,9 @@ from walstream.targets.base import KeyRuns, Outcomes, Target, TargetDownError, T
 
 class RecordingTarget(Target):
     """A stub target: records what it was given; fails entries as scripted by id. Set
-    ``key_runs`` to take several entries of a key per call: with ``IN_ORDER`` the entries of
-    a key after one that failed in a call are not applied (reported transient)."""
+    ``key_runs`` to ``IN_ORDER`` to take several entries of a key per call: the entries of a
+    key after one that failed in a call are then not applied (reported transient), unless
+    ``breaks_order`` (a target that breaks that promise)."""
 
     def __init__(self, label: str = "recording", clock: Callable[[], float] = time.time) -> None:
         self.label = label
@@ -35,6 +36,7 @@ class RecordingTarget(Target):
         #: the first this-many calls fail as a whole: the target is down (an outage)
         self.down_for_calls = 0
         self.clock = clock
+        self.breaks_order = False
 
     async def apply(self, entries: Sequence[Entry]) -> Outcomes:
         self.calls += 1
@@ -49,7 +51,7 @@ class RecordingTarget(Target):
                 out.append(TransientError("not sent: an earlier entry of its key failed in this call"))
             elif errors:
                 out.append(errors.pop(0))
-                if self.key_runs is KeyRuns.IN_ORDER:
+                if self.key_runs is KeyRuns.IN_ORDER and not self.breaks_order:
                     stopped.add(e.key)
             else:
                 self.applied.append(e)

@@ -726,9 +726,10 @@ class Deliverer:
             for it, err in zip(pending, outcomes, strict=True):
                 if it.ordered and it.order_key in blocked:
                     # an earlier entry of its key in this call failed, and the key now waits
-                    # for that one: a later one that failed waits behind it (no attempt
-                    # spent: with KeyRuns.IN_ORDER it was not even sent); one applied all the
-                    # same (last writer wins) is delivered, but releases nothing
+                    # for that one: a later one waits behind it (no attempt spent: with
+                    # KeyRuns.IN_ORDER it was not even sent). One the target applied all the
+                    # same (it broke that promise) is recorded delivered, not sent again, and
+                    # releases nothing.
                     if err is None:
                         self._settle(partition, it, None, breaker, now_s, out, release=False)
                     else:

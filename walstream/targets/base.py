@@ -81,20 +81,20 @@ Outcomes = list[TargetError | None]
 class KeyRuns(enum.Enum):
     """Whether one call may carry several entries of one key, for namespaces ordered by key.
 
-    Delivery sends such a key's entries in write order within a call when the target says
-    either form of "yes"; with :attr:`ONE_PER_CALL` the next entry of a key goes in a later
-    call, once the one before it succeeded (one target round trip per entry of a busy key).
+    ``ordering: key`` promises the order of application itself: an entry of a key is applied
+    only after the earlier ones were, and waits while an earlier one is retried. A target
+    that takes a key's entries in one call must keep that promise inside the call.
     """
 
-    #: one entry of a key per call (a target that could apply a later one before an earlier one)
+    #: one entry of a key per call: the next goes in a later call, once the one before it
+    #: succeeded (one target round trip per entry of a busy key). Cassandra's concurrent
+    #: statements and an Elasticsearch bulk request may apply a later entry although an
+    #: earlier one of its key failed: last writer wins would end at the same state, but
+    #: meanwhile the later entry would be visible first.
     ONE_PER_CALL = "one_per_call"
     #: a call applies a key's entries in its order, and none after one that failed (Kafka:
-    #: a partition's records, one batch after the other)
+    #: a partition's records, one batch after the other, none after a failed batch)
     IN_ORDER = "in_order"
-    #: the final state does not depend on the order in which a key's entries are applied:
-    #: last writer wins by the original write time (Cassandra's cell timestamps and the
-    #: Elasticsearch fold). A later entry may be applied although an earlier one failed.
-    LAST_WRITER_WINS = "last_writer_wins"
 
 
 class Target(ABC):

@@ -60,7 +60,6 @@ from walstream.entry import Entry
 from walstream.mutations import Mutation, MutationError, parse_mutations
 from walstream.namespaces.model import CassandraTargetConfig
 from walstream.targets.base import (
-    KeyRuns,
     Outcomes,
     PermanentError,
     Target,
@@ -255,9 +254,6 @@ def _iso_timestamps(value: Any) -> Any:
 
 class CassandraTarget(Target):
     """Applies mutation payloads to one keyspace of one Cassandra cluster."""
-
-    #: per cell, the greatest write time wins whatever the order of application
-    key_runs = KeyRuns.LAST_WRITER_WINS
 
     def __init__(self, cfg: CassandraTargetConfig, hosts: list[str], port: int, timeout_s: float) -> None:
         self.cfg = cfg

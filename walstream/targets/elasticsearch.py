@@ -70,7 +70,6 @@ from walstream.entry import Entry
 from walstream.mutations import Mutation, MutationError, es_doc_id_problem, parse_mutations
 from walstream.namespaces.model import ElasticsearchTargetConfig
 from walstream.targets.base import (
-    KeyRuns,
     Outcomes,
     PermanentError,
     Target,
@@ -423,9 +422,6 @@ def _delete_op(index: str, doc_id: str, read: _Read) -> Op:
 
 class ElasticsearchTarget(Target):
     """Applies mutation payloads to indices ``<index_prefix><table>`` with merge semantics."""
-
-    #: per cell, the greatest write time wins whatever the order of application
-    key_runs = KeyRuns.LAST_WRITER_WINS
 
     def __init__(self, cfg: ElasticsearchTargetConfig, url: str, timeout_s: float) -> None:
         self.cfg = cfg

@@ -10,7 +10,7 @@ from walstream.targets.base import KeyRuns, Outcomes, Target
 
 class NoopTarget(Target):
     label = "noop"
-    key_runs = KeyRuns.LAST_WRITER_WINS  # keeps nothing: any order is the same
+    key_runs = KeyRuns.IN_ORDER  # never fails: applied in any call's order
 
     def __init__(self) -> None:
         self.applied = 0

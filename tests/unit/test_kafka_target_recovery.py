@@ -31,8 +31,9 @@ from aiokafka.errors import (
 
 from walstream.entry import Entry
 from walstream.namespaces.model import KafkaTargetConfig
+from walstream.producer import partition_of
 from walstream.targets.base import PermanentError, TargetDownError, TransientError
-from walstream.targets.kafka import MAX_REQUEST_BYTES, KafkaTarget, _partition_of
+from walstream.targets.kafka import MAX_REQUEST_BYTES, KafkaTarget
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -304,7 +305,7 @@ async def test_after_a_failed_batch_none_of_its_partitions_later_records_is_sent
     producers.queue.append(bad)
     t = target()
     keys = ["a", "b", "c", "a", "d", "b", "e", "f"]
-    p_of = {k: _partition_of(bad, "t", k.encode()) for k in keys}
+    p_of = {k: partition_of(bad, "t", k.encode()) for k in keys}
     assert len(set(p_of.values())) == 2, "the keys span both partitions"
     out = await t.apply([keyed(i, k) for i, k in enumerate(keys)])
     failed_at = keys.index("b")

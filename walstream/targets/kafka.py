@@ -52,11 +52,11 @@ from aiokafka.errors import (
     UnknownProducerId,
     UnknownTopicOrPartitionError,
 )
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from walstream.entry import Entry
 from walstream.namespaces.model import KafkaTargetConfig
+from walstream.producer import partition_of
 from walstream.targets.base import (
     KeyRuns,
     Outcomes,
@@ -101,9 +101,6 @@ _RECORD_ERRORS = (
 
 #: the largest produce request (and so record) the target's producer sends
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
-
-_PARTITIONER = DefaultPartitioner()
-
 
 class KafkaTarget(Target):
     #: a key's entries in one call are produced in order, and none after one that failed
@@ -248,7 +245,7 @@ class KafkaTarget(Target):
                     f"may hold ({MAX_REQUEST_BYTES} bytes)"
                 )
                 continue
-            lanes.setdefault((topic, _partition_of(producer, topic, key)), []).append(_Record(i, key, value, headers))
+            lanes.setdefault((topic, partition_of(producer, topic, key)), []).append(_Record(i, key, value, headers))
         await asyncio.gather(*(self._send_lane(producer, tp, lane, out) for tp, lane in lanes.items()))
         return out
 
@@ -309,15 +306,6 @@ class _Record:
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
-
-
-def _partition_of(producer: AIOKafkaProducer, topic: str, key: bytes) -> int:
-    """The partition of ``key`` in ``topic``, chosen as ``send`` would (the default
-    partitioner: murmur2 of the key over the partitions sorted by id, as Java's)."""
-    cluster = producer.client.cluster
-    partitions = sorted(cluster.partitions_for_topic(topic) or ())
-    available = list(cluster.available_partitions_for_topic(topic) or ())
-    return int(_PARTITIONER(key, partitions, available))
 
 
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:

@@ -8,7 +8,7 @@ this wrapper from construction on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,14 +26,15 @@ _PARTITIONER = DefaultPartitioner()
 MAX_REQUEST_BYTES = DERIVED_MAX_MESSAGE_BYTES + 64 * 1024
 
 
-def partition_of(producer: AIOKafkaProducer, topic: str, key: bytes) -> int:
-    """The partition of ``key`` in ``topic`` (known to ``producer``'s metadata), chosen as
+def key_partitioner(producer: AIOKafkaProducer, topic: str) -> Callable[[bytes], int]:
+    """The partition of a key in ``topic`` (known to ``producer``'s metadata now), chosen as
     ``send`` chooses it: murmur2 of the key over the partitions sorted by id, as Java's
-    default partitioner."""
+    default partitioner. Made once per topic and call: the metadata's partition sets are
+    built afresh on every look-up."""
     cluster = producer.client.cluster
     partitions = sorted(cluster.partitions_for_topic(topic) or ())
     available = list(cluster.available_partitions_for_topic(topic) or ())
-    return int(_PARTITIONER(key, partitions, available))
+    return lambda key: int(_PARTITIONER(key, partitions, available))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +100,12 @@ class SharedProducer:
         producer = self._producer
         out: list[Queued | BaseException | None] = [None] * len(records)
         lanes: dict[tuple[str, int], list[int]] = {}
-        known: set[str] = set()
+        partitioners: dict[str, Callable[[bytes], int]] = {}
         limit = MAX_REQUEST_BYTES
         for i, (topic, key, value) in enumerate(records):
-            if topic not in known:
+            if topic not in partitioners:
                 await producer.partitions_for(topic)  # waits for the topic's metadata
-                known.add(topic)
+                partitioners[topic] = key_partitioner(producer, topic)
             size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
             if size > limit:
                 out[i] = MessageSizeTooLargeError(
@@ -112,7 +113,7 @@ class SharedProducer:
                     f"maximum request size ({limit} bytes)"
                 )
                 continue
-            lanes.setdefault((topic, partition_of(producer, topic, key)), []).append(i)
+            lanes.setdefault((topic, partitioners[topic](key)), []).append(i)
         for (topic, partition), lane in lanes.items():
             n = 0
             while n < len(lane):

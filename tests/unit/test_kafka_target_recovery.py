@@ -31,7 +31,7 @@ from aiokafka.errors import (
 
 from walstream.entry import Entry
 from walstream.namespaces.model import KafkaTargetConfig
-from walstream.producer import partition_of
+from walstream.producer import key_partitioner
 from walstream.targets.base import PermanentError, TargetDownError, TransientError
 from walstream.targets.kafka import MAX_REQUEST_BYTES, KafkaTarget
 
@@ -305,7 +305,8 @@ async def test_after_a_failed_batch_none_of_its_partitions_later_records_is_sent
     producers.queue.append(bad)
     t = target()
     keys = ["a", "b", "c", "a", "d", "b", "e", "f"]
-    p_of = {k: partition_of(bad, "t", k.encode()) for k in keys}
+    partition = key_partitioner(bad, "t")  # type: ignore[arg-type]
+    p_of = {k: partition(k.encode()) for k in keys}
     assert len(set(p_of.values())) == 2, "the keys span both partitions"
     out = await t.apply([keyed(i, k) for i, k in enumerate(keys)])
     failed_at = keys.index("b")

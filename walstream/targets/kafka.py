@@ -30,7 +30,7 @@ future is observed, also the ones left behind when a call is cancelled by its de
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -56,7 +56,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from walstream.entry import Entry
 from walstream.namespaces.model import KafkaTargetConfig
-from walstream.producer import partition_of
+from walstream.producer import key_partitioner
 from walstream.targets.base import (
     KeyRuns,
     Outcomes,
@@ -224,6 +224,7 @@ class KafkaTarget(Target):
             return [err] * len(entries)
         out: list[TargetError | None] = [None] * len(entries)
         checked: dict[str, TargetError | None] = {}
+        partitioners: dict[str, Callable[[bytes], int]] = {}
         lanes: dict[tuple[str, int], list[_Record]] = {}
         for i, e in enumerate(entries):
             topic = self.topic_of(e)
@@ -231,6 +232,7 @@ class KafkaTarget(Target):
                 try:
                     await self._check_topic(producer, topic)
                     checked[topic] = None
+                    partitioners[topic] = key_partitioner(producer, topic)
                 except TargetError as err:
                     checked[topic] = err
             if (topic_error := checked[topic]) is not None:
@@ -245,7 +247,7 @@ class KafkaTarget(Target):
                     f"may hold ({MAX_REQUEST_BYTES} bytes)"
                 )
                 continue
-            lanes.setdefault((topic, partition_of(producer, topic, key)), []).append(_Record(i, key, value, headers))
+            lanes.setdefault((topic, partitioners[topic](key)), []).append(_Record(i, key, value, headers))
         await asyncio.gather(*(self._send_lane(producer, tp, lane, out) for tp, lane in lanes.items()))
         return out
 

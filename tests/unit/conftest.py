@@ -77,22 +77,25 @@ class FakeProducer:
 
 class FakeChangelog:
     """Stands in for the producer of table changelogs (unit tests only): records every
-    record it is given, acknowledged at once with offsets counted per partition."""
+    record it is given, each call's records in one batch, acknowledged at once with offsets
+    counted per partition."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes | None, int]] = []
         self._next: dict[tuple[str, int], int] = {}
 
-    async def send(self, topic: str, key: bytes, value: bytes | None, partition: int) -> Any:
+    async def send_batch(
+        self, topic: str, partition: int, records: Sequence[tuple[bytes, bytes | None]]
+    ) -> tuple[int, Any]:
         import asyncio
         from types import SimpleNamespace
 
-        self.sent.append((topic, key, value, partition))
+        self.sent += [(topic, key, value, partition) for key, value in records]
         offset = self._next.get((topic, partition), 0)
-        self._next[(topic, partition)] = offset + 1
+        self._next[(topic, partition)] = offset + len(records)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.set_result(SimpleNamespace(topic=topic, partition=partition, offset=offset))
-        return fut
+        return len(records), fut
 
 
 class MemoryConsumer:
@@ -156,7 +159,7 @@ def build_wal(store: str, tmp_path: Path, **settings: Any) -> WalApp:
     """A worker on ``store`` in its own data dir, with ``settings`` overriding the defaults."""
     s = Settings(store=store, datadir=tmp_path / "worker", app_id=f"unit-{tmp_path.name}", **settings)
     app = build_app(s, offsets_port=MemoryConsumer())
-    app.changelogs.send = FakeChangelog().send  # type: ignore[method-assign]
+    app.changelogs.send_batch = FakeChangelog().send_batch  # type: ignore[method-assign]
     return app
 
 

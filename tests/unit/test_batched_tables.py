@@ -9,6 +9,7 @@ record stops every later flush (no offset may be committed past it).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -39,13 +40,13 @@ def rows(wal: WalApp, partition: int) -> list[tuple[bytes, bytes]]:
 async def test_rows_are_readable_at_once_and_changelogged_in_write_order(wal: WalApp) -> None:
     table = wal.states.table
     sent: list[tuple[str, bytes, bytes | None, int]] = []
-    real_send = wal.changelogs.send
+    real_send = wal.changelogs.send_batch
 
-    async def recording(topic: str, key: bytes, value: bytes | None, partition: int) -> Any:
-        sent.append((topic, key, value, partition))
-        return await real_send(topic, key, value, partition)
+    async def recording(topic: str, partition: int, records: Sequence[tuple[bytes, bytes | None]]) -> Any:
+        sent.extend((topic, key, value, partition) for key, value in records)
+        return await real_send(topic, partition, records)
 
-    wal.changelogs.send = recording  # type: ignore[method-assign]
+    wal.changelogs.send_batch = recording  # type: ignore[method-assign]
     event = _Event(2)
     with bound_event(event):
         table[b"a"] = b"1"
@@ -74,12 +75,12 @@ async def test_rows_are_readable_at_once_and_changelogged_in_write_order(wal: Wa
 async def test_a_refused_changelog_record_fails_every_later_flush(rocks: WalApp) -> None:
     wal = rocks
 
-    async def refusing(topic: str, key: bytes, value: bytes | None, partition: int) -> Any:
+    async def refusing(topic: str, partition: int, records: Sequence[tuple[bytes, bytes | None]]) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.set_exception(RuntimeError("broker said no"))
-        return fut
+        return len(records), fut
 
-    wal.changelogs.send = refusing  # type: ignore[method-assign]
+    wal.changelogs.send_batch = refusing  # type: ignore[method-assign]
     with bound_event(_Event(0)):
         wal.states.table[b"x"] = b"1"
     with pytest.raises(RuntimeError, match="not acknowledged"):
@@ -96,25 +97,56 @@ async def test_a_write_outside_an_event_is_refused(rocks: WalApp) -> None:
 
 async def test_a_send_that_raises_keeps_the_unsent_records_in_order(rocks: WalApp) -> None:
     """A changelog record the producer did not take (no metadata in time, producer stopping)
-    is sent by the next call, in order: none is dropped between the table and its changelog."""
+    is sent by the next call, in order, before rows written meanwhile: none is dropped
+    between the table and its changelog. Batches here hold two records."""
     wal = rocks
     sent: list[bytes] = []
-    real_send = wal.changelogs.send
+    real_send = wal.changelogs.send_batch
     fail_at = {b"c"}
 
-    async def flaky(topic: str, key: bytes, value: bytes | None, partition: int) -> Any:
-        if key in fail_at:
-            fail_at.discard(key)
+    async def flaky(topic: str, partition: int, records: Sequence[tuple[bytes, bytes | None]]) -> Any:
+        batch = list(records[:2])
+        if fail_at & {k for k, _ in batch}:
+            fail_at.clear()
             raise TimeoutError("no metadata in time")
-        sent.append(key)
-        return await real_send(topic, key, value, partition)
+        sent.extend(k for k, _ in batch)
+        return await real_send(topic, partition, batch)
 
-    wal.changelogs.send = flaky  # type: ignore[method-assign]
+    wal.changelogs.send_batch = flaky  # type: ignore[method-assign]
     with bound_event(_Event(1)):
         for k in (b"a", b"b", b"c", b"d"):
             wal.states.table[k] = b"v"
     with pytest.raises(TimeoutError):
         await wal.changelogs.send_pending()
     assert sent == [b"a", b"b"] and wal.changelogs.pending == 2
+    with bound_event(_Event(1)):
+        wal.states.table[b"e"] = b"v"  # written after the failure: goes after c and d
     await wal.changelogs.flush()
-    assert sent == [b"a", b"b", b"c", b"d"] and wal.changelogs.pending == 0
+    assert sent == [b"a", b"b", b"c", b"d", b"e"] and wal.changelogs.pending == 0
+    # the persisted offset is the last record's (batches' base offsets + their places)
+    store = wal.states.table.data
+    assert store._dbs[1].get(store.offset_key) == b"4"
+
+
+async def test_a_cancelled_send_keeps_the_unsent_records(rocks: WalApp) -> None:
+    wal = rocks
+    real_send = wal.changelogs.send_batch
+    gate = asyncio.Event()
+
+    async def slow(topic: str, partition: int, records: Sequence[tuple[bytes, bytes | None]]) -> Any:
+        await gate.wait()
+        return await real_send(topic, partition, records)
+
+    wal.changelogs.send_batch = slow  # type: ignore[method-assign]
+    for p in (0, 1):
+        with bound_event(_Event(p)):
+            wal.states.table[b"k%d" % p] = b"v"
+    task = asyncio.ensure_future(wal.changelogs.send_pending())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert wal.changelogs.pending == 2, "nothing taken is dropped"
+    wal.changelogs.send_batch = real_send  # type: ignore[method-assign]
+    await wal.changelogs.flush()
+    assert wal.changelogs.pending == 0

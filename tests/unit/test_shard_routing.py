@@ -35,7 +35,7 @@ Check = Callable[[WalApp, TestClient[Any, Any], WalApp, TestClient[Any, Any]], A
 def worker(tmp_path: Path, shard: str, **settings: Any) -> WalApp:
     s = Settings(store="memory://", datadir=tmp_path / shard, app_id="unit-shards", shard=shard, **settings)
     wal = build_app(s, offsets_port=MemoryConsumer())
-    wal.changelogs.send = FakeChangelog().send  # type: ignore[method-assign]
+    wal.changelogs.send_batch = FakeChangelog().send_batch  # type: ignore[method-assign]
     for name, of in (("na", "a"), ("nb", "b")):
         add_namespace(wal, {"name": name, "shard": of, "targets": [{"type": "noop"}]})
     hold_every_partition(wal)

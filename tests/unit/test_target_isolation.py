@@ -86,7 +86,7 @@ def make_harness(store: str, tmp_path: Path) -> Iterator[Callable[[Target], Harn
             breaker_cooldown_max_s=0.5,
         )
         wal = build_app(settings, offsets_port=MemoryConsumer())
-        wal.changelogs.send = FakeChangelog().send  # type: ignore[method-assign]
+        wal.changelogs.send_batch = FakeChangelog().send_batch  # type: ignore[method-assign]
         add_namespace(wal, ORDERS)
         add_namespace(wal, OTHER)
         healthy, other = RecordingTarget("healthy"), RecordingTarget("other")

@@ -344,6 +344,8 @@ class Write:
     done_ms: int
     ok: dict[str, int | None]
     failed: int
+    #: why, for the first entry that failed (the answer's durable and message, or the error)
+    why: str = ""
 
 
 async def paced(rate: float, stop: asyncio.Event, fn: Callable[[int], Coroutine[Any, Any, None]]) -> None:
@@ -376,10 +378,12 @@ async def post(s: aiohttp.ClientSession, url: str, path: str, body: bytes, timeo
         doc = orjson.loads(raw)
         results = doc["results"] if path.endswith("/batch") and r.status == 200 else [doc]
         ok = {x["id"]: x.get("partition") for x in results if x.get("durable") == "SUCCESS"}
-        return Write(sent, now_ms(), ok, len(results) - len(ok))
-    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, KeyError, TypeError):
+        bad = [x for x in results if x.get("durable") != "SUCCESS"]
+        why = f"HTTP {r.status} {bad[0].get('durable')}: {bad[0].get('message')}" if bad else ""
+        return Write(sent, now_ms(), ok, len(results) - len(ok), why)
+    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
         n = body.count(b'"namespace"')
-        return Write(sent, now_ms(), {}, max(1, n))
+        return Write(sent, now_ms(), {}, max(1, n), f"{type(exc).__name__}: {exc}")
 
 
 async def trickle(
@@ -794,6 +798,9 @@ class Catchup:
 def ack_stats(writes: list[Write]) -> dict[str, float]:
     out = stats_ms([float(w.done_ms - w.sent_ms) for w in writes])
     out["failed"] = float(sum(w.failed for w in writes))
+    reasons = {w.why for w in writes if w.failed}
+    if reasons:
+        print(f"    write failures ({len(reasons)} kinds): {'; '.join(sorted(reasons)[:3])}", flush=True)
     return out
 
 

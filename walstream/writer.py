@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from aiokafka.errors import MessageSizeTooLargeError
 
 from walstream.entry import Entry
-from walstream.producer import Queued, SharedProducer
+from walstream.producer import SharedProducer
 
 
 class Durable(enum.StrEnum):
@@ -102,45 +102,46 @@ class LogWriter:
             self._recent.popitem(last=False)
 
     async def write(self, entries: Sequence[tuple[Entry, bytes]]) -> list[WriteResult]:
-        """Produce every entry (in order, so one key's entries keep their order; in batches
-        per partition, :meth:`SharedProducer.send_many`) and wait for all acknowledgements,
-        at most ``timeout_s`` in total (one timeout over the batch's sends, not one per
-        entry)."""
-        sends: list[Queued | BaseException] = []
+        """Produce every entry (in order, so one key's entries keep their order) and wait
+        for all acknowledgements, at most ``timeout_s`` in total (one timeout over the
+        batch's sends, not one per entry)."""
+        sends: list[asyncio.Future[object] | WriteResult] = []
         try:
             async with asyncio.timeout(self._timeout_s):
-                sends = await self._producer.send_many(
-                    [(f"wal.{entry.namespace}", entry.key_bytes, value) for entry, value in entries]
-                )
-                pending = {s.batch for s in sends if isinstance(s, Queued)}
-                for fut in pending:
+                for entry, value in entries:
+                    try:
+                        fut = await self._producer.send(f"wal.{entry.namespace}", value=value, key=entry.key_bytes)
+                    except MessageSizeTooLargeError as exc:
+                        sends.append(WriteResult(Durable.FAILED, entry.id, 413, message=str(exc)))
+                        continue
+                    except Exception as exc:
+                        # the record may already sit in the producer's buffer: not known
+                        sends.append(_unknown(entry, exc))
+                        continue
                     # a future still pending at our timeout settles later, unobserved
                     fut.add_done_callback(_observe)
+                    sends.append(fut)
+                pending = [s for s in sends if isinstance(s, asyncio.Future)]
                 if pending:
                     await asyncio.wait(pending)
         except TimeoutError:
             pass  # what is not acknowledged by now is answered UNKNOWN below
-        except Exception as exc:
-            # no metadata for the topic: nothing was sent, but say UNKNOWN as for any
-            # failed send (a client retries with the same id either way)
-            sends = [exc] * len(entries)
         results: list[WriteResult] = []
         for n, (entry, _) in enumerate(entries):
             s = sends[n] if n < len(sends) else None
-            if isinstance(s, MessageSizeTooLargeError):
-                results.append(WriteResult(Durable.FAILED, entry.id, 413, message=str(s)))
-            elif isinstance(s, BaseException):
-                # the record may already sit in the producer's buffer: not known
-                results.append(_unknown(entry, s))
-            elif s is None or not s.batch.done():
+            if isinstance(s, WriteResult):
+                results.append(s)
+            elif s is None or not s.done():
                 # not handed to the producer in time, or handed and not acknowledged: either
                 # way the record may be in the log
                 results.append(WriteResult(Durable.UNKNOWN, entry.id, 503,
                                            message=f"no acknowledgement within {self._timeout_s}s"))
-            elif s.batch.cancelled() or s.batch.exception() is not None:
-                results.append(_unknown(entry, None if s.batch.cancelled() else s.batch.exception()))
+            elif s.exception() is not None:
+                results.append(_unknown(entry, s.exception()))
             else:
-                ok = WriteResult(Durable.SUCCESS, entry.id, 200, partition=s.partition, offset=s.offset())
+                md = s.result()
+                ok = WriteResult(Durable.SUCCESS, entry.id, 200, partition=getattr(md, "partition", None),
+                                 offset=getattr(md, "offset", None))
                 if entry.digest is not None:  # a client-chosen id: it may be written again
                     self._remember(entry, ok)
                 results.append(ok)

@@ -14,7 +14,7 @@ from walstream.app import WalApp, build_app
 from walstream.entry import Entry
 from walstream.namespaces.model import NamespaceConfig, parse_namespace
 from walstream.settings import Settings
-from walstream.targets.base import KeyRuns, Outcomes, Target, TargetDownError, TargetError, TransientError
+from walstream.targets.base import KeyRuns, NotSent, Outcomes, Target, TargetDownError, TargetError
 
 
 class RecordingTarget(Target):
@@ -48,7 +48,7 @@ class RecordingTarget(Target):
         for e in entries:
             errors = self.script.get(e.id)
             if e.key in stopped:
-                out.append(TransientError("not sent: an earlier entry of its key failed in this call"))
+                out.append(NotSent("not sent: an earlier entry of its key failed in this call"))
             elif errors:
                 out.append(errors.pop(0))
                 if self.key_runs is KeyRuns.IN_ORDER and not self.breaks_order:

@@ -149,7 +149,8 @@ async def test_a_timer_walstream_keeps_failing_on_is_dead_lettered_and_removed(h
     wal, target, producer = harness
     wal.deliverer.retry_pause_s = 0.0
     clock = WriteClock()
-    due = int(time.time() * 1000) + 50
+    # due late enough that both are still timers after the send, also on a loaded machine
+    due = int(time.time() * 1000) + 500
     bad = Entry(id="p", namespace="orders", key="kp", payload="poison", written_at_us=clock.now_us(), due_at_ms=due)
     real = wal.deliverer._from_timer
 
@@ -161,7 +162,8 @@ async def test_a_timer_walstream_keeps_failing_on_is_dead_lettered_and_removed(h
     wal.deliverer._from_timer = explode  # type: ignore[method-assign]
     async with agent(wal).test_context() as ctx:
         await send(ctx, bad, entry(1, clock, due_at_ms=due))
-        await tick(ctx, after_s=0.1)
+        assert len(timers(wal)) == 2
+        await tick(ctx, after_s=max(0.0, due / 1000 - time.time()) + 0.05)
     assert [e.id for e in target.applied] == ["e1"]
     assert timers(wal) == []
     assert letters(producer)["p"]["error_class"] == "permanent"

@@ -9,21 +9,31 @@ of A arriving meanwhile queue up behind them; other keys are never held.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.unit.conftest import Harness
+from tests.unit.conftest import (
+    FakeChangelog,
+    FakeProducer,
+    Harness,
+    MemoryConsumer,
+    RecordingTarget,
+    add_namespace,
+)
 from tests.unit.test_delivery_agent import agent, entry, letters, send, tick, timers
-from walstream.app import WalApp
+from walstream.app import WalApp, build_app
 from walstream.delivery.commands import COMMAND_KEY, TICK, cancel
 from walstream.entry import Entry, WriteClock
+from walstream.settings import Settings
 from walstream.tables import ordered
 from walstream.tables.keys import part
-from walstream.targets.base import KeyRuns, PermanentError, TargetError, TransientError
+from walstream.targets.base import KeyRuns, Outcomes, PermanentError, TargetError, TransientError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -445,3 +455,79 @@ async def test_a_failure_inside_a_released_run_in_one_call(harness: Harness, bre
     assert Counter(applied_ids(harness, "A")).most_common(1)[0][1] == 1  # none applied twice
     assert order_tables_empty(wal)
     assert timers(wal) == []
+
+
+# -- an entry the target did not send spends no attempt (NotSent) ------------------------------
+
+
+@pytest.mark.parametrize("runs", [KeyRuns.ONE_PER_CALL, KeyRuns.IN_ORDER], ids=lambda r: r.value)
+async def test_a_later_entry_of_a_key_is_sent_after_the_earlier_one_ran_out_of_attempts(
+    harness: Harness, runs: KeyRuns
+) -> None:
+    wal, target, producer = harness
+    add_namespace(wal, {"name": "orders", "targets": [{"type": "noop"}],
+                        "retry": {"initial_delay_ms": 1, "max_delay_ms": 5, "max_attempts": 1, "jitter": 0}})
+    target.key_runs = runs
+    clock = WriteClock()
+    a1, a2 = entry(1, clock, "A"), entry(2, clock, "A")
+    target.script[a1.id] = [TransientError("blip")]
+    async with agent(wal).test_context() as ctx:
+        await send_together(ctx, a1, a2)
+        await tick_until(ctx, wal, lambda: "e2" in applied_ids(harness), max_ticks=5)
+    assert set(letters(producer)) == {"e1"}  # out of attempts: dead-lettered
+    assert applied_ids(harness) == ["e2"]  # never tried in the first call: sent, not dead-lettered
+
+
+@pytest.mark.parametrize("runs", [KeyRuns.ONE_PER_CALL, KeyRuns.IN_ORDER], ids=lambda r: r.value)
+async def test_after_a_dead_lettered_entry_the_next_of_its_key_goes_in_the_same_batch_unspent(
+    harness: Harness, runs: KeyRuns
+) -> None:
+    wal, target, _ = harness
+    target.key_runs = runs
+    clock = WriteClock()
+    a1, a2 = entry(1, clock, "A"), entry(2, clock, "A")
+    target.script[a1.id] = [PermanentError("bad")]
+    async with agent(wal).test_context() as ctx:
+        await send_together(ctx, a1, a2)
+        doc = wal.states.get("orders", "e2")
+        assert doc is not None
+        [t] = doc["targets"].values()
+        assert (t["state"], t["attempts"]) == ("DELIVERED", 0), t
+
+
+class _SlowFirstCall(RecordingTarget):
+    async def apply(self, entries: Sequence[Entry]) -> Outcomes:
+        if self.calls == 0:
+            await asyncio.sleep(0.3)  # beyond target_wait_s: the agent moves on
+        return await super().apply(entries)
+
+
+async def test_a_not_sent_outcome_kept_from_a_slow_call_spends_no_attempt(store: str, tmp_path: Path) -> None:
+    """A call still running after target_wait_s can hold a key's e1 and e2; it ends with e1
+    failed and e2 not sent. e2 is sent once e1 is delivered, and has spent no attempt."""
+    s = Settings(store=store, datadir=tmp_path / "w", app_id=f"unit-{tmp_path.name}",
+                 target_wait_s=0.05, target_call_timeout_s=2.0)
+    wal = build_app(s, offsets_port=MemoryConsumer())
+    wal.changelogs.send_batch = FakeChangelog().send_batch  # type: ignore[method-assign]
+    add_namespace(wal, {"name": "orders", "targets": [{"type": "noop"}],
+                        "retry": {"initial_delay_ms": 1, "max_delay_ms": 5, "max_attempts": 3, "jitter": 0}})
+    target = _SlowFirstCall()
+    target.key_runs = KeyRuns.IN_ORDER
+    wal.targets.get = lambda cfg: target  # type: ignore[method-assign]
+    wal.dead_letters._producer = FakeProducer()  # type: ignore[assignment]
+    clock = WriteClock()
+    a1, a2 = entry(1, clock, "A"), entry(2, clock, "A")
+    target.script[a1.id] = [TransientError("blip")]
+    async with agent(wal).test_context() as ctx:
+        await send_together(ctx, a1, a2)  # the slow call [e1, e2]: e1 waits for it, e2 held
+        await asyncio.sleep(0.4)  # the call ends: e1 failed, e2 not sent
+        for _ in range(30):
+            if [e.id for e in target.applied] == ["e1", "e2"]:
+                break
+            await tick(ctx, 0.02)
+        await wal.deliverer._target_calls.close()
+    assert [e.id for e in target.applied] == ["e1", "e2"]
+    doc = wal.states.get("orders", "e2")
+    assert doc is not None
+    [t] = doc["targets"].values()
+    assert (t["state"], t["attempts"]) == ("DELIVERED", 0), t

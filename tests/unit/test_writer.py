@@ -3,34 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any
 
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
 from walstream.entry import Entry, WriteClock
-from walstream.producer import Queued
 from walstream.writer import Durable, LogWriter
 
 
 class StubProducer:
-    """Kafka stand-in at the shared producer's interface: ``mode`` says what happens to the
-    records of a ``send_many`` (all in one batch of partition 1)."""
+    """Kafka stand-in: ``mode`` says what happens to each send."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
 
-    async def send_many(self, records: Sequence[tuple[str, bytes, bytes]]) -> list[Queued | BaseException]:
-        if self.mode == "no_metadata":
-            raise KafkaTimeoutError("no metadata for the topic")
+    async def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> Any:
         if self.mode == "too_large":
-            return [MessageSizeTooLargeError("too large") for _ in records]
+            raise MessageSizeTooLargeError("too large")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.mode == "fails":
             fut.set_exception(KafkaTimeoutError("request timed out"))
         elif self.mode == "ok":
             fut.set_result(type("Md", (), {"partition": 1, "offset": 7})())
-        return [Queued(fut, i, 1) for i in range(len(records))]  # "silent": never resolves
+        return fut  # "silent": never resolves
 
 
 def entries(n: int = 2, digest: str | None = None) -> list[tuple[Entry, bytes]]:
@@ -44,9 +39,7 @@ def entries(n: int = 2, digest: str | None = None) -> list[tuple[Entry, bytes]]:
 
 async def test_success_only_with_an_acknowledgement() -> None:
     results = await LogWriter(StubProducer("ok"), timeout_s=1).write(entries())  # type: ignore[arg-type]
-    # each record's offset: its batch's base offset + its place in the batch
-    assert [(r.durable, r.partition, r.offset, r.status) for r in results] == [
-        (Durable.SUCCESS, 1, 7, 200), (Durable.SUCCESS, 1, 8, 200)]
+    assert [(r.durable, r.partition, r.offset, r.status) for r in results] == [(Durable.SUCCESS, 1, 7, 200)] * 2
 
 
 async def test_no_answer_in_time_is_unknown_503() -> None:
@@ -59,11 +52,6 @@ async def test_a_failed_send_is_unknown_not_failed() -> None:
     # the broker may have written it before the error: only the client's retry with the same id is safe
     results = await LogWriter(StubProducer("fails"), timeout_s=1).write(entries(1))  # type: ignore[arg-type]
     assert (results[0].durable, results[0].status) == (Durable.UNKNOWN, 503)
-
-
-async def test_no_metadata_for_the_topic_is_unknown() -> None:
-    results = await LogWriter(StubProducer("no_metadata"), timeout_s=1).write(entries())  # type: ignore[arg-type]
-    assert {(r.durable, r.status) for r in results} == {(Durable.UNKNOWN, 503)}
 
 
 async def test_refused_before_sending_is_failed_413() -> None:

@@ -51,6 +51,7 @@ from walstream.tables.schedule import Schedule, Timer
 from walstream.targets.base import (
     ErrorClass,
     KeyRuns,
+    NotSent,
     Target,
     TargetDownError,
     TargetError,
@@ -677,6 +678,7 @@ class Deliverer:
             return it.ordered and (not runs or it.entry.group is not None)
 
         blocked: set[tuple[str, str]] = set()  # keys that became blocked during this call
+        resent: set[int] = set()  # items sent again after the target did not send them
         waves: list[list[Item]] = [[]]
         for run in released:  # one per wave, in seq order, like the runs _release makes
             for j, it in enumerate(run):
@@ -724,6 +726,20 @@ class Deliverer:
                 self.pacer.feedback(first.target_id, pacing, overloaded=overloaded, took_s=time.time() - started_s)
             now_s = time.time()
             for it, err in zip(pending, outcomes, strict=True):
+                if isinstance(err, NotSent) and not (it.ordered and it.order_key in blocked):
+                    # never sent (an earlier entry of its call failed first), and nothing of
+                    # its key waits: again in the next wave, no attempt spent; a second time
+                    # in one batch, it waits for the scheduler (still no attempt spent)
+                    if id(it) not in resent:
+                        resent.add(id(it))
+                        while len(waves) <= w:
+                            waves.append([])
+                        waves[w].append(it)
+                    else:
+                        self._retry_later(it, int(now_s * 1000), it.attempt, err, out)
+                        if it.ordered:
+                            blocked.add(it.order_key)
+                    continue
                 if it.ordered and it.order_key in blocked:
                     # an earlier entry of its key in this call failed, and the key now waits
                     # for that one: a later one waits behind it (no attempt spent: with

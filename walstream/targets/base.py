@@ -70,6 +70,12 @@ class TargetDownError(TransientError):
     retried without suggesting the target is down."""
 
 
+class NotSent(TransientError):
+    """The target did not send this entry at all: an earlier one of its call failed first
+    (:attr:`KeyRuns.IN_ORDER`). No attempt is spent: delivery sends it again, in order, once
+    nothing earlier of its key waits."""
+
+
 class PermanentError(TargetError):
     error_class = ErrorClass.PERMANENT
 

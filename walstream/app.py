@@ -29,7 +29,7 @@ from walstream.delivery.pacing import Pacer
 from walstream.entry import DERIVED_OVERHEAD_BYTES, WriteClock
 from walstream.failpoints import Failpoints
 from walstream.faust_consumer import FaustConsumerPort, RebalanceSafeConsumer, assignment_of
-from walstream.faust_tables import BatchedTable, Changelogs
+from walstream.faust_tables import BatchedTable, Changelogs, PromptTableManager
 from walstream.faust_topics import OnceDeclaredTopic
 from walstream.fleet import Fleet
 from walstream.gauges import TARGET_BACKLOG_LIMIT, WorkerGauges
@@ -138,6 +138,8 @@ class WalApp:
             # a worker taking a partition over starts from its copy instead of the whole changelog
             table_standby_replicas=s.standby_replicas,
             Topic=OnceDeclaredTopic,
+            # every table is declared before the app starts: no pause for late ones
+            TableManager=PromptTableManager,
             web_application_options={"client_max_size": s.max_request_bytes},
             # table rows embed whole entries (timers, held rows, dead-letter index rows)
             producer_max_request_size=DERIVED_MAX_MESSAGE_BYTES + 64 * 1024,

@@ -27,10 +27,26 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from faust.streams import current_event
+from faust.tables import TableManager
 
 log = logging.getLogger(__name__)
 
 _MISSING = object()
+
+
+class PromptTableManager(TableManager):
+    """Faust's table manager without its one-second pause before it starts the tables.
+
+    Faust waits a second there for tables declared after the app started. walstream
+    declares every table when it builds the app (:class:`walstream.app.WalApp`), before it
+    starts, so the pause only delayed a restarted worker's first delivery (measured: the
+    second between "Waiting for tables to be registered" and the first table starting, of
+    3.8 s from restart to first delivery)."""
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
 
 
 class Changelogs:

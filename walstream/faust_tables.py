@@ -29,6 +29,8 @@ from typing import Any
 from faust.streams import current_event
 from faust.tables import TableManager
 
+from walstream.producer import fill_batch
+
 log = logging.getLogger(__name__)
 
 _MISSING = object()
@@ -78,13 +80,7 @@ class Changelogs:
         # Faust's own aiokafka producer, one batch per call: a send() per record cost a
         # future, a metadata look-up and a partition check each (~25 µs)
         producer = self._app.producer._ensure_producer()
-        batch = producer.create_batch()
-        taken = 0
-        for key, value in records:  # an empty batch takes any record; a full one refuses it
-            if batch.append(timestamp=None, key=key, value=value, headers=[]) is None:
-                break
-            taken += 1
-        batch.close()  # nothing else joins it (a send() of the same producer)
+        batch, taken = fill_batch(producer, ((key, value, []) for key, value in records))
         fut: asyncio.Future[Any] = await producer.send_batch(batch, topic, partition=partition)
         return taken, fut
 

@@ -8,7 +8,7 @@ this wrapper from construction on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -32,6 +32,22 @@ def key_partitioner(producer: AIOKafkaProducer, topic: str) -> Callable[[bytes],
     partitions = sorted(cluster.partitions_for_topic(topic) or ())
     available = list(cluster.available_partitions_for_topic(topic) or ())
     return lambda key: int(_PARTITIONER(key, partitions, available))
+
+
+def fill_batch(
+    producer: AIOKafkaProducer, records: Iterable[tuple[bytes, bytes | None, list[tuple[str, bytes]]]]
+) -> tuple[Any, int]:
+    """A builder batch of ``producer`` holding the first of ``records`` (key, value, headers)
+    that fit, at least one (an empty batch takes any record); returns it and how many it
+    took. It is closed: no ``send()`` of the same producer joins it."""
+    batch = producer.create_batch()
+    taken = 0
+    for key, value, headers in records:
+        if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+            break
+        taken += 1
+    batch.close()
+    return batch, taken
 
 
 class SharedProducer:

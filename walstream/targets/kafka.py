@@ -56,7 +56,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from walstream.entry import Entry
 from walstream.namespaces.model import KafkaTargetConfig
-from walstream.producer import key_partitioner
+from walstream.producer import fill_batch, key_partitioner
 from walstream.targets.base import (
     KeyRuns,
     NotSent,
@@ -264,13 +264,7 @@ class KafkaTarget(Target):
             if producer is not self._producer:  # discarded by a failure of another lane or call
                 self._fail(lane[n:], NotSent(f"{self.label}: producer discarded after a failed delivery"), out)
                 return
-            batch = producer.create_batch()
-            taken = 0
-            for rec in lane[n:]:  # an empty batch takes any record; a full one refuses it
-                if batch.append(timestamp=None, key=rec.key, value=rec.value, headers=rec.headers) is None:
-                    break
-                taken += 1
-            batch.close()  # nothing else joins it (a send() of the same producer)
+            batch, taken = fill_batch(producer, ((r.key, r.value, r.headers) for r in lane[n:]))
             members, rest = lane[n:n + taken], lane[n + taken:]
             try:
                 # one batch of a partition waits to be queued at a time: aiokafka's wait for

@@ -61,7 +61,9 @@ kafka-west is left running at the end only if it was running at the start; no ot
 is started or stopped.
 
 Other knobs: ``BENCH_REC_PARTS`` (default ``takeover,catchup``; either alone runs that part),
-``BENCH_REC_KEEP_LOG=1`` keeps the workers' logs (kept anyway when they show errors).
+``BENCH_REC_KEEP_LOG=1`` keeps the workers' logs (kept anyway when they show errors),
+``BENCH_REC_LOGLEVEL`` (default ``warning``) sets the workers' log level (``info`` shows when
+each start-up step ends, at some cost of its own).
 Output: progress lines, a compact printout per part, then a markdown table (figure, walstream,
 raw, ratio) with the command and the git commit.
 """
@@ -110,6 +112,7 @@ CATCHUP_TIMEOUT_S = float(os.environ.get("BENCH_REC_CATCHUP_TIMEOUT_S", "900"))
 TAIL_S = float(os.environ.get("BENCH_REC_TAIL_S", "60"))
 RUN_PARTS = {p.strip() for p in os.environ.get("BENCH_REC_PARTS", "takeover,catchup").split(",") if p.strip()}
 KEEP_LOG = bool(os.environ.get("BENCH_REC_KEEP_LOG"))
+LOGLEVEL = os.environ.get("BENCH_REC_LOGLEVEL", "warning")
 START_TIMEOUT_S = 180.0
 PAD = "x" * 64
 ID_HEADER = "walstream-id"
@@ -162,7 +165,7 @@ class WorkerProc:
         }
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "walstream.cli", "worker", "--loglevel", "warning"],
+                [sys.executable, "-m", "walstream.cli", "worker", "--loglevel", LOGLEVEL],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -29,7 +29,7 @@ from walstream.delivery.pacing import Pacer
 from walstream.entry import DERIVED_OVERHEAD_BYTES, WriteClock
 from walstream.failpoints import Failpoints
 from walstream.faust_consumer import FaustConsumerPort, RebalanceSafeConsumer, assignment_of
-from walstream.faust_tables import BatchedTable, Changelogs, PromptTableManager
+from walstream.faust_tables import BatchedTable, Changelogs, PromptTableManager, WalTable
 from walstream.faust_topics import OnceDeclaredTopic
 from walstream.fleet import Fleet
 from walstream.gauges import TARGET_BACKLOG_LIMIT, WorkerGauges
@@ -140,6 +140,8 @@ class WalApp:
             Topic=OnceDeclaredTopic,
             # every table is declared before the app starts: no pause for late ones
             TableManager=PromptTableManager,
+            # RocksDB stores without a garbage collection per table on every rebalance
+            Table=WalTable,
             web_application_options={"client_max_size": s.max_request_bytes},
             # table rows embed whole entries (timers, held rows, dead-letter index rows)
             producer_max_request_size=DERIVED_MAX_MESSAGE_BYTES + 64 * 1024,

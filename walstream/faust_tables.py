@@ -26,8 +26,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from faust import Table
+from faust.stores import rocksdb
 from faust.streams import current_event
 from faust.tables import TableManager
+from faust.types import TP
+from yarl import URL
 
 from walstream.producer import fill_batch
 
@@ -49,6 +53,45 @@ class PromptTableManager(TableManager):
         if not self.should_stop:
             await self._update_channels()
             await self.recovery.start()
+
+
+class PromptRocksDBStore(rocksdb.Store):
+    """Faust's RocksDB store without a full garbage collection on a rebalance that closes none
+    of its databases.
+
+    Faust's ``revoke_partitions`` drops the revoked partitions' databases and then runs
+    ``gc.collect()`` (a database is closed when its object is collected), on every rebalance
+    and for every table, revoked partitions or not. With a worker's heap a collection takes
+    ~0.1 s, so a restarted worker's six tables spent ~0.6 s of its take-over collecting
+    nothing (measured: the ~0.1 s gaps between one table's last "opening partition" and the
+    next's first, 1.3 s from assignment to recovery). The collection still runs whenever a
+    database is dropped."""
+
+    def revoke_partitions(self, table: Any, tps: set[TP]) -> None:
+        topics = table.changelog_topic.topics
+        if any(tp.topic in topics and tp.partition in self._dbs for tp in tps):
+            super().revoke_partitions(table, tps)
+
+
+class WalTable(Table):  # type: ignore[type-arg]
+    """Faust's table, on :class:`PromptRocksDBStore` where Faust would use its RocksDB store
+    (the app's ``Table`` setting)."""
+
+    def _new_store_by_url(self, url: str | URL) -> Any:
+        if URL(url).scheme != "rocksdb":
+            return super()._new_store_by_url(url)
+        return PromptRocksDBStore(
+            url,
+            self.app,
+            self,
+            table_name=self.name,
+            key_type=self.key_type,
+            key_serializer=self.key_serializer,
+            value_serializer=self.value_serializer,
+            value_type=self.value_type,
+            loop=self.loop,
+            options=self.options,
+        )
 
 
 class Changelogs:

@@ -341,3 +341,23 @@ def test_a_group_record_from_another_producer_is_checked_at_admission() -> None:
             Entry.from_doc({**base, "group": group})
     with pytest.raises(EntryDecodeError, match="cannot be delayed"):
         Entry.from_doc({**base, "due": 5, "group": {"id": "g", "seq": 0}})
+
+
+def test_a_changed_namespace_s_targets_decide_at_once_what_its_payload_must_be() -> None:
+    """The target types are read once per namespace config: a change (a new config object,
+    even of the same name) is followed by the next write, either way."""
+    configs = {"shop": parse_namespace({"name": "shop", "targets": [{"type": "noop"}]})}
+
+    def write(payload: Any) -> Entry:
+        entry, _ = parse_log_request({"namespace": "shop", "payload": payload}, lookup=configs.get,
+                                     clock=WriteClock(), max_entry_bytes=1 << 20)
+        return entry
+
+    assert write("anything").payload == "anything"
+    configs["shop"] = parse_namespace({"name": "shop", "targets": [{"type": "cassandra", "keyspace": "shop"}]})
+    with pytest.raises(RequestError) as err:
+        write("anything")
+    assert err.value.status == 400 and "mutations" in err.value.message
+    assert write(PUT).payload == PUT
+    configs["shop"] = parse_namespace({"name": "shop", "targets": [{"type": "noop"}]})
+    assert write("anything again").payload == "anything again"

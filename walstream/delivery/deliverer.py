@@ -680,12 +680,15 @@ class Deliverer:
         blocked: set[tuple[str, str]] = set()  # keys that became blocked during this call
         resent: set[int] = set()  # items sent again after the target did not send them
         waves: list[list[Item]] = [[]]
+
+        def put(k: int, it: Item) -> None:
+            while len(waves) <= k:
+                waves.append([])
+            waves[k].append(it)
+
         for run in released:  # one per wave, in seq order, like the runs _release makes
             for j, it in enumerate(run):
-                k = j if one_per_wave(it) else 0
-                while len(waves) <= k:
-                    waves.append([])
-                waves[k].append(it)
+                put(j if one_per_wave(it) else 0, it)
         wave_of: dict[tuple[str, str], int] = {}
         for it in items:
             if it.ordered and not it.is_blocker:
@@ -697,11 +700,9 @@ class Deliverer:
                 # earlier one succeeded
                 w = wave_of.get(it.order_key, -1) + 1
                 wave_of[it.order_key] = w
-                while len(waves) <= w:
-                    waves.append([])
-                waves[w].append(it)
+                put(w, it)
             else:
-                waves[0].append(it)
+                put(0, it)
 
         w = 0
         while w < len(waves):
@@ -732,9 +733,7 @@ class Deliverer:
                     # in one batch, it waits for the scheduler (still no attempt spent)
                     if id(it) not in resent:
                         resent.add(id(it))
-                        while len(waves) <= w:
-                            waves.append([])
-                        waves[w].append(it)
+                        put(w, it)
                     else:
                         self._retry_later(it, int(now_s * 1000), it.attempt, err, out)
                         if it.ordered:
@@ -758,10 +757,7 @@ class Deliverer:
             # or one per later wave, in order
             for run in out.chains.pop(first.target_id, []):
                 for j, it in enumerate(run):
-                    k = w + j if one_per_wave(it) else w
-                    while len(waves) <= k:
-                        waves.append([])
-                    waves[k].append(it)
+                    put(w + j if one_per_wave(it) else w, it)
 
     def _pacing_of(self, it: Item) -> PacingConfig | None:
         """The pacing of ``it``'s target (None: not paced), parsed once per target id."""

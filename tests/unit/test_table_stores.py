@@ -18,7 +18,8 @@ from walstream.faust_tables import PromptRocksDBStore
 
 def test_every_table_of_a_rocksdb_worker_uses_the_prompt_store(tmp_path: Path) -> None:
     wal = build_wal("rocksdb://", tmp_path)
-    tables = [wal.schedule.table, wal.key_order.blocked, wal.key_order.held, wal.states.table, wal.dlq_index.table]
+    tables = [wal.schedule.table, wal.key_order.blocked, wal.key_order.held, wal.states.table, wal.dlq_index.table,
+              wal.groups.table]
     assert all(isinstance(t.faust_table.data, PromptRocksDBStore) for t in tables)
 
 

@@ -102,7 +102,7 @@ async def test_acknowledgements_in_any_order_each_answer_their_own_entry() -> No
 
 async def test_a_mix_of_answers_after_a_wait_keeps_each_entry_s_own() -> None:
     producer = LateProducer(3)
-    task = asyncio.create_task(LogWriter(producer, timeout_s=0.2).write(entries(3)))  # type: ignore[arg-type]
+    task = asyncio.create_task(LogWriter(producer, timeout_s=1).write(entries(3)))  # type: ignore[arg-type]
     await producer.sent()
     producer.futures[2].set_result(type("Md", (), {"partition": 0, "offset": 9})())
     producer.futures[0].set_exception(KafkaTimeoutError("request timed out"))

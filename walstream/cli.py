@@ -39,7 +39,7 @@ import orjson
 import pydantic
 import yaml
 
-from walstream import log_format, log_redaction, strict_json
+from walstream import gc_tuning, log_format, log_redaction, strict_json
 from walstream.client import (
     DeadLetter,
     EntryStatus,
@@ -292,6 +292,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     wal = build_app(settings)
+    gc_tuning.tune_for_worker()  # after the build: the app's objects are not scanned again
     log_format.configure(settings.log_format, loglevel)
     log_redaction.install()  # aiohttp logs headers it cannot parse, tokens included
     # aiokafka logs each failed bootstrap as an ERROR line; the exception below says the same

@@ -1,5 +1,5 @@
 """A worker's collector settings (walstream.gc_tuning): the built app is frozen out of the
-collector's sight and the thresholds are raised, in the process that runs the worker."""
+collector's sight, in the process that runs the worker, before it starts."""
 
 from __future__ import annotations
 
@@ -23,12 +23,18 @@ def restored_gc() -> Iterator[None]:
     gc.set_threshold(*before)
 
 
-def test_tuning_freezes_what_lives_and_raises_the_thresholds(restored_gc: None) -> None:
+def test_tuning_freezes_what_lives_now_and_keeps_the_thresholds(restored_gc: None) -> None:
     gc.unfreeze()
+    built = [object() for _ in range(10)]  # tracked containers standing for the app
+    marker = [built]
+    thresholds = gc.get_threshold()
     gc_tuning.tune_for_worker()
     assert gc.get_freeze_count() > 0
-    assert gc.get_threshold() == gc_tuning.THRESHOLDS
-    assert gc_tuning.THRESHOLDS[0] > 700  # above CPython's default, or there is no point
+    # frozen: in no generation the collector visits
+    assert not any(marker is o for generation in range(3) for o in gc.get_objects(generation))
+    after = [[], "created after the freeze"]  # a list: always tracked
+    assert any(after is o for o in gc.get_objects(0))  # later objects are collected as before
+    assert gc.get_threshold() == thresholds
 
 
 def test_the_worker_command_tunes_the_collector_after_building_the_app(
